@@ -1,0 +1,212 @@
+//! The contract between the hub and a protocol adapter.
+//!
+//! The hub owns durability, retries, the state machine and the practice's
+//! events; an adapter owns one thing: turning a [`DeliveryRequest`] into a
+//! vendor call and the vendor's answer into a [`VendorReply`] or a classified
+//! [`DeliveryError`]. Adapters whose vendors answer later (callbacks, reply
+//! queues, result files, polling) report through the [`ResultSink`] the hub
+//! hands them at start.
+
+use crate::message::NormalizedMessage;
+use crate::model::{AdminStatus, Document, ExternalRef, Operation};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What the hub asks an adapter to deliver.
+#[derive(Debug, Clone)]
+pub struct DeliveryRequest {
+    /// The normalized message (its `message_id` is the operation id).
+    pub message: Arc<NormalizedMessage>,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    /// Route variables from the configuration (`routes.vars`), for templates.
+    pub route_vars: Arc<Map<String, Value>>,
+}
+
+impl DeliveryRequest {
+    /// The stable id of this delivery, identical on every attempt.
+    pub fn operation_id(&self) -> &str {
+        &self.message.message_id
+    }
+
+    /// Submission or withdrawal.
+    pub fn operation(&self) -> Operation {
+        self.message.operation
+    }
+}
+
+/// The back office's answer, already mapped to canonical terms.
+#[derive(Debug, Clone, Default)]
+pub struct VendorReply {
+    /// The administrative status the vendor reports, if it reports one.
+    /// `None` means "accepted, no status yet".
+    pub status: Option<AdminStatus>,
+    /// The vendor's own code for that status or outcome.
+    pub vendor_code: Option<String>,
+    /// A human-readable reason (for rejections especially).
+    pub reason: Option<String>,
+    /// Protocol numbers, the vendor's practice id, …
+    pub external_refs: Vec<ExternalRef>,
+    /// Outcome documents (a certificate, a receipt).
+    pub documents: Vec<Document>,
+    /// When it happened according to the vendor.
+    pub occurred_at: Option<DateTime<Utc>>,
+}
+
+/// How the hub must treat a failed delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FailureClass {
+    /// Try again later (connection refused, 5xx, 429, …).
+    Transient,
+    /// Retrying cannot help (malformed request, unknown resource, bad mapping).
+    Permanent,
+    /// The back office refused the practice on its merits.
+    Rejection,
+    /// The request may have been received but no answer came: re-send with
+    /// the same operation id.
+    OutcomeUnknown,
+}
+
+impl FailureClass {
+    /// The class's wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Transient => "transient",
+            Self::Permanent => "permanent",
+            Self::Rejection => "rejection",
+            Self::OutcomeUnknown => "outcome_unknown",
+        }
+    }
+}
+
+impl fmt::Display for FailureClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A failed delivery, classified.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{class}: {reason}")]
+pub struct DeliveryError {
+    pub class: FailureClass,
+    /// What went wrong, for the event log and the operator. Never carries
+    /// personal data from the practice.
+    pub reason: String,
+    /// The vendor's own error code, when it sent one.
+    pub vendor_code: Option<String>,
+    /// The vendor asked to wait this long before retrying (`Retry-After`).
+    pub retry_after: Option<Duration>,
+}
+
+impl DeliveryError {
+    /// A failure of the given class.
+    pub fn new(class: FailureClass, reason: impl Into<String>) -> Self {
+        Self {
+            class,
+            reason: reason.into(),
+            vendor_code: None,
+            retry_after: None,
+        }
+    }
+
+    /// Shorthand for [`FailureClass::Transient`].
+    pub fn transient(reason: impl Into<String>) -> Self {
+        Self::new(FailureClass::Transient, reason)
+    }
+
+    /// Shorthand for [`FailureClass::Permanent`].
+    pub fn permanent(reason: impl Into<String>) -> Self {
+        Self::new(FailureClass::Permanent, reason)
+    }
+}
+
+/// An error building an adapter from its configuration.
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: {reason}")]
+pub struct AdapterError {
+    /// The configuration key at fault, relative to the adapter instance.
+    pub key: String,
+    pub reason: String,
+}
+
+impl AdapterError {
+    /// An error about `key`.
+    pub fn new(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// One adapter instance: a configured connection to one vendor system.
+#[async_trait]
+pub trait Adapter: Send + Sync + 'static {
+    /// The adapter kind (`rest`, `soap`, …), for logs and status.
+    fn kind(&self) -> &'static str;
+
+    /// Whether this instance can forward `operation` (every adapter
+    /// supports `submit`; `withdraw` needs a configured vendor operation).
+    fn supports(&self, operation: Operation) -> bool;
+
+    /// Performs one delivery attempt. The hub retries according to the
+    /// returned [`FailureClass`]; the adapter never retries on its own.
+    async fn deliver(&self, request: DeliveryRequest) -> Result<VendorReply, DeliveryError>;
+
+    /// Starts the inbound side (callbacks, consumers, watchers), if any.
+    /// Results arrive later through `sink`.
+    async fn start_inbound(&self, _sink: Arc<dyn ResultSink>) -> Result<(), AdapterError> {
+        Ok(())
+    }
+}
+
+/// How an asynchronous result names its practice.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Correlation {
+    /// The hub's practice id.
+    PracticeId(String),
+    /// The delivery's operation id (what the vendor received as `message_id`).
+    OperationId(String),
+    /// A reference the vendor assigned earlier (kind, value).
+    ExternalRef { kind: String, value: String },
+}
+
+/// A result that arrived after the delivery (callback, reply message, file).
+#[derive(Debug, Clone)]
+pub struct InboundResult {
+    /// The adapter instance that received it.
+    pub adapter: String,
+    /// The tenant, when the channel tells it; otherwise resolved from the
+    /// correlation.
+    pub tenant_id: Option<String>,
+    pub correlation: Correlation,
+    pub reply: VendorReply,
+}
+
+/// Why an inbound result was not applied.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum InboundError {
+    /// No practice matches the correlation: the sender should not retry.
+    #[error("no practice matches {0}")]
+    Uncorrelated(String),
+    /// The result is not acceptable in the practice's current state.
+    #[error("{0}")]
+    Refused(String),
+    /// The hub could not store it now: the sender should retry.
+    #[error("temporarily unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// The hub's side of the inbound channel: results are applied in one
+/// transaction (status change, events, documents) before this returns `Ok`,
+/// so an adapter acknowledges to the vendor only what is stored.
+#[async_trait]
+pub trait ResultSink: Send + Sync + 'static {
+    /// Applies a result; at most once per distinct result.
+    async fn apply(&self, result: InboundResult) -> Result<(), InboundError>;
+}

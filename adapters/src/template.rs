@@ -1,0 +1,217 @@
+//! Request templates, shared by every adapter.
+//!
+//! Templates are MiniJinja. Their context is the normalized message's fields
+//! at the top level (`practice_id`, `applicant.fiscal_code`, `data.*`, …), plus
+//! `operation_id` and the route's variables as `route.*`. Output is escaped
+//! for the target format by default (JSON or XML), so form data can never
+//! break the document; `| safe` opts out where an engineer really means it.
+
+use crate::adapter::DeliveryRequest;
+use minijinja::{AutoEscape, Environment, Value};
+
+/// The escaping a template's output needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Escape {
+    Json,
+    Xml,
+    None,
+}
+
+impl Escape {
+    /// Chooses the escaping from a content type.
+    pub fn for_content_type(content_type: &str) -> Self {
+        let ct = content_type.to_ascii_lowercase();
+        if ct.contains("json") {
+            Self::Json
+        } else if ct.contains("xml") {
+            Self::Xml
+        } else {
+            Self::None
+        }
+    }
+}
+
+/// Upper bound on template execution steps: a runaway loop in a template
+/// fails the delivery instead of spinning a worker.
+const FUEL: u64 = 200_000;
+
+/// A set of compiled templates of one adapter instance.
+pub struct Templates {
+    env: Environment<'static>,
+    escapes: std::collections::HashMap<String, Escape>,
+}
+
+impl std::fmt::Debug for Templates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Templates").finish_non_exhaustive()
+    }
+}
+
+impl Default for Templates {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Templates {
+    /// An empty set.
+    pub fn new() -> Self {
+        let mut env = Environment::new();
+        env.set_fuel(Some(FUEL));
+        env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+        // Escaping follows the suffix `add` gives each template's name.
+        env.set_auto_escape_callback(|name| {
+            if name.ends_with(".json") {
+                AutoEscape::Json
+            } else if name.ends_with(".xml") {
+                // HTML escaping only emits XML-valid entities and char references.
+                AutoEscape::Html
+            } else {
+                AutoEscape::None
+            }
+        });
+        Self {
+            env,
+            escapes: Default::default(),
+        }
+    }
+
+    /// Compiles `source` under `name` with the given escaping. Errors carry
+    /// the template's line.
+    pub fn add(&mut self, name: &str, source: String, escape: Escape) -> Result<(), String> {
+        self.env
+            .add_template_owned(internal_name(name, escape), source)
+            .map_err(|e| describe(&e))?;
+        self.escapes.insert(name.to_string(), escape);
+        Ok(())
+    }
+
+    /// Renders `name` for a delivery.
+    pub fn render(&self, name: &str, request: &DeliveryRequest) -> Result<String, String> {
+        let escape = self
+            .escapes
+            .get(name)
+            .copied()
+            .ok_or_else(|| format!("template '{name}' is not defined"))?;
+        let tmpl = self
+            .env
+            .get_template(&internal_name(name, escape))
+            .map_err(|e| describe(&e))?;
+        tmpl.render(context(request)).map_err(|e| describe(&e))
+    }
+
+    /// Renders a one-off string template (paths, header values) without escaping.
+    pub fn render_str(&self, source: &str, request: &DeliveryRequest) -> Result<String, String> {
+        self.env
+            .render_str(source, context(request))
+            .map_err(|e| describe(&e))
+    }
+}
+
+fn context(request: &DeliveryRequest) -> Value {
+    let mut ctx = match serde_json::to_value(&*request.message) {
+        Ok(serde_json::Value::Object(map)) => map,
+        _ => serde_json::Map::new(),
+    };
+    ctx.insert(
+        "operation_id".into(),
+        serde_json::Value::String(request.operation_id().to_string()),
+    );
+    ctx.insert(
+        "route".into(),
+        serde_json::Value::Object((*request.route_vars).clone()),
+    );
+    Value::from(minijinja::value::Serde(ctx))
+}
+
+fn describe(err: &minijinja::Error) -> String {
+    let mut msg = err.to_string();
+    if let Some(line) = err.line() {
+        msg = format!("line {line}: {msg}");
+    }
+    msg
+}
+
+fn internal_name(name: &str, escape: Escape) -> String {
+    match escape {
+        Escape::Json => format!("{name}.json"),
+        Escape::Xml => format!("{name}.xml"),
+        Escape::None => format!("{name}.txt"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::{NormalizedMessage, SCHEMA_V1};
+    use crate::model::*;
+    use std::sync::Arc;
+
+    fn request() -> DeliveryRequest {
+        let mut data = serde_json::Map::new();
+        data.insert("note".into(), serde_json::json!("a \"quoted\" <b>&</b>"));
+        DeliveryRequest {
+            message: Arc::new(NormalizedMessage {
+                schema: SCHEMA_V1.into(),
+                message_id: "op-1".into(),
+                operation: Operation::Submit,
+                practice_id: "p-1".into(),
+                tenant_id: "015146".into(),
+                service_code: "CERT".into(),
+                applicant: Applicant {
+                    subject: Subject::Person(Person {
+                        fiscal_code: "RSSMRA45D25F205N".into(),
+                        given_name: "Mario".into(),
+                        family_name: "D'Alò".into(),
+                    }),
+                    contacts: Contacts::default(),
+                },
+                submitter: None,
+                channel: ChannelInfo::default(),
+                data,
+                attachments: vec![],
+                submitted_at: chrono::Utc::now(),
+                withdrawal_reason: None,
+            }),
+            attempt: 1,
+            route_vars: Arc::new(
+                serde_json::json!({"code": "X1"}).as_object().unwrap().clone(),
+            ),
+        }
+    }
+
+    #[test]
+    fn json_templates_escape_values() {
+        let mut t = Templates::new();
+        t.add("b", r#"{"n": {{ data.note }}, "c": {{ route.code }}}"#.into(), Escape::Json)
+            .unwrap();
+        let out = t.render("b", &request()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["n"], "a \"quoted\" <b>&</b>");
+        assert_eq!(v["c"], "X1");
+    }
+
+    #[test]
+    fn xml_templates_escape_values() {
+        let mut t = Templates::new();
+        t.add("b", "<n>{{ applicant.family_name }} {{ data.note }}</n>".into(), Escape::Xml)
+            .unwrap();
+        let out = t.render("b", &request()).unwrap();
+        assert!(out.contains("&lt;b&gt;&amp;&lt;"), "{out}");
+        assert!(!out.contains("<b>"));
+    }
+
+    #[test]
+    fn undefined_variables_are_errors_not_blanks() {
+        let mut t = Templates::new();
+        t.add("b", "{{ data.missing }}".into(), Escape::None).unwrap();
+        assert!(t.render("b", &request()).is_err());
+    }
+
+    #[test]
+    fn syntax_errors_name_the_line() {
+        let mut t = Templates::new();
+        let err = t.add("b", "ok\n{{ broken ".into(), Escape::None).unwrap_err();
+        assert!(err.contains("line 2"), "{err}");
+    }
+}
