@@ -84,7 +84,10 @@ impl FromStr for AdminStatus {
             .find(|st| st.as_str().eq_ignore_ascii_case(s))
             .ok_or_else(|| {
                 let names: Vec<_> = Self::ALL.iter().map(|s| s.as_str()).collect();
-                format!("unknown status '{s}' (expected one of {})", names.join(", "))
+                format!(
+                    "unknown status '{s}' (expected one of {})",
+                    names.join(", ")
+                )
             })
     }
 }
@@ -277,7 +280,12 @@ mod tests {
         for st in AdminStatus::ALL {
             assert_eq!(st.as_str().parse::<AdminStatus>().unwrap(), st);
         }
-        assert!("FOO".parse::<AdminStatus>().unwrap_err().contains("APPROVED"));
+        assert!(
+            "FOO"
+                .parse::<AdminStatus>()
+                .unwrap_err()
+                .contains("APPROVED")
+        );
     }
 
     #[test]

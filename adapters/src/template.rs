@@ -175,7 +175,10 @@ mod tests {
             }),
             attempt: 1,
             route_vars: Arc::new(
-                serde_json::json!({"code": "X1"}).as_object().unwrap().clone(),
+                serde_json::json!({"code": "X1"})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
             ),
         }
     }
@@ -183,8 +186,12 @@ mod tests {
     #[test]
     fn json_templates_escape_values() {
         let mut t = Templates::new();
-        t.add("b", r#"{"n": {{ data.note }}, "c": {{ route.code }}}"#.into(), Escape::Json)
-            .unwrap();
+        t.add(
+            "b",
+            r#"{"n": {{ data.note }}, "c": {{ route.code }}}"#.into(),
+            Escape::Json,
+        )
+        .unwrap();
         let out = t.render("b", &request()).unwrap();
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(v["n"], "a \"quoted\" <b>&</b>");
@@ -194,8 +201,12 @@ mod tests {
     #[test]
     fn xml_templates_escape_values() {
         let mut t = Templates::new();
-        t.add("b", "<n>{{ applicant.family_name }} {{ data.note }}</n>".into(), Escape::Xml)
-            .unwrap();
+        t.add(
+            "b",
+            "<n>{{ applicant.family_name }} {{ data.note }}</n>".into(),
+            Escape::Xml,
+        )
+        .unwrap();
         let out = t.render("b", &request()).unwrap();
         assert!(out.contains("&lt;b&gt;&amp;&lt;"), "{out}");
         assert!(!out.contains("<b>"));
@@ -204,14 +215,17 @@ mod tests {
     #[test]
     fn undefined_variables_are_errors_not_blanks() {
         let mut t = Templates::new();
-        t.add("b", "{{ data.missing }}".into(), Escape::None).unwrap();
+        t.add("b", "{{ data.missing }}".into(), Escape::None)
+            .unwrap();
         assert!(t.render("b", &request()).is_err());
     }
 
     #[test]
     fn syntax_errors_name_the_line() {
         let mut t = Templates::new();
-        let err = t.add("b", "ok\n{{ broken ".into(), Escape::None).unwrap_err();
+        let err = t
+            .add("b", "ok\n{{ broken ".into(), Escape::None)
+            .unwrap_err();
         assert!(err.contains("line 2"), "{err}");
     }
 }

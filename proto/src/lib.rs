@@ -11,5 +11,6 @@ pub mod v1 {
     tonic::include_proto!("raccordo.v1");
 
     /// Encoded `FileDescriptorSet` of the API, for server reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("raccordo_descriptor");
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("raccordo_descriptor");
 }

@@ -8,7 +8,9 @@
 pub mod config;
 pub mod response;
 
-use crate::adapter::{Adapter, AdapterError, DeliveryError, DeliveryRequest, FailureClass, VendorReply};
+use crate::adapter::{
+    Adapter, AdapterError, DeliveryError, DeliveryRequest, FailureClass, VendorReply,
+};
 use crate::model::Operation;
 use crate::template::{Escape, Templates};
 use async_trait::async_trait;
@@ -41,10 +43,17 @@ impl RestAdapter {
     /// the HTTP client. `config_dir` resolves relative template paths.
     /// Errors name the key (relative to the instance) and the reason.
     pub fn build(name: &str, config: RestConfig, config_dir: &Path) -> Result<Self, AdapterError> {
-        let base = reqwest::Url::parse(&config.base_url)
-            .map_err(|e| AdapterError::new("base_url", format!("'{}' is not a URL: {e}", config.base_url)))?;
+        let base = reqwest::Url::parse(&config.base_url).map_err(|e| {
+            AdapterError::new(
+                "base_url",
+                format!("'{}' is not a URL: {e}", config.base_url),
+            )
+        })?;
         if !matches!(base.scheme(), "http" | "https") {
-            return Err(AdapterError::new("base_url", "must be an http:// or https:// URL"));
+            return Err(AdapterError::new(
+                "base_url",
+                "must be an http:// or https:// URL",
+            ));
         }
         if config.max_concurrency == 0 {
             return Err(AdapterError::new("max_concurrency", "must be at least 1"));
@@ -56,10 +65,12 @@ impl RestAdapter {
         }
         let mut headers = HeaderMap::new();
         for (k, v) in &config.headers {
-            let key = HeaderName::from_bytes(k.as_bytes())
-                .map_err(|e| AdapterError::new(format!("headers.{k}"), format!("not a header name: {e}")))?;
-            let value = HeaderValue::from_str(v)
-                .map_err(|e| AdapterError::new(format!("headers.{k}"), format!("not a header value: {e}")))?;
+            let key = HeaderName::from_bytes(k.as_bytes()).map_err(|e| {
+                AdapterError::new(format!("headers.{k}"), format!("not a header name: {e}"))
+            })?;
+            let value = HeaderValue::from_str(v).map_err(|e| {
+                AdapterError::new(format!("headers.{k}"), format!("not a header value: {e}"))
+            })?;
             headers.insert(key, value);
         }
         let auth_header = auth_header(&config.auth)?;
@@ -102,8 +113,12 @@ impl RestAdapter {
             .render_str(&op.path, request)
             .map_err(|e| DeliveryError::permanent(format!("{name}.path template: {e}")))?;
         let url = format!("{}{}", self.config.base_url.trim_end_matches('/'), path);
-        let method = reqwest::Method::from_bytes(op.method.as_bytes())
-            .map_err(|_| DeliveryError::permanent(format!("{name}.method '{}' is not an HTTP method", op.method)))?;
+        let method = reqwest::Method::from_bytes(op.method.as_bytes()).map_err(|_| {
+            DeliveryError::permanent(format!(
+                "{name}.method '{}' is not an HTTP method",
+                op.method
+            ))
+        })?;
         let mut builder = self
             .client
             .request(method, &url)
@@ -144,7 +159,10 @@ impl RestAdapter {
         let mut body = Vec::new();
         while let Some(chunk) = resp.chunk().await.map_err(|e| {
             // The request reached the vendor: we cannot know whether it acted.
-            DeliveryError::new(FailureClass::OutcomeUnknown, format!("reading vendor reply: {e}"))
+            DeliveryError::new(
+                FailureClass::OutcomeUnknown,
+                format!("reading vendor reply: {e}"),
+            )
         })? {
             if body.len() as u64 + chunk.len() as u64 > limit {
                 return Err(DeliveryError::permanent(format!(
@@ -164,7 +182,10 @@ fn add_operation_templates(
     config_dir: &Path,
 ) -> Result<(), AdapterError> {
     if reqwest::Method::from_bytes(op.method.as_bytes()).is_err() {
-        return Err(AdapterError::new(format!("{name}.method"), format!("'{}' is not an HTTP method", op.method)));
+        return Err(AdapterError::new(
+            format!("{name}.method"),
+            format!("'{}' is not an HTTP method", op.method),
+        ));
     }
     // Paths are rendered per request; compile once now to catch syntax errors.
     let mut probe = Templates::new();
@@ -184,7 +205,10 @@ fn add_operation_templates(
         (Some(path), None) => {
             let full = config_dir.join(path);
             std::fs::read_to_string(&full).map_err(|e| {
-                AdapterError::new(format!("{name}.template"), format!("cannot read {}: {e}", full.display()))
+                AdapterError::new(
+                    format!("{name}.template"),
+                    format!("cannot read {}: {e}", full.display()),
+                )
             })?
         }
         (None, Some(inline)) => inline.clone(),
@@ -206,13 +230,26 @@ fn add_operation_templates(
         .map_err(|e| AdapterError::new(format!("{name}.template"), e))
 }
 
-fn read_secret(key: &str, env: &Option<String>, file: &Option<String>) -> Result<String, AdapterError> {
+fn read_secret(
+    key: &str,
+    env: &Option<String>,
+    file: &Option<String>,
+) -> Result<String, AdapterError> {
     match (env, file) {
-        (Some(var), None) => std::env::var(var)
-            .map_err(|_| AdapterError::new(format!("auth.{key}_env"), format!("environment variable {var} is not set"))),
+        (Some(var), None) => std::env::var(var).map_err(|_| {
+            AdapterError::new(
+                format!("auth.{key}_env"),
+                format!("environment variable {var} is not set"),
+            )
+        }),
         (None, Some(path)) => std::fs::read_to_string(path)
             .map(|s| s.trim_end_matches(['\r', '\n']).to_string())
-            .map_err(|e| AdapterError::new(format!("auth.{key}_file"), format!("cannot read {path}: {e}"))),
+            .map_err(|e| {
+                AdapterError::new(
+                    format!("auth.{key}_file"),
+                    format!("cannot read {path}: {e}"),
+                )
+            }),
         (None, None) => Err(AdapterError::new(
             format!("auth.{key}_env"),
             format!("set {key}_env or {key}_file (secrets are never written in the configuration)"),
@@ -234,15 +271,23 @@ fn auth_header(auth: &RestAuth) -> Result<Option<HeaderValue>, AdapterError> {
             password_file,
         } => {
             let password = read_secret("password", password_env, password_file)?;
-            let token = base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
+            let token =
+                base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
             format!("Basic {token}")
         }
-        RestAuth::Bearer { token_env, token_file } => {
+        RestAuth::Bearer {
+            token_env,
+            token_file,
+        } => {
             format!("Bearer {}", read_secret("token", token_env, token_file)?)
         }
     };
-    let mut header = HeaderValue::from_str(&value)
-        .map_err(|_| AdapterError::new("auth", "the secret contains characters not allowed in a header"))?;
+    let mut header = HeaderValue::from_str(&value).map_err(|_| {
+        AdapterError::new(
+            "auth",
+            "the secret contains characters not allowed in a header",
+        )
+    })?;
     header.set_sensitive(true);
     Ok(Some(header))
 }
@@ -265,18 +310,28 @@ impl Adapter for RestAdapter {
                 request.operation().as_str()
             ))
         })?;
-        let resp = self.build_request(op, &request)?.send().await.map_err(|e| {
-            if e.is_connect() {
-                DeliveryError::transient(format!("cannot connect to vendor: {}", error_chain(&e)))
-            } else if e.is_timeout() {
-                DeliveryError::new(
-                    FailureClass::OutcomeUnknown,
-                    format!("no answer within {:?}", self.config.timeout),
-                )
-            } else {
-                DeliveryError::new(FailureClass::OutcomeUnknown, format!("request failed: {}", error_chain(&e)))
-            }
-        })?;
+        let resp = self
+            .build_request(op, &request)?
+            .send()
+            .await
+            .map_err(|e| {
+                if e.is_connect() {
+                    DeliveryError::transient(format!(
+                        "cannot connect to vendor: {}",
+                        error_chain(&e)
+                    ))
+                } else if e.is_timeout() {
+                    DeliveryError::new(
+                        FailureClass::OutcomeUnknown,
+                        format!("no answer within {:?}", self.config.timeout),
+                    )
+                } else {
+                    DeliveryError::new(
+                        FailureClass::OutcomeUnknown,
+                        format!("request failed: {}", error_chain(&e)),
+                    )
+                }
+            })?;
         let status = resp.status();
         let retry_after = resp
             .headers()
@@ -287,7 +342,11 @@ impl Adapter for RestAdapter {
         if status.is_success() {
             response::map_success(&self.config.response, &body, &self.name)
         } else {
-            Err(response::classify_failure(status.as_u16(), retry_after, &body))
+            Err(response::classify_failure(
+                status.as_u16(),
+                retry_after,
+                &body,
+            ))
         }
     }
 }

@@ -17,9 +17,8 @@ pub fn map_success(
     let json: Value = if body.iter().all(u8::is_ascii_whitespace) {
         Value::Null
     } else {
-        serde_json::from_slice(body).map_err(|e| {
-            DeliveryError::permanent(format!("vendor reply is not valid JSON: {e}"))
-        })?
+        serde_json::from_slice(body)
+            .map_err(|e| DeliveryError::permanent(format!("vendor reply is not valid JSON: {e}")))?
     };
     let text_at = |ptr: &Option<String>| -> Option<String> {
         ptr.as_deref()
@@ -55,7 +54,11 @@ pub fn map_success(
         });
     }
 
-    let documents = match mapping.documents_pointer.as_deref().and_then(|p| json.pointer(p)) {
+    let documents = match mapping
+        .documents_pointer
+        .as_deref()
+        .and_then(|p| json.pointer(p))
+    {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Array(items)) => items
             .iter()
@@ -97,7 +100,8 @@ fn parse_document(item: &Value, index: usize) -> Result<Document, DeliveryError>
             .map(str::to_string)
     };
     let bad = |what: &str| DeliveryError::permanent(format!("vendor document #{index}: {what}"));
-    let content = field(&["content_base64", "content"]).ok_or_else(|| bad("missing content_base64"))?;
+    let content =
+        field(&["content_base64", "content"]).ok_or_else(|| bad("missing content_base64"))?;
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(content.trim())
         .map_err(|e| bad(&format!("content_base64 is not base64: {e}")))?;
@@ -202,7 +206,11 @@ mod tests {
     fn unmapped_vendor_status_is_permanent_and_named() {
         let err = map_success(&mapping(), br#"{"esito":"BOH"}"#, "x").unwrap_err();
         assert_eq!(err.class, FailureClass::Permanent);
-        assert!(err.reason.contains("'BOH'") && err.reason.contains("/esito"), "{}", err.reason);
+        assert!(
+            err.reason.contains("'BOH'") && err.reason.contains("/esito"),
+            "{}",
+            err.reason
+        );
     }
 
     #[test]
@@ -221,11 +229,26 @@ mod tests {
 
     #[test]
     fn failure_classes_follow_block_rest() {
-        assert_eq!(classify_failure(503, None, b"").class, FailureClass::Transient);
-        assert_eq!(classify_failure(429, None, b"").class, FailureClass::Transient);
-        assert_eq!(classify_failure(400, None, b"").class, FailureClass::Permanent);
-        assert_eq!(classify_failure(404, None, b"").class, FailureClass::Permanent);
-        assert_eq!(classify_failure(422, None, b"").class, FailureClass::Permanent);
+        assert_eq!(
+            classify_failure(503, None, b"").class,
+            FailureClass::Transient
+        );
+        assert_eq!(
+            classify_failure(429, None, b"").class,
+            FailureClass::Transient
+        );
+        assert_eq!(
+            classify_failure(400, None, b"").class,
+            FailureClass::Permanent
+        );
+        assert_eq!(
+            classify_failure(404, None, b"").class,
+            FailureClass::Permanent
+        );
+        assert_eq!(
+            classify_failure(422, None, b"").class,
+            FailureClass::Permanent
+        );
     }
 
     #[test]
@@ -235,7 +258,10 @@ mod tests {
             None,
             br#"{"type":"https://x/err","title":"Dati non validi","detail":"campo foglio mancante","code":"ERROR_400_001"}"#,
         );
-        assert_eq!(err.reason, "HTTP 422: Dati non validi: campo foglio mancante");
+        assert_eq!(
+            err.reason,
+            "HTTP 422: Dati non validi: campo foglio mancante"
+        );
         assert_eq!(err.vendor_code.as_deref(), Some("ERROR_400_001"));
     }
 
@@ -244,7 +270,10 @@ mod tests {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
         assert_eq!(parse_retry_after("7", now), Some(Duration::from_secs(7)));
         let later = httpdate::fmt_http_date(now + Duration::from_secs(30));
-        assert_eq!(parse_retry_after(&later, now), Some(Duration::from_secs(30)));
+        assert_eq!(
+            parse_retry_after(&later, now),
+            Some(Duration::from_secs(30))
+        );
         assert_eq!(parse_retry_after("soon", now), None);
     }
 }

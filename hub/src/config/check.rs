@@ -1,0 +1,141 @@
+//! Validation beyond types: references between sections, patterns, codes,
+//! and that every adapter instance builds. Collects every problem, so an
+//! engineer fixes a file in one pass.
+
+use super::Config;
+use crate::domain::identifiers::is_istat_code;
+use std::fmt;
+
+/// One problem found in a configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigIssue {
+    /// Dotted key path (`routes[2].adapter`).
+    pub key: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.reason)
+    }
+}
+
+/// Checks a loaded configuration; an empty list means it is usable.
+pub fn check(cfg: &Config) -> Vec<ConfigIssue> {
+    let mut issues = Vec::new();
+    let mut add = |key: String, reason: String| issues.push(ConfigIssue { key, reason });
+
+    for code in cfg.tenants.keys() {
+        if !is_istat_code(code) {
+            add(
+                format!("tenants.{code}"),
+                "a tenant is keyed by its 6-digit ISTAT code".into(),
+            );
+        }
+    }
+    for (name, adapter) in &cfg.adapters {
+        if let Err(e) = crate::adapters::build(name, adapter, &cfg.base_dir) {
+            add(format!("adapters.{name}.{}", e.key), e.reason);
+        }
+    }
+    for (code, service) in &cfg.services {
+        if service.legal_term_days == 0 {
+            add(
+                format!("services.{code}.legal_term_days"),
+                "must be at least 1".into(),
+            );
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, field) in service.fields.iter().enumerate() {
+            let key = format!("services.{code}.fields[{i}]");
+            if field.name.is_empty() {
+                add(format!("{key}.name"), "is empty".into());
+            } else if !seen.insert(field.name.as_str()) {
+                add(
+                    format!("{key}.name"),
+                    format!("field '{}' is declared twice", field.name),
+                );
+            }
+            if let Some(p) = &field.pattern
+                && let Err(e) = regex::Regex::new(&format!("^(?:{p})$"))
+            {
+                add(
+                    format!("{key}.pattern"),
+                    format!("not a valid regular expression: {e}"),
+                );
+            }
+        }
+    }
+    let mut bound = std::collections::HashMap::new();
+    for (i, route) in cfg.routes.iter().enumerate() {
+        let key = format!("routes[{i}]");
+        if route.tenants.is_empty() {
+            add(format!("{key}.tenants"), "lists no tenant".into());
+        }
+        for t in &route.tenants {
+            if !cfg.tenants.contains_key(t) {
+                add(
+                    format!("{key}.tenants"),
+                    format!("'{t}' is not declared under [tenants]"),
+                );
+            }
+            if let Some(prev) = bound.insert((t.clone(), route.service.clone()), i) {
+                add(
+                    format!("{key}.service"),
+                    format!(
+                        "tenant {t} already routes '{}' in routes[{prev}]",
+                        route.service
+                    ),
+                );
+            }
+        }
+        if !cfg.services.contains_key(&route.service) {
+            add(
+                format!("{key}.service"),
+                format!("'{}' is not declared under [services]", route.service),
+            );
+        }
+        if !cfg.adapters.contains_key(&route.adapter) {
+            add(
+                format!("{key}.adapter"),
+                format!("'{}' is not declared under [adapters]", route.adapter),
+            );
+        }
+        if route.max_attempts == Some(0) {
+            add(format!("{key}.max_attempts"), "must be at least 1".into());
+        }
+        if route.deadline.is_zero() {
+            add(format!("{key}.deadline"), "must be longer than zero".into());
+        }
+    }
+    if cfg.delivery.max_attempts == 0 {
+        add("delivery.max_attempts".into(), "must be at least 1".into());
+    }
+    if cfg.delivery.initial_backoff > cfg.delivery.max_backoff {
+        add(
+            "delivery.initial_backoff".into(),
+            "is longer than delivery.max_backoff".into(),
+        );
+    }
+    let mut ports = std::collections::HashMap::new();
+    let listeners = [
+        ("hub.grpc_listen".to_string(), cfg.hub.grpc_listen),
+        ("hub.http_listen".to_string(), cfg.hub.http_listen),
+    ]
+    .into_iter()
+    .chain(
+        cfg.simulators
+            .iter()
+            .map(|(n, s)| (format!("simulators.{n}.listen"), s.listen)),
+    );
+    for (key, addr) in listeners {
+        if addr.port() != 0
+            && let Some(other) = ports.insert(addr, key.clone())
+        {
+            add(key, format!("{addr} is also used by {other}"));
+        }
+    }
+    // Adapters that are declared but never routed are not errors: an engineer
+    // may prepare a vendor before switching services to it.
+    issues
+}

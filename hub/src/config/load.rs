@@ -1,0 +1,50 @@
+//! Reading the configuration file and its environment overrides.
+
+use super::Config;
+use std::path::{Path, PathBuf};
+
+/// Prefix of environment overrides: `RACCORDO__STORE__SYNCHRONOUS=normal`
+/// sets `store.synchronous`.
+pub const ENV_PREFIX: &str = "RACCORDO";
+
+/// A configuration that could not be read: the file, the key and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {}{reason}", file.display(), key.as_deref().map(|k| format!("{k}: ")).unwrap_or_default())]
+pub struct LoadError {
+    pub file: PathBuf,
+    /// Dotted path of the offending key, when known.
+    pub key: Option<String>,
+    pub reason: String,
+}
+
+/// Reads `path` (TOML), applies `RACCORDO__*` environment overrides and
+/// deserializes. Unknown keys and wrong types are errors naming the key.
+pub fn load(path: &Path) -> Result<Config, LoadError> {
+    let err = |key: Option<String>, reason: String| LoadError {
+        file: path.to_path_buf(),
+        key,
+        reason,
+    };
+    if !path.is_file() {
+        return Err(err(None, "no such file".into()));
+    }
+    let raw = config::Config::builder()
+        .add_source(config::File::from(path).format(config::FileFormat::Toml))
+        .add_source(
+            config::Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true),
+        )
+        .build()
+        .map_err(|e| err(None, e.to_string()))?;
+    let mut cfg: Config = serde_path_to_error::deserialize(raw).map_err(|e| {
+        let key = e.path().to_string();
+        let key = (key != "." && !key.is_empty()).then_some(key);
+        err(key, e.into_inner().to_string())
+    })?;
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    cfg.base_dir = abs.parent().map(Path::to_path_buf).unwrap_or_default();
+    cfg.source = path.to_path_buf();
+    Ok(cfg)
+}

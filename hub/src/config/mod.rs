@@ -1,0 +1,398 @@
+//! The hub's configuration: what integration engineers write.
+//!
+//! One TOML file, every key overridable by an environment variable
+//! (`RACCORDO__HUB__GRPC_LISTEN=0.0.0.0:50051`). [`load`] reads and
+//! deserializes it (unknown keys are errors that name the key); [`check`]
+//! then validates what the types cannot (routes to unknown adapters, bad
+//! patterns, templates that do not compile) and builds nothing.
+//! Every key is documented in `docs/configuration.md`.
+
+mod check;
+mod load;
+
+pub use check::{ConfigIssue, check};
+pub use load::{LoadError, load};
+
+use raccordo_adapters::rest::config::RestConfig;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub hub: HubConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub delivery: DeliveryConfig,
+    /// Municipalities served, keyed by ISTAT code.
+    #[serde(default)]
+    pub tenants: BTreeMap<String, TenantConfig>,
+    /// Vendor connections, keyed by instance name.
+    #[serde(default)]
+    pub adapters: BTreeMap<String, AdapterConfig>,
+    /// The catalogue: service definitions, keyed by service code.
+    #[serde(default)]
+    pub services: BTreeMap<String, ServiceConfig>,
+    /// Which adapter serves which (tenants, service).
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    /// Simulated back offices started inside the hub (demos, benchmarks).
+    #[serde(default)]
+    pub simulators: BTreeMap<String, SimulatorConfig>,
+    /// Directory of the configuration file: relative paths resolve here.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+    /// The file it was read from, for messages.
+    #[serde(skip)]
+    pub source: PathBuf,
+}
+
+/// `[hub]`: listeners and data.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubConfig {
+    /// gRPC listener (Practice, Catalog, admin, health, reflection).
+    #[serde(default = "default_grpc_listen")]
+    pub grpc_listen: SocketAddr,
+    /// HTTP listener (`/healthz`, `/readyz`).
+    #[serde(default = "default_http_listen")]
+    pub http_listen: SocketAddr,
+    /// Where the embedded store lives (relative to the config file).
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// How long a clean shutdown waits for deliveries in flight.
+    #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self {
+            grpc_listen: default_grpc_listen(),
+            http_listen: default_http_listen(),
+            data_dir: default_data_dir(),
+            shutdown_grace: default_shutdown_grace(),
+        }
+    }
+}
+
+/// `[store]`: the embedded SQLite database.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// File name inside `hub.data_dir`.
+    #[serde(default = "default_db_file")]
+    pub file: String,
+    /// `full` (fsync on every commit: an acknowledged practice survives a
+    /// power cut) or `normal` (survives a crash of the process, not of the OS).
+    #[serde(default)]
+    pub synchronous: Synchronous,
+    /// Read connections (writes always go through one connection).
+    #[serde(default = "default_readers")]
+    pub read_connections: u32,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            file: default_db_file(),
+            synchronous: Synchronous::Full,
+            read_connections: default_readers(),
+        }
+    }
+}
+
+/// SQLite `synchronous` level.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Synchronous {
+    #[default]
+    Full,
+    Normal,
+}
+
+/// `[limits]`: what a submission may weigh.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Form data, as JSON.
+    #[serde(default = "default_max_data")]
+    pub max_data_bytes: usize,
+    #[serde(default = "default_max_attachments")]
+    pub max_attachments: usize,
+    /// One attachment.
+    #[serde(default = "default_max_attachment")]
+    pub max_attachment_bytes: usize,
+    /// All attachments of a practice together (also bounds the gRPC message).
+    #[serde(default = "default_max_total_attachments")]
+    pub max_total_attachment_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_data_bytes: default_max_data(),
+            max_attachments: default_max_attachments(),
+            max_attachment_bytes: default_max_attachment(),
+            max_total_attachment_bytes: default_max_total_attachments(),
+        }
+    }
+}
+
+/// `[delivery]`: retry policy defaults (routes may override `max_attempts`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryConfig {
+    /// Attempts before a delivery is dead-lettered.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// First retry delay; doubled each attempt, with jitter.
+    #[serde(default = "default_initial_backoff", with = "humantime_serde")]
+    pub initial_backoff: Duration,
+    /// Upper bound of the retry delay (and of a vendor's `Retry-After`).
+    #[serde(default = "default_max_backoff", with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// Safety net: how often workers look for due jobs without a wake-up.
+    #[serde(default = "default_poll_interval", with = "humantime_serde")]
+    pub poll_interval: Duration,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: default_max_attempts(),
+            initial_backoff: default_initial_backoff(),
+            max_backoff: default_max_backoff(),
+            poll_interval: default_poll_interval(),
+        }
+    }
+}
+
+/// `[tenants."ISTAT"]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    /// e.g. "Comune di Bergamo".
+    pub name: String,
+    /// Code in the IPA index, if known.
+    #[serde(default)]
+    pub ipa_code: Option<String>,
+}
+
+/// `[adapters.NAME]`: one vendor connection; `kind` picks the protocol.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum AdapterConfig {
+    Rest(RestConfig),
+}
+
+/// `[services.CODE]`: a catalogue entry, shared by every tenant routing it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    pub title: String,
+    #[serde(default)]
+    pub description: String,
+    /// Days within which the administration must conclude (law 241/1990: 30).
+    #[serde(default = "default_legal_term")]
+    pub legal_term_days: u32,
+    /// ISTANZA, SCIA, AUTORIZZAZIONE, SILENZIO_ASSENSO, COMUNICAZIONE, …
+    #[serde(default = "default_regime")]
+    pub regime: String,
+    /// The form fields submissions are validated against.
+    #[serde(default)]
+    pub fields: Vec<FieldConfig>,
+}
+
+/// `[[services.CODE.fields]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldConfig {
+    pub name: String,
+    #[serde(rename = "type", default)]
+    pub field_type: FieldType,
+    #[serde(default)]
+    pub required: bool,
+    /// A regular expression the whole value must match (strings).
+    #[serde(default)]
+    pub pattern: Option<String>,
+    #[serde(default)]
+    pub description: String,
+}
+
+/// A form field's type.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FieldType {
+    #[default]
+    String,
+    Integer,
+    Number,
+    Boolean,
+    /// `YYYY-MM-DD`.
+    Date,
+    Email,
+}
+
+impl FieldType {
+    /// The type's name in the catalogue.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::String => "string",
+            Self::Integer => "integer",
+            Self::Number => "number",
+            Self::Boolean => "boolean",
+            Self::Date => "date",
+            Self::Email => "email",
+        }
+    }
+}
+
+/// How a submission is answered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Reply once the vendor answered (bounded by `deadline`).
+    Sync,
+    /// Reply once stored; deliver in the background.
+    #[default]
+    Deferred,
+    /// Wait up to `deadline` for the vendor, then reply with the current state.
+    Auto,
+}
+
+/// `[[routes]]`: (tenants, service) → adapter instance.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// ISTAT codes this route applies to.
+    pub tenants: Vec<String>,
+    /// A key of `[services]`.
+    pub service: String,
+    /// A key of `[adapters]`.
+    pub adapter: String,
+    #[serde(default)]
+    pub mode: Mode,
+    /// For `sync` and `auto`: how long the submitter waits for the vendor.
+    #[serde(default = "default_deadline", with = "humantime_serde")]
+    pub deadline: Duration,
+    /// Overrides `delivery.max_attempts`.
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+    /// Send attachments inside the message (`inline`) or only their
+    /// metadata and hash (`reference`).
+    #[serde(default)]
+    pub attachments: AttachmentMode,
+    /// Extra values for templates, as `route.*`.
+    #[serde(default)]
+    pub vars: serde_json::Map<String, serde_json::Value>,
+}
+
+/// How attachments travel in the normalized message.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttachmentMode {
+    #[default]
+    Inline,
+    Reference,
+}
+
+/// `[simulators.NAME]`: a fake vendor REST back office on loopback.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimulatorConfig {
+    pub listen: SocketAddr,
+    /// `approve` (answers at once with a certificate), `register` (answers
+    /// with a protocol number only), `reject`.
+    #[serde(default)]
+    pub behaviour: SimulatorBehaviour,
+    /// Added before each answer, to imitate a slow back office.
+    #[serde(default, with = "humantime_serde")]
+    pub latency: Duration,
+}
+
+/// What a simulated back office answers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SimulatorBehaviour {
+    #[default]
+    Approve,
+    Register,
+    Reject,
+}
+
+fn default_grpc_listen() -> SocketAddr {
+    "127.0.0.1:50051".parse().expect("literal address")
+}
+fn default_http_listen() -> SocketAddr {
+    "127.0.0.1:8080".parse().expect("literal address")
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("data")
+}
+fn default_shutdown_grace() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_db_file() -> String {
+    "raccordo.db".into()
+}
+fn default_readers() -> u32 {
+    4
+}
+fn default_max_data() -> usize {
+    256 * 1024
+}
+fn default_max_attachments() -> usize {
+    20
+}
+fn default_max_attachment() -> usize {
+    10 * 1024 * 1024
+}
+fn default_max_total_attachments() -> usize {
+    25 * 1024 * 1024
+}
+fn default_max_attempts() -> u32 {
+    8
+}
+fn default_initial_backoff() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_max_backoff() -> Duration {
+    Duration::from_secs(15 * 60)
+}
+fn default_poll_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_legal_term() -> u32 {
+    30
+}
+fn default_regime() -> String {
+    "ISTANZA".into()
+}
+fn default_deadline() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl Config {
+    /// The route serving `service` for `tenant`, if any.
+    pub fn route(&self, tenant: &str, service: &str) -> Option<&RouteConfig> {
+        self.routes
+            .iter()
+            .find(|r| r.service == service && r.tenants.iter().any(|t| t == tenant))
+    }
+
+    /// Absolute path of the SQLite file.
+    pub fn database_path(&self) -> PathBuf {
+        self.base_dir
+            .join(&self.hub.data_dir)
+            .join(&self.store.file)
+    }
+}

@@ -1,0 +1,351 @@
+//! Submission validation: identifiers, the service's declared fields and the
+//! size limits. Every violation names its field (as the API spells it) and
+//! the reason; all of them are reported at once.
+
+use super::identifiers::{is_istat_code, validate_fiscal_code, validate_vat_number};
+use crate::config::{FieldConfig, FieldType, Limits};
+use raccordo_adapters::model::{Applicant, Subject, Submitter};
+use serde_json::Value;
+
+/// One offending field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// Path of the field in the request (`applicant.person.fiscal_code`).
+    pub field: String,
+    pub description: String,
+}
+
+/// Collects violations.
+#[derive(Debug, Default)]
+pub struct Violations(pub Vec<Violation>);
+
+impl Violations {
+    /// Records one violation.
+    pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
+        self.0.push(Violation {
+            field: field.into(),
+            description: description.into(),
+        });
+    }
+
+    /// True when nothing was found.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Validates the identity fields of a submission.
+pub fn check_tenant_and_key(v: &mut Violations, tenant_id: &str, idempotency_key: &str) {
+    if !is_istat_code(tenant_id) {
+        v.add(
+            "tenant_id",
+            "must be the 6-digit ISTAT code of the municipality",
+        );
+    }
+    if idempotency_key.trim().is_empty() {
+        v.add(
+            "idempotency_key",
+            "is required: reuse the same key when retrying a submission",
+        );
+    } else if idempotency_key.len() > 128 {
+        v.add("idempotency_key", "must be at most 128 characters");
+    }
+}
+
+/// Validates the applicant (person by codice fiscale, company by partita IVA).
+pub fn check_applicant(v: &mut Violations, applicant: Option<&Applicant>) {
+    let Some(applicant) = applicant else {
+        v.add("applicant", "is required: a person or a company");
+        return;
+    };
+    match &applicant.subject {
+        Subject::Person(p) => {
+            if let Err(e) = validate_fiscal_code(&p.fiscal_code) {
+                v.add(
+                    "applicant.person.fiscal_code",
+                    format!("is not a valid codice fiscale: {e}"),
+                );
+            }
+        }
+        Subject::Company(c) => {
+            if let Err(e) = validate_vat_number(&c.vat_number) {
+                v.add(
+                    "applicant.company.vat_number",
+                    format!("is not a valid partita IVA: {e}"),
+                );
+            }
+            if let Some(rep) = &c.representative
+                && let Err(e) = validate_fiscal_code(&rep.fiscal_code)
+            {
+                v.add(
+                    "applicant.company.representative.fiscal_code",
+                    format!("is not a valid codice fiscale: {e}"),
+                );
+            }
+        }
+    }
+}
+
+/// Validates the optional submitter.
+pub fn check_submitter(v: &mut Violations, submitter: Option<&Submitter>) {
+    if let Some(s) = submitter
+        && let Err(e) = validate_fiscal_code(&s.person.fiscal_code)
+    {
+        v.add(
+            "submitter.person.fiscal_code",
+            format!("is not a valid codice fiscale: {e}"),
+        );
+    }
+}
+
+/// Validates form data against the service's declared fields. Undeclared
+/// fields are refused too: a typo must not silently drop data.
+pub fn check_form(
+    v: &mut Violations,
+    data: &serde_json::Map<String, Value>,
+    fields: &[FieldConfig],
+    limits: &Limits,
+) {
+    let size = serde_json::to_vec(data).map(|b| b.len()).unwrap_or(0);
+    if size > limits.max_data_bytes {
+        v.add(
+            "data",
+            format!(
+                "is {size} bytes, more than the limit of {}",
+                limits.max_data_bytes
+            ),
+        );
+        return;
+    }
+    for field in fields {
+        let path = format!("data.{}", field.name);
+        match data.get(&field.name) {
+            None | Some(Value::Null) => {
+                if field.required {
+                    v.add(path, "is required");
+                }
+            }
+            Some(value) => {
+                if let Err(reason) = check_value(value, field) {
+                    v.add(path, reason);
+                }
+            }
+        }
+    }
+    for name in data.keys() {
+        if !fields.iter().any(|f| &f.name == name) {
+            v.add(format!("data.{name}"), "is not a field of this service");
+        }
+    }
+}
+
+fn check_value(value: &Value, field: &FieldConfig) -> Result<(), String> {
+    match field.field_type {
+        FieldType::String => {
+            let s = value.as_str().ok_or("must be a string")?;
+            if let Some(p) = &field.pattern {
+                // Patterns are checked at config load; a bad one here is a bug.
+                let re = regex::Regex::new(&format!("^(?:{p})$")).map_err(|e| e.to_string())?;
+                if !re.is_match(s) {
+                    return Err(format!("does not match the pattern {p}"));
+                }
+            }
+            Ok(())
+        }
+        FieldType::Integer => match value {
+            Value::Number(n) if n.is_i64() || n.is_u64() => Ok(()),
+            Value::Number(n) if n.as_f64().is_some_and(|f| f.fract() == 0.0) => Ok(()),
+            _ => Err("must be an integer".into()),
+        },
+        FieldType::Number => value
+            .as_f64()
+            .map(|_| ())
+            .ok_or_else(|| "must be a number".into()),
+        FieldType::Boolean => value
+            .as_bool()
+            .map(|_| ())
+            .ok_or_else(|| "must be true or false".into()),
+        FieldType::Date => {
+            let s = value.as_str().ok_or("must be a date as YYYY-MM-DD")?;
+            chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+                .map(|_| ())
+                .map_err(|_| "must be a date as YYYY-MM-DD".into())
+        }
+        FieldType::Email => {
+            let s = value.as_str().ok_or("must be an e-mail address")?;
+            let ok = s.split_once('@').is_some_and(|(local, domain)| {
+                !local.is_empty() && domain.contains('.') && !s.contains(char::is_whitespace)
+            });
+            if ok {
+                Ok(())
+            } else {
+                Err("must be an e-mail address".into())
+            }
+        }
+    }
+}
+
+/// An attachment as submitted.
+#[derive(Debug, Clone)]
+pub struct AttachmentInput {
+    pub name: String,
+    pub media_type: String,
+    /// Declared hash, if the caller sent one.
+    pub sha256: String,
+    pub content: Vec<u8>,
+}
+
+/// Validates attachments: count, sizes, names, declared hashes.
+pub fn check_attachments(v: &mut Violations, attachments: &[AttachmentInput], limits: &Limits) {
+    if attachments.len() > limits.max_attachments {
+        v.add(
+            "attachments",
+            format!(
+                "has {} items, more than the limit of {}",
+                attachments.len(),
+                limits.max_attachments
+            ),
+        );
+    }
+    let mut total = 0usize;
+    for (i, a) in attachments.iter().enumerate() {
+        let path = format!("attachments[{i}]");
+        total += a.content.len();
+        if a.name.trim().is_empty() {
+            v.add(format!("{path}.name"), "is required");
+        } else if a.name.len() > 255 || a.name.contains(['/', '\\', '\0']) {
+            v.add(
+                format!("{path}.name"),
+                "must be a plain file name of at most 255 bytes",
+            );
+        }
+        if a.media_type.trim().is_empty() {
+            v.add(
+                format!("{path}.media_type"),
+                "is required (e.g. application/pdf)",
+            );
+        }
+        if a.content.is_empty() {
+            v.add(format!("{path}.content"), "is empty");
+        }
+        if a.content.len() > limits.max_attachment_bytes {
+            v.add(
+                format!("{path}.content"),
+                format!(
+                    "is {} bytes, more than the limit of {}",
+                    a.content.len(),
+                    limits.max_attachment_bytes
+                ),
+            );
+        }
+        if !a.sha256.is_empty() {
+            let actual = raccordo_adapters::model::sha256_hex(&a.content);
+            if !a.sha256.eq_ignore_ascii_case(&actual) {
+                v.add(format!("{path}.sha256"), "does not match the content");
+            }
+        }
+    }
+    if total > limits.max_total_attachment_bytes {
+        v.add(
+            "attachments",
+            format!(
+                "total {total} bytes, more than the limit of {}",
+                limits.max_total_attachment_bytes
+            ),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field(name: &str, t: FieldType, required: bool, pattern: Option<&str>) -> FieldConfig {
+        FieldConfig {
+            name: name.into(),
+            field_type: t,
+            required,
+            pattern: pattern.map(str::to_string),
+            description: String::new(),
+        }
+    }
+
+    #[test]
+    fn form_fields_are_checked_by_type_pattern_and_presence() {
+        let fields = vec![
+            field("foglio", FieldType::Integer, true, None),
+            field("cap", FieldType::String, true, Some("[0-9]{5}")),
+            field("dal", FieldType::Date, false, None),
+            field("mq", FieldType::Number, false, None),
+            field("email", FieldType::Email, false, None),
+        ];
+        let data = serde_json::json!({"cap": "2412", "dal": "2026-02-30", "mq": "tanti", "extra": 1, "email": "x@"});
+        let mut v = Violations::default();
+        check_form(
+            &mut v,
+            data.as_object().unwrap(),
+            &fields,
+            &Limits::default(),
+        );
+        let got: Vec<_> = v.0.iter().map(|x| x.field.as_str()).collect();
+        assert_eq!(
+            got,
+            [
+                "data.foglio",
+                "data.cap",
+                "data.dal",
+                "data.mq",
+                "data.email",
+                "data.extra"
+            ]
+        );
+        assert!(v.0[1].description.contains("[0-9]{5}"));
+    }
+
+    #[test]
+    fn valid_form_passes() {
+        let fields = vec![field("foglio", FieldType::Integer, true, None)];
+        let data = serde_json::json!({"foglio": 12});
+        let mut v = Violations::default();
+        check_form(
+            &mut v,
+            data.as_object().unwrap(),
+            &fields,
+            &Limits::default(),
+        );
+        assert!(v.is_empty(), "{v:?}");
+    }
+
+    #[test]
+    fn attachments_are_checked() {
+        let limits = Limits {
+            max_attachment_bytes: 4,
+            ..Limits::default()
+        };
+        let a = |name: &str, content: &[u8], sha: &str| AttachmentInput {
+            name: name.into(),
+            media_type: "text/plain".into(),
+            sha256: sha.into(),
+            content: content.to_vec(),
+        };
+        let mut v = Violations::default();
+        check_attachments(
+            &mut v,
+            &[
+                a("../x", b"ok", ""),
+                a("big.txt", b"12345", ""),
+                a("h.txt", b"ab", "00"),
+            ],
+            &limits,
+        );
+        let got: Vec<_> = v.0.iter().map(|x| x.field.as_str()).collect();
+        assert_eq!(
+            got,
+            [
+                "attachments[0].name",
+                "attachments[1].content",
+                "attachments[2].sha256"
+            ]
+        );
+    }
+}

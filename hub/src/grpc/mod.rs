@@ -1,0 +1,233 @@
+//! The gRPC face: decode, call the practice service, encode. Nothing else.
+
+pub mod convert;
+pub mod error;
+
+use crate::domain::identifiers::is_istat_code;
+use crate::practices::{HubError, PracticeService};
+use crate::store::{EventFilter, PracticeFilter};
+use convert::*;
+use error::invalid;
+use futures::Stream;
+use raccordo_proto::v1 as pb;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+/// Implements every `raccordo.v1` service over one [`PracticeService`].
+#[derive(Debug, Clone)]
+pub struct Api {
+    service: Arc<PracticeService>,
+}
+
+impl Api {
+    /// The API over `service`.
+    pub fn new(service: Arc<PracticeService>) -> Self {
+        Self { service }
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::PracticeEvent, Status>> + Send>>;
+
+fn tenant(t: &str) -> Result<String, Status> {
+    let t = t.trim();
+    if is_istat_code(t) {
+        Ok(t.to_string())
+    } else {
+        Err(invalid(
+            "tenant_id",
+            "must be the 6-digit ISTAT code of the municipality",
+        ))
+    }
+}
+
+fn non_empty(field: &str, v: &str) -> Result<String, Status> {
+    match v.trim() {
+        "" => Err(invalid(field, "is required")),
+        v => Ok(v.to_string()),
+    }
+}
+
+fn opt(v: &str) -> Option<String> {
+    let v = v.trim();
+    (!v.is_empty()).then(|| v.to_string())
+}
+
+fn event_stream(
+    rx: tokio::sync::mpsc::Receiver<Result<crate::domain::practice::Event, HubError>>,
+) -> EventStream {
+    Box::pin(ReceiverStream::new(rx).map(|r| r.map(|e| event_pb(&e)).map_err(Status::from)))
+}
+
+#[tonic::async_trait]
+impl pb::practice_service_server::PracticeService for Api {
+    async fn submit_practice(
+        &self,
+        request: Request<pb::SubmitPracticeRequest>,
+    ) -> Result<Response<pb::SubmitPracticeResponse>, Status> {
+        let submitted = self
+            .service
+            .submit(submit_input(request.into_inner()))
+            .await?;
+        Ok(Response::new(pb::SubmitPracticeResponse {
+            practice: Some(practice_pb(&submitted.practice, &[])),
+            duplicate: submitted.duplicate,
+        }))
+    }
+
+    async fn get_practice(
+        &self,
+        request: Request<pb::GetPracticeRequest>,
+    ) -> Result<Response<pb::Practice>, Status> {
+        let r = request.into_inner();
+        let tenant_id = tenant(&r.tenant_id)?;
+        let id = non_empty("practice_id", &r.practice_id)?;
+        let practice = self.service.get(&tenant_id, &id, r.include_content).await?;
+        let events = if r.include_events {
+            self.service.events(&tenant_id, &id, 1).await?
+        } else {
+            Vec::new()
+        };
+        Ok(Response::new(practice_pb(&practice, &events)))
+    }
+
+    async fn list_practices(
+        &self,
+        request: Request<pb::ListPracticesRequest>,
+    ) -> Result<Response<pb::ListPracticesResponse>, Status> {
+        let r = request.into_inner();
+        let filter = PracticeFilter {
+            tenant_id: tenant(&r.tenant_id)?,
+            applicant_id: opt(&r.applicant_id),
+            service_code: opt(&r.service_code),
+            status: status_from_pb(r.status),
+            submitted_from: r.submitted_from.as_ref().and_then(from_timestamp),
+            submitted_to: r.submitted_to.as_ref().and_then(from_timestamp),
+        };
+        let (practices, next) = self
+            .service
+            .list(filter, r.page_size, &r.page_token)
+            .await?;
+        Ok(Response::new(pb::ListPracticesResponse {
+            practices: practices.iter().map(|p| practice_pb(p, &[])).collect(),
+            next_page_token: next.unwrap_or_default(),
+        }))
+    }
+
+    type WatchPracticeStream = EventStream;
+
+    async fn watch_practice(
+        &self,
+        request: Request<pb::WatchPracticeRequest>,
+    ) -> Result<Response<Self::WatchPracticeStream>, Status> {
+        let r = request.into_inner();
+        let tenant_id = tenant(&r.tenant_id)?;
+        let id = non_empty("practice_id", &r.practice_id)?;
+        let rx = self
+            .service
+            .watch(tenant_id, id, r.from_sequence as i64)
+            .await?;
+        Ok(Response::new(event_stream(rx)))
+    }
+
+    type WatchPracticesStream = EventStream;
+
+    async fn watch_practices(
+        &self,
+        request: Request<pb::WatchPracticesRequest>,
+    ) -> Result<Response<Self::WatchPracticesStream>, Status> {
+        let r = request.into_inner();
+        let filter = EventFilter {
+            tenant_id: tenant(&r.tenant_id)?,
+            applicant_id: opt(&r.applicant_id).map(|a| a.to_ascii_uppercase()),
+            service_code: opt(&r.service_code),
+        };
+        let rx = self
+            .service
+            .watch_many(filter, r.after_cursor as i64)
+            .await?;
+        Ok(Response::new(event_stream(rx)))
+    }
+
+    async fn withdraw_practice(
+        &self,
+        request: Request<pb::WithdrawPracticeRequest>,
+    ) -> Result<Response<pb::Practice>, Status> {
+        let r = request.into_inner();
+        let tenant_id = tenant(&r.tenant_id)?;
+        let id = non_empty("practice_id", &r.practice_id)?;
+        let practice = self
+            .service
+            .withdraw(&tenant_id, &id, opt(&r.reason), opt(&r.operator_id))
+            .await?;
+        Ok(Response::new(practice_pb(&practice, &[])))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::catalog_service_server::CatalogService for Api {
+    async fn list_services(
+        &self,
+        request: Request<pb::ListServicesRequest>,
+    ) -> Result<Response<pb::ListServicesResponse>, Status> {
+        let tenant_id = tenant(&request.into_inner().tenant_id)?;
+        let services = self.service.catalog(&tenant_id)?;
+        Ok(Response::new(pb::ListServicesResponse {
+            services: services.iter().map(service_pb).collect(),
+        }))
+    }
+
+    async fn get_service(
+        &self,
+        request: Request<pb::GetServiceRequest>,
+    ) -> Result<Response<pb::Service>, Status> {
+        let r = request.into_inner();
+        let tenant_id = tenant(&r.tenant_id)?;
+        let code = non_empty("service_code", &r.service_code)?;
+        let entry = self
+            .service
+            .catalog(&tenant_id)?
+            .into_iter()
+            .find(|s| s.code == code)
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "service '{code}' is not offered by tenant {tenant_id}"
+                ))
+            })?;
+        Ok(Response::new(service_pb(&entry)))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::delivery_admin_service_server::DeliveryAdminService for Api {
+    async fn list_dead_letters(
+        &self,
+        request: Request<pb::ListDeadLettersRequest>,
+    ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
+        let r = request.into_inner();
+        let tenant_id = match opt(&r.tenant_id) {
+            Some(t) => Some(tenant(&t)?),
+            None => None,
+        };
+        let limit = if r.limit == 0 { 100 } else { r.limit };
+        let dead = self
+            .service
+            .dead_letters(tenant_id.as_deref(), limit)
+            .await?;
+        Ok(Response::new(pb::ListDeadLettersResponse {
+            dead_letters: dead.iter().map(dead_letter_pb).collect(),
+        }))
+    }
+
+    async fn replay_dead_letter(
+        &self,
+        request: Request<pb::ReplayDeadLetterRequest>,
+    ) -> Result<Response<pb::DeadLetter>, Status> {
+        let r = request.into_inner();
+        let op = non_empty("operation_id", &r.operation_id)?;
+        let dl = self.service.replay(&op, r.operator_id.trim()).await?;
+        Ok(Response::new(dead_letter_pb(&dl)))
+    }
+}

@@ -1,0 +1,48 @@
+//! The hub's side of adapters' inbound channels (callbacks, reply queues,
+//! result files): correlates a result to its practice and applies it in one
+//! transaction before the adapter acknowledges the vendor.
+
+use crate::practices::PracticeService;
+use crate::store::StoreError;
+use async_trait::async_trait;
+use raccordo_adapters::adapter::InboundError;
+use raccordo_adapters::{InboundResult, ResultSink};
+use std::sync::Arc;
+
+/// Applies inbound results through the practice service's store.
+#[derive(Debug)]
+pub struct HubSink {
+    service: Arc<PracticeService>,
+}
+
+impl HubSink {
+    /// A sink over `service`.
+    pub fn new(service: Arc<PracticeService>) -> Self {
+        Self { service }
+    }
+}
+
+#[async_trait]
+impl ResultSink for HubSink {
+    async fn apply(&self, result: InboundResult) -> Result<(), InboundError> {
+        let events = self
+            .service
+            .store()
+            .apply_inbound(
+                result.tenant_id.as_deref(),
+                &result.correlation,
+                &result.adapter,
+                &result.reply,
+            )
+            .await
+            .map_err(|e| match e {
+                StoreError::NotFound => {
+                    InboundError::Uncorrelated(format!("{:?}", result.correlation))
+                }
+                StoreError::Conflict(m) => InboundError::Refused(m),
+                other => InboundError::Unavailable(other.to_string()),
+            })?;
+        self.service.publish(events);
+        Ok(())
+    }
+}

@@ -1,0 +1,24 @@
+//! Raccordo: an integration hub between the front offices of Italian
+//! municipalities and their vendors' back-office systems.
+//!
+//! A practice enters through the gRPC API ([`grpc`]), is validated and
+//! stored with its delivery job in one transaction ([`practices`],
+//! [`store`]), is delivered by per-adapter workers ([`delivery`]) through the
+//! adapters of `raccordo-adapters`, and every change becomes an event
+//! ([`bus`]) that watchers follow live. `docs/architecture.md` follows one
+//! practice through these modules.
+
+pub mod adapters;
+pub mod bus;
+pub mod cli;
+pub mod config;
+pub mod delivery;
+pub mod domain;
+pub mod grpc;
+pub mod http;
+pub mod inbound;
+pub mod practices;
+pub mod server;
+pub mod simulator;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,683 @@
+//! The practice service: the domain face of the Practice API.
+//!
+//! It validates submissions, stores them with their delivery job in one
+//! transaction, wakes the delivery workers, waits for the vendor when the
+//! route is synchronous, and serves reads and live event streams. The gRPC
+//! layer and the CLI are thin translators over it.
+
+use crate::adapters::AdapterInstance;
+use crate::bus::EventBus;
+use crate::config::{Config, Mode, ServiceConfig};
+use crate::domain::practice::{
+    Event, EventDraft, EventKind, EventSource, NewPractice, Practice, PracticeContent,
+};
+use crate::domain::status::DeliveryStatus;
+use crate::domain::validate::{self, AttachmentInput, Violation, Violations};
+use crate::store::{
+    DeadLetter, EventFilter, InsertOutcome, PracticeFilter, Store, StoreError, Withdrawal,
+};
+use chrono::Utc;
+use raccordo_adapters::model::{AdminStatus, Applicant, Document, Operation, Submitter};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Notify, broadcast, mpsc};
+
+/// Domain errors, mapped to gRPC codes in one place (`grpc::error`).
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error("invalid request: {}", .0.iter().map(|v| format!("{}: {}", v.field, v.description)).collect::<Vec<_>>().join("; "))]
+    Invalid(Vec<Violation>),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl From<StoreError> for HubError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound => HubError::NotFound("not found".into()),
+            StoreError::Conflict(m) => HubError::FailedPrecondition(m),
+            // Details go to the log; callers get a retryable, generic answer.
+            other => {
+                tracing::error!(error = %other, "store failure");
+                HubError::Unavailable("the practice store is temporarily unavailable; retry".into())
+            }
+        }
+    }
+}
+
+/// A submission as received, before validation.
+#[derive(Debug, Clone)]
+pub struct SubmitInput {
+    pub tenant_id: String,
+    pub service_code: String,
+    pub applicant: Option<Applicant>,
+    pub submitter: Option<Submitter>,
+    pub channel: raccordo_adapters::model::ChannelInfo,
+    pub data: serde_json::Map<String, serde_json::Value>,
+    pub attachments: Vec<AttachmentInput>,
+    pub idempotency_key: String,
+}
+
+/// The answer to a submission.
+#[derive(Debug)]
+pub struct Submitted {
+    pub practice: Practice,
+    /// An earlier submission with the same key was returned.
+    pub duplicate: bool,
+}
+
+/// A service as offered by one tenant.
+#[derive(Debug, Clone)]
+pub struct CatalogEntry {
+    pub tenant_id: String,
+    pub code: String,
+    pub service: ServiceConfig,
+    pub mode: Mode,
+    pub withdrawal_forwarded: bool,
+}
+
+/// Shared state of the running hub.
+pub struct PracticeService {
+    config: Arc<Config>,
+    store: Arc<dyn Store>,
+    bus: EventBus,
+    adapters: HashMap<String, AdapterInstance>,
+    wakers: HashMap<String, Arc<Notify>>,
+}
+
+impl std::fmt::Debug for PracticeService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PracticeService").finish_non_exhaustive()
+    }
+}
+
+/// Items per page of `ListPractices` by default, and at most.
+const DEFAULT_PAGE: u32 = 50;
+const MAX_PAGE: u32 = 500;
+
+impl PracticeService {
+    /// Wires the service. `wakers` has one entry per adapter instance.
+    pub fn new(
+        config: Arc<Config>,
+        store: Arc<dyn Store>,
+        bus: EventBus,
+        adapters: HashMap<String, AdapterInstance>,
+        wakers: HashMap<String, Arc<Notify>>,
+    ) -> Self {
+        Self {
+            config,
+            store,
+            bus,
+            adapters,
+            wakers,
+        }
+    }
+
+    /// The configuration the hub runs with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The event bus.
+    pub fn bus(&self) -> &EventBus {
+        &self.bus
+    }
+
+    /// Wakes the delivery worker of `adapter`.
+    pub fn wake(&self, adapter: &str) {
+        if let Some(w) = self.wakers.get(adapter) {
+            w.notify_one();
+        }
+    }
+
+    /// Publishes committed events.
+    pub fn publish(&self, events: Vec<Event>) {
+        self.bus.publish(events);
+    }
+
+    /// Validates, stores and routes a practice; waits for the vendor when
+    /// the route's mode says so.
+    pub async fn submit(&self, input: SubmitInput) -> Result<Submitted, HubError> {
+        let mut v = Violations::default();
+        validate::check_tenant_and_key(&mut v, &input.tenant_id, &input.idempotency_key);
+        let route = if v.is_empty() {
+            if !self.config.tenants.contains_key(&input.tenant_id) {
+                v.add(
+                    "tenant_id",
+                    format!("{} is not a tenant of this hub", input.tenant_id),
+                );
+                None
+            } else {
+                let route = self.config.route(&input.tenant_id, &input.service_code);
+                if route.is_none() {
+                    v.add(
+                        "service_code",
+                        format!(
+                            "'{}' is not offered by tenant {}",
+                            input.service_code, input.tenant_id
+                        ),
+                    );
+                }
+                route
+            }
+        } else {
+            None
+        };
+        let service = route.and_then(|r| self.config.services.get(&r.service));
+        validate::check_applicant(&mut v, input.applicant.as_ref());
+        validate::check_submitter(&mut v, input.submitter.as_ref());
+        if let Some(service) = service {
+            validate::check_form(&mut v, &input.data, &service.fields, &self.config.limits);
+        }
+        validate::check_attachments(&mut v, &input.attachments, &self.config.limits);
+        if input.channel.kind == raccordo_adapters::model::ChannelKind::Desk
+            && input.channel.operator_id.is_empty()
+        {
+            v.add("channel.operator_id", "is required for DESK submissions");
+        }
+        let (Some(route), Some(service), Some(applicant)) =
+            (route, service, input.applicant.clone())
+        else {
+            return Err(HubError::Invalid(v.0));
+        };
+        if !v.is_empty() {
+            return Err(HubError::Invalid(v.0));
+        }
+
+        let mut applicant = applicant;
+        normalize_applicant(&mut applicant);
+        let content = PracticeContent {
+            applicant,
+            submitter: input.submitter,
+            channel: input.channel,
+            data: input.data,
+        };
+        let attachments: Vec<Document> = input
+            .attachments
+            .into_iter()
+            .map(|a| Document::new(a.name, a.media_type, a.content))
+            .collect();
+        let content_hash = content_hash(&input.service_code, &content, &attachments);
+        let id = uuid::Uuid::now_v7().to_string();
+        let new = NewPractice {
+            id: id.clone(),
+            tenant_id: input.tenant_id.clone(),
+            service_code: input.service_code.clone(),
+            idempotency_key: input.idempotency_key.clone(),
+            content_hash,
+            content,
+            attachments,
+            mode: route.mode,
+            received_at: Utc::now(),
+            legal_term_days: service.legal_term_days,
+            adapter: route.adapter.clone(),
+            max_attempts: route
+                .max_attempts
+                .unwrap_or(self.config.delivery.max_attempts),
+        };
+        // Subscribe before the insert: no event of this practice can be missed.
+        let mut events_rx = self.bus.subscribe();
+        match self.store.insert_practice(new).await? {
+            InsertOutcome::Existing { id, same_content } => {
+                if !same_content {
+                    return Err(HubError::AlreadyExists(format!(
+                        "idempotency_key '{}' was already used by tenant {} for practice {id} with different content",
+                        input.idempotency_key, input.tenant_id
+                    )));
+                }
+                let practice = self
+                    .store
+                    .get_practice(&input.tenant_id, &id, false)
+                    .await?;
+                Ok(Submitted {
+                    practice,
+                    duplicate: true,
+                })
+            }
+            InsertOutcome::Created(events) => {
+                self.publish(events);
+                self.wake(&route.adapter);
+                let wait = match route.mode {
+                    Mode::Deferred => None,
+                    Mode::Sync => Some((route.deadline, first_answer as fn(&Event) -> bool)),
+                    Mode::Auto => Some((route.deadline, settled as fn(&Event) -> bool)),
+                };
+                if let Some((deadline, done)) = wait {
+                    wait_for(&mut events_rx, &id, deadline, done).await;
+                }
+                let practice = self
+                    .store
+                    .get_practice(&input.tenant_id, &id, false)
+                    .await?;
+                Ok(Submitted {
+                    practice,
+                    duplicate: false,
+                })
+            }
+        }
+    }
+
+    /// One practice, within its tenant.
+    pub async fn get(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        with_content: bool,
+    ) -> Result<Practice, HubError> {
+        self.store
+            .get_practice(tenant_id, id, with_content)
+            .await
+            .map_err(|e| not_found(e, tenant_id, id))
+    }
+
+    /// The events of a practice from `from_sequence`.
+    pub async fn events(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        from_sequence: i64,
+    ) -> Result<Vec<Event>, HubError> {
+        Ok(self
+            .store
+            .practice_events(tenant_id, id, from_sequence)
+            .await?)
+    }
+
+    /// A page of practices, newest first; returns the next page's cursor.
+    pub async fn list(
+        &self,
+        filter: PracticeFilter,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<(Vec<Practice>, Option<String>), HubError> {
+        let limit = match page_size {
+            0 => DEFAULT_PAGE,
+            n => n.min(MAX_PAGE),
+        };
+        let after = decode_page_token(page_token, &filter)?;
+        let mut practices = self
+            .store
+            .list_practices(&filter, after.as_deref(), limit + 1)
+            .await?;
+        let next = if practices.len() > limit as usize {
+            practices.truncate(limit as usize);
+            practices.last().map(|p| encode_page_token(&p.id, &filter))
+        } else {
+            None
+        };
+        Ok((practices, next))
+    }
+
+    /// Streams the events of one practice from `from_sequence`, then live,
+    /// until a terminal status. Fails at once if the practice is unknown.
+    pub async fn watch(
+        self: &Arc<Self>,
+        tenant_id: String,
+        id: String,
+        from_sequence: i64,
+    ) -> Result<mpsc::Receiver<Result<Event, HubError>>, HubError> {
+        let mut rx = self.bus.subscribe();
+        let practice = self.get(&tenant_id, &id, false).await?;
+        let (tx, out) = mpsc::channel(64);
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut next_seq = from_sequence.max(1);
+            let mut already_terminal = practice.status.is_terminal();
+            loop {
+                // The store is the truth: (re-)read everything not yet sent.
+                let events = match this.store.practice_events(&tenant_id, &id, next_seq).await {
+                    Ok(e) => e,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                };
+                for e in events {
+                    next_seq = e.sequence + 1;
+                    let terminal = e.is_terminal();
+                    if tx.send(Ok(e)).await.is_err() {
+                        return;
+                    }
+                    if terminal {
+                        return;
+                    }
+                }
+                if already_terminal {
+                    // Replayed past the terminal event: nothing more will come.
+                    return;
+                }
+                already_terminal = false;
+                loop {
+                    match rx.recv().await {
+                        Ok(e) if e.practice_id == id => break,
+                        Ok(_) => continue,
+                        Err(broadcast::error::RecvError::Lagged(_)) => break,
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    }
+                }
+            }
+        });
+        Ok(out)
+    }
+
+    /// Streams events matching `filter` after `after_cursor` (0: live only).
+    pub async fn watch_many(
+        self: &Arc<Self>,
+        filter: EventFilter,
+        after_cursor: i64,
+    ) -> Result<mpsc::Receiver<Result<Event, HubError>>, HubError> {
+        let mut rx = self.bus.subscribe();
+        let mut cursor = if after_cursor > 0 {
+            after_cursor
+        } else {
+            self.store.last_cursor().await?
+        };
+        let (tx, out) = mpsc::channel(256);
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                loop {
+                    let batch = match this.store.events_after(&filter, cursor, 500).await {
+                        Ok(b) => b,
+                        Err(e) => {
+                            let _ = tx.send(Err(e.into())).await;
+                            return;
+                        }
+                    };
+                    let full = batch.len() == 500;
+                    for e in batch {
+                        cursor = e.cursor;
+                        if tx.send(Ok(e)).await.is_err() {
+                            return;
+                        }
+                    }
+                    if !full {
+                        break;
+                    }
+                }
+                loop {
+                    tokio::select! {
+                        msg = rx.recv() => match msg {
+                            Ok(e) if filter.matches(&e) && e.cursor > cursor => break,
+                            Ok(_) => continue,
+                            Err(broadcast::error::RecvError::Lagged(_)) => break,
+                            Err(broadcast::error::RecvError::Closed) => return,
+                        },
+                        _ = tx.closed() => return,
+                    }
+                }
+            }
+        });
+        Ok(out)
+    }
+
+    /// Withdraws a practice; the withdrawal is forwarded when the route's
+    /// adapter supports it and the vendor may already know the practice.
+    pub async fn withdraw(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        reason: Option<String>,
+        operator_id: Option<String>,
+    ) -> Result<Practice, HubError> {
+        let current = self.get(tenant_id, id, false).await?;
+        let route = self.config.route(tenant_id, &current.service_code);
+        let forward_to = route.and_then(|r| {
+            let instance = self.adapters.get(&r.adapter)?;
+            instance.adapter.supports(Operation::Withdraw).then(|| {
+                (
+                    r.adapter.clone(),
+                    r.max_attempts.unwrap_or(self.config.delivery.max_attempts),
+                )
+            })
+        });
+        let actor = match &operator_id {
+            Some(op) => EventDraft::status(
+                EventSource::Operator,
+                op,
+                current.status,
+                AdminStatus::Withdrawn,
+            ),
+            None => EventDraft::status(
+                EventSource::Applicant,
+                "applicant",
+                current.status,
+                AdminStatus::Withdrawn,
+            ),
+        };
+        let (events, job_adapter) = self
+            .store
+            .withdraw(Withdrawal {
+                tenant_id: tenant_id.to_string(),
+                practice_id: id.to_string(),
+                reason,
+                draft_actor: actor,
+                forward_to,
+            })
+            .await
+            .map_err(|e| not_found(e, tenant_id, id))?;
+        self.publish(events);
+        if let Some(adapter) = job_adapter {
+            self.wake(&adapter);
+        }
+        self.get(tenant_id, id, false).await
+    }
+
+    /// The services `tenant_id` offers.
+    pub fn catalog(&self, tenant_id: &str) -> Result<Vec<CatalogEntry>, HubError> {
+        if !self.config.tenants.contains_key(tenant_id) {
+            return Err(HubError::NotFound(format!(
+                "tenant {tenant_id} is not served by this hub"
+            )));
+        }
+        let mut out: Vec<CatalogEntry> = self
+            .config
+            .routes
+            .iter()
+            .filter(|r| r.tenants.iter().any(|t| t == tenant_id))
+            .filter_map(|r| {
+                let service = self.config.services.get(&r.service)?;
+                Some(CatalogEntry {
+                    tenant_id: tenant_id.to_string(),
+                    code: r.service.clone(),
+                    service: service.clone(),
+                    mode: r.mode,
+                    withdrawal_forwarded: self
+                        .adapters
+                        .get(&r.adapter)
+                        .is_some_and(|a| a.adapter.supports(Operation::Withdraw)),
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.code.cmp(&b.code));
+        Ok(out)
+    }
+
+    /// Dead-lettered deliveries.
+    pub async fn dead_letters(
+        &self,
+        tenant_id: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<DeadLetter>, HubError> {
+        Ok(self
+            .store
+            .dead_letters(tenant_id, limit.clamp(1, 1000))
+            .await?)
+    }
+
+    /// Replays a dead-lettered delivery.
+    pub async fn replay(
+        &self,
+        operation_id: &str,
+        operator_id: &str,
+    ) -> Result<DeadLetter, HubError> {
+        let actor = if operator_id.is_empty() {
+            "operator"
+        } else {
+            operator_id
+        };
+        let (dl, events) = self
+            .store
+            .replay(operation_id, actor)
+            .await
+            .map_err(|e| match e {
+                StoreError::NotFound => {
+                    HubError::NotFound(format!("no delivery with operation id {operation_id}"))
+                }
+                other => other.into(),
+            })?;
+        self.publish(events);
+        self.wake(&dl.adapter);
+        Ok(dl)
+    }
+}
+
+fn not_found(e: StoreError, tenant_id: &str, id: &str) -> HubError {
+    match e {
+        // The same answer whether the id exists in another tenant or not at all.
+        StoreError::NotFound => {
+            HubError::NotFound(format!("practice {id} not found in tenant {tenant_id}"))
+        }
+        other => other.into(),
+    }
+}
+
+/// Sync mode: the first answer of the vendor, good or bad.
+fn first_answer(e: &Event) -> bool {
+    e.is_terminal()
+        || (e.kind == EventKind::DeliveryChanged
+            && e.to_delivery
+                .is_some_and(|d| d != DeliveryStatus::Sent && d != DeliveryStatus::Queued))
+}
+
+/// Auto mode: the delivery settled (acknowledged or dead-lettered).
+fn settled(e: &Event) -> bool {
+    e.is_terminal()
+        || (e.kind == EventKind::DeliveryChanged
+            && e.to_delivery.is_some_and(DeliveryStatus::is_settled))
+}
+
+/// Waits until an event of `practice_id` satisfies `done`, at most `deadline`.
+/// After a lag the caller re-reads the store anyway, so giving up is safe.
+async fn wait_for(
+    rx: &mut broadcast::Receiver<Arc<Event>>,
+    practice_id: &str,
+    deadline: Duration,
+    done: fn(&Event) -> bool,
+) {
+    let _ = tokio::time::timeout(deadline, async {
+        loop {
+            match rx.recv().await {
+                Ok(e) if e.practice_id == practice_id && done(&e) => return,
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(_))
+                | Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    })
+    .await;
+}
+
+/// Fiscal codes are stored upper case, so the citizen folder finds them.
+fn normalize_applicant(applicant: &mut Applicant) {
+    use raccordo_adapters::model::Subject;
+    match &mut applicant.subject {
+        Subject::Person(p) => p.fiscal_code = p.fiscal_code.to_ascii_uppercase(),
+        Subject::Company(c) => {
+            if let Some(r) = c.representative.as_mut() {
+                r.fiscal_code = r.fiscal_code.to_ascii_uppercase();
+            }
+        }
+    }
+}
+
+/// Hash of what makes two submissions "the same": service, content and the
+/// attachments' hashes (JSON maps are ordered, so the encoding is canonical).
+fn content_hash(service: &str, content: &PracticeContent, attachments: &[Document]) -> String {
+    let canonical = serde_json::json!({
+        "service": service,
+        "content": content,
+        "attachments": attachments.iter().map(|a| (&a.meta.name, &a.meta.media_type, &a.meta.sha256)).collect::<Vec<_>>(),
+    });
+    raccordo_adapters::model::sha256_hex(canonical.to_string().as_bytes())
+}
+
+/// Page tokens carry the last id and a hash of the filter, so a token cannot
+/// be replayed against another query.
+fn encode_page_token(last_id: &str, filter: &PracticeFilter) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(format!("{last_id}|{}", filter_fingerprint(filter)))
+}
+
+fn decode_page_token(token: &str, filter: &PracticeFilter) -> Result<Option<String>, HubError> {
+    use base64::Engine;
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let invalid = || {
+        HubError::Invalid(vec![Violation {
+            field: "page_token".into(),
+            description: "is not a token returned by this query".into(),
+        }])
+    };
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|_| invalid())?;
+    let raw = String::from_utf8(raw).map_err(|_| invalid())?;
+    let (id, fp) = raw.split_once('|').ok_or_else(invalid)?;
+    if fp != filter_fingerprint(filter) {
+        return Err(invalid());
+    }
+    Ok(Some(id.to_string()))
+}
+
+fn filter_fingerprint(f: &PracticeFilter) -> String {
+    let s = format!(
+        "{}|{:?}|{:?}|{:?}|{:?}|{:?}",
+        f.tenant_id, f.applicant_id, f.service_code, f.status, f.submitted_from, f.submitted_to
+    );
+    raccordo_adapters::model::sha256_hex(s.as_bytes())[..16].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_tokens_are_bound_to_their_filter() {
+        let f = PracticeFilter {
+            tenant_id: "016024".into(),
+            ..Default::default()
+        };
+        let token = encode_page_token("abc", &f);
+        assert_eq!(
+            decode_page_token(&token, &f).unwrap().as_deref(),
+            Some("abc")
+        );
+        let other = PracticeFilter {
+            tenant_id: "015146".into(),
+            ..Default::default()
+        };
+        assert!(matches!(
+            decode_page_token(&token, &other),
+            Err(HubError::Invalid(_))
+        ));
+        assert!(matches!(
+            decode_page_token("%%%", &f),
+            Err(HubError::Invalid(_))
+        ));
+    }
+}

@@ -1,0 +1,241 @@
+//! Starting and stopping the hub: store, adapters, workers, listeners.
+
+use crate::adapters::{self, AdapterInstance};
+use crate::bus::EventBus;
+use crate::config::{self, Config};
+use crate::delivery::{Workers, spawn_workers};
+use crate::grpc::Api;
+use crate::practices::PracticeService;
+use crate::store::Store;
+use crate::store::sqlite::SqliteStore;
+use anyhow::Context;
+use raccordo_proto::v1 as pb;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::sync::{Notify, oneshot};
+use tokio::task::JoinHandle;
+
+/// A started hub.
+#[derive(Debug)]
+pub struct RunningHub {
+    /// Where the gRPC API listens (useful with port 0).
+    pub grpc_addr: SocketAddr,
+    /// Where `/healthz` and `/readyz` are served.
+    pub http_addr: SocketAddr,
+    /// Simulated back offices, by name.
+    pub simulators: HashMap<String, SocketAddr>,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningHub {
+    /// Stops accepting calls, lets deliveries in flight finish (bounded by
+    /// `hub.shutdown_grace`) and returns.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        self.task.await.context("hub task panicked")?
+    }
+
+    /// Runs until the process is asked to stop (Ctrl-C or SIGTERM).
+    pub async fn run_until_signal(self) -> anyhow::Result<()> {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        self.shutdown().await
+    }
+}
+
+/// Validates the configuration and starts everything.
+pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
+    // One crypto provider for every TLS user (reqwest, tonic); a second
+    // install attempt (tests start several hubs) is harmless.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+
+    let issues = config::check(&config);
+    if !issues.is_empty() {
+        let list: Vec<String> = issues
+            .iter()
+            .map(|i| format!("  {}: {i}", config.source.display()))
+            .collect();
+        anyhow::bail!(
+            "the configuration has {} problem(s):\n{}",
+            issues.len(),
+            list.join("\n")
+        );
+    }
+    let config = Arc::new(config);
+
+    let mut simulators = HashMap::new();
+    for (name, sim) in &config.simulators {
+        let addr = crate::simulator::start(name, sim).await?;
+        tracing::info!(simulator = %name, %addr, behaviour = ?sim.behaviour, "simulated back office listening");
+        simulators.insert(name.clone(), addr);
+    }
+
+    let db = config.database_path();
+    let store = SqliteStore::open(&db, config.store.synchronous, config.store.read_connections)
+        .await
+        .with_context(|| format!("opening the store {}", db.display()))?;
+    let recovered = store.recover_in_flight().await?;
+    if !recovered.is_empty() {
+        tracing::warn!(
+            count = recovered.len(),
+            "deliveries interrupted by the last stop are re-sent with their operation ids"
+        );
+    }
+    let store: Arc<dyn Store> = Arc::new(store);
+
+    let mut instances: HashMap<String, AdapterInstance> = HashMap::new();
+    let mut wakers: HashMap<String, Arc<Notify>> = HashMap::new();
+    for (name, cfg) in &config.adapters {
+        let instance = adapters::build(name, cfg, &config.base_dir)
+            .map_err(|e| anyhow::anyhow!("adapters.{name}.{}: {}", e.key, e.reason))?;
+        wakers.insert(name.clone(), Arc::new(Notify::new()));
+        instances.insert(name.clone(), instance);
+    }
+    let bus = EventBus::new();
+    let service = Arc::new(PracticeService::new(
+        Arc::clone(&config),
+        Arc::clone(&store),
+        bus,
+        instances.clone(),
+        wakers.clone(),
+    ));
+    let sink: Arc<dyn raccordo_adapters::ResultSink> =
+        Arc::new(crate::inbound::HubSink::new(Arc::clone(&service)));
+    for (name, instance) in &instances {
+        instance
+            .adapter
+            .start_inbound(Arc::clone(&sink))
+            .await
+            .map_err(|e| anyhow::anyhow!("adapters.{name}.{}: {}", e.key, e.reason))?;
+    }
+    let workers = spawn_workers(Arc::clone(&service), &instances, &wakers);
+
+    let grpc_listener = tokio::net::TcpListener::bind(config.hub.grpc_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "hub.grpc_listen: cannot listen on {}",
+                config.hub.grpc_listen
+            )
+        })?;
+    let grpc_addr = grpc_listener.local_addr()?;
+    let http_listener = tokio::net::TcpListener::bind(config.hub.http_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "hub.http_listen: cannot listen on {}",
+                config.hub.http_listen
+            )
+        })?;
+    let http_addr = http_listener.local_addr()?;
+
+    let (stop, stop_rx) = oneshot::channel::<()>();
+    let grace = config.hub.shutdown_grace;
+    let max_message =
+        config.limits.max_total_attachment_bytes + config.limits.max_data_bytes + (1 << 20);
+    let task = tokio::spawn(serve(
+        service,
+        workers,
+        grpc_listener,
+        http_listener,
+        stop_rx,
+        grace,
+        max_message,
+    ));
+    tracing::info!(%grpc_addr, %http_addr, db = %db.display(), "raccordo hub ready");
+    Ok(RunningHub {
+        grpc_addr,
+        http_addr,
+        simulators,
+        stop,
+        task,
+    })
+}
+
+async fn serve(
+    service: Arc<PracticeService>,
+    workers: Workers,
+    grpc_listener: tokio::net::TcpListener,
+    http_listener: tokio::net::TcpListener,
+    stop: oneshot::Receiver<()>,
+    grace: std::time::Duration,
+    max_message: usize,
+) -> anyhow::Result<()> {
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<pb::practice_service_server::PracticeServiceServer<Api>>()
+        .await;
+    health_reporter
+        .set_serving::<pb::catalog_service_server::CatalogServiceServer<Api>>()
+        .await;
+    health_reporter
+        .set_serving::<pb::delivery_admin_service_server::DeliveryAdminServiceServer<Api>>()
+        .await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    // v1alpha too: some clients (Python grpcio-reflection) only speak it.
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let api = Api::new(Arc::clone(&service));
+    let (stop_all, _) = tokio::sync::broadcast::channel::<()>(1);
+    let mut grpc_stop = stop_all.subscribe();
+    let mut http_stop = stop_all.subscribe();
+    let grpc = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(
+            pb::practice_service_server::PracticeServiceServer::new(api.clone())
+                .max_decoding_message_size(max_message),
+        )
+        .add_service(pb::catalog_service_server::CatalogServiceServer::new(
+            api.clone(),
+        ))
+        .add_service(pb::delivery_admin_service_server::DeliveryAdminServiceServer::new(api))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+            async move {
+                let _ = grpc_stop.recv().await;
+            },
+        );
+    let http = axum::serve(http_listener, crate::http::router(Arc::clone(&service)))
+        .with_graceful_shutdown(async move {
+            let _ = http_stop.recv().await;
+        });
+    let grpc = tokio::spawn(grpc);
+    let http = tokio::spawn(async move { http.await });
+    let _ = stop.await;
+    let _ = stop_all.send(());
+    health_reporter
+        .set_not_serving::<pb::practice_service_server::PracticeServiceServer<Api>>()
+        .await;
+    grpc.await??;
+    http.await??;
+    workers.shutdown(grace).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,238 @@
+//! Durable state: practices, documents, events and the delivery outbox.
+//!
+//! [`Store`] is what the rest of the hub calls; [`sqlite::SqliteStore`] is the
+//! embedded default. Every operation that reads or changes a practice is
+//! scoped by tenant, and every change is one transaction that also appends
+//! the practice's events, so the event log and the state never disagree.
+//! A PostgreSQL implementation (several hub instances) fits the same trait:
+//! job claiming is already expressed as leases on rows.
+
+mod schema;
+pub mod sqlite;
+
+use crate::domain::practice::{Event, EventDraft, NewPractice, Practice};
+use crate::domain::retry::RetryDecision;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use raccordo_adapters::adapter::Correlation;
+use raccordo_adapters::model::{AdminStatus, Document, Operation};
+use raccordo_adapters::{DeliveryError, VendorReply};
+
+/// Store failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    /// The request conflicts with the practice's state (e.g. already concluded).
+    #[error("{0}")]
+    Conflict(String),
+    #[error("database error: {0}")]
+    Database(String),
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::Database(e.to_string())
+    }
+}
+
+/// Result of a submission.
+#[derive(Debug)]
+pub enum InsertOutcome {
+    /// Stored now, with its first events.
+    Created(Vec<Event>),
+    /// The idempotency key was used before, for the practice `id`;
+    /// `same_content` tells whether the content matches.
+    Existing { id: String, same_content: bool },
+}
+
+/// Filters of `ListPractices`.
+#[derive(Debug, Clone, Default)]
+pub struct PracticeFilter {
+    pub tenant_id: String,
+    pub applicant_id: Option<String>,
+    pub service_code: Option<String>,
+    pub status: Option<AdminStatus>,
+    pub submitted_from: Option<DateTime<Utc>>,
+    pub submitted_to: Option<DateTime<Utc>>,
+}
+
+/// Filters of `WatchPractices`.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    pub tenant_id: String,
+    pub applicant_id: Option<String>,
+    pub service_code: Option<String>,
+}
+
+impl EventFilter {
+    /// Whether `event` passes the filter.
+    pub fn matches(&self, event: &Event) -> bool {
+        event.tenant_id == self.tenant_id
+            && self
+                .applicant_id
+                .as_ref()
+                .is_none_or(|a| *a == event.applicant_id)
+            && self
+                .service_code
+                .as_ref()
+                .is_none_or(|s| *s == event.service_code)
+    }
+}
+
+/// A delivery handed to a worker.
+#[derive(Debug, Clone)]
+pub struct ClaimedJob {
+    pub operation_id: String,
+    pub practice_id: String,
+    pub tenant_id: String,
+    pub adapter: String,
+    pub operation: Operation,
+    /// This attempt's number (1-based).
+    pub attempt: u32,
+    pub max_attempts: u32,
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone)]
+pub enum AttemptResult {
+    /// The vendor accepted the request; its reply is applied.
+    Delivered(VendorReply),
+    /// The vendor refused the practice on its merits.
+    Rejected(DeliveryError),
+    /// The attempt failed; the policy already decided what comes next.
+    Failed(DeliveryError, RetryDecision),
+}
+
+/// A dead-lettered delivery.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub operation_id: String,
+    pub practice_id: String,
+    pub tenant_id: String,
+    pub service_code: String,
+    pub adapter: String,
+    pub operation: Operation,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub failure_class: Option<String>,
+    pub dead_lettered_at: DateTime<Utc>,
+}
+
+/// A withdrawal request.
+#[derive(Debug, Clone)]
+pub struct Withdrawal {
+    pub tenant_id: String,
+    pub practice_id: String,
+    pub reason: Option<String>,
+    /// The applicant, or the operator acting at the desk.
+    pub draft_actor: EventDraft,
+    /// Forward to this adapter, if the route supports withdrawals.
+    pub forward_to: Option<(String, u32)>,
+}
+
+/// Durable state of the hub.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Stores a new practice, its first events and its delivery job in one
+    /// transaction, unless the idempotency key was used before.
+    async fn insert_practice(&self, practice: NewPractice) -> Result<InsertOutcome, StoreError>;
+
+    /// One practice of `tenant_id`; document bytes only if `with_content`.
+    async fn get_practice(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        with_content: bool,
+    ) -> Result<Practice, StoreError>;
+
+    /// Newest first, `limit` items after the practice id `after` (exclusive).
+    async fn list_practices(
+        &self,
+        filter: &PracticeFilter,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Practice>, StoreError>;
+
+    /// Events of a practice with sequence ≥ `from_sequence`.
+    async fn practice_events(
+        &self,
+        tenant_id: &str,
+        practice_id: &str,
+        from_sequence: i64,
+    ) -> Result<Vec<Event>, StoreError>;
+
+    /// Events matching `filter` with cursor > `after_cursor`, oldest first.
+    async fn events_after(
+        &self,
+        filter: &EventFilter,
+        after_cursor: i64,
+        limit: u32,
+    ) -> Result<Vec<Event>, StoreError>;
+
+    /// The highest event cursor so far.
+    async fn last_cursor(&self) -> Result<i64, StoreError>;
+
+    /// Marks up to `limit` due jobs of `adapter` in flight (delivery `SENT`).
+    async fn claim_due(
+        &self,
+        adapter: &str,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<(Vec<ClaimedJob>, Vec<Event>), StoreError>;
+
+    /// When the next job of `adapter` becomes due, if any is waiting.
+    async fn next_due_at(&self, adapter: &str) -> Result<Option<DateTime<Utc>>, StoreError>;
+
+    /// Practice content and attachments (with bytes) of a claimed job.
+    async fn delivery_payload(
+        &self,
+        job: &ClaimedJob,
+    ) -> Result<(Practice, Vec<Document>), StoreError>;
+
+    /// Records how an attempt ended: job, delivery status, administrative
+    /// status, outcome, documents, references and events, atomically.
+    async fn finish_attempt(
+        &self,
+        job: &ClaimedJob,
+        result: AttemptResult,
+    ) -> Result<Vec<Event>, StoreError>;
+
+    /// Applies a result that arrived after the delivery (idempotent).
+    async fn apply_inbound(
+        &self,
+        tenant_id: Option<&str>,
+        correlation: &Correlation,
+        actor: &str,
+        reply: &VendorReply,
+    ) -> Result<Vec<Event>, StoreError>;
+
+    /// Withdraws a practice; returns its events and the new job, if any.
+    async fn withdraw(
+        &self,
+        withdrawal: Withdrawal,
+    ) -> Result<(Vec<Event>, Option<String>), StoreError>;
+
+    /// Dead-lettered deliveries, newest first.
+    async fn dead_letters(
+        &self,
+        tenant_id: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<DeadLetter>, StoreError>;
+
+    /// Puts a dead-lettered job back in the queue (same operation id).
+    async fn replay(
+        &self,
+        operation_id: &str,
+        actor: &str,
+    ) -> Result<(DeadLetter, Vec<Event>), StoreError>;
+
+    /// After a restart: jobs left in flight become due again and their
+    /// deliveries `OUTCOME_UNKNOWN` (the vendor may have received them).
+    async fn recover_in_flight(&self) -> Result<Vec<Event>, StoreError>;
+
+    /// Whether the store answers (for readiness).
+    async fn ping(&self) -> Result<(), StoreError>;
+}
