@@ -36,6 +36,11 @@ impl EventBus {
         self.tx.subscribe()
     }
 
+    /// How many watchers are subscribed (live streams and waiting submitters).
+    pub fn subscribers(&self) -> usize {
+        self.tx.receiver_count()
+    }
+
     /// Publishes committed events, logging each state change once.
     pub fn publish(&self, events: Vec<Event>) {
         for e in events {

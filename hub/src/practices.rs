@@ -21,7 +21,7 @@ use raccordo_adapters::model::{AdminStatus, Applicant, Document, Operation, Subm
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{Notify, broadcast, mpsc};
+use tokio::sync::{Notify, broadcast, mpsc, watch};
 
 /// Domain errors, mapped to gRPC codes in one place (`grpc::error`).
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +90,8 @@ pub struct PracticeService {
     bus: EventBus,
     adapters: HashMap<String, AdapterInstance>,
     wakers: HashMap<String, Arc<Notify>>,
+    /// Set when the hub stops: live streams end so shutdown is not held up.
+    closing: watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for PracticeService {
@@ -117,7 +119,14 @@ impl PracticeService {
             bus,
             adapters,
             wakers,
+            closing: watch::Sender::new(false),
         }
+    }
+
+    /// Ends every live event stream with UNAVAILABLE (clients reconnect and
+    /// resume from their last sequence or cursor).
+    pub fn close_streams(&self) {
+        self.closing.send_replace(true);
     }
 
     /// The configuration the hub runs with.
@@ -152,7 +161,8 @@ impl PracticeService {
     pub async fn submit(&self, input: SubmitInput) -> Result<Submitted, HubError> {
         let mut v = Violations::default();
         validate::check_tenant_and_key(&mut v, &input.tenant_id, &input.idempotency_key);
-        let route = if v.is_empty() {
+        let tenant_valid = v.0.iter().all(|x| x.field != "tenant_id");
+        let route = if tenant_valid {
             if !self.config.tenants.contains_key(&input.tenant_id) {
                 v.add(
                     "tenant_id",
@@ -331,6 +341,7 @@ impl PracticeService {
         let mut rx = self.bus.subscribe();
         let practice = self.get(&tenant_id, &id, false).await?;
         let (tx, out) = mpsc::channel(64);
+        let mut closing = self.closing.subscribe();
         let this = Arc::clone(self);
         tokio::spawn(async move {
             let mut next_seq = from_sequence.max(1);
@@ -360,11 +371,18 @@ impl PracticeService {
                 }
                 already_terminal = false;
                 loop {
-                    match rx.recv().await {
-                        Ok(e) if e.practice_id == id => break,
-                        Ok(_) => continue,
-                        Err(broadcast::error::RecvError::Lagged(_)) => break,
-                        Err(broadcast::error::RecvError::Closed) => return,
+                    tokio::select! {
+                        msg = rx.recv() => match msg {
+                            Ok(e) if e.practice_id == id => break,
+                            Ok(_) => continue,
+                            Err(broadcast::error::RecvError::Lagged(_)) => break,
+                            Err(broadcast::error::RecvError::Closed) => return,
+                        },
+                        _ = tx.closed() => return,
+                        _ = async { closing.wait_for(|c| *c).await.map(|_| ()) } => {
+                            let _ = tx.send(Err(shutting_down())).await;
+                            return;
+                        }
                     }
                 }
             }
@@ -385,6 +403,7 @@ impl PracticeService {
             self.store.last_cursor().await?
         };
         let (tx, out) = mpsc::channel(256);
+        let mut closing = self.closing.subscribe();
         let this = Arc::clone(self);
         tokio::spawn(async move {
             loop {
@@ -416,6 +435,10 @@ impl PracticeService {
                             Err(broadcast::error::RecvError::Closed) => return,
                         },
                         _ = tx.closed() => return,
+                        _ = async { closing.wait_for(|c| *c).await.map(|_| ()) } => {
+                            let _ = tx.send(Err(shutting_down())).await;
+                            return;
+                        }
                     }
                 }
             }
@@ -542,6 +565,12 @@ impl PracticeService {
         self.wake(&dl.adapter);
         Ok(dl)
     }
+}
+
+fn shutting_down() -> HubError {
+    HubError::Unavailable(
+        "the hub is shutting down: reconnect and resume from the last sequence or cursor".into(),
+    )
 }
 
 fn not_found(e: StoreError, tenant_id: &str, id: &str) -> HubError {

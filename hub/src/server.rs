@@ -25,11 +25,17 @@ pub struct RunningHub {
     pub http_addr: SocketAddr,
     /// Simulated back offices, by name.
     pub simulators: HashMap<String, SocketAddr>,
+    service: Arc<PracticeService>,
     stop: oneshot::Sender<()>,
     task: JoinHandle<anyhow::Result<()>>,
 }
 
 impl RunningHub {
+    /// Live event subscriptions right now (watch streams, waiting submitters).
+    pub fn watchers(&self) -> usize {
+        self.service.bus().subscribers()
+    }
+
     /// Stops accepting calls, lets deliveries in flight finish (bounded by
     /// `hub.shutdown_grace`) and returns.
     pub async fn shutdown(self) -> anyhow::Result<()> {
@@ -136,7 +142,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
     let max_message =
         config.limits.max_total_attachment_bytes + config.limits.max_data_bytes + (1 << 20);
     let task = tokio::spawn(serve(
-        service,
+        Arc::clone(&service),
         workers,
         grpc_listener,
         http_listener,
@@ -149,6 +155,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
         grpc_addr,
         http_addr,
         simulators,
+        service,
         stop,
         task,
     })
@@ -212,6 +219,7 @@ async fn serve(
     let grpc = tokio::spawn(grpc);
     let http = tokio::spawn(async move { http.await });
     let _ = stop.await;
+    service.close_streams();
     let _ = stop_all.send(());
     health_reporter
         .set_not_serving::<pb::practice_service_server::PracticeServiceServer<Api>>()

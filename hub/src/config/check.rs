@@ -59,6 +59,12 @@ pub fn check(cfg: &Config) -> Vec<ConfigIssue> {
             if let Some(p) = &field.pattern
                 && let Err(e) = regex::Regex::new(&format!("^(?:{p})$"))
             {
+                // regex reports over several lines; keep one line per problem.
+                let e = e
+                    .to_string()
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ");
                 add(
                     format!("{key}.pattern"),
                     format!("not a valid regular expression: {e}"),

@@ -1,6 +1,6 @@
 //! Reading the configuration file and its environment overrides.
 
-use super::Config;
+use super::{AdapterConfig, Config};
 use std::path::{Path, PathBuf};
 
 /// Prefix of environment overrides: `RACCORDO__STORE__SYNCHRONOUS=normal`
@@ -41,10 +41,34 @@ pub fn load(path: &Path) -> Result<Config, LoadError> {
     let mut cfg: Config = serde_path_to_error::deserialize(raw).map_err(|e| {
         let key = e.path().to_string();
         let key = (key != "." && !key.is_empty()).then_some(key);
-        err(key, e.into_inner().to_string())
+        err(key, without_location(e.into_inner().to_string()))
     })?;
+    for (name, raw) in std::mem::take(&mut cfg.adapters_raw) {
+        let adapter = AdapterConfig::parse(raw).map_err(|(key, reason)| {
+            let key = if key.is_empty() {
+                format!("adapters.{name}")
+            } else {
+                format!("adapters.{name}.{key}")
+            };
+            err(Some(key), without_location(reason))
+        })?;
+        cfg.adapters.insert(name, adapter);
+    }
     let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
     cfg.base_dir = abs.parent().map(Path::to_path_buf).unwrap_or_default();
     cfg.source = path.to_path_buf();
     Ok(cfg)
+}
+
+/// The config crate appends "for key `…`" and "in FILE" to its messages; we
+/// already print both in front.
+fn without_location(mut reason: String) -> String {
+    for marker in [" for key `", " in "] {
+        if let Some(i) = reason.find(marker)
+            && (marker != " in " || reason[i..].contains(".toml"))
+        {
+            reason.truncate(i);
+        }
+    }
+    reason
 }

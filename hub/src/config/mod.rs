@@ -35,9 +35,13 @@ pub struct Config {
     /// Municipalities served, keyed by ISTAT code.
     #[serde(default)]
     pub tenants: BTreeMap<String, TenantConfig>,
-    /// Vendor connections, keyed by instance name.
-    #[serde(default)]
+    /// Vendor connections, keyed by instance name (typed by [`load`]).
+    #[serde(skip)]
     pub adapters: BTreeMap<String, AdapterConfig>,
+    /// `[adapters.*]` as written: parsed per `kind` in a second step, so
+    /// errors can name the key inside the adapter's table.
+    #[serde(default, rename = "adapters")]
+    pub(crate) adapters_raw: BTreeMap<String, serde_json::Value>,
     /// The catalogue: service definitions, keyed by service code.
     #[serde(default)]
     pub services: BTreeMap<String, ServiceConfig>,
@@ -188,10 +192,44 @@ pub struct TenantConfig {
 }
 
 /// `[adapters.NAME]`: one vendor connection; `kind` picks the protocol.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[derive(Debug, Clone)]
 pub enum AdapterConfig {
     Rest(RestConfig),
+}
+
+/// The adapter kinds this hub knows.
+pub const ADAPTER_KINDS: &[&str] = &["rest"];
+
+impl AdapterConfig {
+    /// Parses one `[adapters.NAME]` table; errors give the key inside it.
+    pub fn parse(raw: serde_json::Value) -> Result<Self, (String, String)> {
+        let serde_json::Value::Object(mut table) = raw else {
+            return Err((String::new(), "must be a table".into()));
+        };
+        let kinds = ADAPTER_KINDS.join(", ");
+        let kind = match table.remove("kind") {
+            Some(serde_json::Value::String(k)) => k,
+            Some(_) => return Err(("kind".into(), format!("must be a string, one of: {kinds}"))),
+            None => return Err(("kind".into(), format!("is required, one of: {kinds}"))),
+        };
+        let body = serde_json::Value::Object(table);
+        let typed = |e: serde_path_to_error::Error<serde_json::Error>| {
+            let path = e.path().to_string();
+            (
+                if path == "." { String::new() } else { path },
+                e.into_inner().to_string(),
+            )
+        };
+        match kind.as_str() {
+            "rest" => serde_path_to_error::deserialize(body)
+                .map(AdapterConfig::Rest)
+                .map_err(typed),
+            other => Err((
+                "kind".into(),
+                format!("unknown adapter kind '{other}' (known: {kinds})"),
+            )),
+        }
+    }
 }
 
 /// `[services.CODE]`: a catalogue entry, shared by every tenant routing it.

@@ -1,0 +1,273 @@
+//! The real binary: crash recovery, `raccordo check`, the demo.
+
+use crate::support::*;
+use raccordo_proto::v1 as pb;
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_raccordo");
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn serve(config: &Path, envs: &[(&str, String)]) -> Proc {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    Proc(cmd.spawn().expect("start raccordo"))
+}
+
+/// Reads the banner until the gRPC address appears.
+fn grpc_addr_from_banner(proc: &mut Proc) -> std::net::SocketAddr {
+    let stdout = proc.0.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(rest) = line.trim().strip_prefix("gRPC API") {
+                let url = rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                let _ = tx.send(url.trim_start_matches("http://").to_string());
+            }
+        }
+    });
+    rx.recv_timeout(DEADLINE)
+        .expect("the hub printed where it listens")
+        .parse()
+        .unwrap()
+}
+
+async fn connect_retrying(addr: std::net::SocketAddr) -> tonic::transport::Channel {
+    eventually("the hub to accept connections", || async move {
+        tonic::transport::Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .ok()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn killed_with_deliveries_pending_every_practice_completes_once_at_the_vendor() {
+    let vendor = Vendor::start().await;
+    vendor.set_latency(Duration::from_millis(150));
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("raccordo.toml");
+    let grpc = free_addr().await;
+    std::fs::write(
+        &config,
+        config_toml(&HubOptions {
+            max_concurrency: 2,
+            grpc_listen: grpc.to_string(),
+            ..HubOptions::new(&vendor.url())
+        }),
+    )
+    .unwrap();
+
+    let mut hub = serve(&config, &[]);
+    let addr = grpc_addr_from_banner(&mut hub);
+    let mut client =
+        pb::practice_service_client::PracticeServiceClient::new(connect_retrying(addr).await);
+    let mut acknowledged = Vec::new();
+    for i in 0..20 {
+        let p = client
+            .submit_practice(tari_request("016024", &format!("crash-{i}")))
+            .await
+            .unwrap()
+            .into_inner()
+            .practice
+            .unwrap();
+        acknowledged.push(p.id);
+    }
+    // Some deliveries are done, most are pending or in flight: kill -9.
+    eventually("the first deliveries", || async {
+        (!vendor.received().is_empty()).then_some(())
+    })
+    .await;
+    hub.0.kill().unwrap();
+    hub.0.wait().unwrap();
+    let before_restart = vendor.received().len();
+    assert!(
+        before_restart < 20,
+        "the kill must leave deliveries pending ({before_restart} done)"
+    );
+
+    let mut hub = serve(&config, &[]);
+    let addr = grpc_addr_from_banner(&mut hub);
+    let mut client =
+        pb::practice_service_client::PracticeServiceClient::new(connect_retrying(addr).await);
+    for id in &acknowledged {
+        let mut c = client.clone();
+        eventually("every acknowledged practice approved", || {
+            let mut c = c.clone();
+            let id = id.clone();
+            async move {
+                let p = get(&mut c, "016024", &id).await;
+                (p.status == pb::AdministrativeStatus::Approved as i32).then_some(())
+            }
+        })
+        .await;
+        let p = get(&mut c, "016024", id).await;
+        assert_eq!(p.outcome.unwrap().documents.len(), 1);
+    }
+    let _ = client.get_practice(pb::GetPracticeRequest::default()).await;
+
+    // The vendor saw each practice under exactly one operation id.
+    let mut ops: HashMap<String, HashSet<String>> = HashMap::new();
+    for r in vendor.received() {
+        ops.entry(r.body["practice_id"].as_str().unwrap().to_string())
+            .or_default()
+            .insert(r.idempotency_key);
+    }
+    assert_eq!(ops.len(), 20, "every practice reached the vendor");
+    for (practice, keys) in ops {
+        assert_eq!(
+            keys.len(),
+            1,
+            "practice {practice} was sent under several operation ids: {keys:?}"
+        );
+    }
+}
+
+fn check(config: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broken.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_names_the_file_and_the_key_of_each_problem() {
+    let good = config_toml(&HubOptions::new("http://127.0.0.1:9"));
+    let (ok, err) = check(&good);
+    assert!(ok, "{err}");
+
+    // A typo in a key.
+    let (ok, err) = check(&good.replace("connect_timeout", "conect_timeout"));
+    assert!(!ok);
+    assert!(
+        err.contains("broken.toml")
+            && err.contains("adapters.vendor")
+            && err.contains("conect_timeout"),
+        "{err}"
+    );
+
+    // A bad duration.
+    let (ok, err) = check(&good.replace("timeout = \"3s\"", "timeout = \"3 parsecs\""));
+    assert!(!ok);
+    assert!(
+        err.contains("adapters.vendor") && err.contains("timeout"),
+        "{err}"
+    );
+
+    // References to things that do not exist, a bad URL, a bad pattern.
+    let broken = good
+        .replace(
+            "adapter = \"vendor\"\nmode = \"deferred\"",
+            "adapter = \"vendr\"\nmode = \"deferred\"",
+        )
+        .replace("http://127.0.0.1:9", "ftp:/nowhere")
+        .replace("pattern = \"BOLLO|ESENTE\"", "pattern = \"BOLLO|(\"")
+        .replace(
+            "tenants = [\"016024\", \"028060\"]\nservice = \"CERT\"",
+            "tenants = [\"016024\", \"999999\"]\nservice = \"CERT\"",
+        );
+    let (ok, err) = check(&broken);
+    assert!(!ok);
+    for needle in [
+        "routes[1].adapter: 'vendr' is not declared under [adapters]",
+        "adapters.vendor.base_url",
+        "services.CERT.fields[0].pattern",
+        "routes[0].tenants: '999999' is not declared under [tenants]",
+    ] {
+        assert!(err.contains(needle), "missing «{needle}» in:\n{err}");
+    }
+    assert!(err.lines().all(|l| l.contains("broken.toml")), "{err}");
+}
+
+#[tokio::test]
+async fn the_demo_starts_answers_health_checks_and_serves_a_certificate() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let data = tempfile::tempdir().unwrap();
+    let (anagrafe, tributi) = (free_addr().await, free_addr().await);
+    let mut demo = serve(
+        &root.join("config/demo.toml"),
+        &[
+            // The demo's own file, moved off its fixed ports and data folder.
+            ("RACCORDO__HUB__GRPC_LISTEN", "127.0.0.1:0".into()),
+            ("RACCORDO__HUB__HTTP_LISTEN", "127.0.0.1:0".into()),
+            ("RACCORDO__HUB__DATA_DIR", data.path().display().to_string()),
+            (
+                "RACCORDO__SIMULATORS__ANAGRAFE__LISTEN",
+                anagrafe.to_string(),
+            ),
+            ("RACCORDO__SIMULATORS__TRIBUTI__LISTEN", tributi.to_string()),
+            (
+                "RACCORDO__ADAPTERS__ANAGRAFE__BASE_URL",
+                format!("http://{anagrafe}/api/v1"),
+            ),
+            (
+                "RACCORDO__ADAPTERS__TRIBUTI__BASE_URL",
+                format!("http://{tributi}/tributi"),
+            ),
+        ],
+    );
+    let addr = grpc_addr_from_banner(&mut demo);
+    let channel = connect_retrying(addr).await;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    for service in ["", "raccordo.v1.PracticeService"] {
+        let status = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        assert_eq!(
+            status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+        );
+    }
+    // The README's "try" command: the example certificate request.
+    let out = Command::new(BIN)
+        .args(["practice", "submit", "--json", "--server"])
+        .arg(format!("http://{addr}"))
+        .arg(root.join("config/examples/residence-certificate.json"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(reply["status"], "APPROVED", "{reply}");
+    assert_eq!(reply["outcome"]["documents"][0]["name"], "certificato.pdf");
+}

@@ -1,0 +1,466 @@
+//! Real peers for end-to-end tests: a scripted vendor REST back office on
+//! loopback, a hub started from a real configuration file on a real SQLite
+//! file, and gRPC clients over the real network stack.
+
+#![allow(dead_code)]
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use raccordo::server::RunningHub;
+use raccordo_proto::v1 as pb;
+use serde_json::{Value, json};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tonic::transport::Channel;
+
+/// How long any test waits for a condition before failing.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Polls `check` until it yields `Some`, failing after [`DEADLINE`].
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = tokio::time::Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One request the vendor received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub path: String,
+    pub idempotency_key: String,
+    pub body: Value,
+}
+
+/// A scripted answer.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub body: Value,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Answer {
+    /// An answer with a JSON body.
+    pub fn new(status: u16, body: Value) -> Self {
+        Self {
+            status,
+            body,
+            headers: Vec::new(),
+        }
+    }
+
+    /// Adds a header.
+    pub fn header(mut self, k: &str, v: &str) -> Self {
+        self.headers.push((k.into(), v.into()));
+        self
+    }
+}
+
+#[derive(Default)]
+struct VendorState {
+    script: Mutex<VecDeque<Answer>>,
+    received: Mutex<Vec<Received>>,
+    latency: Mutex<Duration>,
+}
+
+/// A vendor back office: answers from its script, then approves with a
+/// protocol number, and records every request.
+#[derive(Clone)]
+pub struct Vendor {
+    pub addr: SocketAddr,
+    state: Arc<VendorState>,
+    task: Arc<tokio::task::JoinHandle<()>>,
+}
+
+impl Vendor {
+    /// Starts on an ephemeral loopback port.
+    pub async fn start() -> Self {
+        Self::start_on("127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// Starts on `addr` (to bring a "down" vendor up on its known port).
+    pub async fn start_on(addr: SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .expect("vendor bind");
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(VendorState::default());
+        let app = axum::Router::new()
+            .fallback(handle)
+            .with_state(Arc::clone(&state));
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Self {
+            addr,
+            state,
+            task: Arc::new(task),
+        }
+    }
+
+    /// The base URL adapters should use.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Queues an answer for the next request.
+    pub fn push(&self, answer: Answer) {
+        self.state.script.lock().unwrap().push_back(answer);
+    }
+
+    /// Delays every answer.
+    pub fn set_latency(&self, d: Duration) {
+        *self.state.latency.lock().unwrap() = d;
+    }
+
+    /// Every request so far.
+    pub fn received(&self) -> Vec<Received> {
+        self.state.received.lock().unwrap().clone()
+    }
+
+    /// Stops listening.
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+async fn handle(
+    State(state): State<Arc<VendorState>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    let latency = *state.latency.lock().unwrap();
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    let n = {
+        let mut received = state.received.lock().unwrap();
+        received.push(Received {
+            path: uri.path().to_string(),
+            idempotency_key: key,
+            body,
+        });
+        received.len()
+    };
+    let answer = state.script.lock().unwrap().pop_front().unwrap_or_else(|| {
+        Answer::new(
+            200,
+            json!({
+                "esito": "OK",
+                "protocollo": {"numero": format!("2026/{n:06}")},
+                "documenti": [{"name": "esito.txt", "media_type": "text/plain", "content_base64": "b2s="}],
+            }),
+        )
+    });
+    let mut resp = (
+        StatusCode::from_u16(answer.status).unwrap(),
+        answer.body.to_string(),
+    )
+        .into_response();
+    resp.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    for (k, v) in answer.headers {
+        resp.headers_mut().insert(
+            axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    resp
+}
+
+/// A free loopback port (the listener is closed before returning).
+pub async fn free_addr() -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap()
+}
+
+/// Options of the test configuration.
+pub struct HubOptions {
+    pub vendor_url: String,
+    pub max_attempts: u32,
+    pub max_concurrency: u32,
+    pub grpc_listen: String,
+}
+
+impl HubOptions {
+    /// Defaults for a vendor at `vendor_url`.
+    pub fn new(vendor_url: &str) -> Self {
+        Self {
+            vendor_url: vendor_url.to_string(),
+            max_attempts: 4,
+            max_concurrency: 8,
+            grpc_listen: "127.0.0.1:0".into(),
+        }
+    }
+}
+
+/// Two tenants, a synchronous certificate, a deferred declaration and an
+/// `auto` service, all towards one vendor; retries are fast.
+pub fn config_toml(o: &HubOptions) -> String {
+    format!(
+        r#"
+[hub]
+grpc_listen = "{grpc}"
+http_listen = "127.0.0.1:0"
+data_dir = "data"
+shutdown_grace = "2s"
+
+[delivery]
+max_attempts = {attempts}
+initial_backoff = "50ms"
+max_backoff = "200ms"
+poll_interval = "100ms"
+
+[tenants."016024"]
+name = "Comune di Bergamo"
+
+[tenants."028060"]
+name = "Comune di Padova"
+
+[services.CERT]
+title = "Certificato di residenza"
+legal_term_days = 30
+[[services.CERT.fields]]
+name = "uso"
+type = "string"
+required = true
+pattern = "BOLLO|ESENTE"
+
+[services.TARI]
+title = "Dichiarazione TARI"
+legal_term_days = 60
+[[services.TARI.fields]]
+name = "superficie_mq"
+type = "number"
+required = true
+[[services.TARI.fields]]
+name = "decorrenza"
+type = "date"
+
+[adapters.vendor]
+kind = "rest"
+base_url = "{url}"
+timeout = "3s"
+connect_timeout = "500ms"
+max_concurrency = {concurrency}
+[adapters.vendor.submit]
+path = "/pratiche/{{{{ service_code }}}}"
+[adapters.vendor.withdraw]
+path = "/pratiche/{{{{ practice_id }}}}/ritiro"
+[adapters.vendor.response]
+status_pointer = "/esito"
+status_map = {{ OK = "APPROVED", KO = "REJECTED", PRESO = "REGISTERED" }}
+reason_pointer = "/motivo"
+protocol_pointer = "/protocollo/numero"
+documents_pointer = "/documenti"
+
+[[routes]]
+tenants = ["016024", "028060"]
+service = "CERT"
+adapter = "vendor"
+mode = "sync"
+deadline = "5s"
+
+[[routes]]
+tenants = ["016024", "028060"]
+service = "TARI"
+adapter = "vendor"
+mode = "deferred"
+"#,
+        grpc = o.grpc_listen,
+        attempts = o.max_attempts,
+        url = o.vendor_url,
+        concurrency = o.max_concurrency,
+    )
+}
+
+/// A hub running in this process.
+pub struct TestHub {
+    pub hub: Option<RunningHub>,
+    pub dir: tempfile::TempDir,
+    pub practices: pb::practice_service_client::PracticeServiceClient<Channel>,
+    pub admin: pb::delivery_admin_service_client::DeliveryAdminServiceClient<Channel>,
+    pub catalog: pb::catalog_service_client::CatalogServiceClient<Channel>,
+    pub channel: Channel,
+}
+
+/// Writes the configuration into a fresh directory and starts a hub on it.
+pub async fn start_hub(options: HubOptions) -> TestHub {
+    // Hub logs in test output (shown for failing tests); RUST_LOG filters.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("raccordo.toml");
+    std::fs::write(&path, config_toml(&options)).unwrap();
+    let config = raccordo::config::load(&path).expect("test config loads");
+    let hub = raccordo::server::start(config).await.expect("hub starts");
+    let channel = connect(hub.grpc_addr).await;
+    TestHub {
+        practices: pb::practice_service_client::PracticeServiceClient::new(channel.clone()),
+        admin: pb::delivery_admin_service_client::DeliveryAdminServiceClient::new(channel.clone()),
+        catalog: pb::catalog_service_client::CatalogServiceClient::new(channel.clone()),
+        channel,
+        hub: Some(hub),
+        dir,
+    }
+}
+
+/// A gRPC channel to `addr`.
+pub async fn connect(addr: SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect to the hub")
+}
+
+impl TestHub {
+    /// Stops the hub cleanly.
+    pub async fn stop(mut self) {
+        if let Some(h) = self.hub.take() {
+            h.shutdown().await.unwrap();
+        }
+    }
+
+    /// The whole practice with events.
+    pub async fn get(&mut self, tenant: &str, id: &str) -> pb::Practice {
+        get(&mut self.practices, tenant, id).await
+    }
+
+    /// Waits until the practice satisfies `done`.
+    pub async fn wait_practice(
+        &mut self,
+        tenant: &str,
+        id: &str,
+        what: &str,
+        done: impl Fn(&pb::Practice) -> bool,
+    ) -> pb::Practice {
+        let client = self.practices.clone();
+        eventually(what, || {
+            let mut client = client.clone();
+            let (tenant, id) = (tenant.to_string(), id.to_string());
+            let done = &done;
+            async move {
+                let p = get(&mut client, &tenant, &id).await;
+                done(&p).then_some(p)
+            }
+        })
+        .await
+    }
+}
+
+/// GetPractice with events.
+pub async fn get(
+    client: &mut pb::practice_service_client::PracticeServiceClient<Channel>,
+    tenant: &str,
+    id: &str,
+) -> pb::Practice {
+    client
+        .get_practice(pb::GetPracticeRequest {
+            tenant_id: tenant.into(),
+            practice_id: id.into(),
+            include_events: true,
+            include_content: false,
+        })
+        .await
+        .expect("get practice")
+        .into_inner()
+}
+
+/// A valid person (the check character is right).
+pub fn mario() -> pb::Applicant {
+    pb::Applicant {
+        subject: Some(pb::applicant::Subject::Person(pb::Person {
+            fiscal_code: "RSSMRA45D25F205N".into(),
+            given_name: "Mario".into(),
+            family_name: "Rossi".into(),
+        })),
+        contacts: None,
+    }
+}
+
+/// Form data from JSON.
+pub fn data(v: Value) -> prost_types::Struct {
+    raccordo::grpc::convert::json_to_struct(v.as_object().unwrap())
+}
+
+/// A certificate request (sync route).
+pub fn cert_request(tenant: &str, key: &str) -> pb::SubmitPracticeRequest {
+    pb::SubmitPracticeRequest {
+        tenant_id: tenant.into(),
+        service_code: "CERT".into(),
+        applicant: Some(mario()),
+        data: Some(data(json!({"uso": "ESENTE"}))),
+        idempotency_key: key.into(),
+        ..Default::default()
+    }
+}
+
+/// A TARI declaration (deferred route).
+pub fn tari_request(tenant: &str, key: &str) -> pb::SubmitPracticeRequest {
+    pb::SubmitPracticeRequest {
+        tenant_id: tenant.into(),
+        service_code: "TARI".into(),
+        applicant: Some(mario()),
+        data: Some(data(
+            json!({"superficie_mq": 85.5, "decorrenza": "2026-12-01"}),
+        )),
+        idempotency_key: key.into(),
+        ..Default::default()
+    }
+}
+
+/// Reads a watch stream until `stop` matches an event (inclusive) or the
+/// stream ends; fails after [`DEADLINE`].
+pub async fn collect_until(
+    stream: &mut tonic::Streaming<pb::PracticeEvent>,
+    stop: impl Fn(&pb::PracticeEvent) -> bool,
+) -> (Vec<pb::PracticeEvent>, bool) {
+    let mut out = Vec::new();
+    let read = async {
+        while let Some(e) = stream.message().await.expect("stream error") {
+            let last = stop(&e);
+            out.push(e);
+            if last {
+                return false;
+            }
+        }
+        true
+    };
+    let ended = tokio::time::timeout(DEADLINE, read)
+        .await
+        .expect("timed out reading the event stream");
+    (out, ended)
+}
+
+/// True for the event that moved the delivery to `status`.
+pub fn delivery_is(e: &pb::PracticeEvent, status: pb::DeliveryStatus) -> bool {
+    e.kind == pb::EventKind::DeliveryChanged as i32 && e.to_delivery == status as i32
+}
+
+/// True for the event that moved the practice to `status`.
+pub fn status_is(e: &pb::PracticeEvent, status: pb::AdministrativeStatus) -> bool {
+    e.kind == pb::EventKind::StatusChanged as i32 && e.to_status == status as i32
+}
