@@ -208,9 +208,13 @@ impl PracticeService {
 
         let mut applicant = applicant;
         normalize_applicant(&mut applicant);
+        let mut submitter = input.submitter;
+        if let Some(s) = submitter.as_mut() {
+            s.person.fiscal_code = s.person.fiscal_code.to_ascii_uppercase();
+        }
         let content = PracticeContent {
             applicant,
-            submitter: input.submitter,
+            submitter,
             channel: input.channel,
             data: input.data,
         };

@@ -56,6 +56,9 @@ pub fn check(cfg: &Config) -> Vec<ConfigIssue> {
                     format!("field '{}' is declared twice", field.name),
                 );
             }
+            if field.pattern.is_some() && field.field_type != super::FieldType::String {
+                add(format!("{key}.pattern"), "applies to string fields only".into());
+            }
             if let Some(p) = &field.pattern
                 && let Err(e) = regex::Regex::new(&format!("^(?:{p})$"))
             {
@@ -116,6 +119,12 @@ pub fn check(cfg: &Config) -> Vec<ConfigIssue> {
     }
     if cfg.delivery.max_attempts == 0 {
         add("delivery.max_attempts".into(), "must be at least 1".into());
+    }
+    if cfg.delivery.poll_interval < std::time::Duration::from_millis(10) {
+        add(
+            "delivery.poll_interval".into(),
+            "must be at least 10ms (workers are woken on new work; this is only a safety net)".into(),
+        );
     }
     if cfg.delivery.initial_backoff > cfg.delivery.max_backoff {
         add(
