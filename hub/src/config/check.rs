@@ -57,7 +57,10 @@ pub fn check(cfg: &Config) -> Vec<ConfigIssue> {
                 );
             }
             if field.pattern.is_some() && field.field_type != super::FieldType::String {
-                add(format!("{key}.pattern"), "applies to string fields only".into());
+                add(
+                    format!("{key}.pattern"),
+                    "applies to string fields only".into(),
+                );
             }
             if let Some(p) = &field.pattern
                 && let Err(e) = regex::Regex::new(&format!("^(?:{p})$"))
@@ -123,7 +126,8 @@ pub fn check(cfg: &Config) -> Vec<ConfigIssue> {
     if cfg.delivery.poll_interval < std::time::Duration::from_millis(10) {
         add(
             "delivery.poll_interval".into(),
-            "must be at least 10ms (workers are woken on new work; this is only a safety net)".into(),
+            "must be at least 10ms (workers are woken on new work; this is only a safety net)"
+                .into(),
         );
     }
     if cfg.delivery.initial_backoff > cfg.delivery.max_backoff {

@@ -30,7 +30,8 @@ pub fn build_message(
             .into_iter()
             .map(|a| MessageAttachment {
                 // A withdrawal names the attachments but does not resend them.
-                content_base64: (mode == AttachmentMode::Inline && job.operation == Operation::Submit)
+                content_base64: (mode == AttachmentMode::Inline
+                    && job.operation == Operation::Submit)
                     .then(|| base64::engine::general_purpose::STANDARD.encode(&a.content)),
                 meta: a.meta,
             })
