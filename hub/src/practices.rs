@@ -242,7 +242,7 @@ impl PracticeService {
                 .unwrap_or(self.config.delivery.max_attempts),
         };
         // Subscribe before the insert: no event of this practice can be missed.
-        let mut events_rx = self.bus.subscribe();
+        let mut events_rx = (route.mode != Mode::Deferred).then(|| self.bus.subscribe());
         match self.store.insert_practice(new).await? {
             InsertOutcome::Existing { id, same_content } => {
                 if !same_content {
@@ -268,8 +268,8 @@ impl PracticeService {
                     Mode::Sync => Some((route.deadline, first_answer as fn(&Event) -> bool)),
                     Mode::Auto => Some((route.deadline, settled as fn(&Event) -> bool)),
                 };
-                if let Some((deadline, done)) = wait {
-                    wait_for(&mut events_rx, &id, deadline, done).await;
+                if let (Some((deadline, done)), Some(rx)) = (wait, events_rx.as_mut()) {
+                    wait_for(rx, &id, deadline, done).await;
                 }
                 let practice = self
                     .store

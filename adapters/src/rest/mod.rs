@@ -73,7 +73,7 @@ impl RestAdapter {
             })?;
             headers.insert(key, value);
         }
-        let auth_header = auth_header(&config.auth)?;
+        let auth_header = auth_header(&config.auth, config_dir)?;
         let client = reqwest::Client::builder()
             .timeout(config.timeout)
             .connect_timeout(config.connect_timeout)
@@ -230,10 +230,13 @@ fn add_operation_templates(
         .map_err(|e| AdapterError::new(format!("{name}.template"), e))
 }
 
+/// Reads a secret from an environment variable or a file (relative paths
+/// resolve against the configuration file's directory, like templates).
 fn read_secret(
     key: &str,
     env: &Option<String>,
     file: &Option<String>,
+    config_dir: &Path,
 ) -> Result<String, AdapterError> {
     match (env, file) {
         (Some(var), None) => std::env::var(var).map_err(|_| {
@@ -242,7 +245,7 @@ fn read_secret(
                 format!("environment variable {var} is not set"),
             )
         }),
-        (None, Some(path)) => std::fs::read_to_string(path)
+        (None, Some(path)) => std::fs::read_to_string(config_dir.join(path))
             .map(|s| s.trim_end_matches(['\r', '\n']).to_string())
             .map_err(|e| {
                 AdapterError::new(
@@ -261,7 +264,7 @@ fn read_secret(
     }
 }
 
-fn auth_header(auth: &RestAuth) -> Result<Option<HeaderValue>, AdapterError> {
+fn auth_header(auth: &RestAuth, config_dir: &Path) -> Result<Option<HeaderValue>, AdapterError> {
     use base64::Engine;
     let value = match auth {
         RestAuth::None => return Ok(None),
@@ -270,7 +273,7 @@ fn auth_header(auth: &RestAuth) -> Result<Option<HeaderValue>, AdapterError> {
             password_env,
             password_file,
         } => {
-            let password = read_secret("password", password_env, password_file)?;
+            let password = read_secret("password", password_env, password_file, config_dir)?;
             let token =
                 base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
             format!("Basic {token}")
@@ -279,7 +282,10 @@ fn auth_header(auth: &RestAuth) -> Result<Option<HeaderValue>, AdapterError> {
             token_env,
             token_file,
         } => {
-            format!("Bearer {}", read_secret("token", token_env, token_file)?)
+            format!(
+                "Bearer {}",
+                read_secret("token", token_env, token_file, config_dir)?
+            )
         }
     };
     let mut header = HeaderValue::from_str(&value).map_err(|_| {

@@ -469,71 +469,84 @@ fn event_from_row(row: &SqliteRow) -> Result<Event, StoreError> {
 
 impl SqliteStore {
     /// Fills attachments, outcome documents and references of `practices`.
+    /// Fills attachments, outcome documents and references of `practices`
+    /// with two queries in all (not two per practice: lists stay fast).
     async fn attach_details(
         &self,
         practices: &mut [Practice],
         with_content: bool,
     ) -> Result<(), StoreError> {
-        for p in practices.iter_mut() {
-            let docs = sqlx::query(if with_content {
-                "SELECT role, name, media_type, size_bytes, sha256, content FROM documents
-                 WHERE practice_id = ? ORDER BY role, position"
-            } else {
-                "SELECT role, name, media_type, size_bytes, sha256, X'' AS content FROM documents
-                 WHERE practice_id = ? ORDER BY role, position"
-            })
-            .bind(&p.id)
-            .fetch_all(&self.reader)
-            .await?;
-            for row in docs {
-                let doc = Document {
-                    meta: DocumentMeta {
-                        name: row.get("name"),
-                        media_type: row.get("media_type"),
-                        size_bytes: row.get::<i64, _>("size_bytes") as u64,
-                        sha256: row.get("sha256"),
-                    },
-                    content: row.get("content"),
-                };
-                match row.get::<&str, _>("role") {
-                    "attachment" => p.attachments.push(doc),
-                    _ => {
-                        if let Some(o) = p.outcome.as_mut() {
-                            o.documents.push(doc);
-                        } else {
-                            // Documents reported before the conclusion (a receipt).
-                            p.outcome = Some(Outcome {
-                                status: p.status,
-                                reason: None,
-                                vendor_code: None,
-                                documents: vec![doc],
-                            });
-                        }
+        if practices.is_empty() {
+            return Ok(());
+        }
+        let index: std::collections::HashMap<String, usize> = practices
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.id.clone(), i))
+            .collect();
+        let in_list = |q: &mut QueryBuilder<Sqlite>| {
+            let mut sep = q.separated(", ");
+            for p in practices.iter() {
+                sep.push_bind(p.id.clone());
+            }
+            sep.push_unseparated(")");
+        };
+        let mut q = QueryBuilder::<Sqlite>::new(if with_content {
+            "SELECT practice_id, role, name, media_type, size_bytes, sha256, content FROM documents WHERE practice_id IN ("
+        } else {
+            "SELECT practice_id, role, name, media_type, size_bytes, sha256, X'' AS content FROM documents WHERE practice_id IN ("
+        });
+        in_list(&mut q);
+        q.push(" ORDER BY practice_id, role, position");
+        let docs = q.build().fetch_all(&self.reader).await?;
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "SELECT practice_id, kind, value, system, issued_at FROM external_refs WHERE practice_id IN (",
+        );
+        in_list(&mut q);
+        q.push(" ORDER BY practice_id, issued_at, kind");
+        let refs = q.build().fetch_all(&self.reader).await?;
+
+        for row in docs {
+            let Some(&i) = index.get(row.get::<&str, _>("practice_id")) else {
+                continue;
+            };
+            let p = &mut practices[i];
+            let doc = Document {
+                meta: DocumentMeta {
+                    name: row.get("name"),
+                    media_type: row.get("media_type"),
+                    size_bytes: row.get::<i64, _>("size_bytes") as u64,
+                    sha256: row.get("sha256"),
+                },
+                content: row.get("content"),
+            };
+            match row.get::<&str, _>("role") {
+                "attachment" => p.attachments.push(doc),
+                _ => match p.outcome.as_mut() {
+                    Some(o) => o.documents.push(doc),
+                    // Documents reported before the conclusion (a receipt):
+                    // visible, with the practice's current status.
+                    None => {
+                        p.outcome = Some(Outcome {
+                            status: p.status,
+                            reason: None,
+                            vendor_code: None,
+                            documents: vec![doc],
+                        })
                     }
-                }
+                },
             }
-            if p.outcome.as_ref().is_some_and(|o| !o.status.is_terminal()) {
-                // Keep interim documents visible, but the outcome status
-                // tracks the practice until it concludes.
-                if let Some(o) = p.outcome.as_mut() {
-                    o.status = p.status;
-                }
-            }
-            let refs = sqlx::query(
-                "SELECT kind, value, system, issued_at FROM external_refs WHERE practice_id = ? ORDER BY issued_at, kind",
-            )
-            .bind(&p.id)
-            .fetch_all(&self.reader)
-            .await?;
-            p.external_refs = refs
-                .iter()
-                .map(|r| ExternalRef {
-                    kind: r.get("kind"),
-                    value: r.get("value"),
-                    system: r.get("system"),
-                    issued_at: r.get::<Option<i64>, _>("issued_at").map(from_ms),
-                })
-                .collect();
+        }
+        for r in refs {
+            let Some(&i) = index.get(r.get::<&str, _>("practice_id")) else {
+                continue;
+            };
+            practices[i].external_refs.push(ExternalRef {
+                kind: r.get("kind"),
+                value: r.get("value"),
+                system: r.get("system"),
+                issued_at: r.get::<Option<i64>, _>("issued_at").map(from_ms),
+            });
         }
         Ok(())
     }

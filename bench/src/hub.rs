@@ -1,0 +1,205 @@
+//! The hub under test: a configuration for the bench, started as a separate
+//! process (so its CPU and memory can be read from /proc) or in-process.
+
+use raccordo_proto::v1 as pb;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+
+/// The tenant every bench practice belongs to.
+pub const TENANT: &str = "016024";
+
+/// Writes the bench configuration for a vendor at `vendor` into `dir`.
+pub fn write_config(
+    dir: &Path,
+    vendor: SocketAddr,
+    grpc: SocketAddr,
+    http: SocketAddr,
+) -> anyhow::Result<PathBuf> {
+    let path = dir.join("bench.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[hub]
+grpc_listen = "{grpc}"
+http_listen = "{http}"
+data_dir = "data"
+
+[tenants."{TENANT}"]
+name = "Comune di Bergamo"
+
+[services.SYNC]
+title = "Certificato (sync)"
+[[services.SYNC.fields]]
+name = "uso"
+type = "string"
+required = true
+
+[services.DEFERRED]
+title = "Dichiarazione (deferred)"
+[[services.DEFERRED.fields]]
+name = "uso"
+type = "string"
+required = true
+
+[adapters.vendor]
+kind = "rest"
+base_url = "http://{vendor}"
+max_concurrency = 64
+[adapters.vendor.submit]
+path = "/pratiche"
+[adapters.vendor.response]
+status_pointer = "/esito"
+status_map = {{ OK = "APPROVED" }}
+protocol_pointer = "/protocollo/numero"
+reference_pointer = "/id"
+
+[[routes]]
+tenants = ["{TENANT}"]
+service = "SYNC"
+adapter = "vendor"
+mode = "sync"
+
+[[routes]]
+tenants = ["{TENANT}"]
+service = "DEFERRED"
+adapter = "vendor"
+mode = "deferred"
+"#
+        ),
+    )?;
+    Ok(path)
+}
+
+/// A started hub.
+pub struct Hub {
+    pub channel: Channel,
+    /// The hub's process id (`None` in-process).
+    pub pid: Option<u32>,
+    /// From spawn to `grpc.health.v1` answering SERVING.
+    pub time_to_healthy: Duration,
+    child: Option<Child>,
+    in_process: Option<raccordo::server::RunningHub>,
+}
+
+/// A free loopback port.
+pub fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+}
+
+impl Hub {
+    /// Starts the hub on `config`: the binary `bin`, or in-process.
+    pub async fn start(
+        config: &Path,
+        grpc: SocketAddr,
+        bin: Option<&Path>,
+    ) -> anyhow::Result<Self> {
+        let started = Instant::now();
+        let (child, in_process) = match bin {
+            Some(bin) => {
+                let child = Command::new(bin)
+                    .args(["serve", "--config"])
+                    .arg(config)
+                    .env("RUST_LOG", "warn")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::inherit())
+                    .spawn()
+                    .map_err(|e| anyhow::anyhow!("cannot start {}: {e}", bin.display()))?;
+                (Some(child), None)
+            }
+            None => {
+                let cfg = raccordo::config::load(config)?;
+                (None, Some(raccordo::server::start(cfg).await?))
+            }
+        };
+        let pid = child.as_ref().map(Child::id);
+        let channel = wait_healthy(grpc).await?;
+        Ok(Self {
+            channel,
+            pid,
+            time_to_healthy: started.elapsed(),
+            child,
+            in_process,
+        })
+    }
+
+    /// Stops the hub (SIGKILL for a process: the store is durable anyway).
+    pub async fn stop(mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if let Some(h) = self.in_process.take() {
+            let _ = h.shutdown().await;
+        }
+    }
+}
+
+async fn wait_healthy(addr: SocketAddr) -> anyhow::Result<Channel> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Ok(channel) = Channel::from_shared(format!("http://{addr}"))?
+            .connect()
+            .await
+        {
+            let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+            let serving = health
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: "raccordo.v1.PracticeService".into(),
+                })
+                .await
+                .is_ok_and(|r| r.into_inner().status == 1);
+            if serving {
+                return Ok(channel);
+            }
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the hub did not become healthy within 120 s"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// A submission to `service` with a unique key.
+pub fn submission(service: &str, key: u64, fiscal_code: &str) -> pb::SubmitPracticeRequest {
+    let mut data = prost_types::Struct::default();
+    data.fields.insert(
+        "uso".into(),
+        prost_types::Value {
+            kind: Some(prost_types::value::Kind::StringValue("ESENTE".into())),
+        },
+    );
+    pb::SubmitPracticeRequest {
+        tenant_id: TENANT.into(),
+        service_code: service.into(),
+        applicant: Some(pb::Applicant {
+            subject: Some(pb::applicant::Subject::Person(pb::Person {
+                fiscal_code: fiscal_code.into(),
+                given_name: "Mario".into(),
+                family_name: "Rossi".into(),
+            })),
+            contacts: None,
+        }),
+        data: Some(data),
+        idempotency_key: format!("bench-{}-{key}", std::process::id()),
+        ..Default::default()
+    }
+}
+
+/// A valid codice fiscale derived from `n` (varies the digits, recomputes the check).
+pub fn fiscal_code(n: u64) -> String {
+    let body = format!(
+        "RSSMRA{:02}A{:02}F{:03}",
+        n % 100,
+        1 + (n / 100) % 28,
+        (n / 2800) % 1000
+    );
+    let check = raccordo::domain::identifiers::fiscal_code_check_char(body.as_bytes());
+    format!("{body}{check}")
+}

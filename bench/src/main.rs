@@ -1,0 +1,71 @@
+//! `raccordo-bench`: measures the hub through its real gRPC API.
+//!
+//! It starts its own minimal vendor back office (REST), starts the hub (the
+//! release binary next to this one, or in-process with `--in-process`), runs
+//! each scenario for a warm-up and a measured duration with a fixed number
+//! of requests in flight, alternates scenarios over several runs, and prints
+//! the medians as a Markdown table. See `docs/performance.md`.
+
+mod hub;
+mod load;
+mod procfs;
+mod report;
+mod scenarios;
+mod vendor;
+
+use clap::Parser;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Load harness for the Raccordo hub.
+#[derive(Debug, Parser)]
+#[command(name = "raccordo-bench", version, about)]
+pub struct Options {
+    /// Measured time per scenario run.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Unmeasured time before each run.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub warmup: Duration,
+    /// Runs of each scenario (alternating); the table reports medians.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Requests in flight.
+    #[arg(long, default_value_t = 32)]
+    pub in_flight: usize,
+    /// Practices in the store for the read scenario.
+    #[arg(long, default_value_t = 100_000)]
+    pub store_size: usize,
+    /// Scenarios to run (comma-separated): ceiling, sync, deferred, reads.
+    #[arg(
+        long,
+        default_value = "ceiling,sync,deferred,reads",
+        value_delimiter = ','
+    )]
+    pub scenarios: Vec<String>,
+    /// The hub binary; defaults to `raccordo` next to this executable.
+    #[arg(long)]
+    pub hub: Option<PathBuf>,
+    /// Run the hub inside this process (no separate CPU/RSS figures).
+    #[arg(long)]
+    pub in_process: bool,
+    /// Also write the Markdown table to this file.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let options = Options::parse();
+    // Load generation gets the whole runtime; the hub is another process.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let table = scenarios::run_suite(&options).await?;
+        println!("{table}");
+        if let Some(out) = &options.out {
+            std::fs::write(out, &table)?;
+        }
+        Ok(())
+    })
+}

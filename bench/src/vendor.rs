@@ -1,0 +1,38 @@
+//! The minimal fast vendor: answers every POST at once with an approval.
+
+use axum::http::header::CONTENT_TYPE;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+const ANSWER: &str = r#"{"esito":"OK","protocollo":{"numero":"2026/000001"},"id":"BENCH-1"}"#;
+
+/// A running vendor and its request counter.
+#[derive(Clone)]
+pub struct Vendor {
+    pub addr: SocketAddr,
+    pub requests: Arc<AtomicU64>,
+}
+
+impl Vendor {
+    /// Starts on an ephemeral loopback port.
+    pub async fn start() -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let requests = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&requests);
+        let app = axum::Router::new().fallback(move || {
+            counter.fetch_add(1, Ordering::Relaxed);
+            async { ([(CONTENT_TYPE, "application/json")], ANSWER) }
+        });
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self { addr, requests })
+    }
+
+    /// Requests served so far.
+    pub fn served(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+}
