@@ -425,7 +425,7 @@ async fn the_catalog_lists_each_tenants_services_and_fields() {
         .into_inner()
         .services;
     let codes: Vec<_> = services.iter().map(|s| s.code.as_str()).collect();
-    assert_eq!(codes, ["CERT", "TARI"]);
+    assert_eq!(codes, ["CERT", "CILA", "TARI"]);
     let cert = &services[0];
     assert_eq!(cert.legal_term_days, 30);
     assert_eq!(cert.mode, pb::InteractionMode::Sync as i32);
@@ -441,5 +441,102 @@ async fn the_catalog_lists_each_tenants_services_and_fields() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn an_auto_route_waits_a_bounded_time_then_replies_with_the_current_state() {
+    let vendor = Vendor::start().await;
+    let mut hub = start_hub(HubOptions::new(&vendor.url())).await;
+    // A quick vendor: the outcome is in the reply.
+    let quick = hub
+        .practices
+        .submit_practice(cila_request("auto-1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        quick.practice.unwrap().status,
+        pb::AdministrativeStatus::Approved as i32
+    );
+
+    // A slow vendor: the reply comes at the bound, the practice completes later.
+    vendor.set_latency(std::time::Duration::from_millis(1500));
+    let slow = hub
+        .practices
+        .submit_practice(cila_request("auto-2"))
+        .await
+        .unwrap()
+        .into_inner()
+        .practice
+        .unwrap();
+    assert_eq!(slow.status, pb::AdministrativeStatus::Submitted as i32);
+    assert_eq!(
+        slow.delivery.unwrap().status,
+        pb::DeliveryStatus::Sent as i32
+    );
+    hub.wait_practice("016024", &slow.id, "completion in the background", |p| {
+        p.status == pb::AdministrativeStatus::Approved as i32
+    })
+    .await;
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn an_answer_after_withdrawal_is_recorded_as_an_anomaly_not_applied() {
+    let vendor = Vendor::start().await;
+    vendor.set_latency(std::time::Duration::from_millis(700));
+    let mut hub = start_hub(HubOptions::new(&vendor.url())).await;
+    let p = hub
+        .practices
+        .submit_practice(tari_request("016024", "late"))
+        .await
+        .unwrap()
+        .into_inner()
+        .practice
+        .unwrap();
+    // Withdraw while the delivery is in flight at the (slow) vendor.
+    let c = hub.practices.clone();
+    eventually("the delivery in flight", || {
+        let mut c = c.clone();
+        let id = p.id.clone();
+        async move {
+            let p = get(&mut c, "016024", &id).await;
+            (p.delivery.unwrap().status == pb::DeliveryStatus::Sent as i32).then_some(())
+        }
+    })
+    .await;
+    hub.practices
+        .withdraw_practice(pb::WithdrawPracticeRequest {
+            tenant_id: "016024".into(),
+            practice_id: p.id.clone(),
+            reason: "ci ho ripensato".into(),
+            operator_id: String::new(),
+        })
+        .await
+        .unwrap();
+    let done = hub
+        .wait_practice("016024", &p.id, "the late approval recorded", |p| {
+            p.events
+                .iter()
+                .any(|e| e.kind == pb::EventKind::Anomaly as i32)
+        })
+        .await;
+    assert_eq!(
+        done.status,
+        pb::AdministrativeStatus::Withdrawn as i32,
+        "not applied"
+    );
+    let anomaly = done
+        .events
+        .iter()
+        .find(|e| e.kind == pb::EventKind::Anomaly as i32)
+        .unwrap();
+    assert_eq!(
+        anomaly.from_status,
+        pb::AdministrativeStatus::Withdrawn as i32
+    );
+    assert_eq!(anomaly.to_status, pb::AdministrativeStatus::Approved as i32);
+    assert!(anomaly.reason.contains("not applied"), "{}", anomaly.reason);
     hub.stop().await;
 }

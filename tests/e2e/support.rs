@@ -286,6 +286,17 @@ tenants = ["016024", "028060"]
 service = "TARI"
 adapter = "vendor"
 mode = "deferred"
+
+[services.CILA]
+title = "Comunicazione di inizio lavori asseverata"
+regime = "COMUNICAZIONE"
+
+[[routes]]
+tenants = ["016024"]
+service = "CILA"
+adapter = "vendor"
+mode = "auto"
+deadline = "400ms"
 "#,
         grpc = o.grpc_listen,
         attempts = o.max_attempts,
@@ -463,4 +474,15 @@ pub fn delivery_is(e: &pb::PracticeEvent, status: pb::DeliveryStatus) -> bool {
 /// True for the event that moved the practice to `status`.
 pub fn status_is(e: &pb::PracticeEvent, status: pb::AdministrativeStatus) -> bool {
     e.kind == pb::EventKind::StatusChanged as i32 && e.to_status == status as i32
+}
+
+/// A CILA (auto route: waits up to 400 ms).
+pub fn cila_request(key: &str) -> pb::SubmitPracticeRequest {
+    pb::SubmitPracticeRequest {
+        tenant_id: "016024".into(),
+        service_code: "CILA".into(),
+        applicant: Some(mario()),
+        idempotency_key: key.into(),
+        ..Default::default()
+    }
 }
