@@ -334,6 +334,14 @@ impl PracticeService {
         Ok((practices, next))
     }
 
+    /// Subscribes a live stream to the bus and to the hub's shutdown.
+    fn follower(&self) -> Follower {
+        Follower {
+            events: self.bus.subscribe(),
+            closing: self.closing.subscribe(),
+        }
+    }
+
     /// Streams the events of one practice from `from_sequence`, then live,
     /// until a terminal status. Fails at once if the practice is unknown.
     pub async fn watch(
@@ -342,14 +350,13 @@ impl PracticeService {
         id: String,
         from_sequence: i64,
     ) -> Result<mpsc::Receiver<Result<Event, HubError>>, HubError> {
-        let mut rx = self.bus.subscribe();
+        let mut follow = self.follower();
         let practice = self.get(&tenant_id, &id, false).await?;
         let (tx, out) = mpsc::channel(64);
-        let mut closing = self.closing.subscribe();
         let this = Arc::clone(self);
         tokio::spawn(async move {
             let mut next_seq = from_sequence.max(1);
-            let mut already_terminal = practice.status.is_terminal();
+            let mut replaying_a_concluded_practice = practice.status.is_terminal();
             loop {
                 // The store is the truth: (re-)read everything not yet sent.
                 let events = match this.store.practice_events(&tenant_id, &id, next_seq).await {
@@ -369,25 +376,13 @@ impl PracticeService {
                         return;
                     }
                 }
-                if already_terminal {
+                if replaying_a_concluded_practice {
                     // Replayed past the terminal event: nothing more will come.
                     return;
                 }
-                already_terminal = false;
-                loop {
-                    tokio::select! {
-                        msg = rx.recv() => match msg {
-                            Ok(e) if e.practice_id == id => break,
-                            Ok(_) => continue,
-                            Err(broadcast::error::RecvError::Lagged(_)) => break,
-                            Err(broadcast::error::RecvError::Closed) => return,
-                        },
-                        _ = tx.closed() => return,
-                        _ = async { closing.wait_for(|c| *c).await.map(|_| ()) } => {
-                            let _ = tx.send(Err(shutting_down())).await;
-                            return;
-                        }
-                    }
+                replaying_a_concluded_practice = false;
+                if !follow.next(&tx, |e| e.practice_id == id).await {
+                    return;
                 }
             }
         });
@@ -400,14 +395,13 @@ impl PracticeService {
         filter: EventFilter,
         after_cursor: i64,
     ) -> Result<mpsc::Receiver<Result<Event, HubError>>, HubError> {
-        let mut rx = self.bus.subscribe();
+        let mut follow = self.follower();
         let mut cursor = if after_cursor > 0 {
             after_cursor
         } else {
             self.store.last_cursor().await?
         };
         let (tx, out) = mpsc::channel(256);
-        let mut closing = self.closing.subscribe();
         let this = Arc::clone(self);
         tokio::spawn(async move {
             loop {
@@ -430,20 +424,11 @@ impl PracticeService {
                         break;
                     }
                 }
-                loop {
-                    tokio::select! {
-                        msg = rx.recv() => match msg {
-                            Ok(e) if filter.matches(&e) && e.cursor > cursor => break,
-                            Ok(_) => continue,
-                            Err(broadcast::error::RecvError::Lagged(_)) => break,
-                            Err(broadcast::error::RecvError::Closed) => return,
-                        },
-                        _ = tx.closed() => return,
-                        _ = async { closing.wait_for(|c| *c).await.map(|_| ()) } => {
-                            let _ = tx.send(Err(shutting_down())).await;
-                            return;
-                        }
-                    }
+                if !follow
+                    .next(&tx, |e| filter.matches(e) && e.cursor > cursor)
+                    .await
+                {
+                    return;
                 }
             }
         });
@@ -568,6 +553,36 @@ impl PracticeService {
         self.publish(events);
         self.wake(&dl.adapter);
         Ok(dl)
+    }
+}
+
+/// What a live stream waits on between two reads of the store.
+struct Follower {
+    events: broadcast::Receiver<Arc<Event>>,
+    closing: watch::Receiver<bool>,
+}
+
+type EventSender = mpsc::Sender<Result<Event, HubError>>;
+
+impl Follower {
+    /// Waits for a relevant event (or a lag: the store has it anyway).
+    /// `false` means stop: the client left or the hub is shutting down.
+    async fn next(&mut self, tx: &EventSender, relevant: impl Fn(&Event) -> bool) -> bool {
+        loop {
+            tokio::select! {
+                msg = self.events.recv() => match msg {
+                    Ok(e) if relevant(&e) => return true,
+                    Ok(_) => continue,
+                    Err(broadcast::error::RecvError::Lagged(_)) => return true,
+                    Err(broadcast::error::RecvError::Closed) => return false,
+                },
+                _ = tx.closed() => return false,
+                _ = async { self.closing.wait_for(|c| *c).await.map(|_| ()) } => {
+                    let _ = tx.send(Err(shutting_down())).await;
+                    return false;
+                }
+            }
+        }
     }
 }
 

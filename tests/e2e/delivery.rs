@@ -9,18 +9,9 @@ async fn vendor_503_then_200_is_retried_with_the_same_operation_id() {
     let vendor = Vendor::start().await;
     vendor.push(Answer::new(503, json!({"title": "in manutenzione"})).header("retry-after", "0"));
     let mut hub = start_hub(HubOptions::new(&vendor.url())).await;
-    let p = hub
-        .practices
-        .submit_practice(tari_request("016024", "retry"))
-        .await
-        .unwrap()
-        .into_inner()
-        .practice
-        .unwrap();
+    let p = hub.submit(tari_request("016024", "retry")).await;
     let done = hub
-        .wait_practice("016024", &p.id, "approval after a retry", |p| {
-            p.status == pb::AdministrativeStatus::Approved as i32
-        })
+        .wait_status("016024", &p.id, pb::AdministrativeStatus::Approved)
         .await;
     let delivery = done.delivery.unwrap();
     assert_eq!(delivery.attempts, 2);
@@ -49,14 +40,7 @@ async fn vendor_400_is_dead_lettered_at_once_with_the_reason() {
         json!({"type": "about:blank", "title": "Richiesta non valida", "detail": "foglio mancante", "code": "ERROR_400_001"}),
     ));
     let mut hub = start_hub(HubOptions::new(&vendor.url())).await;
-    let p = hub
-        .practices
-        .submit_practice(tari_request("016024", "bad"))
-        .await
-        .unwrap()
-        .into_inner()
-        .practice
-        .unwrap();
+    let p = hub.submit(tari_request("016024", "bad")).await;
     let dead = hub
         .wait_practice("016024", &p.id, "dead letter", |p| {
             p.delivery
@@ -119,14 +103,7 @@ async fn a_vendor_that_is_down_dead_letters_then_a_replay_completes() {
         ..HubOptions::new(&format!("http://{addr}"))
     })
     .await;
-    let p = hub
-        .practices
-        .submit_practice(tari_request("028060", "down"))
-        .await
-        .unwrap()
-        .into_inner()
-        .practice
-        .unwrap();
+    let p = hub.submit(tari_request("028060", "down")).await;
     let dead = hub
         .wait_practice("028060", &p.id, "dead letter after 3 attempts", |p| {
             p.delivery
@@ -158,9 +135,7 @@ async fn a_vendor_that_is_down_dead_letters_then_a_replay_completes() {
         .into_inner();
     assert_eq!(replayed.practice_id, p.id);
     let done = hub
-        .wait_practice("028060", &p.id, "approval after the replay", |p| {
-            p.status == pb::AdministrativeStatus::Approved as i32
-        })
+        .wait_status("028060", &p.id, pb::AdministrativeStatus::Approved)
         .await;
     assert_eq!(
         done.delivery.unwrap().operation_id,
@@ -194,23 +169,14 @@ async fn a_sync_route_replies_with_the_failure_when_the_vendor_fails() {
     let vendor = Vendor::start().await;
     vendor.push(Answer::new(500, json!({})));
     let mut hub = start_hub(HubOptions::new(&vendor.url())).await;
-    let p = hub
-        .practices
-        .submit_practice(cert_request("016024", "sync-fail"))
-        .await
-        .unwrap()
-        .into_inner()
-        .practice
-        .unwrap();
+    let p = hub.submit(cert_request("016024", "sync-fail")).await;
     // Accepted and stored; the reply tells the front office a retry is planned.
     assert_eq!(p.status, pb::AdministrativeStatus::Submitted as i32);
     let d = p.delivery.unwrap();
     assert_eq!(d.status, pb::DeliveryStatus::Retrying as i32);
     assert!(d.next_attempt_at.is_some());
-    hub.wait_practice("016024", &p.id, "approval on the retry", |p| {
-        p.status == pb::AdministrativeStatus::Approved as i32
-    })
-    .await;
+    hub.wait_status("016024", &p.id, pb::AdministrativeStatus::Approved)
+        .await;
     hub.stop().await;
 }
 
@@ -222,14 +188,7 @@ async fn a_business_refusal_rejects_the_practice_with_the_vendors_reason() {
         json!({"esito": "KO", "motivo": "non residente"}),
     ));
     let mut hub = start_hub(HubOptions::new(&vendor.url())).await;
-    let p = hub
-        .practices
-        .submit_practice(cert_request("016024", "ko"))
-        .await
-        .unwrap()
-        .into_inner()
-        .practice
-        .unwrap();
+    let p = hub.submit(cert_request("016024", "ko")).await;
     assert_eq!(p.status, pb::AdministrativeStatus::Rejected as i32);
     let o = p.outcome.unwrap();
     assert_eq!(o.reason, "non residente");
@@ -243,14 +202,7 @@ async fn an_unmapped_vendor_status_is_a_permanent_failure_naming_the_value() {
     let vendor = Vendor::start().await;
     vendor.push(Answer::new(200, json!({"esito": "BOH"})));
     let mut hub = start_hub(HubOptions::new(&vendor.url())).await;
-    let p = hub
-        .practices
-        .submit_practice(tari_request("016024", "boh"))
-        .await
-        .unwrap()
-        .into_inner()
-        .practice
-        .unwrap();
+    let p = hub.submit(tari_request("016024", "boh")).await;
     let dead = hub
         .wait_practice("016024", &p.id, "dead letter", |p| {
             p.delivery

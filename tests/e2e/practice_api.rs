@@ -44,14 +44,7 @@ async fn deferred_submission_is_acknowledged_then_completed_as_watched() {
     let vendor = Vendor::start().await;
     vendor.set_latency(std::time::Duration::from_millis(300));
     let mut hub = start_hub(HubOptions::new(&vendor.url())).await;
-    let p = hub
-        .practices
-        .submit_practice(tari_request("028060", "k-def"))
-        .await
-        .unwrap()
-        .into_inner()
-        .practice
-        .unwrap();
+    let p = hub.submit(tari_request("028060", "k-def")).await;
     // Acknowledged once stored: the vendor has not answered yet.
     assert_eq!(p.status, pb::AdministrativeStatus::Submitted as i32);
     assert!(p.outcome.is_none());
@@ -136,14 +129,7 @@ async fn watch_practices_follows_a_citizen_folder_live() {
         .submit_practice(tari_request("028060", "other"))
         .await
         .unwrap();
-    let p = hub
-        .practices
-        .submit_practice(tari_request("016024", "mine"))
-        .await
-        .unwrap()
-        .into_inner()
-        .practice
-        .unwrap();
+    let p = hub.submit(tari_request("016024", "mine")).await;
     let mut stream = subscription.await.unwrap();
     let (events, _) = collect_until(&mut stream, |e| {
         status_is(e, pb::AdministrativeStatus::Approved)
@@ -213,14 +199,7 @@ async fn the_same_key_with_different_content_is_already_exists() {
 async fn a_tenant_cannot_read_another_tenants_practice() {
     let vendor = Vendor::start().await;
     let mut hub = start_hub(HubOptions::new(&vendor.url())).await;
-    let p = hub
-        .practices
-        .submit_practice(cert_request("016024", "mine"))
-        .await
-        .unwrap()
-        .into_inner()
-        .practice
-        .unwrap();
+    let p = hub.submit(cert_request("016024", "mine")).await;
     let err = hub
         .practices
         .get_practice(pb::GetPracticeRequest {
@@ -329,14 +308,7 @@ async fn withdrawal_before_delivery_cancels_it_and_after_delivery_is_forwarded()
         ..HubOptions::new(&format!("http://{down}"))
     })
     .await;
-    let p = hub
-        .practices
-        .submit_practice(tari_request("016024", "w-1"))
-        .await
-        .unwrap()
-        .into_inner()
-        .practice
-        .unwrap();
+    let p = hub.submit(tari_request("016024", "w-1")).await;
     let w = hub
         .practices
         .withdraw_practice(pb::WithdrawPracticeRequest {
@@ -370,14 +342,7 @@ async fn withdrawal_before_delivery_cancels_it_and_after_delivery_is_forwarded()
         json!({"esito": "PRESO", "protocollo": {"numero": "P-9"}}),
     ));
     let mut hub = start_hub(HubOptions::new(&vendor.url())).await;
-    let p = hub
-        .practices
-        .submit_practice(cert_request("016024", "w-2"))
-        .await
-        .unwrap()
-        .into_inner()
-        .practice
-        .unwrap();
+    let p = hub.submit(cert_request("016024", "w-2")).await;
     assert_eq!(p.status, pb::AdministrativeStatus::Registered as i32);
     hub.practices
         .withdraw_practice(pb::WithdrawPracticeRequest {
@@ -462,23 +427,14 @@ async fn an_auto_route_waits_a_bounded_time_then_replies_with_the_current_state(
 
     // A slow vendor: the reply comes at the bound, the practice completes later.
     vendor.set_latency(std::time::Duration::from_millis(1500));
-    let slow = hub
-        .practices
-        .submit_practice(cila_request("auto-2"))
-        .await
-        .unwrap()
-        .into_inner()
-        .practice
-        .unwrap();
+    let slow = hub.submit(cila_request("auto-2")).await;
     assert_eq!(slow.status, pb::AdministrativeStatus::Submitted as i32);
     assert_eq!(
         slow.delivery.unwrap().status,
         pb::DeliveryStatus::Sent as i32
     );
-    hub.wait_practice("016024", &slow.id, "completion in the background", |p| {
-        p.status == pb::AdministrativeStatus::Approved as i32
-    })
-    .await;
+    hub.wait_status("016024", &slow.id, pb::AdministrativeStatus::Approved)
+        .await;
     hub.stop().await;
 }
 
@@ -487,14 +443,7 @@ async fn an_answer_after_withdrawal_is_recorded_as_an_anomaly_not_applied() {
     let vendor = Vendor::start().await;
     vendor.set_latency(std::time::Duration::from_millis(700));
     let mut hub = start_hub(HubOptions::new(&vendor.url())).await;
-    let p = hub
-        .practices
-        .submit_practice(tari_request("016024", "late"))
-        .await
-        .unwrap()
-        .into_inner()
-        .practice
-        .unwrap();
+    let p = hub.submit(tari_request("016024", "late")).await;
     // Withdraw while the delivery is in flight at the (slow) vendor.
     let c = hub.practices.clone();
     eventually("the delivery in flight", || {

@@ -355,6 +355,45 @@ impl TestHub {
         }
     }
 
+    /// Submits and returns the practice of the reply.
+    pub async fn submit(&mut self, request: pb::SubmitPracticeRequest) -> pb::Practice {
+        self.practices
+            .submit_practice(request)
+            .await
+            .expect("submit practice")
+            .into_inner()
+            .practice
+            .expect("a practice in the reply")
+    }
+
+    /// Waits until the current delivery reaches `status`.
+    pub async fn wait_delivery(
+        &mut self,
+        tenant: &str,
+        id: &str,
+        status: pb::DeliveryStatus,
+    ) -> pb::Practice {
+        self.wait_practice(tenant, id, status.as_str_name(), |p| {
+            p.delivery
+                .as_ref()
+                .is_some_and(|d| d.status == status as i32)
+        })
+        .await
+    }
+
+    /// Waits until the practice reaches `status`.
+    pub async fn wait_status(
+        &mut self,
+        tenant: &str,
+        id: &str,
+        status: pb::AdministrativeStatus,
+    ) -> pb::Practice {
+        self.wait_practice(tenant, id, status.as_str_name(), |p| {
+            p.status == status as i32
+        })
+        .await
+    }
+
     /// The whole practice with events.
     pub async fn get(&mut self, tenant: &str, id: &str) -> pb::Practice {
         get(&mut self.practices, tenant, id).await
