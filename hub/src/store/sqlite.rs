@@ -1,9 +1,13 @@
 //! The embedded store: one SQLite file in WAL mode.
 //!
-//! Writes go through a single connection (SQLite has one writer; a queue in
-//! the pool beats "database is locked" retries), reads through a small pool.
-//! sqlx runs SQLite on its own worker threads, so nothing here blocks the
-//! async runtime.
+//! All writes go to one dedicated thread that owns the writer connection.
+//! It takes every command waiting in its queue, runs them in **one
+//! transaction** (each inside its own savepoint, so one failing command does
+//! not fail the others), commits once — one fsync for many practices — and
+//! only then answers each caller. Nobody is told "stored" before the commit.
+//! Reads run on blocking threads with a small pool of read-only connections.
+//! Either way a whole operation costs one thread hand-off, not one per SQL
+//! statement, and nothing blocks the async runtime.
 
 use super::schema;
 use super::{
@@ -23,55 +27,208 @@ use chrono::{DateTime, Duration, Utc};
 use raccordo_adapters::VendorReply;
 use raccordo_adapters::adapter::Correlation;
 use raccordo_adapters::model::{AdminStatus, Document, DocumentMeta, ExternalRef, Operation};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
-use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool, Transaction};
-use std::path::Path;
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params, params_from_iter};
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::{Arc, Mutex, mpsc};
+use tokio::sync::oneshot;
+
+/// Commands the writer runs in one transaction at most.
+const MAX_BATCH: usize = 512;
+
+/// What the writer thread runs: the operation inside the transaction, which
+/// returns whether it succeeded and how to answer once the commit is known.
+/// Called with `None` when the transaction could not even begin.
+type WriteCommand = Box<dyn FnOnce(Option<&Connection>) -> (bool, Completion) + Send>;
+type Completion = Box<dyn FnOnce(Option<String>) + Send>;
 
 /// The SQLite implementation of [`Store`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SqliteStore {
-    writer: SqlitePool,
-    reader: SqlitePool,
+    writer: mpsc::Sender<WriteCommand>,
+    readers: Arc<ReaderPool>,
 }
 
-type Tx = Transaction<'static, Sqlite>;
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.readers.path)
+            .finish()
+    }
+}
+
+/// Read-only connections, opened on demand and reused.
+struct ReaderPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+    max_idle: usize,
+}
+
+impl ReaderPool {
+    fn take(&self) -> Result<Connection, StoreError> {
+        if let Some(c) = self.idle.lock().expect("reader pool lock").pop() {
+            return Ok(c);
+        }
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                | OpenFlags::SQLITE_OPEN_URI,
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.set_prepared_statement_cache_capacity(64);
+        Ok(conn)
+    }
+
+    fn put(&self, conn: Connection) {
+        let mut idle = self.idle.lock().expect("reader pool lock");
+        if idle.len() < self.max_idle {
+            idle.push(conn);
+        }
+    }
+}
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database at `path` and applies migrations.
+    /// Opens (creating if needed) the database at `path`, applies migrations
+    /// and starts the writer thread.
     pub async fn open(
         path: &Path,
         synchronous: Synchronous,
         readers: u32,
     ) -> Result<Self, StoreError> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                StoreError::Database(format!("cannot create {}: {e}", dir.display()))
+        let path = path.to_path_buf();
+        let (writer, ready) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    StoreError::Database(format!("cannot create {}: {e}", dir.display()))
+                })?;
+            }
+            let mut conn = Connection::open(&path).map_err(|e| {
+                StoreError::Database(format!("cannot open {}: {e}", path.display()))
             })?;
+            conn.busy_timeout(std::time::Duration::from_secs(10))?;
+            conn.pragma_update(None, "journal_mode", "WAL")?;
+            conn.pragma_update(
+                None,
+                "synchronous",
+                match synchronous {
+                    Synchronous::Full => "FULL",
+                    Synchronous::Normal => "NORMAL",
+                },
+            )?;
+            conn.pragma_update(None, "foreign_keys", "ON")?;
+            conn.set_prepared_statement_cache_capacity(128);
+            schema::migrate(&mut conn)?;
+            let (tx, rx) = mpsc::channel::<WriteCommand>();
+            std::thread::Builder::new()
+                .name("raccordo-store-writer".into())
+                .spawn(move || run_writer(conn, rx))
+                .map_err(|e| {
+                    StoreError::Database(format!("cannot start the writer thread: {e}"))
+                })?;
+            Ok((tx, path))
+        })
+        .await
+        .map_err(|e| StoreError::Database(format!("store start panicked: {e}")))??;
+        Ok(Self {
+            writer,
+            readers: Arc::new(ReaderPool {
+                path: ready,
+                idle: Mutex::new(Vec::new()),
+                max_idle: readers.max(1) as usize,
+            }),
+        })
+    }
+
+    /// Runs `op` in the writer's next transaction; answers after the commit.
+    async fn write<R: Send + 'static>(
+        &self,
+        op: impl FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        let command: WriteCommand = Box::new(move |conn| {
+            let result = match conn {
+                // A panicking operation must not take the writer thread down.
+                Some(conn) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op(conn)))
+                    .unwrap_or_else(|_| {
+                        Err(StoreError::Database("a store operation panicked".into()))
+                    }),
+                None => Err(StoreError::Database(
+                    "the transaction could not begin".into(),
+                )),
+            };
+            let ok = result.is_ok();
+            let completion: Completion = Box::new(move |commit_error| {
+                let _ = tx.send(match commit_error {
+                    Some(e) => Err(StoreError::Database(e)),
+                    None => result,
+                });
+            });
+            (ok, completion)
+        });
+        self.writer
+            .send(command)
+            .map_err(|_| StoreError::Database("the store writer has stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Database("the store writer has stopped".into()))?
+    }
+
+    /// Runs `op` on a read-only connection, on a blocking thread.
+    async fn read<R: Send + 'static>(
+        &self,
+        op: impl FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let pool = Arc::clone(&self.readers);
+        tokio::task::spawn_blocking(move || {
+            let conn = pool.take()?;
+            let result = op(&conn);
+            pool.put(conn);
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Database(format!("read task failed: {e}")))?
+    }
+}
+
+/// The writer thread: group commit with a savepoint per command.
+fn run_writer(conn: Connection, commands: mpsc::Receiver<WriteCommand>) {
+    while let Ok(first) = commands.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match commands.try_recv() {
+                Ok(c) => batch.push(c),
+                Err(_) => break,
+            }
         }
-        let options = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(match synchronous {
-                Synchronous::Full => SqliteSynchronous::Full,
-                Synchronous::Normal => SqliteSynchronous::Normal,
-            })
-            .busy_timeout(std::time::Duration::from_secs(10))
-            .foreign_keys(true);
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(options.clone())
-            .await
-            .map_err(|e| StoreError::Database(format!("cannot open {}: {e}", path.display())))?;
-        schema::migrate(&writer).await?;
-        let reader = SqlitePoolOptions::new()
-            .max_connections(readers.max(1))
-            .connect_with(options.read_only(true))
-            .await?;
-        Ok(Self { writer, reader })
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            // Nothing ran: every caller gets the error and may retry.
+            let reason = format!("cannot begin a transaction: {e}");
+            for command in batch {
+                let (_, completion) = command(None);
+                completion(Some(reason.clone()));
+            }
+            continue;
+        }
+        let mut completions = Vec::with_capacity(batch.len());
+        for command in batch {
+            let saved = conn.execute_batch("SAVEPOINT command");
+            let (ok, completion) = command(Some(&conn));
+            if saved.is_ok() {
+                if !ok {
+                    let _ = conn.execute_batch("ROLLBACK TO command");
+                }
+                let _ = conn.execute_batch("RELEASE command");
+            }
+            completions.push(completion);
+        }
+        let commit_error = conn.execute_batch("COMMIT").err().map(|e| {
+            let _ = conn.execute_batch("ROLLBACK");
+            format!("commit failed: {e}")
+        });
+        for completion in completions {
+            completion(commit_error.clone());
+        }
     }
 }
 
@@ -118,69 +275,85 @@ struct StateRow {
     legal_term_days: u32,
 }
 
-async fn load_state(tx: &mut Tx, practice_id: &str) -> Result<StateRow, StoreError> {
-    let row = sqlx::query(
-        "SELECT id, tenant_id, service_code, applicant_id, status, delivery_status, current_operation_id,
-                last_sequence, legal_term_days
-         FROM practices WHERE id = ?",
-    )
-    .bind(practice_id)
-    .fetch_optional(&mut **tx)
-    .await?
-    .ok_or(StoreError::NotFound)?;
+fn load_state(conn: &Connection, practice_id: &str) -> Result<StateRow, StoreError> {
+    let row = conn
+        .prepare_cached(
+            "SELECT id, tenant_id, service_code, applicant_id, status, delivery_status, current_operation_id,
+                    last_sequence, legal_term_days
+             FROM practices WHERE id = ?1",
+        )?
+        .query_row([practice_id], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, Option<String>>(5)?,
+                r.get::<_, Option<String>>(6)?,
+                r.get::<_, i64>(7)?,
+                r.get::<_, i64>(8)?,
+            ))
+        })
+        .optional()?
+        .ok_or(StoreError::NotFound)?;
     Ok(StateRow {
-        id: row.get("id"),
-        tenant_id: row.get("tenant_id"),
-        service_code: row.get("service_code"),
-        applicant_id: row.get("applicant_id"),
-        status: parse("status", row.get::<&str, _>("status"))?,
+        id: row.0,
+        tenant_id: row.1,
+        service_code: row.2,
+        applicant_id: row.3,
+        status: parse("status", &row.4)?,
         delivery_status: row
-            .get::<Option<&str>, _>("delivery_status")
+            .5
+            .as_deref()
             .map(|s| parse("delivery_status", s))
             .transpose()?,
-        current_operation_id: row.get("current_operation_id"),
-        last_sequence: row.get("last_sequence"),
-        legal_term_days: row.get::<i64, _>("legal_term_days") as u32,
+        current_operation_id: row.6,
+        last_sequence: row.7,
+        legal_term_days: row.8 as u32,
     })
 }
 
 /// Appends events with the next sequence numbers and returns them stored.
-async fn append_events(
-    tx: &mut Tx,
+fn append_events(
+    conn: &Connection,
     st: &mut StateRow,
     drafts: Vec<EventDraft>,
     now: DateTime<Utc>,
 ) -> Result<Vec<Event>, StoreError> {
+    if drafts.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO events (practice_id, tenant_id, service_code, applicant_id, sequence, occurred_at,
+            recorded_at, source, kind, from_status, to_status, from_delivery, to_delivery, reason,
+            vendor_code, actor)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+    )?;
     let mut out = Vec::with_capacity(drafts.len());
     for d in drafts {
         st.last_sequence += 1;
         let occurred = d.occurred_at.unwrap_or(now);
-        let cursor: i64 = sqlx::query_scalar(
-            "INSERT INTO events (practice_id, tenant_id, service_code, applicant_id, sequence, occurred_at,
-                recorded_at, source, kind, from_status, to_status, from_delivery, to_delivery, reason,
-                vendor_code, actor)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING cursor",
-        )
-        .bind(&st.id)
-        .bind(&st.tenant_id)
-        .bind(&st.service_code)
-        .bind(&st.applicant_id)
-        .bind(st.last_sequence)
-        .bind(ms(occurred))
-        .bind(ms(now))
-        .bind(d.source.as_str())
-        .bind(d.kind.as_str())
-        .bind(d.from_status.map(AdminStatus::as_str))
-        .bind(d.to_status.map(AdminStatus::as_str))
-        .bind(d.from_delivery.map(DeliveryStatus::as_str))
-        .bind(d.to_delivery.map(DeliveryStatus::as_str))
-        .bind(&d.reason)
-        .bind(&d.vendor_code)
-        .bind(&d.actor)
-        .fetch_one(&mut **tx)
-        .await?;
+        insert.execute(params![
+            st.id,
+            st.tenant_id,
+            st.service_code,
+            st.applicant_id,
+            st.last_sequence,
+            ms(occurred),
+            ms(now),
+            d.source.as_str(),
+            d.kind.as_str(),
+            d.from_status.map(AdminStatus::as_str),
+            d.to_status.map(AdminStatus::as_str),
+            d.from_delivery.map(DeliveryStatus::as_str),
+            d.to_delivery.map(DeliveryStatus::as_str),
+            d.reason,
+            d.vendor_code,
+            d.actor,
+        ])?;
         out.push(Event {
-            cursor,
+            cursor: conn.last_insert_rowid(),
             practice_id: st.id.clone(),
             tenant_id: st.tenant_id.clone(),
             service_code: st.service_code.clone(),
@@ -199,17 +372,14 @@ async fn append_events(
             actor: d.actor,
         });
     }
-    sqlx::query("UPDATE practices SET last_sequence = ? WHERE id = ?")
-        .bind(st.last_sequence)
-        .bind(&st.id)
-        .execute(&mut **tx)
-        .await?;
+    conn.prepare_cached("UPDATE practices SET last_sequence = ?1 WHERE id = ?2")?
+        .execute(params![st.last_sequence, st.id])?;
     Ok(out)
 }
 
 /// Moves the delivery status, or records an anomaly if the table forbids it.
-async fn set_delivery(
-    tx: &mut Tx,
+fn set_delivery(
+    conn: &Connection,
     st: &mut StateRow,
     to: DeliveryStatus,
     draft: EventDraft,
@@ -239,19 +409,16 @@ async fn set_delivery(
         drafts.push(draft);
         return Ok(());
     }
-    sqlx::query("UPDATE practices SET delivery_status = ? WHERE id = ?")
-        .bind(to.as_str())
-        .bind(&st.id)
-        .execute(&mut **tx)
-        .await?;
+    conn.prepare_cached("UPDATE practices SET delivery_status = ?1 WHERE id = ?2")?
+        .execute(params![to.as_str(), st.id])?;
     st.delivery_status = Some(to);
     drafts.push(draft);
     Ok(())
 }
 
 /// Applies a vendor reply's administrative effect, references and documents.
-async fn apply_reply(
-    tx: &mut Tx,
+fn apply_reply(
+    conn: &Connection,
     st: &mut StateRow,
     reply: &VendorReply,
     actor: &str,
@@ -270,66 +437,63 @@ async fn apply_reply(
     drafts.extend(plan.events);
     if let Some(to) = plan.new_status {
         let terminal = to.is_terminal();
-        sqlx::query(
-            "UPDATE practices SET status = ?,
-                legal_deadline = COALESCE(?, legal_deadline),
-                concluded_at = COALESCE(?, concluded_at),
-                outcome_status = CASE WHEN ? THEN ? ELSE outcome_status END,
-                outcome_reason = CASE WHEN ? THEN ? ELSE outcome_reason END,
-                outcome_vendor_code = CASE WHEN ? THEN ? ELSE outcome_vendor_code END
-             WHERE id = ?",
-        )
-        .bind(to.as_str())
-        .bind(plan.legal_deadline.map(ms))
-        .bind(plan.concluded_at.map(ms))
-        .bind(terminal)
-        .bind(to.as_str())
-        .bind(terminal)
-        .bind(&reply.reason)
-        .bind(terminal)
-        .bind(&reply.vendor_code)
-        .bind(&st.id)
-        .execute(&mut **tx)
-        .await?;
+        conn.prepare_cached(
+            "UPDATE practices SET status = ?1,
+                legal_deadline = COALESCE(?2, legal_deadline),
+                concluded_at = COALESCE(?3, concluded_at),
+                outcome_status = CASE WHEN ?4 THEN ?1 ELSE outcome_status END,
+                outcome_reason = CASE WHEN ?4 THEN ?5 ELSE outcome_reason END,
+                outcome_vendor_code = CASE WHEN ?4 THEN ?6 ELSE outcome_vendor_code END
+             WHERE id = ?7",
+        )?
+        .execute(params![
+            to.as_str(),
+            plan.legal_deadline.map(ms),
+            plan.concluded_at.map(ms),
+            terminal,
+            reply.reason,
+            reply.vendor_code,
+            st.id,
+        ])?;
         st.status = to;
     }
     for r in &reply.external_refs {
-        sqlx::query(
+        conn.prepare_cached(
             "INSERT OR IGNORE INTO external_refs (practice_id, tenant_id, kind, value, system, issued_at)
-             VALUES (?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&st.id)
-        .bind(&st.tenant_id)
-        .bind(&r.kind)
-        .bind(&r.value)
-        .bind(if r.system.is_empty() { actor } else { &r.system })
-        .bind(r.issued_at.or(reply.occurred_at).unwrap_or(now).timestamp_millis())
-        .execute(&mut **tx)
-        .await?;
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?
+        .execute(params![
+            st.id,
+            st.tenant_id,
+            r.kind,
+            r.value,
+            if r.system.is_empty() { actor } else { &r.system },
+            ms(r.issued_at.or(reply.occurred_at).unwrap_or(now)),
+        ])?;
     }
     for doc in &reply.documents {
         // The same document reported twice (a re-sent result) is stored once.
-        sqlx::query(
+        conn.prepare_cached(
             "INSERT INTO documents (practice_id, tenant_id, role, position, name, media_type, size_bytes, sha256, content)
              SELECT ?1, ?2, 'outcome', COALESCE(MAX(position), -1) + 1, ?3, ?4, ?5, ?6, ?7
              FROM documents WHERE practice_id = ?1 AND role = 'outcome'
              HAVING NOT EXISTS (SELECT 1 FROM documents WHERE practice_id = ?1 AND role = 'outcome' AND sha256 = ?6)",
-        )
-        .bind(&st.id)
-        .bind(&st.tenant_id)
-        .bind(&doc.meta.name)
-        .bind(&doc.meta.media_type)
-        .bind(doc.meta.size_bytes as i64)
-        .bind(&doc.meta.sha256)
-        .bind(&doc.content)
-        .execute(&mut **tx)
-        .await?;
+        )?
+        .execute(params![
+            st.id,
+            st.tenant_id,
+            doc.meta.name,
+            doc.meta.media_type,
+            doc.meta.size_bytes as i64,
+            doc.meta.sha256,
+            doc.content,
+        ])?;
     }
     Ok(())
 }
 
-async fn insert_job(
-    tx: &mut Tx,
+fn insert_job(
+    conn: &Connection,
     st: &StateRow,
     operation_id: &str,
     adapter: &str,
@@ -337,27 +501,22 @@ async fn insert_job(
     max_attempts: u32,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    sqlx::query(
+    conn.prepare_cached(
         "INSERT INTO jobs (operation_id, practice_id, tenant_id, adapter, operation, state, attempts,
             max_attempts, next_attempt_at, created_at, updated_at)
-         VALUES (?, ?, ?, ?, ?, 'due', 0, ?, ?, ?, ?)",
-    )
-    .bind(operation_id)
-    .bind(&st.id)
-    .bind(&st.tenant_id)
-    .bind(adapter)
-    .bind(operation.as_str())
-    .bind(max_attempts as i64)
-    .bind(ms(now))
-    .bind(ms(now))
-    .bind(ms(now))
-    .execute(&mut **tx)
-    .await?;
-    sqlx::query("UPDATE practices SET current_operation_id = ? WHERE id = ?")
-        .bind(operation_id)
-        .bind(&st.id)
-        .execute(&mut **tx)
-        .await?;
+         VALUES (?1, ?2, ?3, ?4, ?5, 'due', 0, ?6, ?7, ?7, ?7)",
+    )?
+    .execute(params![
+        operation_id,
+        st.id,
+        st.tenant_id,
+        adapter,
+        operation.as_str(),
+        max_attempts as i64,
+        ms(now),
+    ])?;
+    conn.prepare_cached("UPDATE practices SET current_operation_id = ?1 WHERE id = ?2")?
+        .execute(params![operation_id, st.id])?;
     Ok(())
 }
 
@@ -371,309 +530,451 @@ const PRACTICE_COLUMNS: &str = "p.id, p.tenant_id, p.service_code, p.idempotency
 const PRACTICE_FROM: &str =
     "FROM practices p LEFT JOIN jobs j ON j.operation_id = p.current_operation_id";
 
-fn practice_from_row(row: &SqliteRow) -> Result<Practice, StoreError> {
-    let content: PracticeContent = serde_json::from_str(row.get::<&str, _>("content"))
+/// A practice row as read, before parsing (rusqlite rows borrow the statement).
+struct PracticeRow {
+    id: String,
+    tenant_id: String,
+    service_code: String,
+    idempotency_key: String,
+    content: String,
+    status: String,
+    mode: String,
+    delivery_status: Option<String>,
+    current_operation_id: Option<String>,
+    outcome_status: Option<String>,
+    outcome_reason: Option<String>,
+    outcome_vendor_code: Option<String>,
+    received_at: i64,
+    legal_deadline: Option<i64>,
+    concluded_at: Option<i64>,
+    job_adapter: Option<String>,
+    job_operation: Option<String>,
+    job_attempts: Option<i64>,
+    job_next_attempt_at: Option<i64>,
+    job_state: Option<String>,
+    job_last_error: Option<String>,
+    job_failure_class: Option<String>,
+}
+
+fn read_practice_row(r: &Row<'_>) -> rusqlite::Result<PracticeRow> {
+    Ok(PracticeRow {
+        id: r.get("id")?,
+        tenant_id: r.get("tenant_id")?,
+        service_code: r.get("service_code")?,
+        idempotency_key: r.get("idempotency_key")?,
+        content: r.get("content")?,
+        status: r.get("status")?,
+        mode: r.get("mode")?,
+        delivery_status: r.get("delivery_status")?,
+        current_operation_id: r.get("current_operation_id")?,
+        outcome_status: r.get("outcome_status")?,
+        outcome_reason: r.get("outcome_reason")?,
+        outcome_vendor_code: r.get("outcome_vendor_code")?,
+        received_at: r.get("received_at")?,
+        legal_deadline: r.get("legal_deadline")?,
+        concluded_at: r.get("concluded_at")?,
+        job_adapter: r.get("job_adapter")?,
+        job_operation: r.get("job_operation")?,
+        job_attempts: r.get("job_attempts")?,
+        job_next_attempt_at: r.get("job_next_attempt_at")?,
+        job_state: r.get("job_state")?,
+        job_last_error: r.get("job_last_error")?,
+        job_failure_class: r.get("job_failure_class")?,
+    })
+}
+
+fn practice_from_row(row: PracticeRow) -> Result<Practice, StoreError> {
+    let content: PracticeContent = serde_json::from_str(&row.content)
         .map_err(|e| StoreError::Corrupt(format!("practice content: {e}")))?;
-    let delivery = match (
-        row.get::<Option<&str>, _>("delivery_status"),
-        row.get::<Option<String>, _>("current_operation_id"),
-    ) {
+    let delivery = match (row.delivery_status.as_deref(), row.current_operation_id) {
         (Some(status), Some(operation_id)) => {
-            let due = row.get::<Option<&str>, _>("job_state") == Some("due");
+            let due = row.job_state.as_deref() == Some("due");
             Some(DeliveryView {
                 status: parse("delivery_status", status)?,
                 operation_id,
                 operation: parse(
                     "operation",
-                    row.get::<Option<&str>, _>("job_operation")
-                        .unwrap_or("submit"),
+                    row.job_operation.as_deref().unwrap_or("submit"),
                 )?,
-                adapter: row
-                    .get::<Option<String>, _>("job_adapter")
-                    .unwrap_or_default(),
-                attempts: row.get::<Option<i64>, _>("job_attempts").unwrap_or(0) as u32,
+                adapter: row.job_adapter.unwrap_or_default(),
+                attempts: row.job_attempts.unwrap_or(0) as u32,
                 next_attempt_at: if due {
-                    row.get::<Option<i64>, _>("job_next_attempt_at")
-                        .map(from_ms)
+                    row.job_next_attempt_at.map(from_ms)
                 } else {
                     None
                 },
-                last_error: row.get("job_last_error"),
-                failure_class: row.get("job_failure_class"),
+                last_error: row.job_last_error,
+                failure_class: row.job_failure_class,
             })
         }
         _ => None,
     };
     let outcome = row
-        .get::<Option<&str>, _>("outcome_status")
+        .outcome_status
+        .as_deref()
         .map(|s| -> Result<Outcome, StoreError> {
             Ok(Outcome {
                 status: parse("outcome_status", s)?,
-                reason: row.get("outcome_reason"),
-                vendor_code: row.get("outcome_vendor_code"),
+                reason: row.outcome_reason.clone(),
+                vendor_code: row.outcome_vendor_code.clone(),
                 documents: Vec::new(),
             })
         })
         .transpose()?;
     Ok(Practice {
-        id: row.get("id"),
-        tenant_id: row.get("tenant_id"),
-        service_code: row.get("service_code"),
-        idempotency_key: row.get("idempotency_key"),
+        id: row.id,
+        tenant_id: row.tenant_id,
+        service_code: row.service_code,
+        idempotency_key: row.idempotency_key,
         content,
         attachments: Vec::new(),
-        status: parse("status", row.get::<&str, _>("status"))?,
-        mode: parse_mode(row.get("mode")),
+        status: parse("status", &row.status)?,
+        mode: parse_mode(&row.mode),
         delivery,
         outcome,
         external_refs: Vec::new(),
-        received_at: from_ms(row.get("received_at")),
-        legal_deadline: row.get::<Option<i64>, _>("legal_deadline").map(from_ms),
-        concluded_at: row.get::<Option<i64>, _>("concluded_at").map(from_ms),
+        received_at: from_ms(row.received_at),
+        legal_deadline: row.legal_deadline.map(from_ms),
+        concluded_at: row.concluded_at.map(from_ms),
     })
 }
 
-fn event_from_row(row: &SqliteRow) -> Result<Event, StoreError> {
-    let opt_status = |col: &str| -> Result<Option<AdminStatus>, StoreError> {
-        row.get::<Option<&str>, _>(col)
-            .map(|s| parse(col, s))
-            .transpose()
-    };
-    let opt_delivery = |col: &str| -> Result<Option<DeliveryStatus>, StoreError> {
-        row.get::<Option<&str>, _>(col)
-            .map(|s| parse(col, s))
-            .transpose()
-    };
+/// An event row as read, before parsing.
+type EventRow = (
+    i64,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    i64,
+    i64,
+    String,
+    String,
+    [Option<String>; 4],
+    Option<String>,
+    Option<String>,
+    String,
+);
+
+const EVENT_COLUMNS: &str = "cursor, practice_id, tenant_id, service_code, applicant_id, sequence, occurred_at,
+    recorded_at, source, kind, from_status, to_status, from_delivery, to_delivery, reason, vendor_code, actor";
+
+fn read_event_row(r: &Row<'_>) -> rusqlite::Result<EventRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+        r.get(8)?,
+        r.get(9)?,
+        [r.get(10)?, r.get(11)?, r.get(12)?, r.get(13)?],
+        r.get(14)?,
+        r.get(15)?,
+        r.get(16)?,
+    ))
+}
+
+fn event_from_row(row: EventRow) -> Result<Event, StoreError> {
+    let (
+        cursor,
+        practice_id,
+        tenant_id,
+        service_code,
+        applicant_id,
+        sequence,
+        occurred,
+        recorded,
+        source,
+        kind,
+    ) = (
+        row.0, row.1, row.2, row.3, row.4, row.5, row.6, row.7, row.8, row.9,
+    );
+    let [from_status, to_status, from_delivery, to_delivery] = row.10;
     Ok(Event {
-        cursor: row.get("cursor"),
-        practice_id: row.get("practice_id"),
-        tenant_id: row.get("tenant_id"),
-        service_code: row.get("service_code"),
-        applicant_id: row.get("applicant_id"),
-        sequence: row.get("sequence"),
-        occurred_at: from_ms(row.get("occurred_at")),
-        recorded_at: from_ms(row.get("recorded_at")),
-        source: EventSource::parse(row.get("source"))
+        cursor,
+        practice_id,
+        tenant_id,
+        service_code,
+        applicant_id,
+        sequence,
+        occurred_at: from_ms(occurred),
+        recorded_at: from_ms(recorded),
+        source: EventSource::parse(&source)
             .ok_or_else(|| StoreError::Corrupt("event source".into()))?,
-        kind: EventKind::parse(row.get("kind"))
-            .ok_or_else(|| StoreError::Corrupt("event kind".into()))?,
-        from_status: opt_status("from_status")?,
-        to_status: opt_status("to_status")?,
-        from_delivery: opt_delivery("from_delivery")?,
-        to_delivery: opt_delivery("to_delivery")?,
-        reason: row.get("reason"),
-        vendor_code: row.get("vendor_code"),
-        actor: row.get("actor"),
+        kind: EventKind::parse(&kind).ok_or_else(|| StoreError::Corrupt("event kind".into()))?,
+        from_status: from_status
+            .as_deref()
+            .map(|s| parse("from_status", s))
+            .transpose()?,
+        to_status: to_status
+            .as_deref()
+            .map(|s| parse("to_status", s))
+            .transpose()?,
+        from_delivery: from_delivery
+            .as_deref()
+            .map(|s| parse("from_delivery", s))
+            .transpose()?,
+        to_delivery: to_delivery
+            .as_deref()
+            .map(|s| parse("to_delivery", s))
+            .transpose()?,
+        reason: row.11,
+        vendor_code: row.12,
+        actor: row.13,
     })
 }
 
-impl SqliteStore {
-    /// Fills attachments, outcome documents and references of `practices`.
-    /// Fills attachments, outcome documents and references of `practices`
-    /// with two queries in all (not two per practice: lists stay fast).
-    async fn attach_details(
-        &self,
-        practices: &mut [Practice],
-        with_content: bool,
-    ) -> Result<(), StoreError> {
-        if practices.is_empty() {
-            return Ok(());
-        }
-        let index: std::collections::HashMap<String, usize> = practices
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (p.id.clone(), i))
-            .collect();
-        let in_list = |q: &mut QueryBuilder<Sqlite>| {
-            let mut sep = q.separated(", ");
-            for p in practices.iter() {
-                sep.push_bind(p.id.clone());
-            }
-            sep.push_unseparated(")");
+/// Runs a query whose SQL is built at runtime with positional values.
+fn query_events(
+    conn: &Connection,
+    sql: &str,
+    values: &[SqlValue],
+) -> Result<Vec<Event>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt
+        .query_map(params_from_iter(values.iter()), read_event_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    rows.into_iter().map(event_from_row).collect()
+}
+
+fn query_practices(
+    conn: &Connection,
+    sql: &str,
+    values: &[SqlValue],
+) -> Result<Vec<Practice>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt
+        .query_map(params_from_iter(values.iter()), read_practice_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    rows.into_iter().map(practice_from_row).collect()
+}
+
+/// Fills attachments, outcome documents and references of `practices`
+/// with two queries in all (not two per practice: lists stay fast).
+fn attach_details(
+    conn: &Connection,
+    practices: &mut [Practice],
+    with_content: bool,
+) -> Result<(), StoreError> {
+    if practices.is_empty() {
+        return Ok(());
+    }
+    let index: std::collections::HashMap<String, usize> = practices
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.id.clone(), i))
+        .collect();
+    let ids: Vec<SqlValue> = practices
+        .iter()
+        .map(|p| SqlValue::Text(p.id.clone()))
+        .collect();
+    let marks = vec!["?"; ids.len()].join(", ");
+    let content = if with_content {
+        "content"
+    } else {
+        "X'' AS content"
+    };
+    let sql = format!(
+        "SELECT practice_id, role, name, media_type, size_bytes, sha256, {content} FROM documents
+         WHERE practice_id IN ({marks}) ORDER BY practice_id, role, position"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let docs = stmt
+        .query_map(params_from_iter(ids.iter()), |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                Document {
+                    meta: DocumentMeta {
+                        name: r.get(2)?,
+                        media_type: r.get(3)?,
+                        size_bytes: r.get::<_, i64>(4)? as u64,
+                        sha256: r.get(5)?,
+                    },
+                    content: r.get(6)?,
+                },
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    for (practice_id, role, doc) in docs {
+        let Some(&i) = index.get(&practice_id) else {
+            continue;
         };
-        let mut q = QueryBuilder::<Sqlite>::new(if with_content {
-            "SELECT practice_id, role, name, media_type, size_bytes, sha256, content FROM documents WHERE practice_id IN ("
-        } else {
-            "SELECT practice_id, role, name, media_type, size_bytes, sha256, X'' AS content FROM documents WHERE practice_id IN ("
-        });
-        in_list(&mut q);
-        q.push(" ORDER BY practice_id, role, position");
-        let docs = q.build().fetch_all(&self.reader).await?;
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "SELECT practice_id, kind, value, system, issued_at FROM external_refs WHERE practice_id IN (",
-        );
-        in_list(&mut q);
-        q.push(" ORDER BY practice_id, issued_at, kind");
-        let refs = q.build().fetch_all(&self.reader).await?;
-
-        for row in docs {
-            let Some(&i) = index.get(row.get::<&str, _>("practice_id")) else {
-                continue;
-            };
-            let p = &mut practices[i];
-            let doc = Document {
-                meta: DocumentMeta {
-                    name: row.get("name"),
-                    media_type: row.get("media_type"),
-                    size_bytes: row.get::<i64, _>("size_bytes") as u64,
-                    sha256: row.get("sha256"),
-                },
-                content: row.get("content"),
-            };
-            match row.get::<&str, _>("role") {
-                "attachment" => p.attachments.push(doc),
-                _ => match p.outcome.as_mut() {
-                    Some(o) => o.documents.push(doc),
-                    // Documents reported before the conclusion (a receipt):
-                    // visible, with the practice's current status.
-                    None => {
-                        p.outcome = Some(Outcome {
-                            status: p.status,
-                            reason: None,
-                            vendor_code: None,
-                            documents: vec![doc],
-                        })
-                    }
-                },
-            }
+        let p = &mut practices[i];
+        match role.as_str() {
+            "attachment" => p.attachments.push(doc),
+            _ => match p.outcome.as_mut() {
+                Some(o) => o.documents.push(doc),
+                // Documents reported before the conclusion (a receipt):
+                // visible, with the practice's current status.
+                None => {
+                    p.outcome = Some(Outcome {
+                        status: p.status,
+                        reason: None,
+                        vendor_code: None,
+                        documents: vec![doc],
+                    })
+                }
+            },
         }
-        for r in refs {
-            let Some(&i) = index.get(r.get::<&str, _>("practice_id")) else {
-                continue;
-            };
-            practices[i].external_refs.push(ExternalRef {
-                kind: r.get("kind"),
-                value: r.get("value"),
-                system: r.get("system"),
-                issued_at: r.get::<Option<i64>, _>("issued_at").map(from_ms),
-            });
+    }
+    let sql = format!(
+        "SELECT practice_id, kind, value, system, issued_at FROM external_refs
+         WHERE practice_id IN ({marks}) ORDER BY practice_id, issued_at, kind"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let refs = stmt
+        .query_map(params_from_iter(ids.iter()), |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                ExternalRef {
+                    kind: r.get(1)?,
+                    value: r.get(2)?,
+                    system: r.get(3)?,
+                    issued_at: r.get::<_, Option<i64>>(4)?.map(from_ms),
+                },
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    for (practice_id, r) in refs {
+        if let Some(&i) = index.get(&practice_id) {
+            practices[i].external_refs.push(r);
         }
-        Ok(())
     }
-
-    async fn dead_letter_row(&self, operation_id: &str) -> Result<DeadLetter, StoreError> {
-        let row = sqlx::query(
-            "SELECT j.*, p.service_code FROM jobs j JOIN practices p ON p.id = j.practice_id
-             WHERE j.operation_id = ?",
-        )
-        .bind(operation_id)
-        .fetch_optional(&self.writer)
-        .await?
-        .ok_or(StoreError::NotFound)?;
-        dead_letter_from_row(&row)
-    }
+    Ok(())
 }
 
-fn dead_letter_from_row(row: &SqliteRow) -> Result<DeadLetter, StoreError> {
-    Ok(DeadLetter {
-        operation_id: row.get("operation_id"),
-        practice_id: row.get("practice_id"),
-        tenant_id: row.get("tenant_id"),
-        service_code: row.get("service_code"),
-        adapter: row.get("adapter"),
-        operation: parse("operation", row.get::<&str, _>("operation"))?,
-        attempts: row.get::<i64, _>("attempts") as u32,
-        last_error: row.get("last_error"),
-        failure_class: row.get("failure_class"),
-        dead_lettered_at: from_ms(row.get("updated_at")),
-    })
+fn get_practice(
+    conn: &Connection,
+    tenant_id: &str,
+    id: &str,
+    with_content: bool,
+) -> Result<Practice, StoreError> {
+    let sql =
+        format!("SELECT {PRACTICE_COLUMNS} {PRACTICE_FROM} WHERE p.tenant_id = ?1 AND p.id = ?2");
+    let row = conn
+        .prepare_cached(&sql)?
+        .query_row([tenant_id, id], read_practice_row)
+        .optional()?
+        .ok_or(StoreError::NotFound)?;
+    let mut practices = [practice_from_row(row)?];
+    attach_details(conn, &mut practices, with_content)?;
+    let [p] = practices;
+    Ok(p)
+}
+
+const DEAD_LETTER_SQL: &str =
+    "SELECT j.operation_id, j.practice_id, j.tenant_id, p.service_code, j.adapter,
+    j.operation, j.attempts, j.last_error, j.failure_class, j.updated_at
+    FROM jobs j JOIN practices p ON p.id = j.practice_id";
+
+fn read_dead_letter(r: &Row<'_>) -> rusqlite::Result<(DeadLetter, String)> {
+    Ok((
+        DeadLetter {
+            operation_id: r.get(0)?,
+            practice_id: r.get(1)?,
+            tenant_id: r.get(2)?,
+            service_code: r.get(3)?,
+            adapter: r.get(4)?,
+            operation: Operation::Submit,
+            attempts: r.get::<_, i64>(6)? as u32,
+            last_error: r.get(7)?,
+            failure_class: r.get(8)?,
+            dead_lettered_at: from_ms(r.get(9)?),
+        },
+        r.get(5)?,
+    ))
+}
+
+fn dead_letter((mut dl, operation): (DeadLetter, String)) -> Result<DeadLetter, StoreError> {
+    dl.operation = parse("operation", &operation)?;
+    Ok(dl)
 }
 
 #[async_trait]
 impl Store for SqliteStore {
     async fn insert_practice(&self, new: NewPractice) -> Result<InsertOutcome, StoreError> {
-        let mut tx = self.writer.begin().await?;
-        if let Some(row) = sqlx::query(
-            "SELECT id, content_hash FROM practices WHERE tenant_id = ? AND idempotency_key = ?",
-        )
-        .bind(&new.tenant_id)
-        .bind(&new.idempotency_key)
-        .fetch_optional(&mut *tx)
-        .await?
-        {
-            return Ok(InsertOutcome::Existing {
-                id: row.get("id"),
-                same_content: row.get::<&str, _>("content_hash") == new.content_hash,
-            });
-        }
-        let content =
-            serde_json::to_string(&new.content).map_err(|e| StoreError::Database(e.to_string()))?;
-        let applicant_id = new.content.applicant.id().to_ascii_uppercase();
-        let deadline = new.received_at + Duration::days(new.legal_term_days.into());
-        sqlx::query(
-            "INSERT INTO practices (id, tenant_id, service_code, applicant_id, idempotency_key, content_hash,
-                content, status, mode, delivery_status, received_at, legal_term_days, legal_deadline)
-             VALUES (?, ?, ?, ?, ?, ?, ?, 'SUBMITTED', ?, 'QUEUED', ?, ?, ?)",
-        )
-        .bind(&new.id)
-        .bind(&new.tenant_id)
-        .bind(&new.service_code)
-        .bind(&applicant_id)
-        .bind(&new.idempotency_key)
-        .bind(&new.content_hash)
-        .bind(&content)
-        .bind(mode_str(new.mode))
-        .bind(ms(new.received_at))
-        .bind(new.legal_term_days as i64)
-        .bind(ms(deadline))
-        .execute(&mut *tx)
-        .await?;
-        for (i, a) in new.attachments.iter().enumerate() {
-            sqlx::query(
-                "INSERT INTO documents (practice_id, tenant_id, role, position, name, media_type, size_bytes, sha256, content)
-                 VALUES (?, ?, 'attachment', ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(&new.id)
-            .bind(&new.tenant_id)
-            .bind(i as i64)
-            .bind(&a.meta.name)
-            .bind(&a.meta.media_type)
-            .bind(a.meta.size_bytes as i64)
-            .bind(&a.meta.sha256)
-            .bind(&a.content)
-            .execute(&mut *tx)
-            .await?;
-        }
-        let mut st = StateRow {
-            id: new.id.clone(),
-            tenant_id: new.tenant_id.clone(),
-            service_code: new.service_code.clone(),
-            applicant_id,
-            status: AdminStatus::Submitted,
-            delivery_status: Some(DeliveryStatus::Queued),
-            current_operation_id: None,
-            last_sequence: 0,
-            legal_term_days: new.legal_term_days,
-        };
-        let operation_id = uuid::Uuid::now_v7().to_string();
-        insert_job(
-            &mut tx,
-            &st,
-            &operation_id,
-            &new.adapter,
-            Operation::Submit,
-            new.max_attempts,
-            new.received_at,
-        )
-        .await?;
-        let (source, actor) = match new.content.channel.operator_id.as_str() {
-            "" => (EventSource::Applicant, "applicant".to_string()),
-            op => (EventSource::Operator, op.to_string()),
-        };
-        let mut submitted = EventDraft::status(
-            source,
-            &actor,
-            AdminStatus::Submitted,
-            AdminStatus::Submitted,
-        );
-        submitted.from_status = None;
-        submitted.occurred_at = Some(new.received_at);
-        let queued = EventDraft::delivery(EventSource::Hub, "hub", None, DeliveryStatus::Queued)
-            .reason(format!("to adapter {}", new.adapter));
-        let events =
-            append_events(&mut tx, &mut st, vec![submitted, queued], new.received_at).await?;
-        tx.commit().await?;
-        Ok(InsertOutcome::Created(events))
+        self.write(move |conn| {
+            if let Some((id, hash)) = conn
+                .prepare_cached("SELECT id, content_hash FROM practices WHERE tenant_id = ?1 AND idempotency_key = ?2")?
+                .query_row([&new.tenant_id, &new.idempotency_key], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                })
+                .optional()?
+            {
+                return Ok(InsertOutcome::Existing {
+                    id,
+                    same_content: hash == new.content_hash,
+                });
+            }
+            let content = serde_json::to_string(&new.content).map_err(|e| StoreError::Database(e.to_string()))?;
+            let applicant_id = new.content.applicant.id().to_ascii_uppercase();
+            let deadline = new.received_at + Duration::days(new.legal_term_days.into());
+            conn.prepare_cached(
+                "INSERT INTO practices (id, tenant_id, service_code, applicant_id, idempotency_key, content_hash,
+                    content, status, mode, delivery_status, received_at, legal_term_days, legal_deadline)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'SUBMITTED', ?8, 'QUEUED', ?9, ?10, ?11)",
+            )?
+            .execute(params![
+                new.id,
+                new.tenant_id,
+                new.service_code,
+                applicant_id,
+                new.idempotency_key,
+                new.content_hash,
+                content,
+                mode_str(new.mode),
+                ms(new.received_at),
+                new.legal_term_days as i64,
+                ms(deadline),
+            ])?;
+            for (i, a) in new.attachments.iter().enumerate() {
+                conn.prepare_cached(
+                    "INSERT INTO documents (practice_id, tenant_id, role, position, name, media_type, size_bytes, sha256, content)
+                     VALUES (?1, ?2, 'attachment', ?3, ?4, ?5, ?6, ?7, ?8)",
+                )?
+                .execute(params![
+                    new.id,
+                    new.tenant_id,
+                    i as i64,
+                    a.meta.name,
+                    a.meta.media_type,
+                    a.meta.size_bytes as i64,
+                    a.meta.sha256,
+                    a.content,
+                ])?;
+            }
+            let mut st = StateRow {
+                id: new.id.clone(),
+                tenant_id: new.tenant_id.clone(),
+                service_code: new.service_code.clone(),
+                applicant_id,
+                status: AdminStatus::Submitted,
+                delivery_status: Some(DeliveryStatus::Queued),
+                current_operation_id: None,
+                last_sequence: 0,
+                legal_term_days: new.legal_term_days,
+            };
+            let operation_id = uuid::Uuid::now_v7().to_string();
+            insert_job(conn, &st, &operation_id, &new.adapter, Operation::Submit, new.max_attempts, new.received_at)?;
+            let (source, actor) = match new.content.channel.operator_id.as_str() {
+                "" => (EventSource::Applicant, "applicant".to_string()),
+                op => (EventSource::Operator, op.to_string()),
+            };
+            let mut submitted = EventDraft::status(source, &actor, AdminStatus::Submitted, AdminStatus::Submitted);
+            submitted.from_status = None;
+            submitted.occurred_at = Some(new.received_at);
+            let queued = EventDraft::delivery(EventSource::Hub, "hub", None, DeliveryStatus::Queued)
+                .reason(format!("to adapter {}", new.adapter));
+            let events = append_events(conn, &mut st, vec![submitted, queued], new.received_at)?;
+            Ok(InsertOutcome::Created(events))
+        })
+        .await
     }
 
     async fn get_practice(
@@ -682,18 +983,9 @@ impl Store for SqliteStore {
         id: &str,
         with_content: bool,
     ) -> Result<Practice, StoreError> {
-        let sql =
-            format!("SELECT {PRACTICE_COLUMNS} {PRACTICE_FROM} WHERE p.tenant_id = ? AND p.id = ?");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(tenant_id)
-            .bind(id)
-            .fetch_optional(&self.reader)
-            .await?
-            .ok_or(StoreError::NotFound)?;
-        let mut practices = [practice_from_row(&row)?];
-        self.attach_details(&mut practices, with_content).await?;
-        let [p] = practices;
-        Ok(p)
+        let (tenant_id, id) = (tenant_id.to_string(), id.to_string());
+        self.read(move |conn| get_practice(conn, &tenant_id, &id, with_content))
+            .await
     }
 
     async fn list_practices(
@@ -702,37 +994,43 @@ impl Store for SqliteStore {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<Practice>, StoreError> {
-        let mut q = QueryBuilder::<Sqlite>::new(format!(
-            "SELECT {PRACTICE_COLUMNS} {PRACTICE_FROM} WHERE p.tenant_id = "
-        ));
-        q.push_bind(filter.tenant_id.clone());
+        let mut sql = format!("SELECT {PRACTICE_COLUMNS} {PRACTICE_FROM} WHERE p.tenant_id = ?");
+        let mut values = vec![SqlValue::Text(filter.tenant_id.clone())];
+        let mut add = |clause: &str, v: SqlValue| {
+            sql.push_str(clause);
+            values.push(v);
+        };
         if let Some(a) = &filter.applicant_id {
-            q.push(" AND p.applicant_id = ")
-                .push_bind(a.to_ascii_uppercase());
+            add(
+                " AND p.applicant_id = ?",
+                SqlValue::Text(a.to_ascii_uppercase()),
+            );
         }
         if let Some(s) = &filter.service_code {
-            q.push(" AND p.service_code = ").push_bind(s.clone());
+            add(" AND p.service_code = ?", SqlValue::Text(s.clone()));
         }
         if let Some(s) = filter.status {
-            q.push(" AND p.status = ").push_bind(s.as_str());
+            add(" AND p.status = ?", SqlValue::Text(s.as_str().into()));
         }
         if let Some(t) = filter.submitted_from {
-            q.push(" AND p.received_at >= ").push_bind(ms(t));
+            add(" AND p.received_at >= ?", SqlValue::Integer(ms(t)));
         }
         if let Some(t) = filter.submitted_to {
-            q.push(" AND p.received_at < ").push_bind(ms(t));
+            add(" AND p.received_at < ?", SqlValue::Integer(ms(t)));
         }
         if let Some(after) = after {
-            q.push(" AND p.id < ").push_bind(after.to_string());
+            add(" AND p.id < ?", SqlValue::Text(after.to_string()));
         }
-        q.push(" ORDER BY p.id DESC LIMIT ").push_bind(limit as i64);
-        let rows = q.build().fetch_all(&self.reader).await?;
-        let mut practices = rows
-            .iter()
-            .map(practice_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        self.attach_details(&mut practices, false).await?;
-        Ok(practices)
+        add(
+            " ORDER BY p.id DESC LIMIT ?",
+            SqlValue::Integer(limit as i64),
+        );
+        self.read(move |conn| {
+            let mut practices = query_practices(conn, &sql, &values)?;
+            attach_details(conn, &mut practices, false)?;
+            Ok(practices)
+        })
+        .await
     }
 
     async fn practice_events(
@@ -741,15 +1039,22 @@ impl Store for SqliteStore {
         practice_id: &str,
         from_sequence: i64,
     ) -> Result<Vec<Event>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT * FROM events WHERE tenant_id = ? AND practice_id = ? AND sequence >= ? ORDER BY sequence",
-        )
-        .bind(tenant_id)
-        .bind(practice_id)
-        .bind(from_sequence)
-        .fetch_all(&self.reader)
-        .await?;
-        rows.iter().map(event_from_row).collect()
+        let values = vec![
+            SqlValue::Text(tenant_id.into()),
+            SqlValue::Text(practice_id.into()),
+            SqlValue::Integer(from_sequence),
+        ];
+        self.read(move |conn| {
+            query_events(
+                conn,
+                &format!(
+                    "SELECT {EVENT_COLUMNS} FROM events WHERE tenant_id = ? AND practice_id = ? AND sequence >= ?
+                     ORDER BY sequence"
+                ),
+                &values,
+            )
+        })
+        .await
     }
 
     async fn events_after(
@@ -758,27 +1063,33 @@ impl Store for SqliteStore {
         after_cursor: i64,
         limit: u32,
     ) -> Result<Vec<Event>, StoreError> {
-        let mut q = QueryBuilder::<Sqlite>::new("SELECT * FROM events WHERE tenant_id = ");
-        q.push_bind(filter.tenant_id.clone());
-        q.push(" AND cursor > ").push_bind(after_cursor);
+        let mut sql =
+            format!("SELECT {EVENT_COLUMNS} FROM events WHERE tenant_id = ? AND cursor > ?");
+        let mut values = vec![
+            SqlValue::Text(filter.tenant_id.clone()),
+            SqlValue::Integer(after_cursor),
+        ];
         if let Some(a) = &filter.applicant_id {
-            q.push(" AND applicant_id = ")
-                .push_bind(a.to_ascii_uppercase());
+            sql.push_str(" AND applicant_id = ?");
+            values.push(SqlValue::Text(a.to_ascii_uppercase()));
         }
         if let Some(s) = &filter.service_code {
-            q.push(" AND service_code = ").push_bind(s.clone());
+            sql.push_str(" AND service_code = ?");
+            values.push(SqlValue::Text(s.clone()));
         }
-        q.push(" ORDER BY cursor LIMIT ").push_bind(limit as i64);
-        let rows = q.build().fetch_all(&self.reader).await?;
-        rows.iter().map(event_from_row).collect()
+        sql.push_str(" ORDER BY cursor LIMIT ?");
+        values.push(SqlValue::Integer(limit as i64));
+        self.read(move |conn| query_events(conn, &sql, &values))
+            .await
     }
 
     async fn last_cursor(&self) -> Result<i64, StoreError> {
-        Ok(
-            sqlx::query_scalar("SELECT COALESCE(MAX(cursor), 0) FROM events")
-                .fetch_one(&self.reader)
-                .await?,
-        )
+        self.read(|conn| {
+            Ok(conn
+                .prepare_cached("SELECT COALESCE(MAX(cursor), 0) FROM events")?
+                .query_row([], |r| r.get(0))?)
+        })
+        .await
     }
 
     async fn claim_due(
@@ -787,58 +1098,66 @@ impl Store for SqliteStore {
         now: DateTime<Utc>,
         limit: u32,
     ) -> Result<(Vec<ClaimedJob>, Vec<Event>), StoreError> {
-        let mut tx = self.writer.begin().await?;
-        let rows = sqlx::query(
-            "UPDATE jobs SET state = 'in_flight', attempts = attempts + 1, updated_at = ?1
-             WHERE operation_id IN (
-                SELECT operation_id FROM jobs WHERE adapter = ?2 AND state = 'due' AND next_attempt_at <= ?1
-                ORDER BY next_attempt_at LIMIT ?3)
-             RETURNING operation_id, practice_id, tenant_id, adapter, operation, attempts, max_attempts",
-        )
-        .bind(ms(now))
-        .bind(adapter)
-        .bind(limit as i64)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut jobs = Vec::with_capacity(rows.len());
-        let mut events = Vec::new();
-        for row in rows {
-            let job = ClaimedJob {
-                operation_id: row.get("operation_id"),
-                practice_id: row.get("practice_id"),
-                tenant_id: row.get("tenant_id"),
-                adapter: row.get("adapter"),
-                operation: parse("operation", row.get::<&str, _>("operation"))?,
-                attempt: row.get::<i64, _>("attempts") as u32,
-                max_attempts: row.get::<i64, _>("max_attempts") as u32,
-            };
-            let mut st = load_state(&mut tx, &job.practice_id).await?;
-            if st.current_operation_id.as_deref() == Some(&job.operation_id) {
-                let mut drafts = Vec::new();
-                let draft = EventDraft::delivery(
-                    EventSource::Hub,
-                    &job.adapter,
-                    None,
-                    DeliveryStatus::Sent,
-                )
-                .reason(format!("attempt {} of {}", job.attempt, job.max_attempts));
-                set_delivery(&mut tx, &mut st, DeliveryStatus::Sent, draft, &mut drafts).await?;
-                events.extend(append_events(&mut tx, &mut st, drafts, now).await?);
+        let adapter = adapter.to_string();
+        self.write(move |conn| {
+            let rows = conn
+                .prepare_cached(
+                    "UPDATE jobs SET state = 'in_flight', attempts = attempts + 1, updated_at = ?1
+                     WHERE operation_id IN (
+                        SELECT operation_id FROM jobs WHERE adapter = ?2 AND state = 'due' AND next_attempt_at <= ?1
+                        ORDER BY next_attempt_at LIMIT ?3)
+                     RETURNING operation_id, practice_id, tenant_id, adapter, operation, attempts, max_attempts",
+                )?
+                .query_map(params![ms(now), adapter, limit as i64], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, String>(4)?,
+                        r.get::<_, i64>(5)?,
+                        r.get::<_, i64>(6)?,
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut jobs = Vec::with_capacity(rows.len());
+            let mut events = Vec::new();
+            for (operation_id, practice_id, tenant_id, adapter, operation, attempt, max_attempts) in rows {
+                let job = ClaimedJob {
+                    operation_id,
+                    practice_id,
+                    tenant_id,
+                    adapter,
+                    operation: parse("operation", &operation)?,
+                    attempt: attempt as u32,
+                    max_attempts: max_attempts as u32,
+                };
+                let mut st = load_state(conn, &job.practice_id)?;
+                if st.current_operation_id.as_deref() == Some(&job.operation_id) {
+                    let mut drafts = Vec::new();
+                    let draft = EventDraft::delivery(EventSource::Hub, &job.adapter, None, DeliveryStatus::Sent)
+                        .reason(format!("attempt {} of {}", job.attempt, job.max_attempts));
+                    set_delivery(conn, &mut st, DeliveryStatus::Sent, draft, &mut drafts)?;
+                    events.extend(append_events(conn, &mut st, drafts, now)?);
+                }
+                jobs.push(job);
             }
-            jobs.push(job);
-        }
-        tx.commit().await?;
-        Ok((jobs, events))
+            Ok((jobs, events))
+        })
+        .await
     }
 
     async fn next_due_at(&self, adapter: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
-        let next: Option<i64> = sqlx::query_scalar(
-            "SELECT MIN(next_attempt_at) FROM jobs WHERE adapter = ? AND state = 'due'",
-        )
-        .bind(adapter)
-        .fetch_one(&self.reader)
-        .await?;
-        Ok(next.map(from_ms))
+        let adapter = adapter.to_string();
+        self.read(move |conn| {
+            let next: Option<i64> = conn
+                .prepare_cached(
+                    "SELECT MIN(next_attempt_at) FROM jobs WHERE adapter = ?1 AND state = 'due'",
+                )?
+                .query_row([adapter], |r| r.get(0))?;
+            Ok(next.map(from_ms))
+        })
+        .await
     }
 
     async fn delivery_payload(
@@ -857,90 +1176,76 @@ impl Store for SqliteStore {
         job: &ClaimedJob,
         result: AttemptResult,
     ) -> Result<Vec<Event>, StoreError> {
-        let now = Utc::now();
-        let mut tx = self.writer.begin().await?;
-        let mut st = load_state(&mut tx, &job.practice_id).await?;
-        let current = st.current_operation_id.as_deref() == Some(&job.operation_id);
-        let actor = job.adapter.as_str();
-        let mut drafts = Vec::new();
-        let set_job = |state: &'static str,
-                       next: Option<DateTime<Utc>>,
-                       err: Option<&raccordo_adapters::DeliveryError>| {
-            sqlx::query(
-                "UPDATE jobs SET state = ?, next_attempt_at = COALESCE(?, next_attempt_at),
-                    last_error = ?, failure_class = ?, updated_at = ? WHERE operation_id = ?",
-            )
-            .bind(state)
-            .bind(next.map(ms))
-            .bind(err.map(|e| e.reason.clone()))
-            .bind(err.map(|e| e.class.as_str()))
-            .bind(ms(now))
-            .bind(job.operation_id.clone())
-        };
-        match &result {
-            AttemptResult::Delivered(_) | AttemptResult::Rejected(_) => {
-                let err = match &result {
-                    AttemptResult::Rejected(e) => Some(e),
-                    _ => None,
-                };
-                set_job("done", None, err).execute(&mut *tx).await?;
-                if current {
-                    let mut draft = EventDraft::delivery(
-                        EventSource::Adapter,
-                        actor,
-                        None,
-                        DeliveryStatus::Acknowledged,
-                    );
-                    draft.vendor_code = match &result {
-                        AttemptResult::Delivered(r) => r.vendor_code.clone(),
-                        AttemptResult::Rejected(e) => e.vendor_code.clone(),
-                        AttemptResult::Failed(..) => None,
+        let job = job.clone();
+        self.write(move |conn| {
+            let now = Utc::now();
+            let mut st = load_state(conn, &job.practice_id)?;
+            let current = st.current_operation_id.as_deref() == Some(&job.operation_id);
+            let actor = job.adapter.as_str();
+            let mut drafts = Vec::new();
+            let set_job = |state: &str, next: Option<DateTime<Utc>>, err: Option<&raccordo_adapters::DeliveryError>| {
+                conn.prepare_cached(
+                    "UPDATE jobs SET state = ?1, next_attempt_at = COALESCE(?2, next_attempt_at),
+                        last_error = ?3, failure_class = ?4, updated_at = ?5 WHERE operation_id = ?6",
+                )?
+                .execute(params![
+                    state,
+                    next.map(ms),
+                    err.map(|e| e.reason.clone()),
+                    err.map(|e| e.class.as_str()),
+                    ms(now),
+                    job.operation_id,
+                ])
+            };
+            match &result {
+                AttemptResult::Delivered(_) | AttemptResult::Rejected(_) => {
+                    let err = match &result {
+                        AttemptResult::Rejected(e) => Some(e),
+                        _ => None,
                     };
-                    set_delivery(
-                        &mut tx,
-                        &mut st,
-                        DeliveryStatus::Acknowledged,
-                        draft,
-                        &mut drafts,
-                    )
-                    .await?;
-                }
-                let reply = match &result {
-                    AttemptResult::Delivered(reply) => reply.clone(),
-                    // A refusal on the merits is the practice's outcome.
-                    AttemptResult::Rejected(e) | AttemptResult::Failed(e, _) => VendorReply {
-                        status: Some(AdminStatus::Rejected),
-                        vendor_code: e.vendor_code.clone(),
-                        reason: Some(e.reason.clone()),
-                        ..VendorReply::default()
-                    },
-                };
-                let reply = &reply;
-                if job.operation == Operation::Submit {
-                    apply_reply(&mut tx, &mut st, reply, actor, now, &mut drafts).await?;
-                } else {
-                    // A withdrawal's answer only adds references: the status
-                    // is already WITHDRAWN.
-                    let refs_only = VendorReply {
-                        external_refs: reply.external_refs.clone(),
-                        ..VendorReply::default()
+                    set_job("done", None, err)?;
+                    if current {
+                        let mut draft =
+                            EventDraft::delivery(EventSource::Adapter, actor, None, DeliveryStatus::Acknowledged);
+                        draft.vendor_code = match &result {
+                            AttemptResult::Delivered(r) => r.vendor_code.clone(),
+                            AttemptResult::Rejected(e) => e.vendor_code.clone(),
+                            AttemptResult::Failed(..) => None,
+                        };
+                        set_delivery(conn, &mut st, DeliveryStatus::Acknowledged, draft, &mut drafts)?;
+                    }
+                    let reply = match &result {
+                        AttemptResult::Delivered(reply) => reply.clone(),
+                        // A refusal on the merits is the practice's outcome.
+                        AttemptResult::Rejected(e) | AttemptResult::Failed(e, _) => VendorReply {
+                            status: Some(AdminStatus::Rejected),
+                            vendor_code: e.vendor_code.clone(),
+                            reason: Some(e.reason.clone()),
+                            ..VendorReply::default()
+                        },
                     };
-                    apply_reply(&mut tx, &mut st, &refs_only, actor, now, &mut drafts).await?;
-                }
-            }
-            AttemptResult::Failed(err, RetryDecision::RetryAfter(delay)) => {
-                let next = now + Duration::from_std(*delay).unwrap_or_else(|_| Duration::hours(1));
-                set_job("due", Some(next), Some(err))
-                    .execute(&mut *tx)
-                    .await?;
-                if current {
-                    let to = if err.class == raccordo_adapters::FailureClass::OutcomeUnknown {
-                        DeliveryStatus::OutcomeUnknown
+                    if job.operation == Operation::Submit {
+                        apply_reply(conn, &mut st, &reply, actor, now, &mut drafts)?;
                     } else {
-                        DeliveryStatus::Retrying
-                    };
-                    let mut draft = EventDraft::delivery(EventSource::Adapter, actor, None, to)
-                        .reason(format!(
+                        // A withdrawal's answer only adds references: the status
+                        // is already WITHDRAWN.
+                        let refs_only = VendorReply {
+                            external_refs: reply.external_refs.clone(),
+                            ..VendorReply::default()
+                        };
+                        apply_reply(conn, &mut st, &refs_only, actor, now, &mut drafts)?;
+                    }
+                }
+                AttemptResult::Failed(err, RetryDecision::RetryAfter(delay)) => {
+                    let next = now + Duration::from_std(*delay).unwrap_or_else(|_| Duration::hours(1));
+                    set_job("due", Some(next), Some(err))?;
+                    if current {
+                        let to = if err.class == raccordo_adapters::FailureClass::OutcomeUnknown {
+                            DeliveryStatus::OutcomeUnknown
+                        } else {
+                            DeliveryStatus::Retrying
+                        };
+                        let mut draft = EventDraft::delivery(EventSource::Adapter, actor, None, to).reason(format!(
                             "attempt {} of {} failed ({}): {}; next attempt at {}",
                             job.attempt,
                             job.max_attempts,
@@ -948,38 +1253,27 @@ impl Store for SqliteStore {
                             err.reason,
                             next.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
                         ));
-                    draft.vendor_code = err.vendor_code.clone();
-                    set_delivery(&mut tx, &mut st, to, draft, &mut drafts).await?;
+                        draft.vendor_code = err.vendor_code.clone();
+                        set_delivery(conn, &mut st, to, draft, &mut drafts)?;
+                    }
+                }
+                AttemptResult::Failed(err, RetryDecision::DeadLetter) => {
+                    set_job("dead", None, Some(err))?;
+                    if current {
+                        let mut draft =
+                            EventDraft::delivery(EventSource::Adapter, actor, None, DeliveryStatus::DeadLettered)
+                                .reason(format!(
+                                    "attempt {} of {} failed ({}): {}",
+                                    job.attempt, job.max_attempts, err.class, err.reason
+                                ));
+                        draft.vendor_code = err.vendor_code.clone();
+                        set_delivery(conn, &mut st, DeliveryStatus::DeadLettered, draft, &mut drafts)?;
+                    }
                 }
             }
-            AttemptResult::Failed(err, RetryDecision::DeadLetter) => {
-                set_job("dead", None, Some(err)).execute(&mut *tx).await?;
-                if current {
-                    let mut draft = EventDraft::delivery(
-                        EventSource::Adapter,
-                        actor,
-                        None,
-                        DeliveryStatus::DeadLettered,
-                    )
-                    .reason(format!(
-                        "attempt {} of {} failed ({}): {}",
-                        job.attempt, job.max_attempts, err.class, err.reason
-                    ));
-                    draft.vendor_code = err.vendor_code.clone();
-                    set_delivery(
-                        &mut tx,
-                        &mut st,
-                        DeliveryStatus::DeadLettered,
-                        draft,
-                        &mut drafts,
-                    )
-                    .await?;
-                }
-            }
-        }
-        let events = append_events(&mut tx, &mut st, drafts, now).await?;
-        tx.commit().await?;
-        Ok(events)
+            append_events(conn, &mut st, drafts, now)
+        })
+        .await
     }
 
     async fn apply_inbound(
@@ -989,149 +1283,120 @@ impl Store for SqliteStore {
         actor: &str,
         reply: &VendorReply,
     ) -> Result<Vec<Event>, StoreError> {
-        let now = Utc::now();
-        let mut tx = self.writer.begin().await?;
-        let found: Vec<(String, String)> =
-            match correlation {
-                Correlation::PracticeId(id) => {
-                    sqlx::query_as("SELECT id, tenant_id FROM practices WHERE id = ?")
-                        .bind(id)
-                        .fetch_all(&mut *tx)
-                        .await?
-                }
+        let (tenant_id, correlation, actor, reply) = (
+            tenant_id.map(str::to_string),
+            correlation.clone(),
+            actor.to_string(),
+            reply.clone(),
+        );
+        self.write(move |conn| {
+            let now = Utc::now();
+            let (sql, values): (&str, Vec<&str>) = match &correlation {
+                Correlation::PracticeId(id) => ("SELECT id, tenant_id FROM practices WHERE id = ?1", vec![id]),
                 Correlation::OperationId(op) => {
-                    sqlx::query_as("SELECT practice_id, tenant_id FROM jobs WHERE operation_id = ?")
-                        .bind(op)
-                        .fetch_all(&mut *tx)
-                        .await?
+                    ("SELECT practice_id, tenant_id FROM jobs WHERE operation_id = ?1", vec![op])
                 }
-                Correlation::ExternalRef { kind, value } => sqlx::query_as(
-                    "SELECT practice_id, tenant_id FROM external_refs WHERE kind = ? AND value = ?",
-                )
-                .bind(kind)
-                .bind(value)
-                .fetch_all(&mut *tx)
-                .await?,
+                Correlation::ExternalRef { kind, value } => (
+                    "SELECT practice_id, tenant_id FROM external_refs WHERE kind = ?1 AND value = ?2",
+                    vec![kind, value],
+                ),
             };
-        let found: Vec<_> = found
-            .into_iter()
-            .filter(|(_, t)| tenant_id.is_none_or(|want| want == t))
-            .collect();
-        let practice_id = match found.as_slice() {
-            [] => return Err(StoreError::NotFound),
-            [(id, _)] => id.clone(),
-            _ => {
-                return Err(StoreError::Conflict(format!(
-                    "{} practices match this correlation; the result names no tenant",
-                    found.len()
-                )));
-            }
-        };
-        let mut st = load_state(&mut tx, &practice_id).await?;
-        let mut drafts = Vec::new();
-        apply_reply(&mut tx, &mut st, reply, actor, now, &mut drafts).await?;
-        let events = append_events(&mut tx, &mut st, drafts, now).await?;
-        tx.commit().await?;
-        Ok(events)
+            let found: Vec<(String, String)> = conn
+                .prepare_cached(sql)?
+                .query_map(params_from_iter(values), |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            let found: Vec<_> = found
+                .into_iter()
+                .filter(|(_, t)| tenant_id.as_deref().is_none_or(|want| want == t))
+                .collect();
+            let practice_id = match found.as_slice() {
+                [] => return Err(StoreError::NotFound),
+                [(id, _)] => id.clone(),
+                _ => {
+                    return Err(StoreError::Conflict(format!(
+                        "{} practices match this correlation; the result names no tenant",
+                        found.len()
+                    )));
+                }
+            };
+            let mut st = load_state(conn, &practice_id)?;
+            let mut drafts = Vec::new();
+            apply_reply(conn, &mut st, &reply, &actor, now, &mut drafts)?;
+            append_events(conn, &mut st, drafts, now)
+        })
+        .await
     }
 
     async fn withdraw(&self, w: Withdrawal) -> Result<(Vec<Event>, Option<String>), StoreError> {
-        let now = Utc::now();
-        let mut tx = self.writer.begin().await?;
-        let tenant: Option<String> =
-            sqlx::query_scalar("SELECT tenant_id FROM practices WHERE id = ?")
-                .bind(&w.practice_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        if tenant.as_deref() != Some(w.tenant_id.as_str()) {
-            return Err(StoreError::NotFound);
-        }
-        let mut st = load_state(&mut tx, &w.practice_id).await?;
-        if st.status.is_terminal() {
-            return Err(StoreError::Conflict(format!(
-                "the practice is already {}: it can no longer be withdrawn",
-                st.status
-            )));
-        }
-        let mut drafts = Vec::new();
-        let mut status = w.draft_actor.clone();
-        status.kind = EventKind::StatusChanged;
-        status.from_status = Some(st.status);
-        status.to_status = Some(AdminStatus::Withdrawn);
-        status.reason = w.reason.clone();
-        drafts.push(status);
-        sqlx::query(
-            "UPDATE practices SET status = 'WITHDRAWN', concluded_at = ?, outcome_status = 'WITHDRAWN',
-                outcome_reason = ? WHERE id = ?",
-        )
-        .bind(ms(now))
-        .bind(&w.reason)
-        .bind(&st.id)
-        .execute(&mut *tx)
-        .await?;
-        st.status = AdminStatus::Withdrawn;
-
-        // The pending submission, if any: a never-sent one is simply cancelled
-        // (the vendor never saw it); one that may have arrived is cancelled
-        // and the withdrawal forwarded.
-        let mut vendor_may_know = false;
-        if let Some(op) = st.current_operation_id.clone() {
-            let job: Option<(String, i64)> =
-                sqlx::query_as("SELECT state, attempts FROM jobs WHERE operation_id = ?")
-                    .bind(&op)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            match job {
-                Some((state, attempts)) if state == "due" || state == "dead" => {
-                    vendor_may_know = attempts > 0;
-                    sqlx::query("UPDATE jobs SET state = 'cancelled', updated_at = ? WHERE operation_id = ?")
-                        .bind(ms(now))
-                        .bind(&op)
-                        .execute(&mut *tx)
-                        .await?;
-                    let draft = EventDraft::delivery(
-                        EventSource::Hub,
-                        "hub",
-                        None,
-                        DeliveryStatus::Cancelled,
-                    )
-                    .reason("the practice was withdrawn");
-                    set_delivery(
-                        &mut tx,
-                        &mut st,
-                        DeliveryStatus::Cancelled,
-                        draft,
-                        &mut drafts,
-                    )
-                    .await?;
-                }
-                Some(_) => vendor_may_know = true,
-                None => {}
+        self.write(move |conn| {
+            let now = Utc::now();
+            let tenant: Option<String> = conn
+                .prepare_cached("SELECT tenant_id FROM practices WHERE id = ?1")?
+                .query_row([&w.practice_id], |r| r.get(0))
+                .optional()?;
+            if tenant.as_deref() != Some(w.tenant_id.as_str()) {
+                return Err(StoreError::NotFound);
             }
-        }
-        let mut new_job = None;
-        if let Some((adapter, max_attempts)) = w.forward_to.filter(|_| vendor_may_know) {
-            let op = uuid::Uuid::now_v7().to_string();
-            insert_job(
-                &mut tx,
-                &st,
-                &op,
-                &adapter,
-                Operation::Withdraw,
-                max_attempts,
-                now,
-            )
-            .await?;
-            // A new delivery starts: its status is not a transition of the previous one.
-            st.delivery_status = None;
-            let draft = EventDraft::delivery(EventSource::Hub, "hub", None, DeliveryStatus::Queued)
-                .reason(format!("withdrawal to adapter {adapter}"));
-            set_delivery(&mut tx, &mut st, DeliveryStatus::Queued, draft, &mut drafts).await?;
-            new_job = Some(adapter);
-        }
-        let events = append_events(&mut tx, &mut st, drafts, now).await?;
-        tx.commit().await?;
-        Ok((events, new_job))
+            let mut st = load_state(conn, &w.practice_id)?;
+            if st.status.is_terminal() {
+                return Err(StoreError::Conflict(format!(
+                    "the practice is already {}: it can no longer be withdrawn",
+                    st.status
+                )));
+            }
+            let mut drafts = Vec::new();
+            let mut status = w.draft_actor.clone();
+            status.kind = EventKind::StatusChanged;
+            status.from_status = Some(st.status);
+            status.to_status = Some(AdminStatus::Withdrawn);
+            status.reason = w.reason.clone();
+            drafts.push(status);
+            conn.prepare_cached(
+                "UPDATE practices SET status = 'WITHDRAWN', concluded_at = ?1, outcome_status = 'WITHDRAWN',
+                    outcome_reason = ?2 WHERE id = ?3",
+            )?
+            .execute(params![ms(now), w.reason, st.id])?;
+            st.status = AdminStatus::Withdrawn;
+
+            // The pending submission, if any: a never-sent one is simply
+            // cancelled (the vendor never saw it); one that may have arrived
+            // is cancelled and the withdrawal forwarded.
+            let mut vendor_may_know = false;
+            if let Some(op) = st.current_operation_id.clone() {
+                let job: Option<(String, i64)> = conn
+                    .prepare_cached("SELECT state, attempts FROM jobs WHERE operation_id = ?1")?
+                    .query_row([&op], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()?;
+                match job {
+                    Some((state, attempts)) if state == "due" || state == "dead" => {
+                        vendor_may_know = attempts > 0;
+                        conn.prepare_cached(
+                            "UPDATE jobs SET state = 'cancelled', updated_at = ?1 WHERE operation_id = ?2",
+                        )?
+                        .execute(params![ms(now), op])?;
+                        let draft = EventDraft::delivery(EventSource::Hub, "hub", None, DeliveryStatus::Cancelled)
+                            .reason("the practice was withdrawn");
+                        set_delivery(conn, &mut st, DeliveryStatus::Cancelled, draft, &mut drafts)?;
+                    }
+                    Some(_) => vendor_may_know = true,
+                    None => {}
+                }
+            }
+            let mut new_job = None;
+            if let Some((adapter, max_attempts)) = w.forward_to.clone().filter(|_| vendor_may_know) {
+                let op = uuid::Uuid::now_v7().to_string();
+                insert_job(conn, &st, &op, &adapter, Operation::Withdraw, max_attempts, now)?;
+                // A new delivery starts: its status is not a transition of the previous one.
+                st.delivery_status = None;
+                let draft = EventDraft::delivery(EventSource::Hub, "hub", None, DeliveryStatus::Queued)
+                    .reason(format!("withdrawal to adapter {adapter}"));
+                set_delivery(conn, &mut st, DeliveryStatus::Queued, draft, &mut drafts)?;
+                new_job = Some(adapter);
+            }
+            let events = append_events(conn, &mut st, drafts, now)?;
+            Ok((events, new_job))
+        })
+        .await
     }
 
     async fn dead_letters(
@@ -1139,16 +1404,19 @@ impl Store for SqliteStore {
         tenant_id: Option<&str>,
         limit: u32,
     ) -> Result<Vec<DeadLetter>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT j.*, p.service_code FROM jobs j JOIN practices p ON p.id = j.practice_id
-             WHERE j.state = 'dead' AND (?1 IS NULL OR j.tenant_id = ?1)
-             ORDER BY j.updated_at DESC LIMIT ?2",
-        )
-        .bind(tenant_id)
-        .bind(limit as i64)
-        .fetch_all(&self.reader)
-        .await?;
-        rows.iter().map(dead_letter_from_row).collect()
+        let tenant_id = tenant_id.map(str::to_string);
+        self.read(move |conn| {
+            let sql = format!(
+                "{DEAD_LETTER_SQL} WHERE j.state = 'dead' AND (?1 IS NULL OR j.tenant_id = ?1)
+                 ORDER BY j.updated_at DESC LIMIT ?2"
+            );
+            let rows = conn
+                .prepare_cached(&sql)?
+                .query_map(params![tenant_id, limit as i64], read_dead_letter)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            rows.into_iter().map(dead_letter).collect()
+        })
+        .await
     }
 
     async fn replay(
@@ -1156,91 +1424,156 @@ impl Store for SqliteStore {
         operation_id: &str,
         actor: &str,
     ) -> Result<(DeadLetter, Vec<Event>), StoreError> {
-        let now = Utc::now();
-        let mut tx = self.writer.begin().await?;
-        let job: Option<(String, String, String)> =
-            sqlx::query_as("SELECT state, practice_id, operation FROM jobs WHERE operation_id = ?")
-                .bind(operation_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let Some((state, practice_id, operation)) = job else {
-            return Err(StoreError::NotFound);
-        };
-        if state != "dead" {
-            return Err(StoreError::Conflict(format!(
-                "delivery {operation_id} is not dead-lettered (it is {state})"
-            )));
-        }
-        let mut st = load_state(&mut tx, &practice_id).await?;
-        if operation == "submit" && st.status.is_terminal() {
-            return Err(StoreError::Conflict(format!(
-                "the practice is already {}: its submission will not be sent again",
-                st.status
-            )));
-        }
-        sqlx::query(
-            "UPDATE jobs SET state = 'due', attempts = 0, next_attempt_at = ?, updated_at = ? WHERE operation_id = ?",
-        )
-        .bind(ms(now))
-        .bind(ms(now))
-        .bind(operation_id)
-        .execute(&mut *tx)
-        .await?;
-        let mut drafts = Vec::new();
-        if st.current_operation_id.as_deref() == Some(operation_id) {
-            let draft =
-                EventDraft::delivery(EventSource::Operator, actor, None, DeliveryStatus::Queued)
-                    .reason("replayed by an operator");
-            set_delivery(&mut tx, &mut st, DeliveryStatus::Queued, draft, &mut drafts).await?;
-        }
-        let events = append_events(&mut tx, &mut st, drafts, now).await?;
-        tx.commit().await?;
-        let dl = self.dead_letter_row(operation_id).await?;
-        Ok((dl, events))
+        let (operation_id, actor) = (operation_id.to_string(), actor.to_string());
+        self.write(move |conn| {
+            let now = Utc::now();
+            let (state, practice_id, operation): (String, String, String) = conn
+                .prepare_cached(
+                    "SELECT state, practice_id, operation FROM jobs WHERE operation_id = ?1",
+                )?
+                .query_row([&operation_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()?
+                .ok_or(StoreError::NotFound)?;
+            if state != "dead" {
+                return Err(StoreError::Conflict(format!(
+                    "delivery {operation_id} is not dead-lettered (it is {state})"
+                )));
+            }
+            let mut st = load_state(conn, &practice_id)?;
+            if operation == "submit" && st.status.is_terminal() {
+                return Err(StoreError::Conflict(format!(
+                    "the practice is already {}: its submission will not be sent again",
+                    st.status
+                )));
+            }
+            conn.prepare_cached(
+                "UPDATE jobs SET state = 'due', attempts = 0, next_attempt_at = ?1, updated_at = ?1
+                 WHERE operation_id = ?2",
+            )?
+            .execute(params![ms(now), operation_id])?;
+            let mut drafts = Vec::new();
+            if st.current_operation_id.as_deref() == Some(operation_id.as_str()) {
+                let draft = EventDraft::delivery(
+                    EventSource::Operator,
+                    &actor,
+                    None,
+                    DeliveryStatus::Queued,
+                )
+                .reason("replayed by an operator");
+                set_delivery(conn, &mut st, DeliveryStatus::Queued, draft, &mut drafts)?;
+            }
+            let events = append_events(conn, &mut st, drafts, now)?;
+            let dl = conn
+                .prepare_cached(&format!("{DEAD_LETTER_SQL} WHERE j.operation_id = ?1"))?
+                .query_row([&operation_id], read_dead_letter)?;
+            Ok((dead_letter(dl)?, events))
+        })
+        .await
     }
 
     async fn recover_in_flight(&self) -> Result<Vec<Event>, StoreError> {
-        let now = Utc::now();
-        let mut tx = self.writer.begin().await?;
-        let rows: Vec<(String, String, String)> = sqlx::query_as(
-            "UPDATE jobs SET state = 'due', next_attempt_at = ?, updated_at = ? WHERE state = 'in_flight'
-             RETURNING operation_id, practice_id, adapter",
-        )
-        .bind(ms(now))
-        .bind(ms(now))
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut events = Vec::new();
-        for (op, practice_id, adapter) in rows {
-            let mut st = load_state(&mut tx, &practice_id).await?;
-            if st.current_operation_id.as_deref() == Some(op.as_str()) {
-                let mut drafts = Vec::new();
-                let draft = EventDraft::delivery(
-                    EventSource::Hub,
-                    &adapter,
-                    None,
-                    DeliveryStatus::OutcomeUnknown,
-                )
-                .reason(
-                    "the hub stopped during the attempt: re-sending with the same operation id",
-                );
-                set_delivery(
-                    &mut tx,
-                    &mut st,
-                    DeliveryStatus::OutcomeUnknown,
-                    draft,
-                    &mut drafts,
-                )
-                .await?;
-                events.extend(append_events(&mut tx, &mut st, drafts, now).await?);
+        self.write(|conn| {
+            let now = Utc::now();
+            let rows: Vec<(String, String, String)> = conn
+                .prepare_cached(
+                    "UPDATE jobs SET state = 'due', next_attempt_at = ?1, updated_at = ?1 WHERE state = 'in_flight'
+                     RETURNING operation_id, practice_id, adapter",
+                )?
+                .query_map([ms(now)], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut events = Vec::new();
+            for (op, practice_id, adapter) in rows {
+                let mut st = load_state(conn, &practice_id)?;
+                if st.current_operation_id.as_deref() == Some(op.as_str()) {
+                    let mut drafts = Vec::new();
+                    let draft = EventDraft::delivery(EventSource::Hub, &adapter, None, DeliveryStatus::OutcomeUnknown)
+                        .reason("the hub stopped during the attempt: re-sending with the same operation id");
+                    set_delivery(conn, &mut st, DeliveryStatus::OutcomeUnknown, draft, &mut drafts)?;
+                    events.extend(append_events(conn, &mut st, drafts, now)?);
+                }
             }
-        }
-        tx.commit().await?;
-        Ok(events)
+            Ok(events)
+        })
+        .await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.reader).await?;
-        Ok(())
+        self.read(|conn| Ok(conn.query_row("SELECT 1", [], |_| Ok(()))?))
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("t.db"), Synchronous::Normal, 2)
+            .await
+            .unwrap();
+        store
+            .write(|c| Ok(c.execute_batch("CREATE TABLE scratch (x INTEGER NOT NULL)")?))
+            .await
+            .unwrap();
+        (dir, store)
+    }
+
+    #[tokio::test]
+    async fn a_failing_command_is_rolled_back_without_failing_its_batch() {
+        let (_dir, store) = store().await;
+        let mut tasks = Vec::new();
+        for i in 0..200i64 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                store
+                    .write(move |c| {
+                        c.execute("INSERT INTO scratch (x) VALUES (?1)", [i])?;
+                        if i % 3 == 0 {
+                            // Wrote, then failed: its write must vanish.
+                            return Err(StoreError::Conflict(format!("refused {i}")));
+                        }
+                        Ok(i)
+                    })
+                    .await
+            }));
+        }
+        let mut ok = 0;
+        for (i, t) in tasks.into_iter().enumerate() {
+            match t.await.unwrap() {
+                Ok(v) => {
+                    assert_eq!(v, i as i64);
+                    ok += 1;
+                }
+                Err(StoreError::Conflict(m)) => assert_eq!(m, format!("refused {i}")),
+                Err(other) => panic!("unexpected {other}"),
+            }
+        }
+        let (rows, refused): (i64, i64) = store
+            .read(|c| {
+                Ok(c.query_row(
+                    "SELECT COUNT(*), COUNT(CASE WHEN x % 3 = 0 THEN 1 END) FROM scratch",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?)
+            })
+            .await
+            .unwrap();
+        assert_eq!(rows, ok);
+        assert_eq!(refused, 0);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_command_does_not_stop_the_writer() {
+        let (_dir, store) = store().await;
+        let err = store
+            .write(|_c| -> Result<(), StoreError> { panic!("bug in an operation") })
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("panicked"), "{err}");
+        store
+            .write(|c| Ok(c.execute("INSERT INTO scratch (x) VALUES (1)", [])?))
+            .await
+            .unwrap();
     }
 }
