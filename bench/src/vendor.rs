@@ -1,6 +1,7 @@
 //! The minimal fast vendor: answers every POST at once with an approval.
 
 use axum::http::header::CONTENT_TYPE;
+use axum::serve::ListenerExt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,7 +27,7 @@ impl Vendor {
             async { ([(CONTENT_TYPE, "application/json")], ANSWER) }
         });
         tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
+            let _ = axum::serve(listener.tap_io(raccordo::server::no_delay), app).await;
         });
         Ok(Self { addr, requests })
     }

@@ -9,12 +9,14 @@ use crate::practices::PracticeService;
 use crate::store::Store;
 use crate::store::sqlite::SqliteStore;
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use raccordo_proto::v1 as pb;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinHandle;
+use tokio_stream::StreamExt;
 
 /// A started hub.
 #[derive(Debug)]
@@ -207,15 +209,24 @@ async fn serve(
         ))
         .add_service(pb::delivery_admin_service_server::DeliveryAdminServiceServer::new(api))
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+            // tonic ignores its own TCP_NODELAY setting for a custom incoming
+            // stream; without it small replies wait for delayed ACKs (~40 ms).
+            tokio_stream::wrappers::TcpListenerStream::new(grpc_listener).map(|conn| {
+                conn.inspect(|s| {
+                    let _ = s.set_nodelay(true);
+                })
+            }),
             async move {
                 let _ = grpc_stop.recv().await;
             },
         );
-    let http = axum::serve(http_listener, crate::http::router(Arc::clone(&service)))
-        .with_graceful_shutdown(async move {
-            let _ = http_stop.recv().await;
-        });
+    let http = axum::serve(
+        http_listener.tap_io(no_delay),
+        crate::http::router(Arc::clone(&service)),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = http_stop.recv().await;
+    });
     let grpc = tokio::spawn(grpc);
     let http = tokio::spawn(async move { http.await });
     let _ = stop.await;
@@ -229,6 +240,11 @@ async fn serve(
     workers.shutdown(grace).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Small replies go out at once instead of waiting for the peer's delayed ACK.
+pub fn no_delay(stream: &mut tokio::net::TcpStream) {
+    let _ = stream.set_nodelay(true);
 }
 
 async fn shutdown_signal() {

@@ -11,6 +11,7 @@ use crate::config::{SimulatorBehaviour, SimulatorConfig};
 use axum::Json;
 use axum::extract::State;
 use axum::http::HeaderMap;
+use axum::serve::ListenerExt;
 use base64::Engine;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -43,7 +44,7 @@ pub async fn start(name: &str, config: &SimulatorConfig) -> std::io::Result<Sock
     });
     let app = axum::Router::new().fallback(answer).with_state(sim);
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
+        if let Err(e) = axum::serve(listener.tap_io(crate::server::no_delay), app).await {
             tracing::error!(error = %e, "simulator stopped");
         }
     });

@@ -7,6 +7,7 @@
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use axum::serve::ListenerExt;
 use raccordo::server::RunningHub;
 use raccordo_proto::v1 as pb;
 use serde_json::{Value, json};
@@ -102,7 +103,9 @@ impl Vendor {
             .fallback(handle)
             .with_state(Arc::clone(&state));
         let task = tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
+            axum::serve(listener.tap_io(raccordo::server::no_delay), app)
+                .await
+                .unwrap();
         });
         Self {
             addr,

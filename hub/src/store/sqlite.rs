@@ -58,11 +58,12 @@ impl std::fmt::Debug for SqliteStore {
     }
 }
 
-/// Read-only connections, opened on demand and reused.
+/// Read-only connections, opened on demand and reused. At most `size`
+/// reads run at once (the semaphore), so at most `size` connections exist.
 struct ReaderPool {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
-    max_idle: usize,
+    slots: tokio::sync::Semaphore,
 }
 
 impl ReaderPool {
@@ -82,10 +83,7 @@ impl ReaderPool {
     }
 
     fn put(&self, conn: Connection) {
-        let mut idle = self.idle.lock().expect("reader pool lock");
-        if idle.len() < self.max_idle {
-            idle.push(conn);
-        }
+        self.idle.lock().expect("reader pool lock").push(conn);
     }
 }
 
@@ -136,7 +134,7 @@ impl SqliteStore {
             readers: Arc::new(ReaderPool {
                 path: ready,
                 idle: Mutex::new(Vec::new()),
-                max_idle: readers.max(1) as usize,
+                slots: tokio::sync::Semaphore::new(readers.max(1) as usize),
             }),
         })
     }
@@ -179,6 +177,12 @@ impl SqliteStore {
         &self,
         op: impl FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
+        let pool = Arc::clone(&self.readers);
+        let _slot = pool
+            .slots
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Database("the reader pool is closed".into()))?;
         let pool = Arc::clone(&self.readers);
         tokio::task::spawn_blocking(move || {
             let conn = pool.take()?;
