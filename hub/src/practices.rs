@@ -243,7 +243,7 @@ impl PracticeService {
         };
         // Subscribe before the insert: no event of this practice can be missed.
         let mut events_rx = (route.mode != Mode::Deferred).then(|| self.bus.subscribe());
-        match self.store.insert_practice(new).await? {
+        let (id, duplicate) = match self.store.insert_practice(new).await? {
             InsertOutcome::Existing { id, same_content } => {
                 if !same_content {
                     return Err(HubError::AlreadyExists(format!(
@@ -251,14 +251,7 @@ impl PracticeService {
                         input.idempotency_key, input.tenant_id
                     )));
                 }
-                let practice = self
-                    .store
-                    .get_practice(&input.tenant_id, &id, false)
-                    .await?;
-                Ok(Submitted {
-                    practice,
-                    duplicate: true,
-                })
+                (id, true)
             }
             InsertOutcome::Created(events) => {
                 self.publish(events);
@@ -271,16 +264,17 @@ impl PracticeService {
                 if let (Some((deadline, done)), Some(rx)) = (wait, events_rx.as_mut()) {
                     wait_for(rx, &id, deadline, done).await;
                 }
-                let practice = self
-                    .store
-                    .get_practice(&input.tenant_id, &id, false)
-                    .await?;
-                Ok(Submitted {
-                    practice,
-                    duplicate: false,
-                })
+                (id, false)
             }
-        }
+        };
+        let practice = self
+            .store
+            .get_practice(&input.tenant_id, &id, false)
+            .await?;
+        Ok(Submitted {
+            practice,
+            duplicate,
+        })
     }
 
     /// One practice, within its tenant.

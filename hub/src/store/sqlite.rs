@@ -733,29 +733,28 @@ fn event_from_row(row: EventRow) -> Result<Event, StoreError> {
     })
 }
 
-/// Runs a query whose SQL is built at runtime with positional values.
+/// Runs a query whose SQL is built at runtime with positional values:
+/// `read` copies each row out of SQLite, `parse` turns it into a domain value.
+fn query_all<R, T>(
+    conn: &Connection,
+    sql: &str,
+    values: &[SqlValue],
+    read: fn(&Row<'_>) -> rusqlite::Result<R>,
+    parse: fn(R) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt
+        .query_map(params_from_iter(values.iter()), read)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    rows.into_iter().map(parse).collect()
+}
+
 fn query_events(
     conn: &Connection,
     sql: &str,
     values: &[SqlValue],
 ) -> Result<Vec<Event>, StoreError> {
-    let mut stmt = conn.prepare_cached(sql)?;
-    let rows = stmt
-        .query_map(params_from_iter(values.iter()), read_event_row)?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    rows.into_iter().map(event_from_row).collect()
-}
-
-fn query_practices(
-    conn: &Connection,
-    sql: &str,
-    values: &[SqlValue],
-) -> Result<Vec<Practice>, StoreError> {
-    let mut stmt = conn.prepare_cached(sql)?;
-    let rows = stmt
-        .query_map(params_from_iter(values.iter()), read_practice_row)?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    rows.into_iter().map(practice_from_row).collect()
+    query_all(conn, sql, values, read_event_row, event_from_row)
 }
 
 /// Fills attachments, outcome documents and references of `practices`
@@ -1030,7 +1029,8 @@ impl Store for SqliteStore {
             SqlValue::Integer(limit as i64),
         );
         self.read(move |conn| {
-            let mut practices = query_practices(conn, &sql, &values)?;
+            let mut practices =
+                query_all(conn, &sql, &values, read_practice_row, practice_from_row)?;
             attach_details(conn, &mut practices, false)?;
             Ok(practices)
         })
