@@ -163,6 +163,52 @@ pub trait Adapter: Send + Sync + 'static {
     async fn start_inbound(&self, _sink: Arc<dyn ResultSink>) -> Result<(), AdapterError> {
         Ok(())
     }
+
+    /// HTTP routes this instance serves on the hub's HTTP listener (vendor
+    /// callbacks, a published WSDL), mounted under `/callbacks/{instance}`.
+    /// Handlers apply results through `sink` and answer the vendor only
+    /// after it returned.
+    fn http_routes(&self, _sink: Arc<dyn ResultSink>) -> Option<axum::Router> {
+        None
+    }
+
+    /// The instance's state right now, for `/readyz`, `raccordo status` and
+    /// metrics. Cheap: called on every probe.
+    fn health(&self) -> AdapterHealth {
+        AdapterHealth::Up
+    }
+}
+
+/// An adapter instance's state, as operators and load balancers see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdapterHealth {
+    /// Working normally.
+    Up,
+    /// Delivering, but something needs attention (a breaker probing, a
+    /// consumer reconnecting); the reason says what.
+    Degraded(String),
+    /// Cannot deliver now (breaker open, broker unreachable); deliveries
+    /// wait in the outbox until it recovers.
+    Down(String),
+}
+
+impl AdapterHealth {
+    /// `up`, `degraded` or `down`.
+    pub fn state(&self) -> &'static str {
+        match self {
+            Self::Up => "up",
+            Self::Degraded(_) => "degraded",
+            Self::Down(_) => "down",
+        }
+    }
+
+    /// Why it is not up.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            Self::Up => None,
+            Self::Degraded(r) | Self::Down(r) => Some(r),
+        }
+    }
 }
 
 /// How an asynchronous result names its practice.
@@ -186,6 +232,21 @@ pub struct InboundResult {
     pub tenant_id: Option<String>,
     pub correlation: Correlation,
     pub reply: VendorReply,
+    /// What makes this result distinct (a callback's id, an AMQP
+    /// `message_id`, a result file's content hash and row): a second result
+    /// with the same receipt for the same adapter instance changes nothing
+    /// and is answered [`InboundOutcome::Duplicate`]. `None` applies every
+    /// time, so channels that can redeliver must set it.
+    pub receipt: Option<String>,
+}
+
+/// What applying an inbound result did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InboundOutcome {
+    /// Stored now.
+    Applied,
+    /// Stored earlier under the same receipt; nothing changed.
+    Duplicate,
 }
 
 /// Why an inbound result was not applied.
@@ -207,6 +268,6 @@ pub enum InboundError {
 /// so an adapter acknowledges to the vendor only what is stored.
 #[async_trait]
 pub trait ResultSink: Send + Sync + 'static {
-    /// Applies a result; at most once per distinct result.
-    async fn apply(&self, result: InboundResult) -> Result<(), InboundError>;
+    /// Applies a result; at most once per distinct receipt.
+    async fn apply(&self, result: InboundResult) -> Result<InboundOutcome, InboundError>;
 }

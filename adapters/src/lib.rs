@@ -16,7 +16,7 @@ pub mod rest;
 pub mod template;
 
 pub use adapter::{
-    Adapter, AdapterError, DeliveryError, DeliveryRequest, FailureClass, InboundResult, ResultSink,
-    VendorReply,
+    Adapter, AdapterError, AdapterHealth, DeliveryError, DeliveryRequest, FailureClass,
+    InboundOutcome, InboundResult, ResultSink, VendorReply,
 };
 pub use message::NormalizedMessage;

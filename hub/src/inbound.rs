@@ -5,7 +5,7 @@
 use crate::practices::PracticeService;
 use crate::store::StoreError;
 use async_trait::async_trait;
-use raccordo_adapters::adapter::InboundError;
+use raccordo_adapters::adapter::{InboundError, InboundOutcome};
 use raccordo_adapters::{InboundResult, ResultSink};
 use std::sync::Arc;
 
@@ -24,16 +24,11 @@ impl HubSink {
 
 #[async_trait]
 impl ResultSink for HubSink {
-    async fn apply(&self, result: InboundResult) -> Result<(), InboundError> {
-        let events = self
+    async fn apply(&self, result: InboundResult) -> Result<InboundOutcome, InboundError> {
+        let (events, outcome) = self
             .service
             .store()
-            .apply_inbound(
-                result.tenant_id.as_deref(),
-                &result.correlation,
-                &result.adapter,
-                &result.reply,
-            )
+            .apply_inbound(&result)
             .await
             .map_err(|e| match e {
                 StoreError::NotFound => {
@@ -43,6 +38,6 @@ impl ResultSink for HubSink {
                 other => InboundError::Unavailable(other.to_string()),
             })?;
         self.service.publish(events);
-        Ok(())
+        Ok(outcome)
     }
 }

@@ -139,6 +139,11 @@ impl PracticeService {
         &self.store
     }
 
+    /// The adapter instances, by name.
+    pub fn adapters(&self) -> &HashMap<String, AdapterInstance> {
+        &self.adapters
+    }
+
     /// The event bus.
     pub fn bus(&self) -> &EventBus {
         &self.bus

@@ -145,6 +145,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
         config.limits.max_total_attachment_bytes + config.limits.max_data_bytes + (1 << 20);
     let task = tokio::spawn(serve(
         Arc::clone(&service),
+        sink,
         workers,
         grpc_listener,
         http_listener,
@@ -163,8 +164,10 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
     })
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn serve(
     service: Arc<PracticeService>,
+    sink: Arc<dyn raccordo_adapters::ResultSink>,
     workers: Workers,
     grpc_listener: tokio::net::TcpListener,
     http_listener: tokio::net::TcpListener,
@@ -222,7 +225,7 @@ async fn serve(
         );
     let http = axum::serve(
         http_listener.tap_io(no_delay),
-        crate::http::router(Arc::clone(&service)),
+        crate::http::router(Arc::clone(&service), sink),
     )
     .with_graceful_shutdown(async move {
         let _ = http_stop.recv().await;

@@ -14,7 +14,7 @@ use crate::domain::practice::{Event, EventDraft, NewPractice, Practice};
 use crate::domain::retry::RetryDecision;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use raccordo_adapters::adapter::Correlation;
+use raccordo_adapters::adapter::{InboundOutcome, InboundResult};
 use raccordo_adapters::model::{AdminStatus, Document, Operation};
 use raccordo_adapters::{DeliveryError, VendorReply};
 
@@ -200,14 +200,13 @@ pub trait Store: Send + Sync + 'static {
         result: AttemptResult,
     ) -> Result<Vec<Event>, StoreError>;
 
-    /// Applies a result that arrived after the delivery (idempotent).
+    /// Applies a result that arrived after the delivery, in one
+    /// transaction; a result whose receipt was seen before changes nothing
+    /// and is reported [`InboundOutcome::Duplicate`].
     async fn apply_inbound(
         &self,
-        tenant_id: Option<&str>,
-        correlation: &Correlation,
-        actor: &str,
-        reply: &VendorReply,
-    ) -> Result<Vec<Event>, StoreError>;
+        result: &InboundResult,
+    ) -> Result<(Vec<Event>, InboundOutcome), StoreError>;
 
     /// Withdraws a practice; returns its events and the new job, if any.
     async fn withdraw(

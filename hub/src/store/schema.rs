@@ -6,8 +6,14 @@ use super::StoreError;
 use rusqlite::Connection;
 
 /// (version, name, SQL). Append only: never edit a released migration.
-const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "init", include_str!("../../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "init", include_str!("../../migrations/0001_init.sql")),
+    (
+        2,
+        "inbound_receipts",
+        include_str!("../../migrations/0002_inbound_receipts.sql"),
+    ),
+];
 
 /// Applies pending migrations; returns the schema version.
 pub fn migrate(conn: &mut Connection) -> Result<i64, StoreError> {

@@ -25,7 +25,7 @@ use crate::domain::status::{DeliveryStatus, delivery_transition_allowed};
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
 use raccordo_adapters::VendorReply;
-use raccordo_adapters::adapter::Correlation;
+use raccordo_adapters::adapter::{Correlation, InboundOutcome, InboundResult};
 use raccordo_adapters::model::{AdminStatus, Document, DocumentMeta, ExternalRef, Operation};
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params, params_from_iter};
@@ -1282,20 +1282,12 @@ impl Store for SqliteStore {
 
     async fn apply_inbound(
         &self,
-        tenant_id: Option<&str>,
-        correlation: &Correlation,
-        actor: &str,
-        reply: &VendorReply,
-    ) -> Result<Vec<Event>, StoreError> {
-        let (tenant_id, correlation, actor, reply) = (
-            tenant_id.map(str::to_string),
-            correlation.clone(),
-            actor.to_string(),
-            reply.clone(),
-        );
+        result: &InboundResult,
+    ) -> Result<(Vec<Event>, InboundOutcome), StoreError> {
+        let result = result.clone();
         self.write(move |conn| {
             let now = Utc::now();
-            let (sql, values): (&str, Vec<&str>) = match &correlation {
+            let (sql, values): (&str, Vec<&str>) = match &result.correlation {
                 Correlation::PracticeId(id) => ("SELECT id, tenant_id FROM practices WHERE id = ?1", vec![id]),
                 Correlation::OperationId(op) => {
                     ("SELECT practice_id, tenant_id FROM jobs WHERE operation_id = ?1", vec![op])
@@ -1311,11 +1303,11 @@ impl Store for SqliteStore {
                 .collect::<rusqlite::Result<_>>()?;
             let found: Vec<_> = found
                 .into_iter()
-                .filter(|(_, t)| tenant_id.as_deref().is_none_or(|want| want == t))
+                .filter(|(_, t)| result.tenant_id.as_deref().is_none_or(|want| want == t))
                 .collect();
-            let practice_id = match found.as_slice() {
+            let (practice_id, tenant_id) = match found.as_slice() {
                 [] => return Err(StoreError::NotFound),
-                [(id, _)] => id.clone(),
+                [one] => one.clone(),
                 _ => {
                     return Err(StoreError::Conflict(format!(
                         "{} practices match this correlation; the result names no tenant",
@@ -1323,10 +1315,21 @@ impl Store for SqliteStore {
                     )));
                 }
             };
+            if let Some(receipt) = &result.receipt {
+                let fresh = conn
+                    .prepare_cached(
+                        "INSERT OR IGNORE INTO inbound_receipts (adapter, receipt, tenant_id, practice_id, received_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5)",
+                    )?
+                    .execute(params![result.adapter, receipt, tenant_id, practice_id, ms(now)])?;
+                if fresh == 0 {
+                    return Ok((Vec::new(), InboundOutcome::Duplicate));
+                }
+            }
             let mut st = load_state(conn, &practice_id)?;
             let mut drafts = Vec::new();
-            apply_reply(conn, &mut st, &reply, &actor, now, &mut drafts)?;
-            append_events(conn, &mut st, drafts, now)
+            apply_reply(conn, &mut st, &result.reply, &result.adapter, now, &mut drafts)?;
+            Ok((append_events(conn, &mut st, drafts, now)?, InboundOutcome::Applied))
         })
         .await
     }
