@@ -25,6 +25,9 @@ pub struct DeliveryRequest {
     pub attempt: u32,
     /// Route variables from the configuration (`routes.vars`), for templates.
     pub route_vars: Arc<Map<String, Value>>,
+    /// The W3C `traceparent` to send with this attempt (the caller's trace,
+    /// a new span), so the vendor's logs join the caller's trace.
+    pub traceparent: Option<String>,
 }
 
 impl DeliveryRequest {

@@ -180,6 +180,7 @@ mod tests {
                     .unwrap()
                     .clone(),
             ),
+            traceparent: None,
         }
     }
 

@@ -36,6 +36,7 @@ fn request() -> DeliveryRequest {
         }),
         attempt: 1,
         route_vars: Arc::new(serde_json::Map::new()),
+        traceparent: None,
     }
 }
 

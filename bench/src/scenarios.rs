@@ -245,6 +245,7 @@ async fn seed(n: usize) -> anyhow::Result<Seeded> {
         data.insert("uso".into(), "ESENTE".into());
         store
             .insert_practice(NewPractice {
+                traceparent: None,
                 id: id.clone(),
                 tenant_id: TENANT.into(),
                 service_code: "SYNC".into(),

@@ -3,11 +3,12 @@
 //! `/callbacks/{instance}`.
 
 use crate::practices::PracticeService;
+use crate::status::{HubStatus, hub_status};
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
-use raccordo_adapters::{AdapterHealth, ResultSink};
+use raccordo_adapters::ResultSink;
 use std::sync::Arc;
 
 /// The HTTP routes: probes, plus every adapter instance's callback routes.
@@ -15,6 +16,7 @@ pub fn router(service: Arc<PracticeService>, sink: Arc<dyn ResultSink>) -> axum:
     let mut router = axum::Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .with_state(Arc::clone(&service));
     let mut names: Vec<&String> = service.adapters().keys().collect();
     names.sort();
@@ -27,40 +29,42 @@ pub fn router(service: Arc<PracticeService>, sink: Arc<dyn ResultSink>) -> axum:
     router
 }
 
-/// Ready when the store answers (migrations ran before the listener opened)
-/// and no adapter instance is down.
-async fn readyz(
+/// The Prometheus exposition. Store-derived gauges are refreshed at most
+/// every few seconds; a store error leaves the previous values in place.
+async fn metrics(
     State(service): State<Arc<PracticeService>>,
-) -> (StatusCode, Json<serde_json::Value>) {
-    let store = service.store().ping().await;
-    let mut ready = store.is_ok();
-    let adapters: serde_json::Map<String, serde_json::Value> = service
-        .adapters()
-        .iter()
-        .map(|(name, instance)| {
-            let health = instance.adapter.health();
-            ready &= !matches!(health, AdapterHealth::Down(_));
-            let mut entry = serde_json::json!({
-                "kind": instance.adapter.kind(),
-                "state": health.state(),
-            });
-            if let Some(reason) = health.reason() {
-                entry["reason"] = reason.into();
-            }
-            (name.clone(), entry)
-        })
-        .collect();
-    let store_state = match store {
-        Ok(()) => serde_json::json!({"state": "up"}),
-        Err(e) => serde_json::json!({"state": "down", "reason": e.to_string()}),
-    };
-    let code = if ready {
+) -> ([(axum::http::header::HeaderName, &'static str); 1], String) {
+    let metrics = service.metrics();
+    if metrics.snapshot_due() {
+        match service.store().ops_snapshot(chrono::Utc::now()).await {
+            Ok(snapshot) => metrics.apply_snapshot(&snapshot),
+            Err(e) => tracing::warn!(error = %e, "cannot read the store for metrics"),
+        }
+    }
+    for (name, instance) in service.adapters() {
+        metrics.set_adapter_state(
+            name,
+            instance.adapter.kind(),
+            instance.adapter.health().state(),
+        );
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        metrics.encode(),
+    )
+}
+
+/// Ready when the store answers (migrations ran before the listener opened)
+/// and no adapter instance is down; the body says what is not.
+async fn readyz(State(service): State<Arc<PracticeService>>) -> (StatusCode, Json<HubStatus>) {
+    let status = hub_status(&service, false).await;
+    let code = if status.ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (
-        code,
-        Json(serde_json::json!({"ready": ready, "store": store_state, "adapters": adapters})),
-    )
+    (code, Json(status))
 }

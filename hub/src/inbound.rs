@@ -2,6 +2,7 @@
 //! result files): correlates a result to its practice and applies it in one
 //! transaction before the adapter acknowledges the vendor.
 
+use crate::metrics::OutcomeLabels;
 use crate::practices::PracticeService;
 use crate::store::StoreError;
 use async_trait::async_trait;
@@ -25,10 +26,38 @@ impl HubSink {
 #[async_trait]
 impl ResultSink for HubSink {
     async fn apply(&self, result: InboundResult) -> Result<InboundOutcome, InboundError> {
+        let applied = self.apply_and_publish(&result).await;
+        let outcome = match &applied {
+            Ok(InboundOutcome::Applied) => "applied",
+            Ok(InboundOutcome::Duplicate) => "duplicate",
+            Err(InboundError::Uncorrelated(_)) => "uncorrelated",
+            Err(InboundError::Refused(_)) => "refused",
+            Err(InboundError::Unavailable(_)) => "unavailable",
+        };
+        // The instance name is the adapter's own, from the configuration.
+        if self.service.adapters().contains_key(&result.adapter) {
+            self.service
+                .metrics()
+                .inbound_results
+                .get_or_create(&OutcomeLabels {
+                    adapter: result.adapter.clone(),
+                    outcome: outcome.to_string(),
+                })
+                .inc();
+        }
+        applied
+    }
+}
+
+impl HubSink {
+    async fn apply_and_publish(
+        &self,
+        result: &InboundResult,
+    ) -> Result<InboundOutcome, InboundError> {
         let (events, outcome) = self
             .service
             .store()
-            .apply_inbound(&result)
+            .apply_inbound(result)
             .await
             .map_err(|e| match e {
                 StoreError::NotFound => {

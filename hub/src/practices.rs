@@ -13,9 +13,11 @@ use crate::domain::practice::{
 };
 use crate::domain::status::DeliveryStatus;
 use crate::domain::validate::{self, AttachmentInput, Violation, Violations};
+use crate::metrics::{Metrics, SubmissionLabels};
 use crate::store::{
     DeadLetter, EventFilter, InsertOutcome, PracticeFilter, Store, StoreError, Withdrawal,
 };
+use crate::trace;
 use chrono::Utc;
 use raccordo_adapters::model::{AdminStatus, Applicant, Document, Operation, Submitter};
 use std::collections::HashMap;
@@ -90,6 +92,7 @@ pub struct PracticeService {
     bus: EventBus,
     adapters: HashMap<String, AdapterInstance>,
     wakers: HashMap<String, Arc<Notify>>,
+    metrics: Arc<Metrics>,
     /// Set when the hub stops: live streams end so shutdown is not held up.
     closing: watch::Sender<bool>,
 }
@@ -112,6 +115,7 @@ impl PracticeService {
         bus: EventBus,
         adapters: HashMap<String, AdapterInstance>,
         wakers: HashMap<String, Arc<Notify>>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             config,
@@ -119,6 +123,7 @@ impl PracticeService {
             bus,
             adapters,
             wakers,
+            metrics,
             closing: watch::Sender::new(false),
         }
     }
@@ -137,6 +142,11 @@ impl PracticeService {
     /// The store.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// The hub's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// The adapter instances, by name.
@@ -164,6 +174,34 @@ impl PracticeService {
     /// Validates, stores and routes a practice; waits for the vendor when
     /// the route's mode says so.
     pub async fn submit(&self, input: SubmitInput) -> Result<Submitted, HubError> {
+        // Labels only from the configuration: a caller cannot invent series.
+        let route = self.config.route(&input.tenant_id, &input.service_code);
+        let known_tenant = self.config.tenants.contains_key(&input.tenant_id);
+        let mut labels = SubmissionLabels {
+            tenant: if known_tenant {
+                &input.tenant_id
+            } else {
+                "unknown"
+            }
+            .to_string(),
+            service: route.map_or("unknown", |r| r.service.as_str()).to_string(),
+            mode: route.map_or("unknown", |r| r.mode.as_str()).to_string(),
+            result: String::new(),
+        };
+        let result = self.submit_validated(input).await;
+        labels.result = match &result {
+            Ok(s) if s.duplicate => "duplicate",
+            Ok(_) => "accepted",
+            Err(HubError::Invalid(_)) => "invalid",
+            Err(HubError::AlreadyExists(_)) => "conflict",
+            Err(_) => "error",
+        }
+        .to_string();
+        self.metrics.submissions.get_or_create(&labels).inc();
+        result
+    }
+
+    async fn submit_validated(&self, input: SubmitInput) -> Result<Submitted, HubError> {
         let mut v = Violations::default();
         validate::check_tenant_and_key(&mut v, &input.tenant_id, &input.idempotency_key);
         let tenant_valid = v.0.iter().all(|x| x.field != "tenant_id");
@@ -245,6 +283,7 @@ impl PracticeService {
             max_attempts: route
                 .max_attempts
                 .unwrap_or(self.config.delivery.max_attempts),
+            traceparent: Some(trace::caller_or_new().header()),
         };
         // Subscribe before the insert: no event of this practice can be missed.
         let mut events_rx = (route.mode != Mode::Deferred).then(|| self.bus.subscribe());
@@ -476,6 +515,7 @@ impl PracticeService {
                 reason,
                 draft_actor: actor,
                 forward_to,
+                traceparent: Some(trace::caller_or_new().header()),
             })
             .await
             .map_err(|e| not_found(e, tenant_id, id))?;

@@ -5,6 +5,8 @@ use crate::bus::EventBus;
 use crate::config::{self, Config};
 use crate::delivery::{Workers, spawn_workers};
 use crate::grpc::Api;
+use crate::grpc::metrics_layer::RpcMetricsLayer;
+use crate::metrics::Metrics;
 use crate::practices::PracticeService;
 use crate::store::Store;
 use crate::store::sqlite::SqliteStore;
@@ -81,9 +83,15 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
     }
 
     let db = config.database_path();
-    let store = SqliteStore::open(&db, config.store.synchronous, config.store.read_connections)
-        .await
-        .with_context(|| format!("opening the store {}", db.display()))?;
+    let metrics = Arc::new(Metrics::new());
+    let store = SqliteStore::open_observed(
+        &db,
+        config.store.synchronous,
+        config.store.read_connections,
+        Some(metrics.store()),
+    )
+    .await
+    .with_context(|| format!("opening the store {}", db.display()))?;
     let recovered = store.recover_in_flight().await?;
     if !recovered.is_empty() {
         tracing::warn!(
@@ -108,6 +116,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
         bus,
         instances.clone(),
         wakers.clone(),
+        metrics,
     ));
     let sink: Arc<dyn raccordo_adapters::ResultSink> =
         Arc::new(crate::inbound::HubSink::new(Arc::clone(&service)));
@@ -199,7 +208,16 @@ async fn serve(
     let (stop_all, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut grpc_stop = stop_all.subscribe();
     let mut http_stop = stop_all.subscribe();
+    let rpc_metrics = RpcMetricsLayer::new(
+        Arc::clone(service.metrics()),
+        &[
+            pb::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+        ],
+    );
     let grpc = tonic::transport::Server::builder()
+        .layer(rpc_metrics)
+        .layer(crate::trace::TraceContextLayer)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -42,6 +42,8 @@ where
 pub struct Received {
     pub path: String,
     pub idempotency_key: String,
+    /// The W3C trace context the hub sent, if any.
+    pub traceparent: Option<String>,
     pub body: Value,
 }
 
@@ -161,6 +163,10 @@ async fn handle(
         received.push(Received {
             path: uri.path().to_string(),
             idempotency_key: key,
+            traceparent: headers
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
             body,
         });
         received.len()

@@ -124,6 +124,9 @@ impl RestAdapter {
             .request(method, &url)
             .header("Idempotency-Key", request.operation_id())
             .header("X-Correlation-ID", request.operation_id());
+        if let Some(traceparent) = &request.traceparent {
+            builder = builder.header("traceparent", traceparent);
+        }
         if let Some(auth) = &self.auth_header {
             builder = builder.header(reqwest::header::AUTHORIZATION, auth.clone());
         }

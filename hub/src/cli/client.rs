@@ -232,6 +232,22 @@ pub async fn practice(server: &ServerArgs, command: PracticeCommand) -> anyhow::
 }
 
 /// `raccordo dlq …`
+/// `raccordo status`: fails (exit code 1) when the hub is not ready.
+pub async fn status(server: &ServerArgs) -> anyhow::Result<()> {
+    let mut client =
+        pb::delivery_admin_service_client::DeliveryAdminServiceClient::new(connect(server).await?);
+    let status = client
+        .get_hub_status(pb::GetHubStatusRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    output::hub_status(&status, server.json);
+    if !status.ready {
+        anyhow::bail!("the hub is not ready");
+    }
+    Ok(())
+}
+
 pub async fn dlq(server: &ServerArgs, command: DlqCommand) -> anyhow::Result<()> {
     let mut client =
         pb::delivery_admin_service_client::DeliveryAdminServiceClient::new(connect(server).await?);

@@ -47,6 +47,13 @@ pub enum Command {
         #[command(subcommand)]
         command: PracticeCommand,
     },
+    /// A running hub's state: readiness, adapter instances, their queues,
+    /// dead letters and the oldest pending delivery. Exits non-zero when
+    /// the hub is not ready.
+    Status {
+        #[command(flatten)]
+        server: ServerArgs,
+    },
     /// Dead-lettered deliveries on a running hub.
     Dlq {
         #[command(flatten)]
@@ -162,6 +169,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Check { config } => check(&config),
         Command::Practice { server, command } => client::practice(&server, command).await,
         Command::Dlq { server, command } => client::dlq(&server, command).await,
+        Command::Status { server } => client::status(&server).await,
     }
 }
 
@@ -195,6 +203,7 @@ fn print_banner(hub: &crate::server::RunningHub) {
         "  health       http://{}/healthz   readiness http://{}/readyz",
         hub.http_addr, hub.http_addr
     );
+    println!("  metrics      http://{}/metrics", hub.http_addr);
     let mut sims: Vec<_> = hub.simulators.iter().collect();
     sims.sort();
     for (name, addr) in sims {

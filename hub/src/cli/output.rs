@@ -221,3 +221,71 @@ pub fn dead_letters(items: &[pb::DeadLetter], as_json: bool) {
         println!("no dead-lettered deliveries");
     }
 }
+
+/// `raccordo status`.
+pub fn hub_status(s: &pb::HubStatus, as_json: bool) {
+    if as_json {
+        let adapters: Vec<Value> = s
+            .adapters
+            .iter()
+            .map(|a| {
+                json!({
+                    "name": a.name, "kind": a.kind, "state": a.state, "reason": a.reason,
+                    "jobs_due": a.jobs_due, "jobs_scheduled": a.jobs_scheduled,
+                    "jobs_in_flight": a.jobs_in_flight, "dead_letters": a.dead_letters,
+                    "oldest_due_age_seconds": a.oldest_due_age_seconds,
+                    "max_concurrency": a.max_concurrency,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            json!({
+                "version": s.version, "uptime_seconds": s.uptime_seconds, "ready": s.ready,
+                "store": {"state": s.store_state, "reason": s.store_reason},
+                "adapters": adapters,
+            })
+        );
+        return;
+    }
+    println!(
+        "raccordo {}  up {}  {}",
+        s.version,
+        humantime::format_duration(std::time::Duration::from_secs(s.uptime_seconds as u64)),
+        if s.ready { "READY" } else { "NOT READY" }
+    );
+    if s.store_reason.is_empty() {
+        println!("store      {}", s.store_state);
+    } else {
+        println!("store      {}: {}", s.store_state, s.store_reason);
+    }
+    println!(
+        "{:<16} {:<6} {:<9} {:>6} {:>9} {:>9} {:>5} {:>12}",
+        "ADAPTER", "KIND", "STATE", "DUE", "SCHEDULED", "IN FLIGHT", "DEAD", "OLDEST DUE"
+    );
+    for a in &s.adapters {
+        let oldest = if a.jobs_due == 0 {
+            "-".to_string()
+        } else {
+            humantime::format_duration(std::time::Duration::from_secs(
+                a.oldest_due_age_seconds as u64,
+            ))
+            .to_string()
+        };
+        println!(
+            "{:<16} {:<6} {:<9} {:>6} {:>9} {:>5}/{:<3} {:>5} {:>12}",
+            a.name,
+            a.kind,
+            a.state,
+            a.jobs_due,
+            a.jobs_scheduled,
+            a.jobs_in_flight,
+            a.max_concurrency,
+            a.dead_letters,
+            oldest
+        );
+        if !a.reason.is_empty() {
+            println!("  {}: {}", a.name, a.reason);
+        }
+    }
+}

@@ -307,6 +307,17 @@ pub enum Mode {
     Auto,
 }
 
+impl Mode {
+    /// The configuration spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sync => "sync",
+            Self::Deferred => "deferred",
+            Self::Auto => "auto",
+        }
+    }
+}
+
 /// `[[routes]]`: (tenants, service) → adapter instance.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

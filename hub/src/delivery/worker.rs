@@ -3,9 +3,11 @@
 use super::build_message;
 use crate::adapters::AdapterInstance;
 use crate::config::AttachmentMode;
-use crate::domain::retry::RetryPolicy;
+use crate::domain::retry::{RetryDecision, RetryPolicy};
+use crate::metrics::AdapterLabels;
 use crate::practices::PracticeService;
 use crate::store::{AttemptResult, ClaimedJob};
+use crate::trace::TraceContext;
 use backon::{ExponentialBuilder, Retryable};
 use chrono::Utc;
 use raccordo_adapters::{DeliveryError, DeliveryRequest, FailureClass};
@@ -71,6 +73,13 @@ async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(instance.max_concurrency));
+    service
+        .metrics()
+        .delivery_concurrency_limit
+        .get_or_create(&AdapterLabels {
+            adapter: instance.name.clone(),
+        })
+        .set(instance.max_concurrency as i64);
     let poll = service.config().delivery.poll_interval;
     let mut attempts = JoinSet::new();
     loop {
@@ -145,10 +154,17 @@ async fn attempt(service: &PracticeService, instance: &AdapterInstance, job: Cla
     };
     let route = config.route(&job.tenant_id, &practice.service_code);
     let mode = route.map_or(AttachmentMode::Inline, |r| r.attachments);
+    // Each attempt is a new span of the caller's trace.
+    let trace = job
+        .traceparent
+        .as_deref()
+        .and_then(TraceContext::parse)
+        .map(|t| t.child());
     let request = DeliveryRequest {
         message: Arc::new(build_message(&job, &practice, attachments, mode)),
         attempt: job.attempt,
         route_vars: Arc::new(route.map(|r| r.vars.clone()).unwrap_or_default()),
+        traceparent: trace.as_ref().map(TraceContext::header),
     };
     let policy = RetryPolicy {
         max_attempts: job.max_attempts,
@@ -156,9 +172,24 @@ async fn attempt(service: &PracticeService, instance: &AdapterInstance, job: Cla
         max_backoff: config.delivery.max_backoff,
     };
     let span = tracing::info_span!("delivery", practice_id = %job.practice_id, operation_id = %job.operation_id,
-        adapter = %instance.name, attempt = job.attempt);
+        adapter = %instance.name, attempt = job.attempt,
+        trace_id = trace.as_ref().map_or("", TraceContext::trace_id));
+    let metrics = service.metrics();
+    let adapter_labels = AdapterLabels {
+        adapter: instance.name.clone(),
+    };
+    let in_flight = metrics
+        .deliveries_in_flight
+        .get_or_create(&adapter_labels)
+        .clone();
+    in_flight.inc();
     let started = std::time::Instant::now();
     let outcome = instance.adapter.deliver(request).instrument(span).await;
+    in_flight.dec();
+    metrics
+        .delivery_duration
+        .get_or_create(&adapter_labels)
+        .observe(started.elapsed().as_secs_f64());
     let result = match outcome {
         Ok(reply) => AttemptResult::Delivered(reply),
         Err(e) if e.class == FailureClass::Rejection => AttemptResult::Rejected(e),
@@ -167,6 +198,20 @@ async fn attempt(service: &PracticeService, instance: &AdapterInstance, job: Cla
             AttemptResult::Failed(e, decision)
         }
     };
+    let outcome = match &result {
+        AttemptResult::Delivered(_) => "delivered",
+        AttemptResult::Rejected(_) => "rejection",
+        AttemptResult::Failed(e, decision) => {
+            match decision {
+                RetryDecision::RetryAfter(_) => &metrics.retries_scheduled,
+                RetryDecision::DeadLetter => &metrics.dead_lettered,
+            }
+            .get_or_create(&adapter_labels)
+            .inc();
+            e.class.as_str()
+        }
+    };
+    metrics.attempt(&instance.name, outcome).inc();
     if let AttemptResult::Failed(DeliveryError { class, reason, .. }, _) = &result {
         tracing::warn!(practice_id = %job.practice_id, operation_id = %job.operation_id, adapter = %instance.name,
             attempt = job.attempt, %class, elapsed_ms = started.elapsed().as_millis() as u64, "delivery failed: {reason}");

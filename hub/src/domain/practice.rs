@@ -39,6 +39,8 @@ pub struct NewPractice {
     /// The first delivery.
     pub adapter: String,
     pub max_attempts: u32,
+    /// The caller's W3C `traceparent`, continued by every attempt.
+    pub traceparent: Option<String>,
 }
 
 /// The current delivery of a practice.

@@ -2,6 +2,7 @@
 
 pub mod convert;
 pub mod error;
+pub mod metrics_layer;
 
 use crate::domain::identifiers::is_istat_code;
 use crate::practices::{HubError, PracticeService};
@@ -229,5 +230,35 @@ impl pb::delivery_admin_service_server::DeliveryAdminService for Api {
         let op = non_empty("operation_id", &r.operation_id)?;
         let dl = self.service.replay(&op, r.operator_id.trim()).await?;
         Ok(Response::new(dead_letter_pb(&dl)))
+    }
+
+    async fn get_hub_status(
+        &self,
+        _request: Request<pb::GetHubStatusRequest>,
+    ) -> Result<Response<pb::HubStatus>, Status> {
+        let s = crate::status::hub_status(&self.service, true).await;
+        Ok(Response::new(pb::HubStatus {
+            version: s.version.to_string(),
+            uptime_seconds: s.uptime_seconds,
+            ready: s.ready,
+            store_state: s.store.state.to_string(),
+            store_reason: s.store.reason.unwrap_or_default(),
+            adapters: s
+                .adapters
+                .into_iter()
+                .map(|a| pb::AdapterStatus {
+                    name: a.name,
+                    kind: a.kind.to_string(),
+                    state: a.state.to_string(),
+                    reason: a.reason.unwrap_or_default(),
+                    jobs_due: a.jobs_due,
+                    jobs_scheduled: a.jobs_scheduled,
+                    jobs_in_flight: a.jobs_in_flight,
+                    dead_letters: a.dead_letters,
+                    oldest_due_age_seconds: a.oldest_due_age_seconds,
+                    max_concurrency: a.max_concurrency as u32,
+                })
+                .collect(),
+        }))
     }
 }

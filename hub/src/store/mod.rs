@@ -93,6 +93,8 @@ pub struct ClaimedJob {
     /// This attempt's number (1-based).
     pub attempt: u32,
     pub max_attempts: u32,
+    /// The trace context of the call that created the delivery.
+    pub traceparent: Option<String>,
 }
 
 /// How an attempt ended.
@@ -131,6 +133,8 @@ pub struct Withdrawal {
     pub draft_actor: EventDraft,
     /// Forward to this adapter, if the route supports withdrawals.
     pub forward_to: Option<(String, u32)>,
+    /// The caller's W3C `traceparent`, continued by the forwarded delivery.
+    pub traceparent: Option<String>,
 }
 
 /// Durable state of the hub.
@@ -234,4 +238,46 @@ pub trait Store: Send + Sync + 'static {
 
     /// Whether the store answers (for readiness).
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Counts for operators: the outbox per adapter instance, practices by
+    /// status, practices past their legal deadline, the database size.
+    async fn ops_snapshot(&self, now: DateTime<Utc>) -> Result<OpsSnapshot, StoreError>;
+}
+
+/// What operators watch, read in one go (metrics, `raccordo status`).
+#[derive(Debug, Clone, Default)]
+pub struct OpsSnapshot {
+    /// One entry per adapter instance that has jobs.
+    pub adapters: Vec<AdapterBacklog>,
+    /// Practices by tenant, service and status.
+    pub practices: Vec<PracticeCount>,
+    /// Open practices past their legal deadline, by tenant and service.
+    pub past_deadline: Vec<PracticeCount>,
+    /// Database bytes on disk, write-ahead log included.
+    pub store_bytes: i64,
+}
+
+/// The outbox of one adapter instance.
+#[derive(Debug, Clone, Default)]
+pub struct AdapterBacklog {
+    pub adapter: String,
+    /// Due now, not running.
+    pub due: i64,
+    /// Waiting for a later retry.
+    pub scheduled: i64,
+    /// Running now.
+    pub in_flight: i64,
+    /// Dead-lettered.
+    pub dead: i64,
+    /// How long the oldest due job has been due.
+    pub oldest_due_age: Option<std::time::Duration>,
+}
+
+/// A count of practices (status empty where not grouped by it).
+#[derive(Debug, Clone, Default)]
+pub struct PracticeCount {
+    pub tenant: String,
+    pub service: String,
+    pub status: String,
+    pub count: i64,
 }

@@ -13,6 +13,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "inbound_receipts",
         include_str!("../../migrations/0002_inbound_receipts.sql"),
     ),
+    (
+        4,
+        "job_trace_context",
+        include_str!("../../migrations/0004_job_trace_context.sql"),
+    ),
 ];
 
 /// Applies pending migrations; returns the schema version.

@@ -11,8 +11,8 @@
 
 use super::schema;
 use super::{
-    AttemptResult, ClaimedJob, DeadLetter, EventFilter, InsertOutcome, PracticeFilter, Store,
-    StoreError, Withdrawal,
+    AdapterBacklog, AttemptResult, ClaimedJob, DeadLetter, EventFilter, InsertOutcome, OpsSnapshot,
+    PracticeCount, PracticeFilter, Store, StoreError, Withdrawal,
 };
 use crate::config::{Mode, Synchronous};
 use crate::domain::apply::{StatusState, plan_reply};
@@ -22,6 +22,7 @@ use crate::domain::practice::{
 };
 use crate::domain::retry::RetryDecision;
 use crate::domain::status::{DeliveryStatus, delivery_transition_allowed};
+use crate::metrics::StoreMetrics;
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
 use raccordo_adapters::VendorReply;
@@ -95,6 +96,17 @@ impl SqliteStore {
         synchronous: Synchronous,
         readers: u32,
     ) -> Result<Self, StoreError> {
+        Self::open_observed(path, synchronous, readers, None).await
+    }
+
+    /// [`open`](Self::open), with the writer reporting each transaction's
+    /// duration and batch size to `metrics`.
+    pub async fn open_observed(
+        path: &Path,
+        synchronous: Synchronous,
+        readers: u32,
+        metrics: Option<StoreMetrics>,
+    ) -> Result<Self, StoreError> {
         let path = path.to_path_buf();
         let (writer, ready) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
             if let Some(dir) = path.parent() {
@@ -121,7 +133,7 @@ impl SqliteStore {
             let (tx, rx) = mpsc::channel::<WriteCommand>();
             std::thread::Builder::new()
                 .name("raccordo-store-writer".into())
-                .spawn(move || run_writer(conn, rx))
+                .spawn(move || run_writer(conn, rx, metrics))
                 .map_err(|e| {
                     StoreError::Database(format!("cannot start the writer thread: {e}"))
                 })?;
@@ -196,8 +208,13 @@ impl SqliteStore {
 }
 
 /// The writer thread: group commit with a savepoint per command.
-fn run_writer(conn: Connection, commands: mpsc::Receiver<WriteCommand>) {
+fn run_writer(
+    conn: Connection,
+    commands: mpsc::Receiver<WriteCommand>,
+    metrics: Option<StoreMetrics>,
+) {
     while let Ok(first) = commands.recv() {
+        let started = std::time::Instant::now();
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match commands.try_recv() {
@@ -230,6 +247,11 @@ fn run_writer(conn: Connection, commands: mpsc::Receiver<WriteCommand>) {
             let _ = conn.execute_batch("ROLLBACK");
             format!("commit failed: {e}")
         });
+        if let Some(m) = &metrics {
+            m.transaction_duration
+                .observe(started.elapsed().as_secs_f64());
+            m.commit_batch.observe(completions.len() as f64);
+        }
         for completion in completions {
             completion(commit_error.clone());
         }
@@ -496,28 +518,36 @@ fn apply_reply(
     Ok(())
 }
 
+/// A delivery to put in the outbox.
+struct NewJob<'a> {
+    operation_id: &'a str,
+    adapter: &'a str,
+    operation: Operation,
+    max_attempts: u32,
+    traceparent: Option<&'a str>,
+}
+
 fn insert_job(
     conn: &Connection,
     st: &StateRow,
-    operation_id: &str,
-    adapter: &str,
-    operation: Operation,
-    max_attempts: u32,
+    job: NewJob<'_>,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
+    let operation_id = job.operation_id;
     conn.prepare_cached(
         "INSERT INTO jobs (operation_id, practice_id, tenant_id, adapter, operation, state, attempts,
-            max_attempts, next_attempt_at, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, 'due', 0, ?6, ?7, ?7, ?7)",
+            max_attempts, next_attempt_at, created_at, updated_at, traceparent)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'due', 0, ?6, ?7, ?7, ?7, ?8)",
     )?
     .execute(params![
         operation_id,
         st.id,
         st.tenant_id,
-        adapter,
-        operation.as_str(),
-        max_attempts as i64,
+        job.adapter,
+        job.operation.as_str(),
+        job.max_attempts as i64,
         ms(now),
+        job.traceparent,
     ])?;
     conn.prepare_cached("UPDATE practices SET current_operation_id = ?1 WHERE id = ?2")?
         .execute(params![operation_id, st.id])?;
@@ -964,7 +994,14 @@ impl Store for SqliteStore {
                 legal_term_days: new.legal_term_days,
             };
             let operation_id = uuid::Uuid::now_v7().to_string();
-            insert_job(conn, &st, &operation_id, &new.adapter, Operation::Submit, new.max_attempts, new.received_at)?;
+            let job = NewJob {
+                operation_id: &operation_id,
+                adapter: &new.adapter,
+                operation: Operation::Submit,
+                max_attempts: new.max_attempts,
+                traceparent: new.traceparent.as_deref(),
+            };
+            insert_job(conn, &st, job, new.received_at)?;
             let (source, actor) = match new.content.channel.operator_id.as_str() {
                 "" => (EventSource::Applicant, "applicant".to_string()),
                 op => (EventSource::Operator, op.to_string()),
@@ -1110,7 +1147,8 @@ impl Store for SqliteStore {
                      WHERE operation_id IN (
                         SELECT operation_id FROM jobs WHERE adapter = ?2 AND state = 'due' AND next_attempt_at <= ?1
                         ORDER BY next_attempt_at LIMIT ?3)
-                     RETURNING operation_id, practice_id, tenant_id, adapter, operation, attempts, max_attempts",
+                     RETURNING operation_id, practice_id, tenant_id, adapter, operation, attempts, max_attempts,
+                        traceparent",
                 )?
                 .query_map(params![ms(now), adapter, limit as i64], |r| {
                     Ok((
@@ -1121,12 +1159,13 @@ impl Store for SqliteStore {
                         r.get::<_, String>(4)?,
                         r.get::<_, i64>(5)?,
                         r.get::<_, i64>(6)?,
+                        r.get::<_, Option<String>>(7)?,
                     ))
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             let mut jobs = Vec::with_capacity(rows.len());
             let mut events = Vec::new();
-            for (operation_id, practice_id, tenant_id, adapter, operation, attempt, max_attempts) in rows {
+            for (operation_id, practice_id, tenant_id, adapter, operation, attempt, max_attempts, traceparent) in rows {
                 let job = ClaimedJob {
                     operation_id,
                     practice_id,
@@ -1135,6 +1174,7 @@ impl Store for SqliteStore {
                     operation: parse("operation", &operation)?,
                     attempt: attempt as u32,
                     max_attempts: max_attempts as u32,
+                    traceparent,
                 };
                 let mut st = load_state(conn, &job.practice_id)?;
                 if st.current_operation_id.as_deref() == Some(&job.operation_id) {
@@ -1392,7 +1432,14 @@ impl Store for SqliteStore {
             let mut new_job = None;
             if let Some((adapter, max_attempts)) = w.forward_to.clone().filter(|_| vendor_may_know) {
                 let op = uuid::Uuid::now_v7().to_string();
-                insert_job(conn, &st, &op, &adapter, Operation::Withdraw, max_attempts, now)?;
+                let job = NewJob {
+                    operation_id: &op,
+                    adapter: &adapter,
+                    operation: Operation::Withdraw,
+                    max_attempts,
+                    traceparent: w.traceparent.as_deref(),
+                };
+                insert_job(conn, &st, job, now)?;
                 // A new delivery starts: its status is not a transition of the previous one.
                 st.delivery_status = None;
                 let draft = EventDraft::delivery(EventSource::Hub, "hub", None, DeliveryStatus::Queued)
@@ -1507,6 +1554,89 @@ impl Store for SqliteStore {
     async fn ping(&self) -> Result<(), StoreError> {
         self.read(|conn| Ok(conn.query_row("SELECT 1", [], |_| Ok(()))?))
             .await
+    }
+
+    async fn ops_snapshot(&self, now: DateTime<Utc>) -> Result<OpsSnapshot, StoreError> {
+        let path = self.readers.path.clone();
+        self.read(move |conn| {
+            let now_ms = ms(now);
+            let mut adapters: Vec<AdapterBacklog> = Vec::new();
+            let mut stmt = conn.prepare_cached(
+                "SELECT adapter, state, next_attempt_at <= ?1 AS ready, COUNT(*), MIN(next_attempt_at)
+                 FROM jobs WHERE state IN ('due', 'in_flight', 'dead')
+                 GROUP BY adapter, state, ready ORDER BY adapter",
+            )?;
+            let rows = stmt.query_map([now_ms], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, bool>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                ))
+            })?;
+            for row in rows {
+                let (adapter, state, ready, count, oldest) = row?;
+                if adapters.last().is_none_or(|a| a.adapter != adapter) {
+                    adapters.push(AdapterBacklog {
+                        adapter,
+                        ..Default::default()
+                    });
+                }
+                let entry = adapters.last_mut().expect("pushed above");
+                match (state.as_str(), ready) {
+                    ("due", true) => {
+                        entry.due += count;
+                        entry.oldest_due_age = Some(std::time::Duration::from_millis(
+                            (now_ms - oldest).max(0) as u64,
+                        ));
+                    }
+                    ("due", false) => entry.scheduled += count,
+                    ("in_flight", _) => entry.in_flight += count,
+                    _ => entry.dead += count,
+                }
+            }
+            let practices = conn
+                .prepare_cached(
+                    "SELECT tenant_id, service_code, status, COUNT(*) FROM practices
+                     GROUP BY tenant_id, service_code, status",
+                )?
+                .query_map([], |r| {
+                    Ok(PracticeCount {
+                        tenant: r.get(0)?,
+                        service: r.get(1)?,
+                        status: r.get(2)?,
+                        count: r.get(3)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let past_deadline = conn
+                .prepare_cached(
+                    "SELECT tenant_id, service_code, COUNT(*) FROM practices
+                     WHERE concluded_at IS NULL AND legal_deadline IS NOT NULL AND legal_deadline < ?1
+                     GROUP BY tenant_id, service_code",
+                )?
+                .query_map([now_ms], |r| {
+                    Ok(PracticeCount {
+                        tenant: r.get(0)?,
+                        service: r.get(1)?,
+                        status: String::new(),
+                        count: r.get(2)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let file_len = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len() as i64);
+            let mut wal = path.clone().into_os_string();
+            wal.push("-wal");
+            let store_bytes = file_len(&path) + file_len(Path::new(&wal));
+            Ok(OpsSnapshot {
+                adapters,
+                practices,
+                past_deadline,
+                store_bytes,
+            })
+        })
+        .await
     }
 }
 
