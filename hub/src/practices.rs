@@ -24,6 +24,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, broadcast, mpsc, watch};
+use tracing::Instrument;
 
 /// Domain errors, mapped to gRPC codes in one place (`grpc::error`).
 #[derive(Debug, thiserror::Error)]
@@ -188,7 +189,9 @@ impl PracticeService {
             mode: route.map_or("unknown", |r| r.mode.as_str()).to_string(),
             result: String::new(),
         };
-        let result = self.submit_validated(input).await;
+        let trace = trace::caller_or_new();
+        let span = tracing::info_span!("submit", trace_id = trace.trace_id());
+        let result = self.submit_validated(input, trace).instrument(span).await;
         labels.result = match &result {
             Ok(s) if s.duplicate => "duplicate",
             Ok(_) => "accepted",
@@ -201,7 +204,11 @@ impl PracticeService {
         result
     }
 
-    async fn submit_validated(&self, input: SubmitInput) -> Result<Submitted, HubError> {
+    async fn submit_validated(
+        &self,
+        input: SubmitInput,
+        trace: trace::TraceContext,
+    ) -> Result<Submitted, HubError> {
         let mut v = Violations::default();
         validate::check_tenant_and_key(&mut v, &input.tenant_id, &input.idempotency_key);
         let tenant_valid = v.0.iter().all(|x| x.field != "tenant_id");
@@ -283,7 +290,7 @@ impl PracticeService {
             max_attempts: route
                 .max_attempts
                 .unwrap_or(self.config.delivery.max_attempts),
-            traceparent: Some(trace::caller_or_new().header()),
+            traceparent: Some(trace.header()),
         };
         // Subscribe before the insert: no event of this practice can be missed.
         let mut events_rx = (route.mode != Mode::Deferred).then(|| self.bus.subscribe());

@@ -132,10 +132,19 @@ async fn run(
         for (job, permit) in jobs.into_iter().zip(permits) {
             let service = Arc::clone(&service);
             let instance = instance.clone();
-            attempts.spawn(async move {
-                attempt(&service, &instance, job).await;
-                drop(permit);
-            });
+            // Every log line of the attempt (state changes included)
+            // carries the practice, the operation and the caller's trace.
+            let span = tracing::info_span!("delivery", practice_id = %job.practice_id,
+                operation_id = %job.operation_id, adapter = %instance.name, attempt = job.attempt,
+                trace_id = job.traceparent.as_deref().and_then(TraceContext::parse)
+                    .as_ref().map_or("", TraceContext::trace_id));
+            attempts.spawn(
+                async move {
+                    attempt(&service, &instance, job).await;
+                    drop(permit);
+                }
+                .instrument(span),
+            );
         }
     }
     // Let attempts in flight finish (the caller bounds the wait).
@@ -171,9 +180,6 @@ async fn attempt(service: &PracticeService, instance: &AdapterInstance, job: Cla
         initial_backoff: config.delivery.initial_backoff,
         max_backoff: config.delivery.max_backoff,
     };
-    let span = tracing::info_span!("delivery", practice_id = %job.practice_id, operation_id = %job.operation_id,
-        adapter = %instance.name, attempt = job.attempt,
-        trace_id = trace.as_ref().map_or("", TraceContext::trace_id));
     let metrics = service.metrics();
     let adapter_labels = AdapterLabels {
         adapter: instance.name.clone(),
@@ -184,7 +190,7 @@ async fn attempt(service: &PracticeService, instance: &AdapterInstance, job: Cla
         .clone();
     in_flight.inc();
     let started = std::time::Instant::now();
-    let outcome = instance.adapter.deliver(request).instrument(span).await;
+    let outcome = instance.adapter.deliver(request).await;
     in_flight.dec();
     metrics
         .delivery_duration
