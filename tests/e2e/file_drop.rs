@@ -163,7 +163,10 @@ async fn practice_goes_out_as_an_atomic_file_and_comes_back_by_result_file() {
                         continue;
                     };
                     serde_json::from_slice::<serde_json::Value>(&bytes).map_err(|e| {
-                        format!("{name}: partial or broken file ({} bytes): {e}", bytes.len())
+                        format!(
+                            "{name}: partial or broken file ({} bytes): {e}",
+                            bytes.len()
+                        )
                     })?;
                     reads.fetch_add(1, Ordering::Relaxed);
                 }
@@ -174,7 +177,9 @@ async fn practice_goes_out_as_an_atomic_file_and_comes_back_by_result_file() {
     let mut ids = Vec::new();
     for i in 0..3 {
         // Large enough that writing takes a while.
-        let p = hub.submit(tari_with_attachment(&format!("rt-{i}"), 3 << 20)).await;
+        let p = hub
+            .submit(tari_with_attachment(&format!("rt-{i}"), 3 << 20))
+            .await;
         ids.push(p.id);
     }
     for id in &ids {
@@ -182,7 +187,10 @@ async fn practice_goes_out_as_an_atomic_file_and_comes_back_by_result_file() {
             .await;
     }
     stop.store(true, Ordering::Relaxed);
-    reader.join().unwrap().expect("the reader never saw a partial file");
+    reader
+        .join()
+        .unwrap()
+        .expect("the reader never saw a partial file");
     assert!(reads.load(Ordering::Relaxed) >= 3);
 
     // One file per delivery, named by the template, nothing temporary left.
@@ -214,7 +222,11 @@ async fn practice_goes_out_as_an_atomic_file_and_comes_back_by_result_file() {
         .await
         .unwrap()
         .into_inner();
-    drop_result(&outbox, "esiti-1.csv", &result_csv(&[(&ids[0], "OK", "2026/0042")]));
+    drop_result(
+        &outbox,
+        "esiti-1.csv",
+        &result_csv(&[(&ids[0], "OK", "2026/0042")]),
+    );
     let (events, _) = collect_until(&mut watch, |e| {
         status_is(e, pb::AdministrativeStatus::Approved)
     })
@@ -241,14 +253,25 @@ async fn practice_goes_out_as_an_atomic_file_and_comes_back_by_result_file() {
     assert!(names(&outbox.join("rejected")).is_empty());
 
     // The same content again, under another name: applied once.
-    drop_result(&outbox, "esiti-1-copia.csv", &result_csv(&[(&ids[0], "OK", "2026/0042")]));
+    drop_result(
+        &outbox,
+        "esiti-1-copia.csv",
+        &result_csv(&[(&ids[0], "OK", "2026/0042")]),
+    );
     eventually("the copy processed", || async {
         (names(&outbox.join("processed")).len() == 2).then_some(())
     })
     .await;
     let again = hub.get(TENANT, &ids[0]).await;
-    assert_eq!(again.events.len(), done.events.len(), "a duplicate changed the practice");
-    assert_eq!(status_changes(&again, pb::AdministrativeStatus::Approved), 1);
+    assert_eq!(
+        again.events.len(),
+        done.events.len(),
+        "a duplicate changed the practice"
+    );
+    assert_eq!(
+        status_changes(&again, pb::AdministrativeStatus::Approved),
+        1
+    );
     assert!(names(&outbox.join("rejected")).is_empty());
     hub.stop().await;
 }
@@ -373,7 +396,9 @@ fn serve(config: &Path, failpoint: bool) -> Proc {
     Proc(cmd.spawn().expect("start raccordo"))
 }
 
-async fn client(addr: std::net::SocketAddr) -> pb::practice_service_client::PracticeServiceClient<tonic::transport::Channel> {
+async fn client(
+    addr: std::net::SocketAddr,
+) -> pb::practice_service_client::PracticeServiceClient<tonic::transport::Channel> {
     let channel = eventually("the hub to accept connections", || async move {
         tonic::transport::Channel::from_shared(format!("http://{addr}"))
             .unwrap()
@@ -420,7 +445,11 @@ async fn killed_between_commit_and_move_the_file_is_reprocessed_without_duplicat
     })
     .await;
     assert!(!status.success());
-    assert_eq!(names(&outbox), ["esiti.csv"], "nothing moves before the commit");
+    assert_eq!(
+        names(&outbox),
+        ["esiti.csv"],
+        "nothing moves before the commit"
+    );
 
     // Restarted: the file is read again, its rows are recognised, it moves.
     let _hub = serve(&config, false);

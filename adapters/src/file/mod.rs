@@ -98,7 +98,7 @@ impl FileAdapter {
             .map_err(|e| AdapterError::new("outbound.name_template", e))?;
         let render = |op, n| {
             names
-                .render(&sample_request(op, n))
+                .render_sample(&sample_request(op, n))
                 .map_err(|e| AdapterError::new("outbound.name_template", e))
         };
         let (first, other, withdrawal) = (

@@ -15,6 +15,9 @@ use serde_json::{Map, Value};
 /// Compiled name template.
 pub struct NameTemplate {
     env: Environment<'static>,
+    /// The same template with undefined values rendering empty: route
+    /// variables are not known when the adapter is built.
+    sample_env: Environment<'static>,
     max_len: usize,
 }
 
@@ -27,17 +30,38 @@ impl std::fmt::Debug for NameTemplate {
 impl NameTemplate {
     /// Compiles `source`; names longer than `max_len` bytes are refused.
     pub fn new(source: &str, max_len: usize) -> Result<Self, String> {
-        let mut env = Environment::new();
-        env.set_fuel(Some(10_000));
-        env.set_undefined_behavior(UndefinedBehavior::Strict);
-        env.add_template_owned("name", source.to_string())
-            .map_err(|e| e.to_string())?;
-        Ok(Self { env, max_len })
+        let make = |undefined| {
+            let mut env = Environment::new();
+            env.set_fuel(Some(10_000));
+            env.set_undefined_behavior(undefined);
+            env.add_template_owned("name", source.to_string())
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(env)
+        };
+        Ok(Self {
+            env: make(UndefinedBehavior::Strict)?,
+            sample_env: make(UndefinedBehavior::Chainable)?,
+            max_len,
+        })
     }
 
     /// The file name for `request`, validated.
     pub fn render(&self, request: &DeliveryRequest) -> Result<String, String> {
-        let tmpl = self.env.get_template("name").map_err(|e| e.to_string())?;
+        self.render_in(&self.env, request)
+    }
+
+    /// Like [`render`](Self::render), with undefined values empty: for the
+    /// build-time check with a sample delivery.
+    pub fn render_sample(&self, request: &DeliveryRequest) -> Result<String, String> {
+        self.render_in(&self.sample_env, request)
+    }
+
+    fn render_in(
+        &self,
+        env: &Environment<'static>,
+        request: &DeliveryRequest,
+    ) -> Result<String, String> {
+        let tmpl = env.get_template("name").map_err(|e| e.to_string())?;
         let name = tmpl
             .render(minijinja::Value::from(minijinja::value::Serde(context(
                 request,
