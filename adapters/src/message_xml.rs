@@ -105,6 +105,7 @@ pub fn to_xml_from_map(map: &Map<String, Value>) -> Result<Vec<u8>, String> {
 fn write_element(w: &mut Writer<Vec<u8>>, name: &str, v: &Value) -> std::io::Result<()> {
     match v {
         Value::Null => Ok(()),
+        Value::Object(map) if map.is_empty() => w.write_event(Event::Empty(BytesStart::new(name))),
         Value::Object(map) => {
             w.write_event(Event::Start(BytesStart::new(name)))?;
             for (k, child) in map {
