@@ -124,10 +124,24 @@ pub fn sync_dir(folder: &Path) -> Result<(), FsError> {
         .map_err(err(format!("fsync of folder {}", folder.display())))
 }
 
+/// Creates `dir` if needed and checks it is a real folder: a symlink put
+/// in its place must not redirect processed or rejected files elsewhere.
+pub fn ensure_dir(dir: &Path) -> Result<(), FsError> {
+    fs::create_dir_all(dir).map_err(err(format!("creating {}", dir.display())))?;
+    let meta = fs::symlink_metadata(dir).map_err(err(format!("{}", dir.display())))?;
+    if !meta.file_type().is_dir() {
+        return Err(FsError {
+            what: format!("{}", dir.display()),
+            source: io::Error::other("is not a folder (a symlink?): refusing to write into it"),
+        });
+    }
+    Ok(())
+}
+
 /// Moves `from` into `to_folder` under `name` (same file system), durably.
 /// `Ok(false)` if `from` is already gone (another instance moved it).
 pub fn move_into(from: &Path, to_folder: &Path, name: &str) -> Result<bool, FsError> {
-    fs::create_dir_all(to_folder).map_err(err(format!("creating {}", to_folder.display())))?;
+    ensure_dir(to_folder)?;
     let mut target = child(to_folder, name)?;
     let mut n = 1;
     while fs::symlink_metadata(&target).is_ok() {

@@ -369,10 +369,7 @@ fn dispose(
     let stamped = format!("{}-{name}", fsio::stamp());
     let rejected_dir = folder.join(&cfg.rejected_folder);
     if let Some(text) = report {
-        fs::create_dir_all(&rejected_dir).map_err(|source| FsError {
-            what: format!("creating {}", rejected_dir.display()),
-            source,
-        })?;
+        fsio::ensure_dir(&rejected_dir)?;
         fsio::write_atomic(
             &rejected_dir,
             &format!("{stamped}.error.txt"),
