@@ -370,7 +370,7 @@ async fn a_name_template_that_leaves_the_folder_is_refused_by_check_and_at_start
     );
     let config = raccordo::config::load(&path).unwrap();
     let started = raccordo::server::start(config).await;
-    let err = started.err().expect("the hub refuses to start").to_string();
+    let err = started.expect_err("the hub refuses to start").to_string();
     assert!(err.contains("outbound.name_template"), "{err}");
 }
 

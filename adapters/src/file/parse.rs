@@ -255,18 +255,16 @@ fn xml_rows(
         let line = lines.at(reader.buffer_position() as usize);
         let bad = |e: String| FileError(format!("line {line}: not well-formed XML: {e}"));
         match event {
-            Event::Start(e) if row.is_none() => {
-                if is_row(&e) {
-                    row = Some((line, attributes(&e).map_err(bad)?));
-                    depth_in_row = 0;
-                }
+            Event::Start(e) if row.is_none() && is_row(&e) => {
+                row = Some((line, attributes(&e).map_err(bad)?));
+                depth_in_row = 0;
             }
-            Event::Empty(e) if row.is_none() => {
-                if is_row(&e) {
-                    row = Some((line, attributes(&e).map_err(bad)?));
-                    finish_row(&mut out, &mut row, max_rows)?;
-                }
+            Event::Empty(e) if row.is_none() && is_row(&e) => {
+                row = Some((line, attributes(&e).map_err(bad)?));
+                finish_row(&mut out, &mut row, max_rows)?;
             }
+            // Outside a row: containers, headers, anything else.
+            Event::Start(_) | Event::Empty(_) if row.is_none() => {}
             Event::Start(e) => {
                 depth_in_row += 1;
                 if depth_in_row == 1 {

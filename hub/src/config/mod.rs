@@ -196,7 +196,7 @@ pub struct TenantConfig {
 #[derive(Debug, Clone)]
 pub enum AdapterConfig {
     Rest(RestConfig),
-    File(Box<FileConfig>),
+    File(FileConfig),
 }
 
 /// The adapter kinds this hub knows.
@@ -227,7 +227,7 @@ impl AdapterConfig {
                 .map(AdapterConfig::Rest)
                 .map_err(typed),
             "file" => serde_path_to_error::deserialize(body)
-                .map(|c| AdapterConfig::File(Box::new(c)))
+                .map(AdapterConfig::File)
                 .map_err(typed),
             other => Err((
                 "kind".into(),
