@@ -221,7 +221,7 @@ async fn a_file_written_slowly_is_not_taken_before_its_quiet_period() {
     let cfg = config(
         dir.path(),
         json!({}),
-        json!({"completion": "quiet_period", "quiet_period": "700ms"}),
+        json!({"completion": "quiet_period", "quiet_period": "1500ms"}),
     );
     let known: Vec<String> = (0..30).map(|i| format!("p{i}")).collect();
     let (_adapter, sink) = start(cfg, &known).await;
