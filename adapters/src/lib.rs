@@ -8,9 +8,13 @@
 //!   delivery request and reply, and the failure classes the hub acts on.
 //! - [`template`]: the request-body template engine shared by all adapters.
 //! - [`rest`]: the REST adapter (AgID ModI `BLOCK_REST`).
+//! - [`file`]: the file-drop adapter (request and result files in folders).
+//! - [`message_xml`]: the normalized message as XML.
 
 pub mod adapter;
+pub mod file;
 pub mod message;
+pub mod message_xml;
 pub mod model;
 pub mod rest;
 pub mod template;

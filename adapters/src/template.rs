@@ -70,6 +70,7 @@ impl Templates {
                 AutoEscape::None
             }
         });
+        env.add_filter("fixed", fixed);
         Self {
             env,
             escapes: Default::default(),
@@ -105,6 +106,34 @@ impl Templates {
         self.env
             .render_str(source, context(request))
             .map_err(|e| describe(&e))
+    }
+}
+
+/// `{{ value | fixed(10) }}`: exactly `width` characters, cut or padded
+/// with spaces (`fixed(8, "right")` aligns right, `fixed(8, "right", "0")`
+/// pads with zeros) — for fixed-width records. Counts characters, not
+/// bytes, so accented letters keep columns aligned in any encoding.
+fn fixed(
+    value: Value,
+    width: usize,
+    align: Option<String>,
+    pad: Option<String>,
+) -> Result<String, minijinja::Error> {
+    let text = if value.is_undefined() || value.is_none() {
+        String::new()
+    } else {
+        value.to_string()
+    };
+    let pad = pad.and_then(|p| p.chars().next()).unwrap_or(' ');
+    let cut: String = text.chars().take(width).collect();
+    let fill: String = std::iter::repeat_n(pad, width - cut.chars().count()).collect();
+    match align.as_deref() {
+        None | Some("left") => Ok(format!("{cut}{fill}")),
+        Some("right") => Ok(format!("{fill}{cut}")),
+        Some(other) => Err(minijinja::Error::new(
+            minijinja::ErrorKind::InvalidOperation,
+            format!("fixed: align must be \"left\" or \"right\", not \"{other}\""),
+        )),
     }
 }
 
