@@ -13,6 +13,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "inbound_receipts",
         include_str!("../../migrations/0002_inbound_receipts.sql"),
     ),
+    (
+        3,
+        "follow_up",
+        include_str!("../../migrations/0003_follow_up.sql"),
+    ),
 ];
 
 /// Applies pending migrations; returns the schema version.
