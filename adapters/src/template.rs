@@ -142,11 +142,15 @@ fn context(request: &DeliveryRequest) -> Value {
 }
 
 fn describe(err: &minijinja::Error) -> String {
-    let mut msg = err.to_string();
-    if let Some(line) = err.line() {
-        msg = format!("line {line}: {msg}");
+    // Display appends "(in internal-name:line)"; the caller names the file.
+    let msg = match err.detail() {
+        Some(detail) => format!("{}: {detail}", err.kind()),
+        None => err.kind().to_string(),
+    };
+    match err.line() {
+        Some(line) => format!("line {line}: {msg}"),
+        None => msg,
     }
-    msg
 }
 
 /// Percent-encodes everything but RFC 3986 unreserved characters.

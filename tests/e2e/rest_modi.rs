@@ -696,3 +696,90 @@ async fn the_circuit_breaker_opens_after_consecutive_failures_and_closes_after_a
     assert_eq!((status, body["adapters"]["vendor"]["state"].as_str()), (200, Some("up")));
     hub.stop().await;
 }
+
+const BIN: &str = env!("CARGO_BIN_EXE_raccordo");
+
+/// A configuration whose submission body is the template `tari.json`.
+fn templated(dir: &std::path::Path, template: &str) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir.join("templates")).unwrap();
+    std::fs::write(dir.join("templates/tari.json"), template).unwrap();
+    std::fs::write(dir.join("vendor.token"), "very-secret-token").unwrap();
+    let adapter = r#"base_url = "http://127.0.0.1:9/api"
+[adapters.vendor.auth]
+type = "bearer"
+token_file = "vendor.token"
+[adapters.vendor.submit]
+path = "/pratiche/{{ applicant.family_name }}"
+body = "template"
+template = "templates/tari.json"
+[adapters.vendor.submit.query]
+comune = "{{ tenant_id }}"
+"#;
+    let path = dir.join("raccordo.toml");
+    std::fs::write(
+        &path,
+        config("127.0.0.1:0".parse().unwrap(), 3, adapter),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn check_reports_a_template_error_with_its_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = templated(
+        dir.path(),
+        "{\n  \"superficie\": {{ data.superficie_mq }},\n  \"cf\": {{ applicant.fiscal_code ) }}\n}",
+    );
+    let out = std::process::Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("adapters.vendor.submit.template")
+            && err.contains("templates/tari.json: line 3")
+            && err.contains("syntax error"),
+        "{err}"
+    );
+}
+
+#[test]
+fn route_render_prints_the_exact_request_without_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = templated(
+        dir.path(),
+        "{\"superficie\": {{ data.superficie_mq }}, \"cognome\": {{ applicant.family_name }}}",
+    );
+    let sample = dir.path().join("sample.json");
+    std::fs::write(
+        &sample,
+        json!({
+            "applicant": {"type": "person", "fiscal_code": "RSSMRA45D25F205N", "given_name": "Mario", "family_name": "D'Alò/Rossi"},
+            "data": {"superficie_mq": 85.5}
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["route", "render", "--tenant", "016024", "--service", "TARI", "--config"])
+        .arg(&path)
+        .arg("--practice")
+        .arg(&sample)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        "POST http://127.0.0.1:9/api/pratiche/D%27Al%C3%B2%2FRossi?comune=016024"
+    );
+    assert!(text.contains("authorization: <redacted>"), "{text}");
+    assert!(!text.contains("very-secret-token"), "{text}");
+    assert!(text.contains("content-type: application/json"), "{text}");
+    let body: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(body, json!({"superficie": 85.5, "cognome": "D'Alò/Rossi"}));
+}

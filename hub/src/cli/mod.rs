@@ -3,6 +3,7 @@
 
 mod client;
 mod output;
+mod render;
 
 use crate::telemetry::LogFormat;
 use clap::{Parser, Subcommand};
@@ -46,6 +47,11 @@ pub enum Command {
         server: ServerArgs,
         #[command(subcommand)]
         command: PracticeCommand,
+    },
+    /// Routes of a configuration, offline.
+    Route {
+        #[command(subcommand)]
+        command: RouteCommand,
     },
     /// Dead-lettered deliveries on a running hub.
     Dlq {
@@ -129,6 +135,30 @@ pub enum PracticeCommand {
     },
 }
 
+/// `raccordo route …`
+#[derive(Debug, Subcommand)]
+pub enum RouteCommand {
+    /// Print the request the vendor would receive for a sample practice
+    /// (method, URL, headers with secrets redacted, body); nothing is sent.
+    Render {
+        /// Configuration file (TOML).
+        #[arg(long, short, env = "RACCORDO_CONFIG")]
+        config: PathBuf,
+        /// ISTAT code of the tenant.
+        #[arg(long, short)]
+        tenant: String,
+        /// Service code.
+        #[arg(long, short)]
+        service: String,
+        /// A practice as JSON (the format of `practice submit`).
+        #[arg(long, short)]
+        practice: PathBuf,
+        /// `submit` or `withdraw`.
+        #[arg(long, default_value = "submit")]
+        operation: String,
+    },
+}
+
 /// `raccordo dlq …`
 #[derive(Debug, Subcommand)]
 pub enum DlqCommand {
@@ -162,6 +192,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Check { config } => check(&config),
         Command::Practice { server, command } => client::practice(&server, command).await,
         Command::Dlq { server, command } => client::dlq(&server, command).await,
+        Command::Route {
+            command:
+                RouteCommand::Render {
+                    config,
+                    tenant,
+                    service,
+                    practice,
+                    operation,
+                },
+        } => {
+            let operation = operation.parse().map_err(anyhow::Error::msg)?;
+            render::render(&config, &tenant, &service, &practice, operation)
+        }
     }
 }
 
