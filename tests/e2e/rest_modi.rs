@@ -36,6 +36,9 @@ impl Seen {
 /// A scripted answer: status, headers, body.
 type Reply = (u16, Vec<(&'static str, String)>, Vec<u8>);
 
+/// Scripts by path prefix.
+type Scripts = Vec<(String, VecDeque<Reply>)>;
+
 fn json_reply(status: u16, body: Value) -> Reply {
     (status, Vec::new(), body.to_string().into_bytes())
 }
@@ -44,7 +47,7 @@ fn json_reply(status: u16, body: Value) -> Reply {
 /// script repeats), recording every request with its time.
 #[derive(Clone, Default)]
 struct ModiVendor {
-    scripts: Arc<Mutex<Vec<(String, VecDeque<Reply>)>>>,
+    scripts: Arc<Mutex<Scripts>>,
     seen: Arc<Mutex<Vec<Seen>>>,
     /// Delay of the token endpoint, so concurrent deliveries overlap it.
     token_delay: Arc<Mutex<Duration>>,
@@ -267,7 +270,11 @@ async fn push_callbacks_are_verified_correlated_and_applied_once() {
     let vendor = ModiVendor::default();
     vendor.on(
         "/pratiche",
-        vec![(202, vec![("x-correlation-id", "corr-42".into())], Vec::new())],
+        vec![(
+            202,
+            vec![("x-correlation-id", "corr-42".into())],
+            Vec::new(),
+        )],
     );
     let vaddr = vendor.start().await;
     let http = free_addr().await;
@@ -303,14 +310,21 @@ max_skew = "60s"
     assert_eq!(sent[0].header("x-replyto"), url);
 
     let now = chrono::Utc::now().timestamp();
-    let registered = json!({"esito": "PRESO", "protocollo": {"numero": "2026/77"}, "data": "2026-11-20"});
+    let registered =
+        json!({"esito": "PRESO", "protocollo": {"numero": "2026/77"}, "data": "2026-11-20"});
     let events_before = hub.get("016024", &p.id).await.events.len();
 
     // Bad signature: refused as problem+json, nothing changes.
-    let (status, ct, problem) = callback(&url, "corr-42", &registered, now, "wrong-secret-0123456789").await;
+    let (status, ct, problem) =
+        callback(&url, "corr-42", &registered, now, "wrong-secret-0123456789").await;
     assert_eq!(status, 401);
     assert_eq!(ct, "application/problem+json");
-    assert!(problem["detail"].as_str().unwrap().contains("does not match"));
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("does not match")
+    );
     // Stale timestamp, even correctly signed.
     let (status, _, _) = callback(&url, "corr-42", &registered, now - 3600, SECRET).await;
     assert_eq!(status, 401);
@@ -319,7 +333,8 @@ max_skew = "60s"
     assert_eq!((status, ct.as_str()), (404, "application/problem+json"));
     assert!(problem["detail"].as_str().unwrap().contains("corr-nobody"));
     // A body the mapping cannot read.
-    let (status, _, problem) = callback(&url, "corr-42", &json!({"esito": "BOH"}), now, SECRET).await;
+    let (status, _, problem) =
+        callback(&url, "corr-42", &json!({"esito": "BOH"}), now, SECRET).await;
     assert_eq!(status, 422);
     assert!(problem["detail"].as_str().unwrap().contains("status_map"));
     let unchanged = hub.get("016024", &p.id).await;
@@ -331,7 +346,11 @@ max_skew = "60s"
     assert_eq!((status, body["result"].as_str()), (200, Some("applied")));
     let reg = hub.get("016024", &p.id).await;
     assert_eq!(reg.status, pb::AdministrativeStatus::Registered as i32);
-    assert!(reg.external_refs.iter().any(|r| r.kind == "protocol" && r.value == "2026/77"));
+    assert!(
+        reg.external_refs
+            .iter()
+            .any(|r| r.kind == "protocol" && r.value == "2026/77")
+    );
 
     // Final result, then the same callback again: applied once.
     let fin = json!({"esito": "OK", "documenti": [{"name": "esito.txt", "media_type": "text/plain", "content_base64": "b2s="}]});
@@ -342,7 +361,11 @@ max_skew = "60s"
     assert_eq!((status, body["result"].as_str()), (200, Some("duplicate")));
     let done = hub.get("016024", &p.id).await;
     assert_eq!(done.status, pb::AdministrativeStatus::Approved as i32);
-    assert_eq!(done.events.len(), events_after, "a duplicate changes nothing");
+    assert_eq!(
+        done.events.len(),
+        events_after,
+        "a duplicate changes nothing"
+    );
     let docs = done.outcome.unwrap().documents;
     assert_eq!(docs.len(), 1);
     assert_eq!(docs[0].sha256, raccordo_adapters::model::sha256_hex(b"ok"));
@@ -373,7 +396,10 @@ async fn pull_polls_until_303_then_fetches_the_result_and_its_documents() {
     vendor.on(
         "/stato/9",
         vec![
-            json_reply(200, json!({"esito": "PRESO", "protocollo": {"numero": "P-9"}})),
+            json_reply(
+                200,
+                json!({"esito": "PRESO", "protocollo": {"numero": "P-9"}}),
+            ),
             json_reply(200, json!({})),
             (303, vec![("location", "/esiti/9".into())], Vec::new()),
         ],
@@ -385,9 +411,16 @@ async fn pull_polls_until_303_then_fetches_the_result_and_its_documents() {
             json!({"esito": "OK", "documenti": [{"name": "cert.pdf", "media_type": "application/pdf", "url": "/doc/9"}]}),
         )],
     );
-    vendor.on("/doc/9", vec![(200, Vec::new(), b"%PDF-certificato".to_vec())]);
+    vendor.on(
+        "/doc/9",
+        vec![(200, Vec::new(), b"%PDF-certificato".to_vec())],
+    );
     let vaddr = vendor.start().await;
-    let mut hub = start(&config(free_addr().await, 3, &pull_adapter(vaddr, "30s")), &[]).await;
+    let mut hub = start(
+        &config(free_addr().await, 3, &pull_adapter(vaddr, "30s")),
+        &[],
+    )
+    .await;
     let p = hub.submit(tari("pull")).await;
     let done = hub
         .wait_status("016024", &p.id, pb::AdministrativeStatus::Approved)
@@ -413,7 +446,11 @@ async fn pull_polls_until_303_then_fetches_the_result_and_its_documents() {
             pb::AdministrativeStatus::Approved as i32,
         ]
     );
-    assert!(done.external_refs.iter().any(|r| r.kind == "protocol" && r.value == "P-9"));
+    assert!(
+        done.external_refs
+            .iter()
+            .any(|r| r.kind == "protocol" && r.value == "P-9")
+    );
     let docs = done.outcome.unwrap().documents;
     assert_eq!(docs[0].name, "cert.pdf");
     assert_eq!(
@@ -433,7 +470,11 @@ async fn a_pull_that_never_finishes_ends_outcome_unknown_within_the_maximum_wait
     vendor.on("/stato/1", vec![json_reply(200, json!({}))]);
     let vaddr = vendor.start().await;
     // One attempt: when the wait ends there is nothing left to retry.
-    let mut hub = start(&config(free_addr().await, 1, &pull_adapter(vaddr, "400ms")), &[]).await;
+    let mut hub = start(
+        &config(free_addr().await, 1, &pull_adapter(vaddr, "400ms")),
+        &[],
+    )
+    .await;
     let p = hub.submit(tari("never")).await;
     let dead = hub
         .wait_delivery("016024", &p.id, pb::DeliveryStatus::DeadLettered)
@@ -460,7 +501,9 @@ async fn retry_after_on_429_holds_the_next_request_at_least_that_long() {
             (
                 429,
                 vec![("retry-after", "1".into())],
-                json!({"title": "troppe richieste"}).to_string().into_bytes(),
+                json!({"title": "troppe richieste"})
+                    .to_string()
+                    .into_bytes(),
             ),
             json_reply(200, json!({"esito": "OK"})),
         ],
@@ -693,7 +736,10 @@ async fn the_circuit_breaker_opens_after_consecutive_failures_and_closes_after_a
     assert!(seen[2].at - seen[1].at >= Duration::from_secs(1));
     assert_eq!(done.delivery.unwrap().attempts, 3);
     let (status, body) = readyz(http).await;
-    assert_eq!((status, body["adapters"]["vendor"]["state"].as_str()), (200, Some("up")));
+    assert_eq!(
+        (status, body["adapters"]["vendor"]["state"].as_str()),
+        (200, Some("up"))
+    );
     hub.stop().await;
 }
 
@@ -716,11 +762,7 @@ template = "templates/tari.json"
 comune = "{{ tenant_id }}"
 "#;
     let path = dir.join("raccordo.toml");
-    std::fs::write(
-        &path,
-        config("127.0.0.1:0".parse().unwrap(), 3, adapter),
-    )
-    .unwrap();
+    std::fs::write(&path, config("127.0.0.1:0".parse().unwrap(), 3, adapter)).unwrap();
     path
 }
 
@@ -764,14 +806,26 @@ fn route_render_prints_the_exact_request_without_secrets() {
     )
     .unwrap();
     let out = std::process::Command::new(BIN)
-        .args(["route", "render", "--tenant", "016024", "--service", "TARI", "--config"])
+        .args([
+            "route",
+            "render",
+            "--tenant",
+            "016024",
+            "--service",
+            "TARI",
+            "--config",
+        ])
         .arg(&path)
         .arg("--practice")
         .arg(&sample)
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut lines = text.lines();
     assert_eq!(
         lines.next().unwrap(),

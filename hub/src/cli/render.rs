@@ -51,11 +51,15 @@ pub fn render(
 ) -> anyhow::Result<()> {
     let cfg = crate::config::load(config)?;
     let route = cfg.route(tenant, service).with_context(|| {
-        format!("{}: no route serves service {service} for tenant {tenant}", config.display())
+        format!(
+            "{}: no route serves service {service} for tenant {tenant}",
+            config.display()
+        )
     })?;
-    let adapter_cfg = cfg.adapters.get(&route.adapter).with_context(|| {
-        format!("route to '{}': no such adapter", route.adapter)
-    })?;
+    let adapter_cfg = cfg
+        .adapters
+        .get(&route.adapter)
+        .with_context(|| format!("route to '{}': no such adapter", route.adapter))?;
     let instance = crate::adapters::build(&route.adapter, adapter_cfg, &cfg.base_dir)
         .map_err(|e| anyhow::anyhow!("adapters.{}.{}: {}", route.adapter, e.key, e.reason))?;
 
@@ -69,8 +73,15 @@ pub fn render(
         ("service_code", &sample.service_code, service),
     ] {
         if let Some(g) = given.as_deref().filter(|g| *g != want) {
-            anyhow::bail!("{}: {what} is {g}, but --{} {want} was asked", practice.display(),
-                if what == "tenant_id" { "tenant" } else { "service" });
+            anyhow::bail!(
+                "{}: {what} is {g}, but --{} {want} was asked",
+                practice.display(),
+                if what == "tenant_id" {
+                    "tenant"
+                } else {
+                    "service"
+                }
+            );
         }
     }
     let base = practice.parent().unwrap_or(Path::new("."));
@@ -81,8 +92,9 @@ pub fn render(
         .map(|(i, a)| {
             use base64::Engine;
             let bytes = match (&a.path, &a.content_base64) {
-                (Some(p), None) => std::fs::read(base.join(p))
-                    .with_context(|| format!("attachments[{i}].path: cannot read {}", p.display()))?,
+                (Some(p), None) => std::fs::read(base.join(p)).with_context(|| {
+                    format!("attachments[{i}].path: cannot read {}", p.display())
+                })?,
                 (None, Some(b)) => base64::engine::general_purpose::STANDARD
                     .decode(b)
                     .with_context(|| format!("attachments[{i}].content_base64 is not base64"))?,

@@ -13,8 +13,8 @@ mod follow_up;
 
 use super::schema;
 use super::{
-    AttemptResult, ClaimedJob, ClaimedPoll, DeadLetter, EventFilter, InsertOutcome, PracticeFilter, Store,
-    StoreError, Withdrawal,
+    AttemptResult, ClaimedJob, ClaimedPoll, DeadLetter, EventFilter, InsertOutcome, PracticeFilter,
+    Store, StoreError, Withdrawal,
 };
 use crate::config::{Mode, Synchronous};
 use crate::domain::apply::{StatusState, plan_reply};
