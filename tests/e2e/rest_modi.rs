@@ -63,6 +63,13 @@ impl ModiVendor {
             .push((prefix.to_string(), replies.into()));
     }
 
+    /// Replaces the script of `prefix`.
+    fn set(&self, prefix: &str, replies: Vec<Reply>) {
+        let mut scripts = self.scripts.lock().unwrap();
+        scripts.retain(|(p, _)| p != prefix);
+        scripts.push((prefix.to_string(), replies.into()));
+    }
+
     fn seen(&self, method: Method, prefix: &str) -> Vec<Seen> {
         self.seen
             .lock()
@@ -112,7 +119,7 @@ async fn vendor_handle(
         return (
             StatusCode::OK,
             [("content-type", "application/json")],
-            json!({"access_token": format!("tok-{n}"), "token_type": "Bearer", "expires_in": 2})
+            json!({"access_token": format!("tok-{n}"), "token_type": "Bearer", "expires_in": 4})
                 .to_string(),
         )
             .into_response();
@@ -461,6 +468,45 @@ async fn pull_polls_until_303_then_fetches_the_result_and_its_documents() {
 }
 
 #[tokio::test]
+async fn polling_survives_a_restart_without_re_sending_the_request() {
+    let vendor = ModiVendor::default();
+    vendor.on(
+        "/pratiche",
+        vec![(202, vec![("location", "/stato/5".into())], Vec::new())],
+    );
+    vendor.on("/stato/5", vec![json_reply(200, json!({}))]);
+    vendor.on("/esiti/5", vec![json_reply(200, json!({"esito": "OK"}))]);
+    let vaddr = vendor.start().await;
+    let toml = config(free_addr().await, 3, &pull_adapter(vaddr, "30s"));
+    let mut hub = start(&toml, &[]).await;
+    let p = hub.submit(tari("restart")).await;
+    eventually("a first poll", || async {
+        (!vendor.seen(Method::GET, "/stato/5").is_empty()).then_some(())
+    })
+    .await;
+    let waiting = hub.get("016024", &p.id).await;
+    let d = waiting.delivery.unwrap();
+    assert_eq!(d.status, pb::DeliveryStatus::Sent as i32);
+    assert!(d.next_attempt_at.is_some(), "the next poll is shown");
+    let dir = hub.dir.path().to_path_buf();
+    hub.hub.take().unwrap().shutdown().await.unwrap();
+
+    // Done while the hub was down; the restarted hub polls, it does not re-send.
+    vendor.set("/stato/5", vec![(303, vec![("location", "/esiti/5".into())], Vec::new())]);
+    let config = raccordo::config::load(&dir.join("raccordo.toml")).unwrap();
+    let restarted = raccordo::server::start(config).await.unwrap();
+    hub.practices = pb::practice_service_client::PracticeServiceClient::new(
+        connect(restarted.grpc_addr).await,
+    );
+    hub.hub = Some(restarted);
+    hub.wait_status("016024", &p.id, pb::AdministrativeStatus::Approved)
+        .await;
+    assert_eq!(vendor.seen(Method::POST, "/pratiche").len(), 1);
+    assert_eq!(vendor.seen(Method::GET, "/esiti/5").len(), 1);
+    hub.stop().await;
+}
+
+#[tokio::test]
 async fn a_pull_that_never_finishes_ends_outcome_unknown_within_the_maximum_wait() {
     let vendor = ModiVendor::default();
     vendor.on(
@@ -535,7 +581,7 @@ async fn oauth2_token_is_fetched_once_for_concurrent_deliveries_and_refreshed_be
     let vendor = ModiVendor::default();
     *vendor.token_delay.lock().unwrap() = Duration::from_millis(200);
     let vaddr = vendor.start().await;
-    // Tokens live 2 s; refreshed 1 s before expiry.
+    // Tokens live 4 s; refreshed 2 s before expiry.
     let adapter = format!(
         r#"base_url = "http://{vaddr}"
 max_concurrency = 8
@@ -545,7 +591,7 @@ token_url = "http://{vaddr}/token"
 client_id = "hub"
 client_secret_file = "client.secret"
 scope = "pratiche"
-refresh_before = "1s"
+refresh_before = "2s"
 [adapters.vendor.submit]
 path = "/pratiche"
 {MAPPING}"#
@@ -572,8 +618,8 @@ path = "/pratiche"
         assert_eq!(s.header("authorization"), "Bearer tok-1");
     }
 
-    // Past the refresh point (1 s after the token was issued): one refresh.
-    let refresh_at = tokens[0].at + Duration::from_millis(1300);
+    // Past the refresh point (2 s after the token was issued): one refresh.
+    let refresh_at = tokens[0].at + Duration::from_millis(2500);
     tokio::time::sleep_until(refresh_at.into()).await;
     let mut more = Vec::new();
     for i in 0..4 {

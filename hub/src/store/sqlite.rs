@@ -594,7 +594,8 @@ fn practice_from_row(row: PracticeRow) -> Result<Practice, StoreError> {
         .map_err(|e| StoreError::Corrupt(format!("practice content: {e}")))?;
     let delivery = match (row.delivery_status.as_deref(), row.current_operation_id) {
         (Some(status), Some(operation_id)) => {
-            let due = row.job_state.as_deref() == Some("due");
+            // A polled result shows its next poll.
+            let due = matches!(row.job_state.as_deref(), Some("due" | "polling"));
             Some(DeliveryView {
                 status: parse("delivery_status", status)?,
                 operation_id,
