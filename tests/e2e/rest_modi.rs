@@ -492,12 +492,14 @@ async fn polling_survives_a_restart_without_re_sending_the_request() {
     hub.hub.take().unwrap().shutdown().await.unwrap();
 
     // Done while the hub was down; the restarted hub polls, it does not re-send.
-    vendor.set("/stato/5", vec![(303, vec![("location", "/esiti/5".into())], Vec::new())]);
+    vendor.set(
+        "/stato/5",
+        vec![(303, vec![("location", "/esiti/5".into())], Vec::new())],
+    );
     let config = raccordo::config::load(&dir.join("raccordo.toml")).unwrap();
     let restarted = raccordo::server::start(config).await.unwrap();
-    hub.practices = pb::practice_service_client::PracticeServiceClient::new(
-        connect(restarted.grpc_addr).await,
-    );
+    hub.practices =
+        pb::practice_service_client::PracticeServiceClient::new(connect(restarted.grpc_addr).await);
     hub.hub = Some(restarted);
     hub.wait_status("016024", &p.id, pb::AdministrativeStatus::Approved)
         .await;

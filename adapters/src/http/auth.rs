@@ -178,13 +178,16 @@ impl Authenticator {
 
     /// The vendor answered 401 to `used`: a cached token is dropped so the
     /// next delivery fetches a fresh one.
-    pub async fn rejected(&self, used: &HeaderValue) {
-        if let Self::OAuth2(o) = self {
-            let mut cached = o.cached.lock().await;
-            if cached.as_ref().is_some_and(|t| t.header == *used) {
-                *cached = None;
-            }
+    /// Returns whether a fresh token will be used next time.
+    pub async fn rejected(&self, used: &HeaderValue) -> bool {
+        let Self::OAuth2(o) = self else {
+            return false;
+        };
+        let mut cached = o.cached.lock().await;
+        if cached.as_ref().is_some_and(|t| t.header == *used) {
+            *cached = None;
         }
+        true
     }
 
     /// Tokens fetched so far (OAuth2), for metrics and tests.

@@ -46,6 +46,9 @@ pub struct HttpReply {
     pub body: Vec<u8>,
     /// The pause the vendor asked for (`Retry-After`, `X-RateLimit-*`).
     pub retry_after: Option<Duration>,
+    /// The vendor refused a cached token (401) and it was dropped: the
+    /// next request fetches a new one, so the failure is worth retrying.
+    pub credentials_renewed: bool,
 }
 
 impl HttpReply {
@@ -56,7 +59,12 @@ impl HttpReply {
 
     /// The failure a non-2xx answer means (problem+json parsed).
     pub fn failure(&self) -> DeliveryError {
-        reply::classify_failure(self.status.as_u16(), self.retry_after, &self.body)
+        let mut err = reply::classify_failure(self.status.as_u16(), self.retry_after, &self.body);
+        if self.credentials_renewed {
+            err.class = FailureClass::Transient;
+            err.reason = format!("{}; a new access token is fetched", err.reason);
+        }
+        err
     }
 }
 
@@ -252,16 +260,18 @@ impl Transport {
         } else {
             Outcome::Healthy
         });
+        let mut credentials_renewed = false;
         if status.as_u16() == 401
             && let Some((_, used)) = &credential
         {
-            self.auth.rejected(used).await;
+            credentials_renewed = self.auth.rejected(used).await;
         }
         Ok(HttpReply {
             status,
             headers,
             body,
             retry_after,
+            credentials_renewed,
         })
     }
 

@@ -268,12 +268,30 @@ impl Inner {
     }
 
     fn classify(&self, reply: &HttpReply) -> DeliveryError {
-        response::classify(
+        let mut err = response::classify(
             &self.config.response,
             reply.status.as_u16(),
             reply.retry_after,
             &reply.body,
-        )
+        );
+        if reply.credentials_renewed {
+            err.class = crate::adapter::FailureClass::Transient;
+            err.reason = format!("{}; a new access token is fetched", err.reason);
+        }
+        err
+    }
+
+    /// An intermediate report (a 202 body, a "still working" poll). The
+    /// vendor has the work, so a report the mapping cannot read is logged
+    /// and skipped rather than failing the delivery.
+    fn progress(&self, body: &[u8]) -> VendorReply {
+        match response::map_progress(&self.config.response, body, &self.name) {
+            Ok(m) => m.reply,
+            Err(e) => {
+                tracing::warn!(adapter = %self.name, "intermediate report ignored: {}", e.reason);
+                VendorReply::default()
+            }
+        }
     }
 
     async fn deliver(&self, request: DeliveryRequest) -> Result<VendorReply, DeliveryError> {
@@ -303,7 +321,7 @@ impl Inner {
                     .filter(|c| !c.is_empty())
                     .unwrap_or(request.operation_id())
                     .to_string();
-                let mut ack = response::map_progress(mapping, &reply.body, &self.name)?.reply;
+                let mut ack = self.progress(&reply.body);
                 ack.external_refs.push(ExternalRef {
                     kind: callback::CORRELATION_KIND.into(),
                     value: correlation,
@@ -319,7 +337,7 @@ impl Inner {
                     )
                 })?;
                 let status_url = self.vendor_url(location, &url)?;
-                let mut ack = response::map_progress(mapping, &reply.body, &self.name)?.reply;
+                let mut ack = self.progress(&reply.body);
                 ack.follow_up = Some(FollowUp {
                     token: status_url.to_string(),
                     poll_after: reply
@@ -358,7 +376,7 @@ impl Inner {
                 Ok(PollOutcome::Done(self.complete(mapped, &result_url).await?))
             }
             200..=299 => {
-                let progress = response::map_progress(mapping, &reply.body, &self.name)?.reply;
+                let progress = self.progress(&reply.body);
                 let has_news = progress.status.is_some() || !progress.external_refs.is_empty();
                 let pull = &self.config.pull;
                 let backoff = pull
