@@ -259,6 +259,7 @@ impl OAuth2 {
             .send()
             .await
             .map_err(|e| {
+                let e = e.without_url();
                 // Nothing reached the vendor yet: always safe to retry.
                 DeliveryError::transient(format!(
                     "token endpoint {host} unreachable: {}",

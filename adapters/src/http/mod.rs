@@ -222,6 +222,9 @@ impl Transport {
             Ok(r) => r,
             Err(e) => {
                 admission.record(Outcome::Faulty);
+                // The URL may carry personal data (a fiscal code in the path
+                // or query): it stays out of errors, events and logs.
+                let e = e.without_url();
                 return Err(if e.is_connect() {
                     DeliveryError::transient(format!(
                         "cannot connect to vendor: {}",
@@ -287,7 +290,7 @@ impl Transport {
             // The request reached the vendor: we cannot know whether it acted.
             DeliveryError::new(
                 FailureClass::OutcomeUnknown,
-                format!("reading vendor reply: {e}"),
+                format!("reading vendor reply: {}", e.without_url()),
             )
         })? {
             if body.len() as u64 + chunk.len() as u64 > limit {
