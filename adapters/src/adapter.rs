@@ -58,6 +58,47 @@ pub struct VendorReply {
     pub documents: Vec<Document>,
     /// When it happened according to the vendor.
     pub occurred_at: Option<DateTime<Utc>>,
+    /// The vendor accepted the request but the result must be fetched
+    /// later (ModI `NONBLOCK_PULL_*`): the hub keeps the job and calls
+    /// [`Adapter::poll`] on a durable schedule.
+    pub follow_up: Option<FollowUp>,
+}
+
+/// What the hub needs to poll for a deferred result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FollowUp {
+    /// Opaque to the hub (a status URL, a correlation id); stored with the job.
+    pub token: String,
+    /// When to poll first.
+    pub poll_after: Duration,
+    /// Give up this long after the request was accepted.
+    pub max_wait: Duration,
+}
+
+/// One poll of a deferred result.
+#[derive(Debug, Clone)]
+pub struct PollRequest {
+    /// The delivery's operation id.
+    pub operation_id: String,
+    pub operation: Operation,
+    /// The [`FollowUp::token`] (or the latest one a poll returned).
+    pub token: String,
+    /// Polls done before this one.
+    pub polls: u32,
+}
+
+/// What a poll found.
+#[derive(Debug, Clone)]
+pub enum PollOutcome {
+    /// Still working. `progress` carries an intermediate report (protocol
+    /// number, "in progress") to apply now; `token` replaces the stored one.
+    Pending {
+        progress: Option<VendorReply>,
+        token: Option<String>,
+        poll_after: Duration,
+    },
+    /// Finished: the final reply, applied like a synchronous one.
+    Done(VendorReply),
 }
 
 /// How the hub must treat a failed delivery.
@@ -165,6 +206,24 @@ pub trait Adapter: Send + Sync + 'static {
     /// Results arrive later through `sink`.
     async fn start_inbound(&self, _sink: Arc<dyn ResultSink>) -> Result<(), AdapterError> {
         Ok(())
+    }
+
+    /// Polls a deferred result announced by [`VendorReply::follow_up`].
+    /// Errors are classified like deliveries: transient ones are polled
+    /// again later (within the wait), others end the delivery.
+    async fn poll(&self, request: PollRequest) -> Result<PollOutcome, DeliveryError> {
+        Err(DeliveryError::permanent(format!(
+            "the {} adapter cannot poll for results (operation {})",
+            self.kind(),
+            request.operation_id
+        )))
+    }
+
+    /// The request this instance would send for `request`, as text
+    /// (method, URL, headers with secrets redacted, body), without sending
+    /// it. `None` when the adapter cannot show it.
+    fn render(&self, _request: &DeliveryRequest) -> Option<Result<String, DeliveryError>> {
+        None
     }
 
     /// HTTP routes this instance serves on the hub's HTTP listener (vendor

@@ -7,12 +7,16 @@
 //! - [`adapter`]: the [`Adapter`] trait every protocol implements, the
 //!   delivery request and reply, and the failure classes the hub acts on.
 //! - [`template`]: the request-body template engine shared by all adapters.
-//! - [`rest`]: the REST adapter (AgID ModI `BLOCK_REST`).
+//! - [`http`]: the HTTP transport shared by HTTP-based adapters (auth, TLS,
+//!   circuit breaker, rate limit, pacing headers).
+//! - [`rest`]: the REST adapter (AgID ModI `BLOCK_REST`, `NONBLOCK_PUSH_REST`,
+//!   `NONBLOCK_PULL_REST`).
 //! - [`file`]: the file-drop adapter (request and result files in folders).
 //! - [`message_xml`]: the normalized message as XML.
 
 pub mod adapter;
 pub mod file;
+pub mod http;
 pub mod message;
 pub mod message_xml;
 pub mod model;
@@ -20,7 +24,7 @@ pub mod rest;
 pub mod template;
 
 pub use adapter::{
-    Adapter, AdapterError, AdapterHealth, DeliveryError, DeliveryRequest, FailureClass,
-    InboundOutcome, InboundResult, ResultSink, VendorReply,
+    Adapter, AdapterError, AdapterHealth, DeliveryError, DeliveryRequest, FailureClass, FollowUp,
+    InboundOutcome, InboundResult, PollOutcome, PollRequest, ResultSink, VendorReply,
 };
 pub use message::NormalizedMessage;

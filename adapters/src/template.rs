@@ -14,6 +14,9 @@ use minijinja::{AutoEscape, Environment, Value};
 pub enum Escape {
     Json,
     Xml,
+    /// A URL path: every value is percent-encoded as one path segment, so
+    /// `/pratiche/{{ id }}` cannot be steered elsewhere by a `/` or `?`.
+    UrlPath,
     None,
 }
 
@@ -66,11 +69,25 @@ impl Templates {
             } else if name.ends_with(".xml") {
                 // HTML escaping only emits XML-valid entities and char references.
                 AutoEscape::Html
+            } else if name.ends_with(".path") {
+                AutoEscape::Custom("path".into())
             } else {
                 AutoEscape::None
             }
         });
         env.add_filter("fixed", fixed);
+        env.set_formatter(|out, state, value| {
+            if matches!(state.auto_escape(), AutoEscape::Custom(n) if n == "path") {
+                if value.is_safe() {
+                    return write!(out, "{value}").map_err(minijinja::Error::from);
+                }
+                let text = value.to_string();
+                return out
+                    .write_str(&percent_encode_segment(&text))
+                    .map_err(minijinja::Error::from);
+            }
+            minijinja::escape_formatter(out, state, value)
+        });
         Self {
             env,
             escapes: Default::default(),
@@ -154,17 +171,35 @@ fn context(request: &DeliveryRequest) -> Value {
 }
 
 fn describe(err: &minijinja::Error) -> String {
-    let mut msg = err.to_string();
-    if let Some(line) = err.line() {
-        msg = format!("line {line}: {msg}");
+    // Display appends "(in internal-name:line)"; the caller names the file.
+    let msg = match err.detail() {
+        Some(detail) => format!("{}: {detail}", err.kind()),
+        None => err.kind().to_string(),
+    };
+    match err.line() {
+        Some(line) => format!("line {line}: {msg}"),
+        None => msg,
     }
-    msg
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters.
+pub fn percent_encode_segment(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 fn internal_name(name: &str, escape: Escape) -> String {
     match escape {
         Escape::Json => format!("{name}.json"),
         Escape::Xml => format!("{name}.xml"),
+        Escape::UrlPath => format!("{name}.path"),
         Escape::None => format!("{name}.txt"),
     }
 }
@@ -248,6 +283,21 @@ mod tests {
         t.add("b", "{{ data.missing }}".into(), Escape::None)
             .unwrap();
         assert!(t.render("b", &request()).is_err());
+    }
+
+    #[test]
+    fn path_templates_encode_each_value_as_one_segment() {
+        let mut t = Templates::new();
+        t.add(
+            "p",
+            "/pratiche/{{ applicant.family_name }}/{{ route.code }}".into(),
+            Escape::UrlPath,
+        )
+        .unwrap();
+        assert_eq!(
+            t.render("p", &request()).unwrap(),
+            "/pratiche/D%27Al%C3%B2/X1"
+        );
     }
 
     #[test]

@@ -34,7 +34,7 @@ pub fn build(
 ) -> Result<AdapterInstance, AdapterError> {
     match config {
         AdapterConfig::Rest(rest) => {
-            let adapter = RestAdapter::build(name, rest.clone(), base_dir)?;
+            let adapter = RestAdapter::build(name, (**rest).clone(), base_dir)?;
             Ok(AdapterInstance {
                 name: name.to_string(),
                 max_concurrency: adapter.max_concurrency(),
@@ -42,7 +42,7 @@ pub fn build(
             })
         }
         AdapterConfig::File(file) => {
-            let adapter = FileAdapter::build(name, file.clone(), base_dir)?;
+            let adapter = FileAdapter::build(name, (**file).clone(), base_dir)?;
             Ok(AdapterInstance {
                 name: name.to_string(),
                 max_concurrency: adapter.max_concurrency(),

@@ -4,6 +4,7 @@
 use crate::practices::PracticeService;
 use raccordo_adapters::AdapterHealth;
 use serde::Serialize;
+use std::collections::BTreeMap;
 
 /// The state of the hub right now.
 #[derive(Debug, Clone, Serialize)]
@@ -14,7 +15,7 @@ pub struct HubStatus {
     pub ready: bool,
     pub store: ComponentState,
     /// By instance name.
-    pub adapters: Vec<AdapterStatus>,
+    pub adapters: BTreeMap<String, AdapterStatus>,
 }
 
 /// `up`, or `down` with the reason.
@@ -28,6 +29,7 @@ pub struct ComponentState {
 /// One adapter instance: its health and its outbox.
 #[derive(Debug, Clone, Serialize)]
 pub struct AdapterStatus {
+    #[serde(skip)]
     pub name: String,
     pub kind: &'static str,
     pub state: &'static str,
@@ -71,7 +73,7 @@ pub async fn hub_status(service: &PracticeService, with_backlog: bool) -> HubSta
         ),
     };
     let mut ready = store_state.state == "up";
-    let mut adapters: Vec<AdapterStatus> = service
+    let adapters: BTreeMap<String, AdapterStatus> = service
         .adapters()
         .iter()
         .map(|(name, instance)| {
@@ -80,7 +82,7 @@ pub async fn hub_status(service: &PracticeService, with_backlog: bool) -> HubSta
             let backlog = snapshot
                 .as_ref()
                 .and_then(|s| s.adapters.iter().find(|a| &a.adapter == name));
-            AdapterStatus {
+            let status = AdapterStatus {
                 name: name.clone(),
                 kind: instance.adapter.kind(),
                 state: health.state(),
@@ -93,10 +95,10 @@ pub async fn hub_status(service: &PracticeService, with_backlog: bool) -> HubSta
                 oldest_due_age_seconds: backlog
                     .and_then(|b| b.oldest_due_age)
                     .map_or(0.0, |d| d.as_secs_f64()),
-            }
+            };
+            (name.clone(), status)
         })
         .collect();
-    adapters.sort_by(|a, b| a.name.cmp(&b.name));
     HubStatus {
         version: env!("CARGO_PKG_VERSION"),
         uptime_seconds: service.metrics().uptime().as_secs_f64(),

@@ -6,5 +6,6 @@ mod file_drop;
 mod operations;
 mod practice_api;
 mod process;
+mod rest_modi;
 mod support;
 mod validation;

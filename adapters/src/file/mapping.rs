@@ -104,6 +104,7 @@ pub fn map_row(row: &Row, f: &FieldMapping, system: &str) -> Result<Mapped, Stri
             external_refs: refs,
             documents: Vec::new(),
             occurred_at: None,
+            follow_up: None,
         },
     })
 }

@@ -1,5 +1,6 @@
 //! Configuration of a REST adapter instance (`kind = "rest"`).
 
+use crate::http::config::{BreakerConfig, RateLimitConfig, TlsConfig};
 use crate::model::AdminStatus;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -9,6 +10,9 @@ use std::time::Duration;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RestConfig {
+    /// The ModI interaction pattern this vendor speaks.
+    #[serde(default)]
+    pub pattern: Pattern,
     /// Base URL of the vendor API; operation paths are appended to it.
     pub base_url: String,
     /// Whole-request timeout (connect, send, answer). A timeout after the
@@ -26,6 +30,24 @@ pub struct RestConfig {
     pub headers: BTreeMap<String, String>,
     #[serde(default)]
     pub auth: RestAuth,
+    /// Server CA and client certificate (mutual TLS).
+    #[serde(default)]
+    pub tls: TlsConfig,
+    #[serde(default)]
+    pub breaker: BreakerConfig,
+    /// Requests per second towards this vendor (on top of `max_concurrency`).
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitConfig>,
+    /// Longest a delivery waits for the rate limit or a pause the vendor
+    /// asked for (`Retry-After`) before it goes back to the hub's schedule.
+    #[serde(default = "default_pace_wait", with = "humantime_serde")]
+    pub max_pace_wait: Duration,
+    /// Where vendors deliver results (`NONBLOCK_PUSH_REST`).
+    #[serde(default)]
+    pub callback: Option<CallbackConfig>,
+    /// How results are polled (`NONBLOCK_PULL_REST`).
+    #[serde(default)]
+    pub pull: PullConfig,
     /// Larger replies are refused (permanent failure) without being read.
     #[serde(default = "default_max_response")]
     pub max_response_bytes: u64,
@@ -39,26 +61,68 @@ pub struct RestConfig {
     pub response: ResponseMapping,
 }
 
-/// Credentials towards the vendor. Secrets are read from the environment or
-/// from a file, never written in the configuration itself.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-pub enum RestAuth {
+/// Credentials towards the vendor (shared with other HTTP adapters).
+pub type RestAuth = crate::http::config::AuthConfig;
+
+/// AgID ModI interaction patterns (REST).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum Pattern {
+    /// The answer carries the outcome.
     #[default]
-    None,
-    Basic {
-        username: String,
-        #[serde(default)]
-        password_env: Option<String>,
-        #[serde(default)]
-        password_file: Option<String>,
-    },
-    Bearer {
-        #[serde(default)]
-        token_env: Option<String>,
-        #[serde(default)]
-        token_file: Option<String>,
-    },
+    #[serde(rename = "BLOCK_REST")]
+    Block,
+    /// 202 + `X-Correlation-ID`; the result arrives at `X-ReplyTo`.
+    #[serde(rename = "NONBLOCK_PUSH_REST")]
+    Push,
+    /// 202 + `Location`; the hub polls the status URL.
+    #[serde(rename = "NONBLOCK_PULL_REST")]
+    Pull,
+}
+
+/// `[adapters.NAME.callback]`: the hub's side of `NONBLOCK_PUSH_REST`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallbackConfig {
+    /// The hub's HTTP listener as the vendor reaches it (a reverse proxy's
+    /// URL); `X-ReplyTo` is `{public_base_url}/callbacks/{instance}/result`.
+    pub public_base_url: String,
+    /// The HMAC-SHA256 key shared with the vendor.
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    #[serde(default)]
+    pub secret_file: Option<String>,
+    /// Callbacks whose timestamp is further from now are refused.
+    #[serde(default = "default_max_skew", with = "humantime_serde")]
+    pub max_skew: Duration,
+    /// Larger callback bodies are refused (413).
+    #[serde(default = "default_max_callback")]
+    pub max_body_bytes: usize,
+}
+
+/// `[adapters.NAME.pull]`: polling for `NONBLOCK_PULL_REST`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PullConfig {
+    /// First poll after the 202; doubled after each "still working".
+    #[serde(default = "default_poll_initial", with = "humantime_serde")]
+    pub initial_interval: Duration,
+    /// Ceiling of the poll interval.
+    #[serde(default = "default_poll_max", with = "humantime_serde")]
+    pub max_interval: Duration,
+    /// After this long without a result the delivery is `OUTCOME_UNKNOWN`
+    /// and follows the retry policy (re-sent with the same operation id).
+    #[serde(default = "default_max_wait", with = "humantime_serde")]
+    pub max_wait: Duration,
+}
+
+impl Default for PullConfig {
+    fn default() -> Self {
+        Self {
+            initial_interval: default_poll_initial(),
+            max_interval: default_poll_max(),
+            max_wait: default_max_wait(),
+        }
+    }
 }
 
 /// One vendor operation.
@@ -79,6 +143,9 @@ pub struct RestOperation {
     /// Inline template text, instead of `template`.
     #[serde(default)]
     pub template_inline: Option<String>,
+    /// Query parameters; each value is a template (encoded when sent).
+    #[serde(default)]
+    pub query: BTreeMap<String, String>,
     #[serde(default = "default_content_type")]
     pub content_type: String,
 }
@@ -117,9 +184,33 @@ pub struct ResponseMapping {
     /// The vendor's own id of the practice.
     #[serde(default)]
     pub reference_pointer: Option<String>,
-    /// An array of `{name, media_type, content_base64}` outcome documents.
+    /// When the vendor says it happened (RFC 3339 or `YYYY-MM-DD`): the
+    /// status change's time and the protocol's date.
+    #[serde(default)]
+    pub date_pointer: Option<String>,
+    /// An array of outcome documents: `{name, media_type, content_base64}`,
+    /// or `{name, media_type, url}` fetched from the vendor (same origin as
+    /// `base_url`) and stored with their SHA-256.
     #[serde(default)]
     pub documents_pointer: Option<String>,
+    /// Pointers that must be present in every successful reply; a reply
+    /// without one is a permanent mapping error naming it.
+    #[serde(default)]
+    pub required_pointers: Vec<String>,
+    /// Vendor error codes (problem+json `code` or `type`) → failure class
+    /// (`transient`, `permanent`, `rejection`), overriding the HTTP status.
+    #[serde(default)]
+    pub error_map: BTreeMap<String, ErrorClass>,
+}
+
+/// A failure class an engineer can assign to a vendor error code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorClass {
+    Transient,
+    Permanent,
+    /// The back office refused the practice on its merits: its outcome.
+    Rejection,
 }
 
 impl Default for ResponseMapping {
@@ -131,7 +222,10 @@ impl Default for ResponseMapping {
             reason_pointer: None,
             protocol_pointer: None,
             reference_pointer: None,
+            date_pointer: None,
             documents_pointer: None,
+            required_pointers: Vec::new(),
+            error_map: BTreeMap::new(),
         }
     }
 }
@@ -153,6 +247,24 @@ fn default_method() -> String {
 }
 fn default_content_type() -> String {
     "application/json".into()
+}
+fn default_pace_wait() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_skew() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_max_callback() -> usize {
+    16 * 1024 * 1024
+}
+fn default_poll_initial() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_poll_max() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_max_wait() -> Duration {
+    Duration::from_secs(24 * 3600)
 }
 fn default_status() -> AdminStatus {
     AdminStatus::Registered

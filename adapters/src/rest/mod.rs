@@ -1,47 +1,68 @@
-//! The REST adapter: AgID ModI `BLOCK_REST` towards a vendor's JSON API.
+//! The REST adapter: the AgID ModI REST interaction patterns towards a
+//! vendor's JSON API.
+//!
+//! - `BLOCK_REST`: the answer carries the outcome.
+//! - `NONBLOCK_PUSH_REST`: the request carries `X-ReplyTo` (the hub's
+//!   callback URL); the vendor answers 202 + `X-Correlation-ID` and later
+//!   POSTs the result to the callback ([`callback`]).
+//! - `NONBLOCK_PULL_REST`: 202 + `Location`; the hub polls the status URL
+//!   through [`Adapter::poll`] (200 = still working, 303 = done).
 //!
 //! One instance per vendor endpoint. The request is the normalized message
 //! or a template; every request carries the delivery's operation id as
-//! `Idempotency-Key` so the vendor can discard re-sent duplicates. The reply
-//! is mapped by JSON pointers and a status table ([`config::ResponseMapping`]).
+//! `Idempotency-Key` and `X-Correlation-ID` so the vendor can discard
+//! re-sent duplicates. Replies are mapped by JSON pointers and value tables
+//! ([`config::ResponseMapping`]). Transport concerns (auth, TLS, breaker,
+//! pacing) live in [`crate::http`].
 
+pub mod callback;
 pub mod config;
 pub mod response;
 
 use crate::adapter::{
-    Adapter, AdapterError, DeliveryError, DeliveryRequest, FailureClass, VendorReply,
+    Adapter, AdapterError, AdapterHealth, DeliveryError, DeliveryRequest, FollowUp, PollOutcome,
+    PollRequest, ResultSink, VendorReply,
 };
-use crate::model::Operation;
+use crate::http::{HttpReply, Transport, TransportSettings};
+use crate::model::{Document, ExternalRef, Operation};
 use crate::template::{Escape, Templates};
 use async_trait::async_trait;
-use config::{BodyKind, RestAuth, RestConfig, RestOperation};
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use config::{BodyKind, Pattern, RestConfig, RestOperation};
+use response::{Mapped, RemoteDocument};
 use std::path::Path;
-use std::time::SystemTime;
+use std::sync::Arc;
+use std::time::Duration;
 
 /// A configured REST adapter instance.
 pub struct RestAdapter {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     name: String,
     config: RestConfig,
-    client: reqwest::Client,
+    base: reqwest::Url,
+    transport: Transport,
     templates: Templates,
-    auth_header: Option<HeaderValue>,
+    callback: Option<callback::CallbackSettings>,
 }
 
 impl std::fmt::Debug for RestAdapter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The auth header is a secret: never print it.
+        // Credentials are secrets: never printed.
         f.debug_struct("RestAdapter")
-            .field("name", &self.name)
-            .field("base_url", &self.config.base_url)
+            .field("name", &self.inner.name)
+            .field("base_url", &self.inner.config.base_url)
+            .field("pattern", &self.inner.config.pattern)
             .finish_non_exhaustive()
     }
 }
 
 impl RestAdapter {
     /// Builds an instance: compiles templates, reads secrets and prepares
-    /// the HTTP client. `config_dir` resolves relative template paths.
-    /// Errors name the key (relative to the instance) and the reason.
+    /// the HTTP client. `config_dir` resolves relative paths. Errors name
+    /// the key (relative to the instance) and the reason; template errors
+    /// also name the file and line.
     pub fn build(name: &str, config: RestConfig, config_dir: &Path) -> Result<Self, AdapterError> {
         let base = reqwest::Url::parse(&config.base_url).map_err(|e| {
             AdapterError::new(
@@ -63,38 +84,67 @@ impl RestAdapter {
         if let Some(op) = &config.withdraw {
             add_operation_templates(&mut templates, "withdraw", op, config_dir)?;
         }
-        let mut headers = HeaderMap::new();
-        for (k, v) in &config.headers {
-            let key = HeaderName::from_bytes(k.as_bytes()).map_err(|e| {
-                AdapterError::new(format!("headers.{k}"), format!("not a header name: {e}"))
-            })?;
-            let value = HeaderValue::from_str(v).map_err(|e| {
-                AdapterError::new(format!("headers.{k}"), format!("not a header value: {e}"))
-            })?;
-            headers.insert(key, value);
+        let transport = Transport::build(
+            &TransportSettings {
+                timeout: config.timeout,
+                connect_timeout: config.connect_timeout,
+                headers: &config.headers,
+                auth: &config.auth,
+                tls: &config.tls,
+                breaker: &config.breaker,
+                rate_limit: config.rate_limit.as_ref(),
+                max_pace_wait: config.max_pace_wait,
+                max_response_bytes: config.max_response_bytes,
+            },
+            config_dir,
+        )?;
+        let callback = match (config.pattern, &config.callback) {
+            (Pattern::Push, None) => {
+                return Err(AdapterError::new(
+                    "callback",
+                    "pattern NONBLOCK_PUSH_REST needs [callback] (public_base_url and a secret)",
+                ));
+            }
+            (_, Some(cb)) => Some(callback::CallbackSettings::build(name, cb, config_dir)?),
+            (_, None) => None,
+        };
+        let pull = &config.pull;
+        if pull.initial_interval.is_zero() || pull.initial_interval > pull.max_interval {
+            return Err(AdapterError::new(
+                "pull.initial_interval",
+                "must be longer than zero and at most pull.max_interval",
+            ));
         }
-        let auth_header = auth_header(&config.auth, config_dir)?;
-        let client = reqwest::Client::builder()
-            .timeout(config.timeout)
-            .connect_timeout(config.connect_timeout)
-            .default_headers(headers)
-            .user_agent(concat!("raccordo/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| AdapterError::new("base_url", format!("cannot build HTTP client: {e}")))?;
+        if pull.max_wait < pull.initial_interval {
+            return Err(AdapterError::new(
+                "pull.max_wait",
+                "is shorter than pull.initial_interval",
+            ));
+        }
         Ok(Self {
-            name: name.to_string(),
-            config,
-            client,
-            templates,
-            auth_header,
+            inner: Arc::new(Inner {
+                name: name.to_string(),
+                config,
+                base,
+                transport,
+                templates,
+                callback,
+            }),
         })
     }
 
     /// Deliveries this instance runs at once.
     pub fn max_concurrency(&self) -> usize {
-        self.config.max_concurrency
+        self.inner.config.max_concurrency
     }
 
+    /// OAuth2 tokens fetched so far (0 for other credentials).
+    pub fn tokens_fetched(&self) -> u64 {
+        self.inner.transport.auth().tokens_fetched()
+    }
+}
+
+impl Inner {
     fn operation(&self, op: Operation) -> Option<&RestOperation> {
         match op {
             Operation::Submit => Some(&self.config.submit),
@@ -102,6 +152,8 @@ impl RestAdapter {
         }
     }
 
+    /// The request for `request`, without credentials (the transport adds
+    /// them when sending).
     fn build_request(
         &self,
         op: &RestOperation,
@@ -110,7 +162,7 @@ impl RestAdapter {
         let name = request.operation().as_str();
         let path = self
             .templates
-            .render_str(&op.path, request)
+            .render(&format!("{name}.path"), request)
             .map_err(|e| DeliveryError::permanent(format!("{name}.path template: {e}")))?;
         let url = format!("{}{}", self.config.base_url.trim_end_matches('/'), path);
         let method = reqwest::Method::from_bytes(op.method.as_bytes()).map_err(|_| {
@@ -119,16 +171,30 @@ impl RestAdapter {
                 op.method
             ))
         })?;
+        let mut query = Vec::with_capacity(op.query.len());
+        for key in op.query.keys() {
+            let value = self
+                .templates
+                .render(&format!("{name}.query.{key}"), request)
+                .map_err(|e| {
+                    DeliveryError::permanent(format!("{name}.query.{key} template: {e}"))
+                })?;
+            query.push((key.clone(), value));
+        }
         let mut builder = self
-            .client
+            .transport
+            .client()
             .request(method, &url)
+            .query(&query)
             .header("Idempotency-Key", request.operation_id())
             .header("X-Correlation-ID", request.operation_id());
         if let Some(traceparent) = &request.traceparent {
             builder = builder.header("traceparent", traceparent);
         }
-        if let Some(auth) = &self.auth_header {
-            builder = builder.header(reqwest::header::AUTHORIZATION, auth.clone());
+        if self.config.pattern == Pattern::Push
+            && let Some(cb) = &self.callback
+        {
+            builder = builder.header("X-ReplyTo", &cb.reply_to);
         }
         let body = match op.body {
             BodyKind::Empty => None,
@@ -151,30 +217,225 @@ impl RestAdapter {
         Ok(builder)
     }
 
-    async fn read_body(&self, mut resp: reqwest::Response) -> Result<Vec<u8>, DeliveryError> {
-        let limit = self.config.max_response_bytes;
-        if resp.content_length().is_some_and(|len| len > limit) {
+    /// A URL the vendor gave (Location, document links), resolved against
+    /// `relative_to`; it must stay on the vendor's origin, where our
+    /// credentials are meant to go.
+    fn vendor_url(
+        &self,
+        raw: &str,
+        relative_to: &reqwest::Url,
+    ) -> Result<reqwest::Url, DeliveryError> {
+        let url = relative_to.join(raw).map_err(|e| {
+            DeliveryError::permanent(format!("vendor URL '{raw}' is not valid: {e}"))
+        })?;
+        if url.origin() != self.base.origin() {
             return Err(DeliveryError::permanent(format!(
-                "vendor reply of {} bytes exceeds max_response_bytes ({limit})",
-                resp.content_length().unwrap_or_default()
+                "vendor URL '{url}' is outside base_url's origin: not followed"
             )));
         }
-        let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| {
-            // The request reached the vendor: we cannot know whether it acted.
-            DeliveryError::new(
-                FailureClass::OutcomeUnknown,
-                format!("reading vendor reply: {e}"),
-            )
-        })? {
-            if body.len() as u64 + chunk.len() as u64 > limit {
-                return Err(DeliveryError::permanent(format!(
-                    "vendor reply exceeds max_response_bytes ({limit})"
-                )));
+        Ok(url)
+    }
+
+    async fn get(&self, url: reqwest::Url) -> Result<HttpReply, DeliveryError> {
+        self.transport.send(self.transport.client().get(url)).await
+    }
+
+    /// Fetches linked outcome documents and adds them to the reply.
+    async fn complete(
+        &self,
+        mapped: Mapped,
+        relative_to: &reqwest::Url,
+    ) -> Result<VendorReply, DeliveryError> {
+        let Mapped {
+            mut reply,
+            remote_documents,
+        } = mapped;
+        for RemoteDocument {
+            name,
+            media_type,
+            url,
+        } in remote_documents
+        {
+            let url = self.vendor_url(&url, relative_to)?;
+            let got = self.get(url.clone()).await?;
+            if !got.status.is_success() {
+                let mut err = got.failure();
+                err.reason = format!("fetching outcome document '{name}': {}", err.reason);
+                return Err(err);
             }
-            body.extend_from_slice(&chunk);
+            reply
+                .documents
+                .push(Document::new(name, media_type, got.body));
         }
-        Ok(body)
+        Ok(reply)
+    }
+
+    fn classify(&self, reply: &HttpReply) -> DeliveryError {
+        let mut err = response::classify(
+            &self.config.response,
+            reply.status.as_u16(),
+            reply.retry_after,
+            &reply.body,
+        );
+        if reply.credentials_renewed {
+            err.class = crate::adapter::FailureClass::Transient;
+            err.reason = format!("{}; a new access token is fetched", err.reason);
+        }
+        err
+    }
+
+    /// An intermediate report (a 202 body, a "still working" poll). The
+    /// vendor has the work, so a report the mapping cannot read is logged
+    /// and skipped rather than failing the delivery.
+    fn progress(&self, body: &[u8]) -> VendorReply {
+        match response::map_progress(&self.config.response, body, &self.name) {
+            Ok(m) => m.reply,
+            Err(e) => {
+                tracing::warn!(adapter = %self.name, "intermediate report ignored: {}", e.reason);
+                VendorReply::default()
+            }
+        }
+    }
+
+    async fn deliver(&self, request: DeliveryRequest) -> Result<VendorReply, DeliveryError> {
+        let op = self.operation(request.operation()).ok_or_else(|| {
+            DeliveryError::permanent(format!(
+                "adapter '{}' has no '{}' operation configured",
+                self.name,
+                request.operation().as_str()
+            ))
+        })?;
+        let built = self.build_request(op, &request)?;
+        let url = built
+            .try_clone()
+            .and_then(|b| b.build().ok())
+            .map(|r| r.url().clone())
+            .unwrap_or_else(|| self.base.clone());
+        let reply = self.transport.send(built).await?;
+        let status = reply.status.as_u16();
+        let mapping = &self.config.response;
+        match (self.config.pattern, status) {
+            (Pattern::Push, 202) => {
+                // ModI: the provider names the exchange; vendors that adopt
+                // the client's X-Correlation-ID may omit it.
+                let correlation = reply
+                    .header("x-correlation-id")
+                    .map(str::trim)
+                    .filter(|c| !c.is_empty())
+                    .unwrap_or(request.operation_id())
+                    .to_string();
+                let mut ack = self.progress(&reply.body);
+                ack.external_refs.push(ExternalRef {
+                    kind: callback::CORRELATION_KIND.into(),
+                    value: correlation,
+                    system: self.name.clone(),
+                    issued_at: None,
+                });
+                Ok(ack)
+            }
+            (Pattern::Pull, 202) => {
+                let location = reply.header("location").ok_or_else(|| {
+                    DeliveryError::permanent(
+                        "vendor answered 202 without Location (NONBLOCK_PULL_REST)",
+                    )
+                })?;
+                let status_url = self.vendor_url(location, &url)?;
+                let mut ack = self.progress(&reply.body);
+                ack.follow_up = Some(FollowUp {
+                    token: status_url.to_string(),
+                    poll_after: reply
+                        .retry_after
+                        .unwrap_or(self.config.pull.initial_interval),
+                    max_wait: self.config.pull.max_wait,
+                });
+                Ok(ack)
+            }
+            (_, 200..=299) => {
+                let mapped = response::map_success(mapping, &reply.body, &self.name)?;
+                self.complete(mapped, &url).await
+            }
+            _ => Err(self.classify(&reply)),
+        }
+    }
+
+    async fn poll(&self, request: PollRequest) -> Result<PollOutcome, DeliveryError> {
+        let status_url = reqwest::Url::parse(&request.token).map_err(|e| {
+            DeliveryError::permanent(format!("stored status URL is not valid: {e}"))
+        })?;
+        let reply = self.get(status_url.clone()).await?;
+        let mapping = &self.config.response;
+        match reply.status.as_u16() {
+            // 303 is ModI's "done"; some servers answer 302 or 301.
+            301..=303 => {
+                let location = reply.header("location").ok_or_else(|| {
+                    DeliveryError::permanent("vendor answered 303 without Location")
+                })?;
+                let result_url = self.vendor_url(location, &status_url)?;
+                let result = self.get(result_url.clone()).await?;
+                if !result.status.is_success() {
+                    return Err(self.classify(&result));
+                }
+                let mapped = response::map_success(mapping, &result.body, &self.name)?;
+                Ok(PollOutcome::Done(self.complete(mapped, &result_url).await?))
+            }
+            200..=299 => {
+                let progress = self.progress(&reply.body);
+                let has_news = progress.status.is_some() || !progress.external_refs.is_empty();
+                let pull = &self.config.pull;
+                let backoff = pull
+                    .initial_interval
+                    .saturating_mul(1u32 << request.polls.min(16))
+                    .min(pull.max_interval);
+                Ok(PollOutcome::Pending {
+                    progress: has_news.then_some(progress),
+                    token: None,
+                    poll_after: reply
+                        .retry_after
+                        .unwrap_or(backoff)
+                        .max(Duration::from_millis(10)),
+                })
+            }
+            _ => Err(self.classify(&reply)),
+        }
+    }
+
+    fn render(&self, request: &DeliveryRequest) -> Result<String, DeliveryError> {
+        let op = self.operation(request.operation()).ok_or_else(|| {
+            DeliveryError::permanent(format!(
+                "no '{}' operation configured",
+                request.operation().as_str()
+            ))
+        })?;
+        let built = self
+            .build_request(op, request)?
+            .build()
+            .map_err(|e| DeliveryError::permanent(format!("cannot build the request: {e}")))?;
+        let mut out = format!("{} {}\n", built.method(), built.url());
+        for (k, v) in &self.config.headers {
+            out.push_str(&format!("{k}: {v}\n"));
+        }
+        let auth = match &self.config.auth {
+            config::RestAuth::None => None,
+            config::RestAuth::Header { name, .. } => Some(name.to_ascii_lowercase()),
+            _ => Some("authorization".to_string()),
+        };
+        if let Some(h) = auth {
+            out.push_str(&format!("{h}: <redacted>\n"));
+        }
+        for (k, v) in built.headers() {
+            let value = if v.is_sensitive() {
+                "<redacted>"
+            } else {
+                v.to_str().unwrap_or("<binary>")
+            };
+            out.push_str(&format!("{k}: {value}\n"));
+        }
+        out.push('\n');
+        if let Some(body) = built.body().and_then(|b| b.as_bytes()) {
+            out.push_str(&String::from_utf8_lossy(body));
+            out.push('\n');
+        }
+        Ok(out)
     }
 }
 
@@ -190,11 +451,14 @@ fn add_operation_templates(
             format!("'{}' is not an HTTP method", op.method),
         ));
     }
-    // Paths are rendered per request; compile once now to catch syntax errors.
-    let mut probe = Templates::new();
-    probe
-        .add("path", op.path.clone(), Escape::None)
+    templates
+        .add(&format!("{name}.path"), op.path.clone(), Escape::UrlPath)
         .map_err(|e| AdapterError::new(format!("{name}.path"), e))?;
+    for (key, value) in &op.query {
+        templates
+            .add(&format!("{name}.query.{key}"), value.clone(), Escape::None)
+            .map_err(|e| AdapterError::new(format!("{name}.query.{key}"), e))?;
+    }
     if op.body != BodyKind::Template {
         if op.template.is_some() || op.template_inline.is_some() {
             return Err(AdapterError::new(
@@ -204,17 +468,18 @@ fn add_operation_templates(
         }
         return Ok(());
     }
-    let source = match (&op.template, &op.template_inline) {
+    let (source, origin) = match (&op.template, &op.template_inline) {
         (Some(path), None) => {
             let full = config_dir.join(path);
-            std::fs::read_to_string(&full).map_err(|e| {
+            let source = std::fs::read_to_string(&full).map_err(|e| {
                 AdapterError::new(
                     format!("{name}.template"),
                     format!("cannot read {}: {e}", full.display()),
                 )
-            })?
+            })?;
+            (source, full.display().to_string())
         }
-        (None, Some(inline)) => inline.clone(),
+        (None, Some(inline)) => (inline.clone(), format!("{name}.template_inline")),
         (None, None) => {
             return Err(AdapterError::new(
                 format!("{name}.template"),
@@ -228,77 +493,10 @@ fn add_operation_templates(
             ));
         }
     };
+    // "file: line N: …" — the engineer opens the file at the line.
     templates
         .add(name, source, Escape::for_content_type(&op.content_type))
-        .map_err(|e| AdapterError::new(format!("{name}.template"), e))
-}
-
-/// Reads a secret from an environment variable or a file (relative paths
-/// resolve against the configuration file's directory, like templates).
-fn read_secret(
-    key: &str,
-    env: &Option<String>,
-    file: &Option<String>,
-    config_dir: &Path,
-) -> Result<String, AdapterError> {
-    match (env, file) {
-        (Some(var), None) => std::env::var(var).map_err(|_| {
-            AdapterError::new(
-                format!("auth.{key}_env"),
-                format!("environment variable {var} is not set"),
-            )
-        }),
-        (None, Some(path)) => std::fs::read_to_string(config_dir.join(path))
-            .map(|s| s.trim_end_matches(['\r', '\n']).to_string())
-            .map_err(|e| {
-                AdapterError::new(
-                    format!("auth.{key}_file"),
-                    format!("cannot read {path}: {e}"),
-                )
-            }),
-        (None, None) => Err(AdapterError::new(
-            format!("auth.{key}_env"),
-            format!("set {key}_env or {key}_file (secrets are never written in the configuration)"),
-        )),
-        (Some(_), Some(_)) => Err(AdapterError::new(
-            format!("auth.{key}_env"),
-            format!("set either {key}_env or {key}_file, not both"),
-        )),
-    }
-}
-
-fn auth_header(auth: &RestAuth, config_dir: &Path) -> Result<Option<HeaderValue>, AdapterError> {
-    use base64::Engine;
-    let value = match auth {
-        RestAuth::None => return Ok(None),
-        RestAuth::Basic {
-            username,
-            password_env,
-            password_file,
-        } => {
-            let password = read_secret("password", password_env, password_file, config_dir)?;
-            let token =
-                base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
-            format!("Basic {token}")
-        }
-        RestAuth::Bearer {
-            token_env,
-            token_file,
-        } => {
-            format!(
-                "Bearer {}",
-                read_secret("token", token_env, token_file, config_dir)?
-            )
-        }
-    };
-    let mut header = HeaderValue::from_str(&value).map_err(|_| {
-        AdapterError::new(
-            "auth",
-            "the secret contains characters not allowed in a header",
-        )
-    })?;
-    header.set_sensitive(true);
-    Ok(Some(header))
+        .map_err(|e| AdapterError::new(format!("{name}.template"), format!("{origin}: {e}")))
 }
 
 #[async_trait]
@@ -308,65 +506,27 @@ impl Adapter for RestAdapter {
     }
 
     fn supports(&self, operation: Operation) -> bool {
-        self.operation(operation).is_some()
+        self.inner.operation(operation).is_some()
     }
 
     async fn deliver(&self, request: DeliveryRequest) -> Result<VendorReply, DeliveryError> {
-        let op = self.operation(request.operation()).ok_or_else(|| {
-            DeliveryError::permanent(format!(
-                "adapter '{}' has no '{}' operation configured",
-                self.name,
-                request.operation().as_str()
-            ))
-        })?;
-        let resp = self
-            .build_request(op, &request)?
-            .send()
-            .await
-            .map_err(|e| {
-                if e.is_connect() {
-                    DeliveryError::transient(format!(
-                        "cannot connect to vendor: {}",
-                        error_chain(&e)
-                    ))
-                } else if e.is_timeout() {
-                    DeliveryError::new(
-                        FailureClass::OutcomeUnknown,
-                        format!("no answer within {:?}", self.config.timeout),
-                    )
-                } else {
-                    DeliveryError::new(
-                        FailureClass::OutcomeUnknown,
-                        format!("request failed: {}", error_chain(&e)),
-                    )
-                }
-            })?;
-        let status = resp.status();
-        let retry_after = resp
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| response::parse_retry_after(v, SystemTime::now()));
-        let body = self.read_body(resp).await?;
-        if status.is_success() {
-            response::map_success(&self.config.response, &body, &self.name)
-        } else {
-            Err(response::classify_failure(
-                status.as_u16(),
-                retry_after,
-                &body,
-            ))
-        }
+        self.inner.deliver(request).await
     }
-}
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
+    async fn poll(&self, request: PollRequest) -> Result<PollOutcome, DeliveryError> {
+        self.inner.poll(request).await
     }
-    msg
+
+    fn render(&self, request: &DeliveryRequest) -> Option<Result<String, DeliveryError>> {
+        Some(self.inner.render(request))
+    }
+
+    fn http_routes(&self, sink: Arc<dyn ResultSink>) -> Option<axum::Router> {
+        self.inner.callback.as_ref()?;
+        Some(callback::router(Arc::clone(&self.inner), sink))
+    }
+
+    fn health(&self) -> AdapterHealth {
+        self.inner.transport.health()
+    }
 }

@@ -1,25 +1,72 @@
 //! From a vendor's HTTP reply to a [`VendorReply`] or a classified failure.
 
-use super::config::ResponseMapping;
+use super::config::{ErrorClass, ResponseMapping};
 use crate::adapter::{DeliveryError, FailureClass, VendorReply};
+use crate::http::reply::scalar_text;
+pub use crate::http::reply::{classify_failure, parse_retry_after};
 use crate::model::{Document, ExternalRef};
 use base64::Engine;
 use serde_json::Value;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-/// Maps a 2xx body with the configured pointers. `system` names the adapter
-/// instance in the external references it reports.
+/// A mapped reply, plus outcome documents the vendor only linked to.
+#[derive(Debug, Clone, Default)]
+pub struct Mapped {
+    pub reply: VendorReply,
+    /// Documents to fetch (URL as written by the vendor) before applying.
+    pub remote_documents: Vec<RemoteDocument>,
+}
+
+/// An outcome document given by URL.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RemoteDocument {
+    pub name: String,
+    pub media_type: String,
+    pub url: String,
+}
+
+/// Maps a final 2xx body with the configured pointers. `system` names the
+/// adapter instance in the external references it reports.
 pub fn map_success(
     mapping: &ResponseMapping,
     body: &[u8],
     system: &str,
-) -> Result<VendorReply, DeliveryError> {
+) -> Result<Mapped, DeliveryError> {
+    map_body(mapping, body, system, true)
+}
+
+/// Maps an intermediate report (a 202, a "still working" poll): the
+/// status is taken only when the vendor states one — no default status,
+/// no required pointers.
+pub fn map_progress(
+    mapping: &ResponseMapping,
+    body: &[u8],
+    system: &str,
+) -> Result<Mapped, DeliveryError> {
+    map_body(mapping, body, system, false)
+}
+
+fn map_body(
+    mapping: &ResponseMapping,
+    body: &[u8],
+    system: &str,
+    is_final: bool,
+) -> Result<Mapped, DeliveryError> {
     let json: Value = if body.iter().all(u8::is_ascii_whitespace) {
         Value::Null
     } else {
         serde_json::from_slice(body)
             .map_err(|e| DeliveryError::permanent(format!("vendor reply is not valid JSON: {e}")))?
     };
+    if is_final {
+        for ptr in &mapping.required_pointers {
+            if json.pointer(ptr).is_none_or(Value::is_null) {
+                return Err(DeliveryError::permanent(format!(
+                    "vendor reply has nothing at {ptr} (response.required_pointers)"
+                )));
+            }
+        }
+    }
     let text_at = |ptr: &Option<String>| -> Option<String> {
         ptr.as_deref()
             .and_then(|p| json.pointer(p))
@@ -33,7 +80,16 @@ pub fn map_success(
                 "vendor status '{code}' at {ptr} has no entry in response.status_map"
             ))
         })?),
-        _ => Some(mapping.default_status),
+        _ if is_final => Some(mapping.default_status),
+        _ => None,
+    };
+    let occurred_at = match (text_at(&mapping.date_pointer), &mapping.date_pointer) {
+        (Some(text), Some(ptr)) => Some(parse_date(&text).ok_or_else(|| {
+            DeliveryError::permanent(format!(
+                "vendor date '{text}' at {ptr} is neither RFC 3339 nor YYYY-MM-DD"
+            ))
+        })?),
+        _ => None,
     };
 
     let mut refs = Vec::new();
@@ -42,7 +98,7 @@ pub fn map_success(
             kind: "protocol".into(),
             value: protocol,
             system: system.into(),
-            issued_at: None,
+            issued_at: occurred_at,
         });
     }
     if let Some(reference) = text_at(&mapping.reference_pointer) {
@@ -54,17 +110,22 @@ pub fn map_success(
         });
     }
 
-    let documents = match mapping
+    let mut documents = Vec::new();
+    let mut remote_documents = Vec::new();
+    match mapping
         .documents_pointer
         .as_deref()
         .and_then(|p| json.pointer(p))
     {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(items)) => items
-            .iter()
-            .enumerate()
-            .map(|(i, item)| parse_document(item, i))
-            .collect::<Result<_, _>>()?,
+        None | Some(Value::Null) => {}
+        Some(Value::Array(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                match parse_document(item, i)? {
+                    Doc::Inline(d) => documents.push(d),
+                    Doc::Remote(r) => remote_documents.push(r),
+                }
+            }
+        }
         Some(_) => {
             return Err(DeliveryError::permanent(format!(
                 "vendor reply: {} is not an array of documents",
@@ -73,26 +134,34 @@ pub fn map_success(
         }
     };
 
-    Ok(VendorReply {
-        status,
-        vendor_code,
-        reason: text_at(&mapping.reason_pointer),
-        external_refs: refs,
-        documents,
-        occurred_at: None,
+    Ok(Mapped {
+        reply: VendorReply {
+            status,
+            vendor_code,
+            reason: text_at(&mapping.reason_pointer),
+            external_refs: refs,
+            documents,
+            occurred_at,
+            follow_up: None,
+        },
+        remote_documents,
     })
 }
 
-fn scalar_text(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) if !s.is_empty() => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        _ => None,
+fn parse_date(text: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Some(t.with_timezone(&chrono::Utc));
     }
+    let d = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d").ok()?;
+    Some(d.and_hms_opt(0, 0, 0)?.and_utc())
 }
 
-fn parse_document(item: &Value, index: usize) -> Result<Document, DeliveryError> {
+enum Doc {
+    Inline(Document),
+    Remote(RemoteDocument),
+}
+
+fn parse_document(item: &Value, index: usize) -> Result<Doc, DeliveryError> {
     let field = |names: &[&str]| {
         names
             .iter()
@@ -100,72 +169,43 @@ fn parse_document(item: &Value, index: usize) -> Result<Document, DeliveryError>
             .map(str::to_string)
     };
     let bad = |what: &str| DeliveryError::permanent(format!("vendor document #{index}: {what}"));
-    let content =
-        field(&["content_base64", "content"]).ok_or_else(|| bad("missing content_base64"))?;
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(content.trim())
-        .map_err(|e| bad(&format!("content_base64 is not base64: {e}")))?;
     let name = field(&["name", "filename"]).unwrap_or_else(|| format!("document-{}", index + 1));
     let media_type = field(&["media_type", "mime_type", "content_type"])
         .unwrap_or_else(|| "application/octet-stream".into());
-    Ok(Document::new(name, media_type, bytes))
+    if let Some(content) = field(&["content_base64", "content"]) {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(content.trim())
+            .map_err(|e| bad(&format!("content_base64 is not base64: {e}")))?;
+        return Ok(Doc::Inline(Document::new(name, media_type, bytes)));
+    }
+    let url = field(&["url", "href"]).ok_or_else(|| bad("has neither content_base64 nor url"))?;
+    Ok(Doc::Remote(RemoteDocument {
+        name,
+        media_type,
+        url,
+    }))
 }
 
-/// Classifies a non-2xx reply (BLOCK_REST): 408, 429 and 5xx are transient,
-/// other 4xx permanent. RFC 7807 problem details (or the `{code, message}`
-/// shape of the SUAP specifications) become the reason and the vendor code.
-pub fn classify_failure(status: u16, retry_after: Option<Duration>, body: &[u8]) -> DeliveryError {
-    let class = if status == 408 || status == 429 || status >= 500 {
-        FailureClass::Transient
-    } else {
-        FailureClass::Permanent
-    };
-    let (detail, code) = problem_details(body);
-    let reason = match detail {
-        Some(d) => format!("HTTP {status}: {d}"),
-        None => format!("HTTP {status}"),
-    };
-    DeliveryError {
-        class,
-        reason,
-        vendor_code: code,
-        retry_after,
+/// Classifies a non-2xx reply (BLOCK_REST rules, then `response.error_map`).
+pub fn classify(
+    mapping: &ResponseMapping,
+    status: u16,
+    retry_after: Option<Duration>,
+    body: &[u8],
+) -> DeliveryError {
+    let mut err = classify_failure(status, retry_after, body);
+    if let Some(class) = err
+        .vendor_code
+        .as_ref()
+        .and_then(|c| mapping.error_map.get(c))
+    {
+        err.class = match class {
+            ErrorClass::Transient => FailureClass::Transient,
+            ErrorClass::Permanent => FailureClass::Permanent,
+            ErrorClass::Rejection => FailureClass::Rejection,
+        };
     }
-}
-
-/// Extracts a readable summary and an error code from a problem+json body.
-fn problem_details(body: &[u8]) -> (Option<String>, Option<String>) {
-    let Ok(Value::Object(obj)) = serde_json::from_slice::<Value>(body) else {
-        return (None, None);
-    };
-    let text = |k: &str| obj.get(k).and_then(scalar_text);
-    let summary: Vec<String> = ["title", "detail", "message"]
-        .iter()
-        .filter_map(|k| text(k))
-        .collect();
-    let summary = (!summary.is_empty()).then(|| truncate(&summary.join(": "), 500));
-    (summary, text("code").or_else(|| text("type")))
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
-}
-
-/// Parses `Retry-After`: delay-seconds or an HTTP date.
-pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let when = httpdate::parse_http_date(value).ok()?;
-    Some(when.duration_since(now).unwrap_or(Duration::ZERO))
+    err
 }
 
 #[cfg(test)]
@@ -193,7 +233,7 @@ mod tests {
     fn maps_status_refs_and_documents() {
         let body = br#"{"esito":"OK","id":77,"protocollo":{"numero":"2026/1234"},
             "documenti":[{"name":"cert.pdf","media_type":"application/pdf","content_base64":"aGVsbG8="}]}"#;
-        let reply = map_success(&mapping(), body, "anagrafe").unwrap();
+        let reply = map_success(&mapping(), body, "anagrafe").unwrap().reply;
         assert_eq!(reply.status, Some(AdminStatus::Approved));
         assert_eq!(reply.vendor_code.as_deref(), Some("OK"));
         assert_eq!(reply.external_refs[0].value, "2026/1234");
@@ -215,9 +255,9 @@ mod tests {
 
     #[test]
     fn missing_status_uses_the_default() {
-        let reply = map_success(&mapping(), b"{}", "x").unwrap();
+        let reply = map_success(&mapping(), b"{}", "x").unwrap().reply;
         assert_eq!(reply.status, Some(AdminStatus::Registered));
-        let reply = map_success(&mapping(), b"", "x").unwrap();
+        let reply = map_success(&mapping(), b"", "x").unwrap().reply;
         assert_eq!(reply.status, Some(AdminStatus::Registered));
     }
 
@@ -266,14 +306,28 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_seconds_and_dates() {
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
-        assert_eq!(parse_retry_after("7", now), Some(Duration::from_secs(7)));
-        let later = httpdate::fmt_http_date(now + Duration::from_secs(30));
-        assert_eq!(
-            parse_retry_after(&later, now),
-            Some(Duration::from_secs(30))
-        );
-        assert_eq!(parse_retry_after("soon", now), None);
+    fn progress_reports_take_only_stated_statuses_and_remote_documents_wait() {
+        let m = mapping();
+        let got = map_progress(&m, br#"{"protocollo":{"numero":"12"}}"#, "x").unwrap();
+        assert_eq!(got.reply.status, None);
+        assert_eq!(got.reply.external_refs[0].value, "12");
+        let got = map_success(
+            &m,
+            br#"{"esito":"OK","documenti":[{"name":"a.pdf","url":"/doc/1"}]}"#,
+            "x",
+        )
+        .unwrap();
+        assert_eq!(got.remote_documents[0].url, "/doc/1");
+    }
+
+    #[test]
+    fn required_pointers_name_the_missing_one() {
+        let m = ResponseMapping {
+            required_pointers: vec!["/protocollo/numero".into()],
+            ..mapping()
+        };
+        let err = map_success(&m, br#"{"esito":"OK"}"#, "x").unwrap_err();
+        assert_eq!(err.class, FailureClass::Permanent);
+        assert!(err.reason.contains("/protocollo/numero"), "{}", err.reason);
     }
 }

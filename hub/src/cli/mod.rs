@@ -3,6 +3,7 @@
 
 mod client;
 mod output;
+mod render;
 
 use crate::telemetry::LogFormat;
 use clap::{Parser, Subcommand};
@@ -53,6 +54,11 @@ pub enum Command {
     Status {
         #[command(flatten)]
         server: ServerArgs,
+    },
+    /// Routes of a configuration, offline.
+    Route {
+        #[command(subcommand)]
+        command: RouteCommand,
     },
     /// Dead-lettered deliveries on a running hub.
     Dlq {
@@ -136,6 +142,30 @@ pub enum PracticeCommand {
     },
 }
 
+/// `raccordo route …`
+#[derive(Debug, Subcommand)]
+pub enum RouteCommand {
+    /// Print the request the vendor would receive for a sample practice
+    /// (method, URL, headers with secrets redacted, body); nothing is sent.
+    Render {
+        /// Configuration file (TOML).
+        #[arg(long, short, env = "RACCORDO_CONFIG")]
+        config: PathBuf,
+        /// ISTAT code of the tenant.
+        #[arg(long, short)]
+        tenant: String,
+        /// Service code.
+        #[arg(long, short)]
+        service: String,
+        /// A practice as JSON (the format of `practice submit`).
+        #[arg(long, short)]
+        practice: PathBuf,
+        /// `submit` or `withdraw`.
+        #[arg(long, default_value = "submit")]
+        operation: String,
+    },
+}
+
 /// `raccordo dlq …`
 #[derive(Debug, Subcommand)]
 pub enum DlqCommand {
@@ -170,6 +200,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Practice { server, command } => client::practice(&server, command).await,
         Command::Dlq { server, command } => client::dlq(&server, command).await,
         Command::Status { server } => client::status(&server).await,
+        Command::Route {
+            command:
+                RouteCommand::Render {
+                    config,
+                    tenant,
+                    service,
+                    practice,
+                    operation,
+                },
+        } => {
+            let operation = operation.parse().map_err(anyhow::Error::msg)?;
+            render::render(&config, &tenant, &service, &practice, operation)
+        }
     }
 }
 

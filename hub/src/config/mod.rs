@@ -195,8 +195,9 @@ pub struct TenantConfig {
 /// `[adapters.NAME]`: one vendor connection; `kind` picks the protocol.
 #[derive(Debug, Clone)]
 pub enum AdapterConfig {
-    Rest(RestConfig),
-    File(FileConfig),
+    // Boxed: configurations differ much in size, and are built once.
+    Rest(Box<RestConfig>),
+    File(Box<FileConfig>),
 }
 
 /// The adapter kinds this hub knows.
@@ -224,10 +225,10 @@ impl AdapterConfig {
         };
         match kind.as_str() {
             "rest" => serde_path_to_error::deserialize(body)
-                .map(AdapterConfig::Rest)
+                .map(|c| AdapterConfig::Rest(Box::new(c)))
                 .map_err(typed),
             "file" => serde_path_to_error::deserialize(body)
-                .map(AdapterConfig::File)
+                .map(|c| AdapterConfig::File(Box::new(c)))
                 .map_err(typed),
             other => Err((
                 "kind".into(),

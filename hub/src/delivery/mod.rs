@@ -6,6 +6,7 @@
 //! the operation id never changes, so vendors can discard duplicates.
 
 mod message;
+mod poll;
 mod worker;
 
 pub use message::build_message;

@@ -10,7 +10,7 @@ use crate::store::{AttemptResult, ClaimedJob};
 use crate::trace::TraceContext;
 use backon::{ExponentialBuilder, Retryable};
 use chrono::Utc;
-use raccordo_adapters::{DeliveryError, DeliveryRequest, FailureClass};
+use raccordo_adapters::{AdapterHealth, DeliveryError, DeliveryRequest, FailureClass};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -90,24 +90,18 @@ async fn run(
             _ = stop.changed() => break,
         };
         let free = 1 + slots.available_permits() as u32;
-        let claimed = service
-            .store()
-            .claim_due(&instance.name, Utc::now(), free)
-            .await;
-        let jobs = match claimed {
-            Ok((jobs, events)) => {
-                service.publish(events);
-                jobs
-            }
-            Err(e) => {
-                tracing::error!(adapter = %instance.name, error = %e, "cannot claim due deliveries");
-                Vec::new()
-            }
+        // A vendor behind an open circuit breaker is left alone: its jobs
+        // wait in the outbox without spending attempts.
+        let down = matches!(instance.adapter.health(), AdapterHealth::Down(_));
+        let (polls, jobs) = if down {
+            (Vec::new(), Vec::new())
+        } else {
+            claim(&service, &instance.name, free).await
         };
-        if jobs.is_empty() {
+        if jobs.is_empty() && polls.is_empty() {
             drop(first);
             let sleep = match service.store().next_due_at(&instance.name).await {
-                Ok(Some(at)) => (at - Utc::now())
+                Ok(Some(at)) if !down => (at - Utc::now())
                     .to_std()
                     .unwrap_or(Duration::ZERO)
                     .min(poll),
@@ -121,13 +115,22 @@ async fn run(
             continue;
         }
         let mut permits = vec![first];
-        for _ in 1..jobs.len() {
+        for _ in 1..(jobs.len() + polls.len()) {
             // Only this loop takes permits, so the ones counted are still free.
             permits.push(
                 Arc::clone(&slots)
                     .try_acquire_owned()
                     .expect("counted permit"),
             );
+        }
+        let mut permits = permits.into_iter();
+        for (claimed, permit) in polls.into_iter().zip(permits.by_ref()) {
+            let service = Arc::clone(&service);
+            let instance = instance.clone();
+            attempts.spawn(async move {
+                super::poll::poll_once(&service, &instance, claimed).await;
+                drop(permit);
+            });
         }
         for (job, permit) in jobs.into_iter().zip(permits) {
             let service = Arc::clone(&service);
@@ -149,6 +152,66 @@ async fn run(
     }
     // Let attempts in flight finish (the caller bounds the wait).
     while attempts.join_next().await.is_some() {}
+}
+
+/// Claims due polls first (their vendors already accepted the work), then
+/// due deliveries, together at most `free`.
+async fn claim(
+    service: &PracticeService,
+    adapter: &str,
+    free: u32,
+) -> (Vec<crate::store::ClaimedPoll>, Vec<ClaimedJob>) {
+    let now = Utc::now();
+    let polls = match service.store().claim_polls(adapter, now, free).await {
+        Ok(polls) => polls,
+        Err(e) => {
+            tracing::error!(%adapter, error = %e, "cannot claim due polls");
+            Vec::new()
+        }
+    };
+    let left = free - polls.len() as u32;
+    if left == 0 {
+        return (polls, Vec::new());
+    }
+    let jobs = match service.store().claim_due(adapter, now, left).await {
+        Ok((jobs, events)) => {
+            service.publish(events);
+            jobs
+        }
+        Err(e) => {
+            tracing::error!(%adapter, error = %e, "cannot claim due deliveries");
+            Vec::new()
+        }
+    };
+    (polls, jobs)
+}
+
+/// The retry policy of `job`.
+pub(super) fn policy(service: &PracticeService, job: &ClaimedJob) -> RetryPolicy {
+    let config = service.config();
+    RetryPolicy {
+        max_attempts: job.max_attempts,
+        initial_backoff: config.delivery.initial_backoff,
+        max_backoff: config.delivery.max_backoff,
+    }
+}
+
+/// Records how an attempt (or a poll) ended; retried, since the vendor
+/// answered and that must not be lost to a busy database.
+pub(super) async fn record(service: &PracticeService, job: &ClaimedJob, result: AttemptResult) {
+    let record = || async { service.store().finish_attempt(job, result.clone()).await };
+    match record
+        .retry(
+            ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(50))
+                .with_max_times(5),
+        )
+        .await
+    {
+        Ok(events) => service.publish(events),
+        Err(e) => tracing::error!(operation_id = %job.operation_id, error = %e,
+            "cannot record the delivery result; it is resumed at next start"),
+    }
 }
 
 /// Runs one attempt and records its result.
@@ -175,11 +238,7 @@ async fn attempt(service: &PracticeService, instance: &AdapterInstance, job: Cla
         route_vars: Arc::new(route.map(|r| r.vars.clone()).unwrap_or_default()),
         traceparent: trace.as_ref().map(TraceContext::header),
     };
-    let policy = RetryPolicy {
-        max_attempts: job.max_attempts,
-        initial_backoff: config.delivery.initial_backoff,
-        max_backoff: config.delivery.max_backoff,
-    };
+    let policy = policy(service, &job);
     let metrics = service.metrics();
     let adapter_labels = AdapterLabels {
         adapter: instance.name.clone(),
@@ -222,18 +281,5 @@ async fn attempt(service: &PracticeService, instance: &AdapterInstance, job: Cla
         tracing::warn!(practice_id = %job.practice_id, operation_id = %job.operation_id, adapter = %instance.name,
             attempt = job.attempt, %class, elapsed_ms = started.elapsed().as_millis() as u64, "delivery failed: {reason}");
     }
-    // The vendor answered: recording it must not be lost to a busy database.
-    let record = || async { service.store().finish_attempt(&job, result.clone()).await };
-    match record
-        .retry(
-            ExponentialBuilder::default()
-                .with_min_delay(Duration::from_millis(50))
-                .with_max_times(5),
-        )
-        .await
-    {
-        Ok(events) => service.publish(events),
-        Err(e) => tracing::error!(operation_id = %job.operation_id, error = %e,
-            "cannot record the delivery result; it is resumed at next start"),
-    }
+    record(service, &job, result).await;
 }

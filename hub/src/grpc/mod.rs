@@ -245,7 +245,7 @@ impl pb::delivery_admin_service_server::DeliveryAdminService for Api {
             store_reason: s.store.reason.unwrap_or_default(),
             adapters: s
                 .adapters
-                .into_iter()
+                .into_values()
                 .map(|a| pb::AdapterStatus {
                     name: a.name,
                     kind: a.kind.to_string(),

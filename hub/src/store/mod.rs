@@ -97,6 +97,19 @@ pub struct ClaimedJob {
     pub traceparent: Option<String>,
 }
 
+/// A deferred result due for a poll (ModI `NONBLOCK_PULL_*`).
+#[derive(Debug, Clone)]
+pub struct ClaimedPoll {
+    /// The delivery; `attempt` is the attempt that was accepted.
+    pub job: ClaimedJob,
+    /// What the adapter gave to poll with (a status URL).
+    pub token: String,
+    /// Polls done so far.
+    pub polls: u32,
+    /// After this the delivery is `OUTCOME_UNKNOWN`.
+    pub deadline: DateTime<Utc>,
+}
+
 /// How an attempt ended.
 #[derive(Debug, Clone)]
 pub enum AttemptResult {
@@ -180,6 +193,8 @@ pub trait Store: Send + Sync + 'static {
     async fn last_cursor(&self) -> Result<i64, StoreError>;
 
     /// Marks up to `limit` due jobs of `adapter` in flight (delivery `SENT`).
+    /// A [`VendorReply::follow_up`] recorded by [`Store::finish_attempt`]
+    /// keeps the job for polling instead of finishing it.
     async fn claim_due(
         &self,
         adapter: &str,
@@ -202,6 +217,27 @@ pub trait Store: Send + Sync + 'static {
         &self,
         job: &ClaimedJob,
         result: AttemptResult,
+    ) -> Result<Vec<Event>, StoreError>;
+
+    /// Marks up to `limit` deferred results of `adapter` whose poll is due
+    /// as being polled. A restart makes them due again.
+    async fn claim_polls(
+        &self,
+        adapter: &str,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<ClaimedPoll>, StoreError>;
+
+    /// After a poll that found the result not ready: applies the vendor's
+    /// intermediate report (if any) and schedules the next poll at `next`.
+    /// (A finished poll is recorded with [`Store::finish_attempt`].)
+    async fn reschedule_poll(
+        &self,
+        poll: &ClaimedPoll,
+        progress: Option<VendorReply>,
+        token: Option<String>,
+        next: DateTime<Utc>,
+        error: Option<DeliveryError>,
     ) -> Result<Vec<Event>, StoreError>;
 
     /// Applies a result that arrived after the delivery, in one

@@ -14,6 +14,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/0002_inbound_receipts.sql"),
     ),
     (
+        3,
+        "follow_up",
+        include_str!("../../migrations/0003_follow_up.sql"),
+    ),
+    (
         4,
         "job_trace_context",
         include_str!("../../migrations/0004_job_trace_context.sql"),

@@ -9,10 +9,12 @@
 //! Either way a whole operation costs one thread hand-off, not one per SQL
 //! statement, and nothing blocks the async runtime.
 
+mod follow_up;
+
 use super::schema;
 use super::{
-    AdapterBacklog, AttemptResult, ClaimedJob, DeadLetter, EventFilter, InsertOutcome, OpsSnapshot,
-    PracticeCount, PracticeFilter, Store, StoreError, Withdrawal,
+    AdapterBacklog, AttemptResult, ClaimedJob, ClaimedPoll, DeadLetter, EventFilter, InsertOutcome,
+    OpsSnapshot, PracticeCount, PracticeFilter, Store, StoreError, Withdrawal,
 };
 use crate::config::{Mode, Synchronous};
 use crate::domain::apply::{StatusState, plan_reply};
@@ -622,7 +624,8 @@ fn practice_from_row(row: PracticeRow) -> Result<Practice, StoreError> {
         .map_err(|e| StoreError::Corrupt(format!("practice content: {e}")))?;
     let delivery = match (row.delivery_status.as_deref(), row.current_operation_id) {
         (Some(status), Some(operation_id)) => {
-            let due = row.job_state.as_deref() == Some("due");
+            // A polled result shows its next poll.
+            let due = matches!(row.job_state.as_deref(), Some("due" | "polling"));
             Some(DeliveryView {
                 status: parse("delivery_status", status)?,
                 operation_id,
@@ -1196,7 +1199,7 @@ impl Store for SqliteStore {
         self.read(move |conn| {
             let next: Option<i64> = conn
                 .prepare_cached(
-                    "SELECT MIN(next_attempt_at) FROM jobs WHERE adapter = ?1 AND state = 'due'",
+                    "SELECT MIN(next_attempt_at) FROM jobs WHERE adapter = ?1 AND state IN ('due', 'polling')",
                 )?
                 .query_row([adapter], |r| r.get(0))?;
             Ok(next.map(from_ms))
@@ -1242,6 +1245,16 @@ impl Store for SqliteStore {
                 ])
             };
             match &result {
+                AttemptResult::Delivered(reply) if reply.follow_up.is_some() => {
+                    // Accepted; the result comes from polling. The delivery
+                    // stays SENT until the vendor's outcome is in.
+                    follow_up::start(conn, &job, reply, now)?;
+                    let accepted = VendorReply {
+                        follow_up: None,
+                        ..reply.clone()
+                    };
+                    apply_reply(conn, &mut st, &accepted, actor, now, &mut drafts)?;
+                }
                 AttemptResult::Delivered(_) | AttemptResult::Rejected(_) => {
                     let err = match &result {
                         AttemptResult::Rejected(e) => Some(e),
@@ -1316,6 +1329,32 @@ impl Store for SqliteStore {
                 }
             }
             append_events(conn, &mut st, drafts, now)
+        })
+        .await
+    }
+
+    async fn claim_polls(
+        &self,
+        adapter: &str,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<ClaimedPoll>, StoreError> {
+        let adapter = adapter.to_string();
+        self.write(move |conn| follow_up::claim(conn, &adapter, now, limit))
+            .await
+    }
+
+    async fn reschedule_poll(
+        &self,
+        poll: &ClaimedPoll,
+        progress: Option<VendorReply>,
+        token: Option<String>,
+        next: DateTime<Utc>,
+        error: Option<raccordo_adapters::DeliveryError>,
+    ) -> Result<Vec<Event>, StoreError> {
+        let poll = poll.clone();
+        self.write(move |conn| {
+            follow_up::reschedule(conn, &poll, progress.as_ref(), token, next, error.as_ref())
         })
         .await
     }
@@ -1415,7 +1454,7 @@ impl Store for SqliteStore {
                     .query_row([&op], |r| Ok((r.get(0)?, r.get(1)?)))
                     .optional()?;
                 match job {
-                    Some((state, attempts)) if state == "due" || state == "dead" => {
+                    Some((state, attempts)) if state == "due" || state == "dead" || state == "polling" => {
                         vendor_may_know = attempts > 0;
                         conn.prepare_cached(
                             "UPDATE jobs SET state = 'cancelled', updated_at = ?1 WHERE operation_id = ?2",
@@ -1535,6 +1574,11 @@ impl Store for SqliteStore {
                 )?
                 .query_map([ms(now)], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
                 .collect::<rusqlite::Result<_>>()?;
+            // An interrupted poll only asked; it is simply asked again.
+            conn.prepare_cached(
+                "UPDATE jobs SET state = 'polling', next_attempt_at = ?1, updated_at = ?1 WHERE state = 'poll_in_flight'",
+            )?
+            .execute([ms(now)])?;
             let mut events = Vec::new();
             for (op, practice_id, adapter) in rows {
                 let mut st = load_state(conn, &practice_id)?;

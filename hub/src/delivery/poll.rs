@@ -1,0 +1,93 @@
+//! Polling a deferred result (ModI `NONBLOCK_PULL_*`): one poll per claim,
+//! the next one scheduled durably on the job row, bounded by the deadline
+//! the adapter set when the vendor accepted the request.
+//!
+//! When the deadline passes without a result the delivery is
+//! `OUTCOME_UNKNOWN` and follows the retry policy like any attempt whose
+//! answer never came: re-sent with the same operation id (the vendor
+//! discards duplicates) or, with no attempts left, dead-lettered.
+
+use super::worker::{policy, record};
+use crate::adapters::AdapterInstance;
+use crate::practices::PracticeService;
+use crate::store::{AttemptResult, ClaimedPoll};
+use chrono::Utc;
+use raccordo_adapters::{DeliveryError, FailureClass, PollOutcome, PollRequest, VendorReply};
+use std::time::Duration;
+use tracing::Instrument;
+
+/// Polls once and records what was found.
+pub(super) async fn poll_once(
+    service: &PracticeService,
+    instance: &AdapterInstance,
+    claimed: ClaimedPoll,
+) {
+    let job = &claimed.job;
+    let span = tracing::info_span!("poll", practice_id = %job.practice_id, operation_id = %job.operation_id,
+        adapter = %instance.name, poll = claimed.polls + 1);
+    let outcome = instance
+        .adapter
+        .poll(PollRequest {
+            operation_id: job.operation_id.clone(),
+            operation: job.operation,
+            token: claimed.token.clone(),
+            polls: claimed.polls,
+        })
+        .instrument(span)
+        .await;
+    let now = Utc::now();
+    let (progress, token, after, error) = match outcome {
+        Ok(PollOutcome::Done(reply)) => {
+            let reply = VendorReply {
+                follow_up: None,
+                ..reply
+            };
+            return record(service, job, AttemptResult::Delivered(reply)).await;
+        }
+        Ok(PollOutcome::Pending {
+            progress,
+            token,
+            poll_after,
+        }) => (progress, token, poll_after, None),
+        Err(e) if e.class == FailureClass::Transient => {
+            // The status endpoint hiccuped: ask again later, within the wait.
+            let after = e.retry_after.unwrap_or(Duration::from_secs(5));
+            (None, None, after, Some(e))
+        }
+        Err(e) if e.class == FailureClass::Rejection => {
+            return record(service, job, AttemptResult::Rejected(e)).await;
+        }
+        Err(e) => {
+            tracing::warn!(operation_id = %job.operation_id, adapter = %instance.name,
+                class = %e.class, "poll failed: {}", e.reason);
+            let decision = policy(service, job).decide(e.class, job.attempt, e.retry_after);
+            return record(service, job, AttemptResult::Failed(e, decision)).await;
+        }
+    };
+    if now >= claimed.deadline {
+        let err = DeliveryError::new(
+            FailureClass::OutcomeUnknown,
+            format!(
+                "no result after {} polls: the maximum wait ended at {}",
+                claimed.polls + 1,
+                claimed
+                    .deadline
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
+        );
+        let decision = policy(service, job).decide(err.class, job.attempt, None);
+        return record(service, job, AttemptResult::Failed(err, decision)).await;
+    }
+    let next = (now + chrono::Duration::from_std(after).unwrap_or(chrono::Duration::hours(1)))
+        .min(claimed.deadline);
+    match service
+        .store()
+        .reschedule_poll(&claimed, progress, token, next, error)
+        .await
+    {
+        Ok(events) => service.publish(events),
+        // The job stays 'poll_in_flight' and is polled again after a restart.
+        Err(e) => tracing::error!(operation_id = %job.operation_id, error = %e,
+            "cannot record the poll; it is repeated at next start"),
+    }
+}

@@ -1,0 +1,130 @@
+//! Durable polling of deferred results (ModI `NONBLOCK_PULL_*`): the job
+//! row keeps the adapter's token, the number of polls and the deadline.
+
+use super::{append_events, apply_reply, from_ms, load_state, ms, parse};
+use crate::store::{ClaimedJob, ClaimedPoll, StoreError};
+use chrono::{DateTime, Duration, Utc};
+use raccordo_adapters::{DeliveryError, VendorReply};
+use rusqlite::{Connection, params};
+
+/// The vendor accepted the request and named where to poll.
+pub(super) fn start(
+    conn: &Connection,
+    job: &ClaimedJob,
+    reply: &VendorReply,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let Some(f) = &reply.follow_up else {
+        return Ok(());
+    };
+    let first = now + Duration::from_std(f.poll_after).unwrap_or_else(|_| Duration::hours(1));
+    let deadline = now + Duration::from_std(f.max_wait).unwrap_or_else(|_| Duration::days(365));
+    conn.prepare_cached(
+        "UPDATE jobs SET state = 'polling', follow_up = ?1, follow_up_polls = 0, follow_up_deadline = ?2,
+            next_attempt_at = ?3, last_error = NULL, failure_class = NULL, updated_at = ?4
+         WHERE operation_id = ?5",
+    )?
+    .execute(params![
+        f.token,
+        ms(deadline),
+        ms(first.min(deadline)),
+        ms(now),
+        job.operation_id
+    ])?;
+    Ok(())
+}
+
+pub(super) fn claim(
+    conn: &Connection,
+    adapter: &str,
+    now: DateTime<Utc>,
+    limit: u32,
+) -> Result<Vec<ClaimedPoll>, StoreError> {
+    let rows = conn
+        .prepare_cached(
+            "UPDATE jobs SET state = 'poll_in_flight', updated_at = ?1
+             WHERE operation_id IN (
+                SELECT operation_id FROM jobs WHERE adapter = ?2 AND state = 'polling' AND next_attempt_at <= ?1
+                ORDER BY next_attempt_at LIMIT ?3)
+             RETURNING operation_id, practice_id, tenant_id, adapter, operation, attempts, max_attempts,
+                follow_up, follow_up_polls, follow_up_deadline, traceparent",
+        )?
+        .query_map(params![ms(now), adapter, limit as i64], |r| {
+            Ok((
+                (
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                ),
+                (
+                    r.get::<_, i64>(5)?,
+                    r.get::<_, i64>(6)?,
+                    r.get::<_, Option<String>>(7)?,
+                    r.get::<_, i64>(8)?,
+                    r.get::<_, Option<i64>>(9)?,
+                    r.get::<_, Option<String>>(10)?,
+                ),
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    rows.into_iter()
+        .map(
+            |(
+                (operation_id, practice_id, tenant_id, adapter, operation),
+                (attempt, max_attempts, token, polls, deadline, traceparent),
+            )| {
+                Ok(ClaimedPoll {
+                    token: token.ok_or_else(|| {
+                        StoreError::Corrupt(format!("job {operation_id} polls without a token"))
+                    })?,
+                    job: ClaimedJob {
+                        operation_id,
+                        practice_id,
+                        tenant_id,
+                        adapter,
+                        operation: parse("operation", &operation)?,
+                        attempt: attempt as u32,
+                        max_attempts: max_attempts as u32,
+                        traceparent,
+                    },
+                    polls: polls as u32,
+                    deadline: deadline.map_or(now, from_ms),
+                })
+            },
+        )
+        .collect()
+}
+
+pub(super) fn reschedule(
+    conn: &Connection,
+    poll: &ClaimedPoll,
+    progress: Option<&VendorReply>,
+    token: Option<String>,
+    next: DateTime<Utc>,
+    error: Option<&DeliveryError>,
+) -> Result<Vec<crate::domain::practice::Event>, StoreError> {
+    let now = Utc::now();
+    conn.prepare_cached(
+        "UPDATE jobs SET state = 'polling', follow_up = COALESCE(?1, follow_up),
+            follow_up_polls = follow_up_polls + 1, next_attempt_at = ?2,
+            last_error = ?3, failure_class = ?4, updated_at = ?5
+         WHERE operation_id = ?6 AND state = 'poll_in_flight'",
+    )?
+    .execute(params![
+        token,
+        ms(next),
+        error.map(|e| format!("poll: {}", e.reason)),
+        error.map(|e| e.class.as_str()),
+        ms(now),
+        poll.job.operation_id
+    ])?;
+    let Some(progress) = progress else {
+        return Ok(Vec::new());
+    };
+    let mut st = load_state(conn, &poll.job.practice_id)?;
+    let mut drafts = Vec::new();
+    apply_reply(conn, &mut st, progress, &poll.job.adapter, now, &mut drafts)?;
+    append_events(conn, &mut st, drafts, now)
+}
