@@ -8,8 +8,10 @@
 //!   delivery request and reply, and the failure classes the hub acts on.
 //! - [`template`]: the request-body template engine shared by all adapters.
 //! - [`rest`]: the REST adapter (AgID ModI `BLOCK_REST`).
+//! - [`amqp`]: the AMQP adapter (RabbitMQ, publisher confirms, reply queue).
 
 pub mod adapter;
+pub mod amqp;
 pub mod message;
 pub mod model;
 pub mod rest;

@@ -1,6 +1,7 @@
 //! Building adapter instances from configuration.
 
 use crate::config::AdapterConfig;
+use raccordo_adapters::amqp::AmqpAdapter;
 use raccordo_adapters::rest::RestAdapter;
 use raccordo_adapters::{Adapter, AdapterError};
 use std::path::Path;
@@ -34,6 +35,14 @@ pub fn build(
     match config {
         AdapterConfig::Rest(rest) => {
             let adapter = RestAdapter::build(name, rest.clone(), base_dir)?;
+            Ok(AdapterInstance {
+                name: name.to_string(),
+                max_concurrency: adapter.max_concurrency(),
+                adapter: Arc::new(adapter),
+            })
+        }
+        AdapterConfig::Amqp(amqp) => {
+            let adapter = AmqpAdapter::build(name, amqp.clone(), base_dir)?;
             Ok(AdapterInstance {
                 name: name.to_string(),
                 max_concurrency: adapter.max_concurrency(),

@@ -13,6 +13,7 @@ mod load;
 pub use check::{ConfigIssue, check};
 pub use load::{LoadError, load};
 
+use raccordo_adapters::amqp::config::AmqpConfig;
 use raccordo_adapters::rest::config::RestConfig;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -195,10 +196,11 @@ pub struct TenantConfig {
 #[derive(Debug, Clone)]
 pub enum AdapterConfig {
     Rest(RestConfig),
+    Amqp(AmqpConfig),
 }
 
 /// The adapter kinds this hub knows.
-pub const ADAPTER_KINDS: &[&str] = &["rest"];
+pub const ADAPTER_KINDS: &[&str] = &["rest", "amqp"];
 
 impl AdapterConfig {
     /// Parses one `[adapters.NAME]` table; errors give the key inside it.
@@ -223,6 +225,9 @@ impl AdapterConfig {
         match kind.as_str() {
             "rest" => serde_path_to_error::deserialize(body)
                 .map(AdapterConfig::Rest)
+                .map_err(typed),
+            "amqp" => serde_path_to_error::deserialize(body)
+                .map(AdapterConfig::Amqp)
                 .map_err(typed),
             other => Err((
                 "kind".into(),
