@@ -355,6 +355,8 @@ struct Opts {
     max_attempts: u32,
     /// Extra keys of the inbox queue's declaration.
     inbox_extra: &'static str,
+    /// `declare` or `passive`.
+    topology_mode: &'static str,
 }
 
 impl Default for Opts {
@@ -362,6 +364,7 @@ impl Default for Opts {
         Self {
             max_attempts: 10,
             inbox_extra: "",
+            topology_mode: "declare",
         }
     }
 }
@@ -414,6 +417,7 @@ dead_letter_exchange = "{dlx}"
 requeue_delay = "100ms"
 
 [adapters.mq.topology]
+mode = "{mode}"
 exchanges = [{{ name = "{exchange}", type = "topic" }}, {{ name = "{dlx}", type = "fanout" }}]
 queues = [
   {{ name = "{inbox}"{inbox_extra} }},
@@ -444,10 +448,18 @@ mode = "deferred"
         results = n.results,
         dlx = n.dlx,
         dead = n.dead,
+        mode = o.topology_mode,
     )
 }
 
 async fn start(n: &Names, proxy: &Proxy, o: Opts) -> TestHub {
+    let hub = start_unchecked(n, proxy, o).await;
+    // The topology exists once the adapter is up.
+    wait_adapter(&hub, "up", Duration::from_secs(20)).await;
+    hub
+}
+
+async fn start_unchecked(n: &Names, proxy: &Proxy, o: Opts) -> TestHub {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
@@ -459,17 +471,14 @@ async fn start(n: &Names, proxy: &Proxy, o: Opts) -> TestHub {
     let config = raccordo::config::load(&path).expect("test config loads");
     let hub = raccordo::server::start(config).await.expect("hub starts");
     let channel = connect(hub.grpc_addr).await;
-    let hub = TestHub {
+    TestHub {
         practices: pb::practice_service_client::PracticeServiceClient::new(channel.clone()),
         admin: pb::delivery_admin_service_client::DeliveryAdminServiceClient::new(channel.clone()),
         catalog: pb::catalog_service_client::CatalogServiceClient::new(channel.clone()),
         channel,
         hub: Some(hub),
         dir,
-    };
-    // The topology exists once the adapter is up.
-    wait_adapter(&hub, "up", Duration::from_secs(20)).await;
-    hub
+    }
 }
 
 /// The `mq` adapter's entry in `/readyz`.
@@ -570,6 +579,7 @@ async fn delivery_is_acknowledged_only_after_the_broker_confirms() {
     let opts = Opts {
         max_attempts: 100,
         inbox_extra: r#", max_length = 1, overflow = "reject-publish""#,
+        ..Opts::default()
     };
     let mut hub = start(&names, &proxy, opts).await;
 
@@ -744,6 +754,74 @@ async fn a_redelivered_reply_is_applied_once() {
     );
     assert_eq!(broker.count(&names.results).await, 0);
 
+    hub.stop().await;
+    broker.cleanup().await;
+}
+
+#[tokio::test]
+async fn passive_topology_waits_for_the_vendor_to_create_it() {
+    let names = Names::new("passive");
+    let broker = Broker::connect(&names).await;
+    let proxy = Proxy::start().await;
+    let opts = Opts {
+        topology_mode: "passive",
+        ..Opts::default()
+    };
+    let mut hub = start_unchecked(&names, &proxy, opts).await;
+    // Nothing exists yet: the adapter says what is missing and keeps trying.
+    let down = wait_adapter(&hub, "down", DEADLINE).await;
+    let reason = down["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("topology: cannot check exchange") && reason.contains(&names.exchange),
+        "{reason}"
+    );
+    let p = hub.submit(tari("passive")).await;
+
+    // The vendor creates its topology; the hub connects and delivers.
+    let ch = &broker.ch;
+    for (e, kind) in [
+        (&names.exchange, lapin::ExchangeKind::Topic),
+        (&names.dlx, lapin::ExchangeKind::Fanout),
+    ] {
+        ch.exchange_declare(
+            e.as_str().into(),
+            kind,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    }
+    for q in [&names.inbox, &names.results, &names.dead] {
+        ch.queue_declare(
+            q.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    }
+    ch.queue_bind(
+        names.inbox.as_str().into(),
+        names.exchange.as_str().into(),
+        "practices.#".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let vendor = MqVendor::start(&names).await;
+    hub.wait_status(TENANT, &p.id, pb::AdministrativeStatus::Approved)
+        .await;
+    wait_adapter(&hub, "up", DEADLINE).await;
+
+    drop(vendor);
     hub.stop().await;
     broker.cleanup().await;
 }

@@ -175,7 +175,9 @@ impl Link {
             .map_err(|e| e.to_string())?;
         let setup = async {
             let channel = conn.create_channel().await.map_err(|e| e.to_string())?;
-            topology::apply(&channel, &self.config.topology).await?;
+            topology::apply(&channel, &self.config.topology)
+                .await
+                .map_err(|e| format!("topology: {e}"))?;
             let _ = channel.close(200, "topology ready".into()).await;
             Ok::<_, String>(())
         };
@@ -220,6 +222,13 @@ impl Link {
             tokio::select! {
                 event = events.next() => match event {
                     Some(Event::Error(e)) if !session.conn.status().connected() => return e.to_string(),
+                    // A resource alarm (memory, disk): publishes wait, then
+                    // time out as outcome unknown; say why meanwhile.
+                    Some(Event::ConnectionBlocked(why)) => {
+                        tracing::warn!(adapter = %self.name, "the broker blocks publishing: {why}");
+                        self.set_health(AdapterHealth::Degraded(format!("the broker blocks publishing: {why}")));
+                    }
+                    Some(Event::ConnectionUnblocked) => self.set_health(AdapterHealth::Up),
                     Some(_) => {}
                     None => return "the connection was closed".into(),
                 },
@@ -303,8 +312,15 @@ async fn supervise(link: Arc<Link>, mut stop: watch::Receiver<()>) {
             Err(e) => {
                 failures += 1;
                 tracing::warn!(adapter = %link.name, endpoint = %link.endpoint, attempt = failures,
-                    "cannot connect to the broker: {e}");
-                link.set_health(AdapterHealth::Down(format!("broker unreachable: {e}")));
+                    "cannot set up the broker connection: {e}");
+                // The broker answered but the topology is wrong or missing:
+                // say that, not "unreachable".
+                let reason = if e.starts_with("topology:") {
+                    e
+                } else {
+                    format!("broker unreachable: {e}")
+                };
+                link.set_health(AdapterHealth::Down(reason));
             }
         }
         let delay = delays.next().unwrap_or(link.config.reconnect.max_backoff);

@@ -456,6 +456,82 @@ impl Adapter for AmqpAdapter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    fn build(patch: serde_json::Value) -> Result<AmqpAdapter, AdapterError> {
+        let mut cfg = json!({
+            "url": "amqp://raccordo@127.0.0.1:5672/%2f",
+            "submit": {"exchange": "practices", "routing_key": "p.{{ tenant_id }}"},
+            "consume": {"queue": "results", "dead_letter_exchange": "dlx"},
+        });
+        for (k, v) in patch.as_object().unwrap() {
+            cfg[k] = v.clone();
+        }
+        let config: AmqpConfig = serde_json::from_value(cfg).unwrap();
+        AmqpAdapter::build("mq", config, Path::new("."))
+    }
+
+    fn key_of(patch: serde_json::Value) -> String {
+        build(patch).map(|_| ()).unwrap_err().key
+    }
+
+    #[test]
+    fn a_valid_configuration_builds_without_connecting() {
+        let adapter = build(json!({})).unwrap();
+        assert!(matches!(adapter.health(), AdapterHealth::Degraded(_)));
+        assert!(adapter.supports(Operation::Submit));
+        assert!(!adapter.supports(Operation::Withdraw));
+        assert!(!format!("{adapter:?}").contains("guest"));
+    }
+
+    #[test]
+    fn configuration_errors_name_the_key() {
+        assert_eq!(key_of(json!({"url": "http://x"})), "url");
+        assert_eq!(key_of(json!({"url": "amqp://u:secret@h/%2f"})), "url");
+        assert_eq!(
+            key_of(json!({"password_env": "RACCORDO_TEST_SURELY_UNSET_VAR"})),
+            "password_env"
+        );
+        assert_eq!(
+            key_of(json!({"password_file": "/nonexistent/secret"})),
+            "password_file"
+        );
+        assert_eq!(key_of(json!({"tls_ca_file": "ca.pem"})), "tls_ca_file");
+        assert_eq!(key_of(json!({"max_concurrency": 0})), "max_concurrency");
+        assert_eq!(
+            key_of(json!({"submit": {"exchange": "x", "routing_key": "{{ broken"}})),
+            "submit.routing_key"
+        );
+        assert_eq!(
+            key_of(json!({"submit": {"exchange": "x", "routing_key": "k", "body": "template"}})),
+            "submit.template"
+        );
+        assert_eq!(
+            key_of(json!({"consume": {"queue": "q", "dead_letter_exchange": "d", "prefetch": 0}})),
+            "consume.prefetch"
+        );
+        assert_eq!(
+            key_of(
+                json!({"consume": {"queue": "q", "dead_letter_exchange": "d",
+                "reply": {"status_pointer": "/esito"}}})
+            ),
+            "consume.reply.status_map"
+        );
+        assert_eq!(
+            key_of(
+                json!({"topology": {"queues": [{"name": "q", "type": "quorum", "durable": false}]}})
+            ),
+            "topology.queues[0].durable"
+        );
+        assert_eq!(
+            key_of(json!({"topology": {"exchanges": [{"name": "e", "type": "fan"}]}})),
+            "topology.exchanges[0].type"
+        );
+        assert_eq!(
+            key_of(json!({"topology": {"queues": [{"name": "q", "arguments": {"x-list": [1]}}]}})),
+            "topology.queues[0].arguments.x-list"
+        );
+    }
 
     #[test]
     fn passwords_in_urls_are_refused() {
