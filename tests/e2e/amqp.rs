@@ -25,6 +25,7 @@ const TENANT: &str = "016024";
 /// Queue and exchange names private to one test.
 #[derive(Clone)]
 struct Names {
+    prefix: String,
     exchange: String,
     inbox: String,
     results: String,
@@ -40,6 +41,7 @@ impl Names {
             .as_nanos();
         let p = format!("raccordo-test.{test}.{}.{nanos}", std::process::id());
         Self {
+            prefix: p.clone(),
             exchange: format!("{p}.practices"),
             inbox: format!("{p}.inbox"),
             results: format!("{p}.results"),
@@ -401,6 +403,7 @@ title = "Passo carrabile"
 kind = "amqp"
 url = "amqp://guest@{proxy}/%2f"
 password_file = "mq.secret"
+connection_name = "{prefix}"
 connect_timeout = "2s"
 confirm_timeout = "5s"
 max_concurrency = 32
@@ -409,6 +412,10 @@ reconnect = {{ initial_backoff = "50ms", max_backoff = "500ms" }}
 [adapters.mq.submit]
 exchange = "{exchange}"
 routing_key = "practices.{{{{ tenant_id }}}}.{{{{ service_code }}}}"
+
+[adapters.mq.withdraw]
+exchange = "{exchange}"
+routing_key = "withdrawals.{{{{ tenant_id }}}}.{{{{ service_code }}}}"
 
 [adapters.mq.consume]
 queue = "{results}"
@@ -426,6 +433,7 @@ queues = [
 ]
 bindings = [
   {{ exchange = "{exchange}", queue = "{inbox}", routing_key = "practices.*.TARI" }},
+  {{ exchange = "{exchange}", queue = "{inbox}", routing_key = "withdrawals.*.TARI" }},
   {{ exchange = "{dlx}", queue = "{dead}" }},
 ]
 
@@ -449,6 +457,7 @@ mode = "deferred"
         dlx = n.dlx,
         dead = n.dead,
         mode = o.topology_mode,
+        prefix = n.prefix,
     )
 }
 
@@ -820,6 +829,132 @@ async fn passive_topology_waits_for_the_vendor_to_create_it() {
     hub.wait_status(TENANT, &p.id, pb::AdministrativeStatus::Approved)
         .await;
     wait_adapter(&hub, "up", DEADLINE).await;
+
+    drop(vendor);
+    hub.stop().await;
+    broker.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_withdrawal_is_published_as_its_own_operation() {
+    let names = Names::new("withdraw");
+    let broker = Broker::connect(&names).await;
+    let proxy = Proxy::start().await;
+    let mut hub = start(&names, &proxy, Opts::default()).await;
+
+    let p = hub.submit(tari("to-withdraw")).await;
+    let submit = broker.take(&names.inbox).await;
+    hub.practices
+        .withdraw_practice(pb::WithdrawPracticeRequest {
+            tenant_id: TENANT.into(),
+            practice_id: p.id.clone(),
+            reason: "presentata per errore".into(),
+            operator_id: String::new(),
+        })
+        .await
+        .unwrap();
+    let withdrawal = broker.take(&names.inbox).await;
+    assert_eq!(withdrawal.routing_key.as_str(), "withdrawals.016024.TARI");
+    assert_eq!(headers(&withdrawal.properties)["operation"], "withdraw");
+    assert_eq!(text(withdrawal.properties.correlation_id()), p.id);
+    assert_ne!(
+        text(withdrawal.properties.message_id()),
+        text(submit.properties.message_id()),
+        "each operation has its own id"
+    );
+    let body: Value = serde_json::from_slice(&withdrawal.data).unwrap();
+    assert_eq!(body["operation"], "withdraw");
+    assert_eq!(body["withdrawal_reason"], "presentata per errore");
+    hub.wait_delivery(TENANT, &p.id, pb::DeliveryStatus::Acknowledged)
+        .await;
+
+    hub.stop().await;
+    broker.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_deleted_reply_queue_is_declared_and_consumed_again() {
+    let names = Names::new("requeue");
+    let broker = Broker::connect(&names).await;
+    let proxy = Proxy::start().await;
+    let mut hub = start(&names, &proxy, Opts::default()).await;
+
+    // The broker cancels the hub's consumer when its queue goes away.
+    broker
+        .ch
+        .queue_delete(names.results.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    let vendor = MqVendor::start(&names).await;
+    let p = hub.submit(tari("after-delete")).await;
+    hub.wait_status(TENANT, &p.id, pb::AdministrativeStatus::Approved)
+        .await;
+
+    drop(vendor);
+    hub.stop().await;
+    broker.cleanup().await;
+}
+
+/// Closes the hub's connection from the broker side with `rabbitmqctl`, as
+/// an operator (or a broker shutting down) would. Returns false when
+/// `rabbitmqctl` cannot be used here.
+fn broker_close(connection_name: &str) -> bool {
+    let Ok(out) = std::process::Command::new("rabbitmqctl")
+        .args([
+            "list_connections",
+            "pid",
+            "client_properties",
+            "--no-table-headers",
+            "-q",
+        ])
+        .output()
+    else {
+        return false;
+    };
+    if !out.status.success() {
+        return false;
+    }
+    let listing = String::from_utf8_lossy(&out.stdout);
+    let pids: Vec<&str> = listing
+        .lines()
+        .filter(|l| l.contains(connection_name))
+        .filter_map(|l| l.split('\t').next())
+        .collect();
+    assert!(
+        !pids.is_empty(),
+        "the hub's connection is not listed:\n{listing}"
+    );
+    for pid in pids {
+        let status = std::process::Command::new("rabbitmqctl")
+            .args(["close_connection", pid, "closed by the test", "-q"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    true
+}
+
+#[tokio::test]
+async fn a_connection_closed_by_the_broker_is_recovered() {
+    let names = Names::new("forced");
+    let broker = Broker::connect(&names).await;
+    let proxy = Proxy::start().await;
+    let mut hub = start(&names, &proxy, Opts::default()).await;
+    let vendor = MqVendor::start(&names).await;
+
+    let first = hub.submit(tari("before")).await;
+    hub.wait_status(TENANT, &first.id, pb::AdministrativeStatus::Approved)
+        .await;
+    if !broker_close(&names.prefix) {
+        println!(
+            "rabbitmqctl is not usable here: the forced close is covered by the proxy cuts only"
+        );
+    } else {
+        let second = hub.submit(tari("after")).await;
+        hub.wait_status(TENANT, &second.id, pb::AdministrativeStatus::Approved)
+            .await;
+        wait_adapter(&hub, "up", DEADLINE).await;
+    }
 
     drop(vendor);
     hub.stop().await;

@@ -22,6 +22,10 @@ pub struct AmqpConfig {
     /// `amqps://` towards a private CA (the system roots are used otherwise).
     #[serde(default)]
     pub tls_ca_file: Option<String>,
+    /// The connection's name in the broker's management UI and
+    /// `rabbitmqctl list_connections`; defaults to `raccordo NAME`.
+    #[serde(default)]
+    pub connection_name: Option<String>,
     /// TCP + TLS + AMQP handshake timeout.
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,

@@ -12,7 +12,7 @@ use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
 };
-use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Confirmation, Consumer};
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -38,7 +38,10 @@ pub(crate) async fn start(
     let consumer = channel
         .basic_consume(
             consume.queue.as_str().into(),
-            format!("raccordo-{}-{}", link.name, session.id).into(),
+            // An over-long instance name must not fail the consumer: the
+            // broker then picks the tag.
+            ShortString::try_new(format!("raccordo-{}-{}", link.name, session.id))
+                .unwrap_or_default(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )

@@ -95,7 +95,10 @@ impl Link {
     ) -> Self {
         let endpoint = format!(
             "{}://{}:{}/{}",
-            uri.scheme, uri.authority.host, uri.authority.port, uri.vhost
+            uri.scheme,
+            uri.authority.host,
+            uri.authority.port,
+            uri.vhost.replace('%', "%25").replace('/', "%2f")
         );
         Self {
             name,
@@ -162,8 +165,9 @@ impl Link {
     async fn connect(
         self: &Arc<Self>,
     ) -> Result<(Arc<Session>, Option<JoinHandle<String>>), String> {
-        let properties = ConnectionProperties::default()
-            .with_connection_name(format!("raccordo {}", self.name).into());
+        let name = (self.config.connection_name.clone())
+            .unwrap_or_else(|| format!("raccordo {}", self.name));
+        let properties = ConnectionProperties::default().with_connection_name(name.into());
         let builder = DefaultConnectionBuilder::new()
             .map_err(|e| format!("no async runtime for the AMQP client: {e}"))?
             .with_uri(self.uri.clone())
