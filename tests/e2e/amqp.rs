@@ -885,6 +885,27 @@ async fn a_deleted_reply_queue_is_declared_and_consumed_again() {
         .queue_delete(names.results.as_str().into(), QueueDeleteOptions::default())
         .await
         .unwrap();
+    // The hub notices, reconnects, declares the queue and consumes again.
+    // (Until then a vendor's reply to the missing queue would be dropped
+    // by the broker: that is the vendor's publish, not the hub's.)
+    eventually("the reply queue consumed again", || async {
+        // A failed passive declare closes its channel: one per probe.
+        let probe = broker._conn.create_channel().await.unwrap();
+        let q = probe
+            .queue_declare(
+                names.results.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .ok()?;
+        let _ = probe.close(200, "probe".into()).await;
+        (q.consumer_count() >= 1).then_some(())
+    })
+    .await;
     let vendor = MqVendor::start(&names).await;
     let p = hub.submit(tari("after-delete")).await;
     hub.wait_status(TENANT, &p.id, pb::AdministrativeStatus::Approved)
