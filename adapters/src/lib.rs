@@ -12,9 +12,11 @@
 //! - [`rest`]: the REST adapter (AgID ModI `BLOCK_REST`, `NONBLOCK_PUSH_REST`,
 //!   `NONBLOCK_PULL_REST`).
 //! - [`file`]: the file-drop adapter (request and result files in folders).
+//! - [`amqp`]: the AMQP adapter (RabbitMQ, publisher confirms, reply queue).
 //! - [`message_xml`]: the normalized message as XML.
 
 pub mod adapter;
+pub mod amqp;
 pub mod file;
 pub mod http;
 pub mod message;

@@ -1,6 +1,7 @@
 //! Building adapter instances from configuration.
 
 use crate::config::AdapterConfig;
+use raccordo_adapters::amqp::AmqpAdapter;
 use raccordo_adapters::file::FileAdapter;
 use raccordo_adapters::rest::RestAdapter;
 use raccordo_adapters::{Adapter, AdapterError};
@@ -43,6 +44,14 @@ pub fn build(
         }
         AdapterConfig::File(file) => {
             let adapter = FileAdapter::build(name, (**file).clone(), base_dir)?;
+            Ok(AdapterInstance {
+                name: name.to_string(),
+                max_concurrency: adapter.max_concurrency(),
+                adapter: Arc::new(adapter),
+            })
+        }
+        AdapterConfig::Amqp(amqp) => {
+            let adapter = AmqpAdapter::build(name, (**amqp).clone(), base_dir)?;
             Ok(AdapterInstance {
                 name: name.to_string(),
                 max_concurrency: adapter.max_concurrency(),

@@ -484,10 +484,16 @@ async fn polling_survives_a_restart_without_re_sending_the_request() {
         (!vendor.seen(Method::GET, "/stato/5").is_empty()).then_some(())
     })
     .await;
-    let waiting = hub.get("016024", &p.id).await;
+    // The vendor has answered the poll; the hub records the next one just after.
+    let waiting = hub
+        .wait_practice("016024", &p.id, "the next poll scheduled", |p| {
+            p.delivery
+                .as_ref()
+                .is_some_and(|d| d.next_attempt_at.is_some())
+        })
+        .await;
     let d = waiting.delivery.unwrap();
     assert_eq!(d.status, pb::DeliveryStatus::Sent as i32);
-    assert!(d.next_attempt_at.is_some(), "the next poll is shown");
     let dir = hub.dir.path().to_path_buf();
     hub.hub.take().unwrap().shutdown().await.unwrap();
 

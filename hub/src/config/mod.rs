@@ -13,6 +13,7 @@ mod load;
 pub use check::{ConfigIssue, check};
 pub use load::{LoadError, load};
 
+use raccordo_adapters::amqp::config::AmqpConfig;
 use raccordo_adapters::file::config::FileConfig;
 use raccordo_adapters::rest::config::RestConfig;
 use serde::Deserialize;
@@ -198,10 +199,11 @@ pub enum AdapterConfig {
     // Boxed: configurations differ much in size, and are built once.
     Rest(Box<RestConfig>),
     File(Box<FileConfig>),
+    Amqp(Box<AmqpConfig>),
 }
 
 /// The adapter kinds this hub knows.
-pub const ADAPTER_KINDS: &[&str] = &["rest", "file"];
+pub const ADAPTER_KINDS: &[&str] = &["rest", "file", "amqp"];
 
 impl AdapterConfig {
     /// Parses one `[adapters.NAME]` table; errors give the key inside it.
@@ -229,6 +231,9 @@ impl AdapterConfig {
                 .map_err(typed),
             "file" => serde_path_to_error::deserialize(body)
                 .map(|c| AdapterConfig::File(Box::new(c)))
+                .map_err(typed),
+            "amqp" => serde_path_to_error::deserialize(body)
+                .map(|c| AdapterConfig::Amqp(Box::new(c)))
                 .map_err(typed),
             other => Err((
                 "kind".into(),
