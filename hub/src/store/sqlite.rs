@@ -1366,14 +1366,24 @@ impl Store for SqliteStore {
         let result = result.clone();
         self.write(move |conn| {
             let now = Utc::now();
+            // A vendor reports only on what was sent to it: every lookup is
+            // confined to the receiving adapter instance's own deliveries and
+            // references, so one vendor's secret cannot touch another's practices.
+            let adapter = result.adapter.as_str();
             let (sql, values): (&str, Vec<&str>) = match &result.correlation {
-                Correlation::PracticeId(id) => ("SELECT id, tenant_id FROM practices WHERE id = ?1", vec![id]),
-                Correlation::OperationId(op) => {
-                    ("SELECT practice_id, tenant_id FROM jobs WHERE operation_id = ?1", vec![op])
-                }
+                Correlation::PracticeId(id) => (
+                    "SELECT p.id, p.tenant_id FROM practices p WHERE p.id = ?1
+                     AND EXISTS (SELECT 1 FROM jobs j WHERE j.practice_id = p.id AND j.adapter = ?2)",
+                    vec![id, adapter],
+                ),
+                Correlation::OperationId(op) => (
+                    "SELECT practice_id, tenant_id FROM jobs WHERE operation_id = ?1 AND adapter = ?2",
+                    vec![op, adapter],
+                ),
                 Correlation::ExternalRef { kind, value } => (
-                    "SELECT practice_id, tenant_id FROM external_refs WHERE kind = ?1 AND value = ?2",
-                    vec![kind, value],
+                    "SELECT practice_id, tenant_id FROM external_refs
+                     WHERE kind = ?1 AND value = ?2 AND system = ?3",
+                    vec![kind, value, adapter],
                 ),
             };
             let found: Vec<(String, String)> = conn
@@ -1698,6 +1708,84 @@ mod tests {
             .await
             .unwrap();
         (dir, store)
+    }
+
+    #[tokio::test]
+    async fn an_adapter_cannot_report_on_another_adapters_practice() {
+        use crate::domain::practice::PracticeContent;
+        use raccordo_adapters::model::{Applicant, ChannelInfo, ExternalRef, Person, Subject};
+        let (_dir, store) = store().await;
+        let created = store
+            .insert_practice(NewPractice {
+                id: "p-1".into(),
+                tenant_id: "016024".into(),
+                service_code: "TARI".into(),
+                idempotency_key: "k-1".into(),
+                content_hash: "h".into(),
+                content: PracticeContent {
+                    applicant: Applicant {
+                        subject: Subject::Person(Person {
+                            fiscal_code: "RSSMRA45D25F205N".into(),
+                            given_name: "Mario".into(),
+                            family_name: "Rossi".into(),
+                        }),
+                        contacts: Default::default(),
+                    },
+                    submitter: None,
+                    channel: ChannelInfo::default(),
+                    data: Default::default(),
+                },
+                attachments: Vec::new(),
+                mode: Mode::Deferred,
+                received_at: Utc::now(),
+                legal_term_days: 30,
+                adapter: "tributi".into(),
+                max_attempts: 3,
+                traceparent: None,
+            })
+            .await
+            .unwrap();
+        let InsertOutcome::Created(_) = created else {
+            panic!("a new practice")
+        };
+        let reply = VendorReply {
+            status: Some(AdminStatus::Registered),
+            external_refs: vec![ExternalRef {
+                kind: "protocol".into(),
+                value: "P-1".into(),
+                system: String::new(),
+                issued_at: None,
+            }],
+            ..Default::default()
+        };
+        let result = |adapter: &str, correlation: Correlation| InboundResult {
+            adapter: adapter.into(),
+            tenant_id: None,
+            correlation,
+            reply: reply.clone(),
+            receipt: None,
+        };
+        // Another vendor, even knowing the practice id, finds nothing.
+        let foreign = store
+            .apply_inbound(&result("anagrafe", Correlation::PracticeId("p-1".into())))
+            .await;
+        assert!(matches!(foreign, Err(StoreError::NotFound)), "{foreign:?}");
+        let (_, outcome) = store
+            .apply_inbound(&result("tributi", Correlation::PracticeId("p-1".into())))
+            .await
+            .unwrap();
+        assert_eq!(outcome, InboundOutcome::Applied);
+        // The reference the vendor gave is its own: only it can use it.
+        let by_ref = || Correlation::ExternalRef {
+            kind: "protocol".into(),
+            value: "P-1".into(),
+        };
+        let foreign = store.apply_inbound(&result("anagrafe", by_ref())).await;
+        assert!(matches!(foreign, Err(StoreError::NotFound)), "{foreign:?}");
+        store
+            .apply_inbound(&result("tributi", by_ref()))
+            .await
+            .unwrap();
     }
 
     #[tokio::test]
