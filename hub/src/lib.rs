@@ -19,6 +19,7 @@ pub mod http;
 pub mod inbound;
 pub mod metrics;
 pub mod practices;
+pub mod security;
 pub mod server;
 pub mod simulator;
 pub mod status;

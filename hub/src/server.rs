@@ -208,6 +208,16 @@ async fn serve(
     let (stop_all, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut grpc_stop = stop_all.subscribe();
     let mut http_stop = stop_all.subscribe();
+    let auth = crate::security::authn::Authenticator::build(
+        &service.config().clients,
+        &service.config().security,
+        &service.config().base_dir,
+    )
+    .map_err(|(client, (key, reason))| anyhow::anyhow!("clients.{client}.{key}: {reason}"))?;
+    if auth.is_anonymous() {
+        tracing::warn!("no [clients] declared: the API accepts every caller (development only)");
+    }
+    let auth_layer = crate::security::AuthLayer::new(Arc::new(auth));
     let rpc_metrics = RpcMetricsLayer::new(
         Arc::clone(service.metrics()),
         &[
@@ -218,6 +228,7 @@ async fn serve(
     let grpc = tonic::transport::Server::builder()
         .layer(rpc_metrics)
         .layer(crate::trace::TraceContextLayer)
+        .layer(auth_layer)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

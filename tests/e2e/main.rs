@@ -8,5 +8,6 @@ mod operations;
 mod practice_api;
 mod process;
 mod rest_modi;
+mod security;
 mod support;
 mod validation;

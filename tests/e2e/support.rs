@@ -209,6 +209,10 @@ pub struct HubOptions {
     pub max_attempts: u32,
     pub max_concurrency: u32,
     pub grpc_listen: String,
+    /// TOML appended to the configuration (clients, security, …).
+    pub extra_toml: String,
+    /// Files written beside the configuration before it loads.
+    pub files: Vec<(String, String)>,
 }
 
 impl HubOptions {
@@ -219,6 +223,8 @@ impl HubOptions {
             max_attempts: 4,
             max_concurrency: 8,
             grpc_listen: "127.0.0.1:0".into(),
+            extra_toml: String::new(),
+            files: Vec::new(),
         }
     }
 }
@@ -333,7 +339,11 @@ pub async fn start_hub(options: HubOptions) -> TestHub {
         .try_init();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("raccordo.toml");
-    std::fs::write(&path, config_toml(&options)).unwrap();
+    let toml = format!("{}\n{}", config_toml(&options), options.extra_toml);
+    std::fs::write(&path, toml).unwrap();
+    for (name, content) in &options.files {
+        std::fs::write(dir.path().join(name), content).unwrap();
+    }
     let config = raccordo::config::load(&path).expect("test config loads");
     let hub = raccordo::server::start(config).await.expect("hub starts");
     let channel = connect(hub.grpc_addr).await;

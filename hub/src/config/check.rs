@@ -33,6 +33,39 @@ pub fn check(cfg: &Config) -> Vec<ConfigIssue> {
             );
         }
     }
+    if let Err((client, (key, reason))) =
+        crate::security::authn::Authenticator::build(&cfg.clients, &cfg.security, &cfg.base_dir)
+    {
+        let key = if key.is_empty() {
+            format!("clients.{client}")
+        } else {
+            format!("clients.{client}.{key}")
+        };
+        add(key, reason);
+    }
+    for (name, client) in &cfg.clients {
+        for (i, t) in client.tenants.iter().enumerate() {
+            if t != "*" && !cfg.tenants.contains_key(t) {
+                add(
+                    format!("clients.{name}.tenants[{i}]"),
+                    format!("{t} is not a tenant of this hub"),
+                );
+            }
+        }
+    }
+    if cfg.clients.is_empty()
+        && !cfg.hub.grpc_listen.ip().is_loopback()
+        && cfg.security.allow_anonymous != Some(true)
+    {
+        add(
+            "clients".into(),
+            format!(
+                "none declared, so anyone reaching {} could call the API: declare clients, \
+                 or set security.allow_anonymous = true to accept that",
+                cfg.hub.grpc_listen
+            ),
+        );
+    }
     for (name, adapter) in &cfg.adapters {
         if let Err(e) = crate::adapters::build(name, adapter, &cfg.base_dir) {
             add(format!("adapters.{name}.{}", e.key), e.reason);

@@ -50,6 +50,13 @@ pub struct Config {
     /// Which adapter serves which (tenants, service).
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// Callers of the API and their rights; none declared = open API
+    /// (development only: see `security.allow_anonymous`).
+    #[serde(default)]
+    pub clients: BTreeMap<String, crate::security::config::ClientConfig>,
+    /// Authentication settings for every caller.
+    #[serde(default)]
+    pub security: crate::security::config::SecurityConfig,
     /// Simulated back offices started inside the hub (demos, benchmarks).
     #[serde(default)]
     pub simulators: BTreeMap<String, SimulatorConfig>,

@@ -6,6 +6,7 @@ pub mod metrics_layer;
 
 use crate::domain::identifiers::is_istat_code;
 use crate::practices::{HubError, PracticeService};
+use crate::security::{Caller, caller};
 use crate::store::{EventFilter, PracticeFilter};
 use convert::*;
 use error::invalid;
@@ -27,6 +28,52 @@ impl Api {
     /// The API over `service`.
     pub fn new(service: Arc<PracticeService>) -> Self {
         Self { service }
+    }
+
+    /// NOT_FOUND, exactly as for a missing practice, when a citizen asks
+    /// about a practice of someone else.
+    async fn check_visible(
+        &self,
+        caller: &Caller,
+        tenant_id: &str,
+        id: &str,
+    ) -> Result<(), Status> {
+        if caller.citizen().is_none() {
+            return Ok(());
+        }
+        let practice = self.service.get(tenant_id, id, false).await?;
+        if caller.may_see_applicant(practice.content.applicant.id()) {
+            Ok(())
+        } else {
+            tracing::warn!(client = %caller.client, practice_id = id, "a citizen asked for another applicant's practice");
+            Err(Status::not_found(format!(
+                "practice {id} not found in tenant {tenant_id}"
+            )))
+        }
+    }
+}
+
+/// Tenant of a request, checked against the caller's scope.
+fn scoped_tenant(caller: &Caller, t: &str) -> Result<String, Status> {
+    let tenant_id = tenant(t)?;
+    caller.check_tenant(&tenant_id)?;
+    Ok(tenant_id)
+}
+
+/// A citizen may filter only by their own fiscal code: the filter is theirs
+/// whatever the request says, and naming someone else is refused.
+fn confined_applicant(
+    caller: &Caller,
+    requested: Option<String>,
+) -> Result<Option<String>, Status> {
+    let Some(own) = caller.citizen() else {
+        return Ok(requested);
+    };
+    match requested {
+        Some(other) if !other.eq_ignore_ascii_case(own) => Err(Status::permission_denied(
+            "a citizen may list only their own practices",
+        )),
+        _ => Ok(Some(own.to_string())),
     }
 }
 
@@ -68,10 +115,24 @@ impl pb::practice_service_server::PracticeService for Api {
         &self,
         request: Request<pb::SubmitPracticeRequest>,
     ) -> Result<Response<pb::SubmitPracticeResponse>, Status> {
-        let submitted = self
-            .service
-            .submit(submit_input(request.into_inner()))
-            .await?;
+        let caller = caller(&request)?;
+        let mut input = submit_input(request.into_inner());
+        if is_istat_code(&input.tenant_id) {
+            caller.check_tenant(&input.tenant_id)?;
+        }
+        if let Some(own) = caller.citizen() {
+            let applicant = input.applicant.as_ref().map(|a| a.id().to_string());
+            if !applicant.is_some_and(|a| a.eq_ignore_ascii_case(own)) {
+                return Err(Status::permission_denied(
+                    "a citizen may submit only as the applicant",
+                ));
+            }
+        }
+        if let Some(operator) = &caller.operator_id {
+            // The authenticated operator, not what the request claims.
+            input.channel.operator_id = operator.clone();
+        }
+        let submitted = self.service.submit(input).await?;
         Ok(Response::new(pb::SubmitPracticeResponse {
             practice: Some(practice_pb(&submitted.practice, &[])),
             duplicate: submitted.duplicate,
@@ -82,10 +143,16 @@ impl pb::practice_service_server::PracticeService for Api {
         &self,
         request: Request<pb::GetPracticeRequest>,
     ) -> Result<Response<pb::Practice>, Status> {
+        let caller = caller(&request)?;
         let r = request.into_inner();
-        let tenant_id = tenant(&r.tenant_id)?;
+        let tenant_id = scoped_tenant(&caller, &r.tenant_id)?;
         let id = non_empty("practice_id", &r.practice_id)?;
         let practice = self.service.get(&tenant_id, &id, r.include_content).await?;
+        if !caller.may_see_applicant(practice.content.applicant.id()) {
+            return Err(Status::not_found(format!(
+                "practice {id} not found in tenant {tenant_id}"
+            )));
+        }
         let events = if r.include_events {
             self.service.events(&tenant_id, &id, 1).await?
         } else {
@@ -98,10 +165,11 @@ impl pb::practice_service_server::PracticeService for Api {
         &self,
         request: Request<pb::ListPracticesRequest>,
     ) -> Result<Response<pb::ListPracticesResponse>, Status> {
+        let caller = caller(&request)?;
         let r = request.into_inner();
         let filter = PracticeFilter {
-            tenant_id: tenant(&r.tenant_id)?,
-            applicant_id: opt(&r.applicant_id),
+            tenant_id: scoped_tenant(&caller, &r.tenant_id)?,
+            applicant_id: confined_applicant(&caller, opt(&r.applicant_id))?,
             service_code: opt(&r.service_code),
             status: status_from_pb(r.status),
             submitted_from: r.submitted_from.as_ref().and_then(from_timestamp),
@@ -123,9 +191,11 @@ impl pb::practice_service_server::PracticeService for Api {
         &self,
         request: Request<pb::WatchPracticeRequest>,
     ) -> Result<Response<Self::WatchPracticeStream>, Status> {
+        let caller = caller(&request)?;
         let r = request.into_inner();
-        let tenant_id = tenant(&r.tenant_id)?;
+        let tenant_id = scoped_tenant(&caller, &r.tenant_id)?;
         let id = non_empty("practice_id", &r.practice_id)?;
+        self.check_visible(&caller, &tenant_id, &id).await?;
         let rx = self
             .service
             .watch(tenant_id, id, r.from_sequence as i64)
@@ -139,10 +209,12 @@ impl pb::practice_service_server::PracticeService for Api {
         &self,
         request: Request<pb::WatchPracticesRequest>,
     ) -> Result<Response<Self::WatchPracticesStream>, Status> {
+        let caller = caller(&request)?;
         let r = request.into_inner();
         let filter = EventFilter {
-            tenant_id: tenant(&r.tenant_id)?,
-            applicant_id: opt(&r.applicant_id).map(|a| a.to_ascii_uppercase()),
+            tenant_id: scoped_tenant(&caller, &r.tenant_id)?,
+            applicant_id: confined_applicant(&caller, opt(&r.applicant_id))?
+                .map(|a| a.to_ascii_uppercase()),
             service_code: opt(&r.service_code),
         };
         let rx = self
@@ -156,12 +228,15 @@ impl pb::practice_service_server::PracticeService for Api {
         &self,
         request: Request<pb::WithdrawPracticeRequest>,
     ) -> Result<Response<pb::Practice>, Status> {
+        let caller = caller(&request)?;
         let r = request.into_inner();
-        let tenant_id = tenant(&r.tenant_id)?;
+        let tenant_id = scoped_tenant(&caller, &r.tenant_id)?;
         let id = non_empty("practice_id", &r.practice_id)?;
+        self.check_visible(&caller, &tenant_id, &id).await?;
+        let operator = caller.operator_id.clone().or_else(|| opt(&r.operator_id));
         let practice = self
             .service
-            .withdraw(&tenant_id, &id, opt(&r.reason), opt(&r.operator_id))
+            .withdraw(&tenant_id, &id, opt(&r.reason), operator)
             .await?;
         Ok(Response::new(practice_pb(&practice, &[])))
     }
@@ -173,7 +248,8 @@ impl pb::catalog_service_server::CatalogService for Api {
         &self,
         request: Request<pb::ListServicesRequest>,
     ) -> Result<Response<pb::ListServicesResponse>, Status> {
-        let tenant_id = tenant(&request.into_inner().tenant_id)?;
+        let caller = caller(&request)?;
+        let tenant_id = scoped_tenant(&caller, &request.into_inner().tenant_id)?;
         let services = self.service.catalog(&tenant_id)?;
         Ok(Response::new(pb::ListServicesResponse {
             services: services.iter().map(service_pb).collect(),
@@ -184,8 +260,9 @@ impl pb::catalog_service_server::CatalogService for Api {
         &self,
         request: Request<pb::GetServiceRequest>,
     ) -> Result<Response<pb::Service>, Status> {
+        let caller = caller(&request)?;
         let r = request.into_inner();
-        let tenant_id = tenant(&r.tenant_id)?;
+        let tenant_id = scoped_tenant(&caller, &r.tenant_id)?;
         let code = non_empty("service_code", &r.service_code)?;
         let entry = self
             .service
@@ -207,10 +284,14 @@ impl pb::delivery_admin_service_server::DeliveryAdminService for Api {
         &self,
         request: Request<pb::ListDeadLettersRequest>,
     ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
+        let caller = caller(&request)?;
         let r = request.into_inner();
         let tenant_id = match opt(&r.tenant_id) {
-            Some(t) => Some(tenant(&t)?),
-            None => None,
+            Some(t) => Some(scoped_tenant(&caller, &t)?),
+            None => {
+                caller.check_all_tenants()?;
+                None
+            }
         };
         let limit = if r.limit == 0 { 100 } else { r.limit };
         let dead = self
@@ -226,9 +307,17 @@ impl pb::delivery_admin_service_server::DeliveryAdminService for Api {
         &self,
         request: Request<pb::ReplayDeadLetterRequest>,
     ) -> Result<Response<pb::DeadLetter>, Status> {
+        let caller = caller(&request)?;
+        // The dead letter's tenant is known only once it is found: replay
+        // is for operators of the whole hub.
+        caller.check_all_tenants()?;
         let r = request.into_inner();
         let op = non_empty("operation_id", &r.operation_id)?;
-        let dl = self.service.replay(&op, r.operator_id.trim()).await?;
+        let operator = match r.operator_id.trim() {
+            "" if caller.role.is_some() => caller.client.clone(),
+            given => given.to_string(),
+        };
+        let dl = self.service.replay(&op, &operator).await?;
         Ok(Response::new(dead_letter_pb(&dl)))
     }
 
