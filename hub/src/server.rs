@@ -217,7 +217,7 @@ async fn serve(
     if auth.is_anonymous() {
         tracing::warn!("no [clients] declared: the API accepts every caller (development only)");
     }
-    let auth_layer = crate::security::AuthLayer::new(Arc::new(auth));
+    let auth_layer = crate::security::AuthLayer::new(Arc::new(auth), Arc::clone(service.store()));
     let rpc_metrics = RpcMetricsLayer::new(
         Arc::clone(service.metrics()),
         &[

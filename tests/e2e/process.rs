@@ -271,3 +271,103 @@ async fn the_demo_starts_answers_health_checks_and_serves_a_certificate() {
     assert_eq!(reply["status"], "APPROVED", "{reply}");
     assert_eq!(reply["outcome"]["documents"][0]["name"], "certificato.pdf");
 }
+
+/// Everything the hub logs at the most verbose level, through a run that
+/// touches every path: accepted, retried, dead-lettered, invalid, withdrawn.
+#[tokio::test]
+async fn the_logs_of_a_full_run_carry_no_fiscal_code_in_clear() {
+    let vendor = Vendor::start().await;
+    vendor.push(
+        Answer::new(503, serde_json::json!({"title": "occupato"})).header("retry-after", "0"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("raccordo.toml");
+    let grpc = free_addr().await;
+    let mut options = HubOptions::new(&vendor.url());
+    options.grpc_listen = grpc.to_string();
+    options.max_attempts = 2;
+    std::fs::write(&config, config_toml(&options)).unwrap();
+    let log_path = dir.path().join("hub.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let child = Command::new(BIN)
+        .args(["--log-format", "json", "serve", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "trace")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let proc = Proc(child);
+    let channel = connect_retrying(grpc).await;
+    let mut practices = pb::practice_service_client::PracticeServiceClient::new(channel);
+
+    let retried = practices
+        .submit_practice(tari_request("016024", "log-1"))
+        .await
+        .unwrap()
+        .into_inner()
+        .practice
+        .unwrap();
+    practices
+        .submit_practice(cert_request("016024", "log-2"))
+        .await
+        .unwrap();
+    vendor.push(Answer::new(400, serde_json::json!({"title": "rifiutata"})));
+    let dead = practices
+        .submit_practice(tari_request("028060", "log-3"))
+        .await
+        .unwrap()
+        .into_inner()
+        .practice
+        .unwrap();
+    let mut invalid = tari_request("016024", "log-4");
+    if let Some(pb::applicant::Subject::Person(p)) =
+        invalid.applicant.as_mut().and_then(|a| a.subject.as_mut())
+    {
+        p.fiscal_code = "RSSMRA45Z25F205N".into();
+    }
+    practices.submit_practice(invalid).await.unwrap_err();
+    for (tenant, id, done) in [
+        (
+            "016024",
+            retried.id.clone(),
+            pb::DeliveryStatus::Acknowledged,
+        ),
+        ("028060", dead.id.clone(), pb::DeliveryStatus::DeadLettered),
+    ] {
+        eventually("the delivery to settle", || {
+            let mut practices = practices.clone();
+            let (tenant, id) = (tenant.to_string(), id.clone());
+            async move {
+                let p = get(&mut practices, &tenant, &id).await;
+                p.delivery
+                    .is_some_and(|d| d.status == done as i32)
+                    .then_some(())
+            }
+        })
+        .await;
+    }
+    practices
+        .withdraw_practice(pb::WithdrawPracticeRequest {
+            tenant_id: "028060".into(),
+            practice_id: dead.id.clone(),
+            reason: "ritirata".into(),
+            operator_id: String::new(),
+        })
+        .await
+        .unwrap();
+    drop(proc);
+
+    let logs = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        logs.contains(&retried.id),
+        "the logs do name practices by id"
+    );
+    for secret in ["RSSMRA45D25F205N", "RSSMRA45Z25F205N", "Mario", "Rossi"] {
+        let found = logs.lines().find(|l| {
+            l.to_ascii_uppercase()
+                .contains(&secret.to_ascii_uppercase())
+        });
+        assert!(found.is_none(), "{secret} in the logs: {found:?}");
+    }
+}

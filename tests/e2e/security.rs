@@ -624,3 +624,135 @@ async fn an_operators_actions_carry_the_authenticated_operator_id() {
     assert!(!actors.contains(&"someone-else"), "{actors:?}");
     hub.stop().await;
 }
+
+fn audit_cli(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_raccordo"))
+        .arg("audit")
+        .args(args)
+        .arg("--config")
+        .arg(dir.join("raccordo.toml"))
+        .output()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_audit_chain_verifies_and_an_edited_record_is_found() {
+    let mut hub = secured_hub().await;
+    let portal = Creds::Key(PORTAL_KEY);
+    let p = hub
+        .practices
+        .clone()
+        .submit_practice(req(&portal, submission("016024", "audited", MARIO)))
+        .await
+        .unwrap()
+        .into_inner()
+        .practice
+        .unwrap();
+    let mut practices = hub.practices.clone();
+    eventually("the practice approved", || {
+        let mut practices = practices.clone();
+        let id = p.id.clone();
+        async move {
+            let got = practices
+                .get_practice(req(
+                    &Creds::Key(PORTAL_KEY),
+                    pb::GetPracticeRequest {
+                        tenant_id: "016024".into(),
+                        practice_id: id,
+                        ..Default::default()
+                    },
+                ))
+                .await
+                .ok()?
+                .into_inner();
+            (got.status == pb::AdministrativeStatus::Approved as i32).then_some(())
+        }
+    })
+    .await;
+    let denied = practices
+        .list_practices(req(
+            &portal,
+            pb::ListPracticesRequest {
+                tenant_id: "028060".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    let db = hub.dir.path().join("data/raccordo.db");
+    // The refusal is recorded in the background: wait for it.
+    eventually("the refused call in the audit trail", || {
+        let db = db.clone();
+        async move {
+            let records = raccordo::store::sqlite::SqliteStore::export_audit(
+                &db,
+                "028060",
+                chrono::DateTime::<chrono::Utc>::MIN_UTC,
+                chrono::DateTime::<chrono::Utc>::MAX_UTC,
+            )
+            .ok()?;
+            records
+                .iter()
+                .any(|r| r.action == "call_denied" && r.actor == "portal-bg")
+                .then_some(())
+        }
+    })
+    .await;
+    let dir = hub.dir.path().to_path_buf();
+    let tempdir_guard = std::mem::replace(&mut hub.dir, tempfile::tempdir().unwrap());
+    hub.stop().await;
+
+    let ok = audit_cli(&dir, &["verify"]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("audit trail intact"));
+    let export = audit_cli(
+        &dir,
+        &["export", "--tenant", "016024", "--from", "2020-01-01"],
+    );
+    assert!(export.status.success());
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&export.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(lines.len() >= 3, "{lines:?}");
+    assert_eq!(lines[0]["seq"], 1);
+    assert_eq!(lines[0]["practice_id"], p.id.as_str());
+    assert_eq!(lines[0]["action"], "status");
+    assert_eq!(lines[0]["detail"]["to_status"], "SUBMITTED");
+    assert_eq!(lines[1]["prev_hash"], lines[0]["hash"]);
+
+    // Someone edits one record in the database: the chain breaks there.
+    let conn = rusqlite::Connection::open(dir.join("data/raccordo.db")).unwrap();
+    conn.execute(
+        "UPDATE audit_log SET actor = 'someone else' WHERE tenant_id = '016024' AND seq = 2",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+    let broken = audit_cli(&dir, &["verify"]);
+    assert!(!broken.status.success());
+    let out = String::from_utf8_lossy(&broken.stdout);
+    assert!(
+        out.contains("tenant 016024: chain broken at record 2"),
+        "{out}"
+    );
+    // Removing a record is found too.
+    let conn = rusqlite::Connection::open(dir.join("data/raccordo.db")).unwrap();
+    conn.execute(
+        "DELETE FROM audit_log WHERE tenant_id = '028060' AND seq = 1",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+    let out = String::from_utf8_lossy(&audit_cli(&dir, &["verify"]).stdout).to_string();
+    assert!(
+        out.contains("tenant 028060: chain broken at record 1: the chain ends at record 0"),
+        "{out}"
+    );
+    drop(tempdir_guard);
+}

@@ -60,6 +60,13 @@ pub enum Command {
         #[command(subcommand)]
         command: RouteCommand,
     },
+    /// The audit trail in the hub's database: verify its hash chains, or
+    /// export a tenant's records. Reads the database file directly (on the
+    /// hub's machine), also while the hub runs.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Dead-lettered deliveries on a running hub.
     Dlq {
         #[command(flatten)]
@@ -166,6 +173,34 @@ pub enum RouteCommand {
     },
 }
 
+/// `raccordo audit …`
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Recompute every record's hash; report the first broken link of each
+    /// tenant's chain. Exits non-zero if any chain is broken.
+    Verify {
+        /// Configuration file (TOML): locates the database.
+        #[arg(long, short, env = "RACCORDO_CONFIG")]
+        config: PathBuf,
+        /// Only this tenant's chain.
+        #[arg(long, short)]
+        tenant: Option<String>,
+    },
+    /// Print a tenant's records as JSON lines, oldest first.
+    Export {
+        #[arg(long, short, env = "RACCORDO_CONFIG")]
+        config: PathBuf,
+        #[arg(long, short)]
+        tenant: String,
+        /// From this date (YYYY-MM-DD) or instant (RFC 3339), inclusive.
+        #[arg(long)]
+        from: Option<String>,
+        /// Until this date or instant, exclusive.
+        #[arg(long)]
+        to: Option<String>,
+    },
+}
+
 /// `raccordo dlq …`
 #[derive(Debug, Subcommand)]
 pub enum DlqCommand {
@@ -200,6 +235,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Practice { server, command } => client::practice(&server, command).await,
         Command::Dlq { server, command } => client::dlq(&server, command).await,
         Command::Status { server } => client::status(&server).await,
+        Command::Audit { command } => audit(command),
         Command::Route {
             command:
                 RouteCommand::Render {
@@ -214,6 +250,59 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             render::render(&config, &tenant, &service, &practice, operation)
         }
     }
+}
+
+fn audit(command: AuditCommand) -> anyhow::Result<()> {
+    use crate::store::sqlite::SqliteStore;
+    match command {
+        AuditCommand::Verify { config, tenant } => {
+            let cfg = crate::config::load(&config)?;
+            let (checked, breaks) =
+                SqliteStore::verify_audit(&cfg.database_path(), tenant.as_deref())?;
+            if breaks.is_empty() {
+                println!("audit trail intact: {checked} record(s) verified");
+                return Ok(());
+            }
+            for b in &breaks {
+                println!(
+                    "tenant {}: chain broken at record {}: {}",
+                    b.tenant_id, b.seq, b.reason
+                );
+            }
+            anyhow::bail!("{} audit chain(s) broken", breaks.len())
+        }
+        AuditCommand::Export {
+            config,
+            tenant,
+            from,
+            to,
+        } => {
+            let cfg = crate::config::load(&config)?;
+            let from = from.as_deref().map(parse_instant).transpose()?;
+            let to = to.as_deref().map(parse_instant).transpose()?;
+            let records = SqliteStore::export_audit(
+                &cfg.database_path(),
+                &tenant,
+                from.unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC),
+                to.unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC),
+            )?;
+            for r in records {
+                println!("{}", serde_json::to_string(&r)?);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `2026-11-01` (midnight UTC) or an RFC 3339 instant.
+fn parse_instant(s: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    let day = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| {
+        anyhow::anyhow!("'{s}' is neither a date (YYYY-MM-DD) nor an RFC 3339 instant")
+    })?;
+    Ok(day.and_time(chrono::NaiveTime::MIN).and_utc())
 }
 
 fn check(path: &std::path::Path) -> anyhow::Result<()> {

@@ -7,7 +7,7 @@ pub mod metrics_layer;
 use crate::domain::identifiers::is_istat_code;
 use crate::practices::{HubError, PracticeService};
 use crate::security::{Caller, caller};
-use crate::store::{EventFilter, PracticeFilter};
+use crate::store::{AuditEntry, EventFilter, PracticeFilter};
 use convert::*;
 use error::invalid;
 use futures::Stream;
@@ -30,6 +30,60 @@ impl Api {
         Self { service }
     }
 
+    /// Records a refused call in the audit trail (in the background: the
+    /// caller's answer does not wait for it).
+    fn audit_denied(
+        &self,
+        caller: &Caller,
+        tenant_id: Option<&str>,
+        practice_id: Option<&str>,
+        reason: &str,
+    ) {
+        let entry = AuditEntry {
+            tenant_id: tenant_id.map(str::to_string),
+            actor: caller.client.clone(),
+            action: "call_denied".into(),
+            practice_id: practice_id.map(str::to_string),
+            detail: serde_json::json!({"reason": reason}),
+        };
+        let store = std::sync::Arc::clone(self.service.store());
+        tokio::spawn(async move {
+            if let Err(e) = store.record_audit(entry).await {
+                tracing::error!(error = %e, "cannot record a refused call in the audit trail");
+            }
+        });
+    }
+
+    /// Tenant of a request, checked against the caller's scope.
+    fn scoped_tenant(&self, caller: &Caller, t: &str) -> Result<String, Status> {
+        let tenant_id = tenant(t)?;
+        if let Err(status) = caller.check_tenant(&tenant_id) {
+            self.audit_denied(caller, Some(&tenant_id), None, status.message());
+            return Err(status);
+        }
+        Ok(tenant_id)
+    }
+
+    /// A citizen may filter only by their own fiscal code: the filter is
+    /// theirs whatever the request says, and naming someone else is refused.
+    fn confined_applicant(
+        &self,
+        caller: &Caller,
+        requested: Option<String>,
+    ) -> Result<Option<String>, Status> {
+        let Some(own) = caller.citizen() else {
+            return Ok(requested);
+        };
+        match requested {
+            Some(other) if !other.eq_ignore_ascii_case(own) => {
+                let reason = "a citizen may list only their own practices";
+                self.audit_denied(caller, None, None, reason);
+                Err(Status::permission_denied(reason))
+            }
+            _ => Ok(Some(own.to_string())),
+        }
+    }
+
     /// NOT_FOUND, exactly as for a missing practice, when a citizen asks
     /// about a practice of someone else.
     async fn check_visible(
@@ -46,34 +100,16 @@ impl Api {
             Ok(())
         } else {
             tracing::warn!(client = %caller.client, practice_id = id, "a citizen asked for another applicant's practice");
+            self.audit_denied(
+                caller,
+                Some(tenant_id),
+                Some(id),
+                "another applicant's practice",
+            );
             Err(Status::not_found(format!(
                 "practice {id} not found in tenant {tenant_id}"
             )))
         }
-    }
-}
-
-/// Tenant of a request, checked against the caller's scope.
-fn scoped_tenant(caller: &Caller, t: &str) -> Result<String, Status> {
-    let tenant_id = tenant(t)?;
-    caller.check_tenant(&tenant_id)?;
-    Ok(tenant_id)
-}
-
-/// A citizen may filter only by their own fiscal code: the filter is theirs
-/// whatever the request says, and naming someone else is refused.
-fn confined_applicant(
-    caller: &Caller,
-    requested: Option<String>,
-) -> Result<Option<String>, Status> {
-    let Some(own) = caller.citizen() else {
-        return Ok(requested);
-    };
-    match requested {
-        Some(other) if !other.eq_ignore_ascii_case(own) => Err(Status::permission_denied(
-            "a citizen may list only their own practices",
-        )),
-        _ => Ok(Some(own.to_string())),
     }
 }
 
@@ -117,12 +153,21 @@ impl pb::practice_service_server::PracticeService for Api {
     ) -> Result<Response<pb::SubmitPracticeResponse>, Status> {
         let caller = caller(&request)?;
         let mut input = submit_input(request.into_inner());
-        if is_istat_code(&input.tenant_id) {
-            caller.check_tenant(&input.tenant_id)?;
+        if is_istat_code(&input.tenant_id)
+            && let Err(status) = caller.check_tenant(&input.tenant_id)
+        {
+            self.audit_denied(&caller, Some(&input.tenant_id), None, status.message());
+            return Err(status);
         }
         if let Some(own) = caller.citizen() {
             let applicant = input.applicant.as_ref().map(|a| a.id().to_string());
             if !applicant.is_some_and(|a| a.eq_ignore_ascii_case(own)) {
+                self.audit_denied(
+                    &caller,
+                    Some(&input.tenant_id),
+                    None,
+                    "a citizen submitting for someone else",
+                );
                 return Err(Status::permission_denied(
                     "a citizen may submit only as the applicant",
                 ));
@@ -145,10 +190,16 @@ impl pb::practice_service_server::PracticeService for Api {
     ) -> Result<Response<pb::Practice>, Status> {
         let caller = caller(&request)?;
         let r = request.into_inner();
-        let tenant_id = scoped_tenant(&caller, &r.tenant_id)?;
+        let tenant_id = self.scoped_tenant(&caller, &r.tenant_id)?;
         let id = non_empty("practice_id", &r.practice_id)?;
         let practice = self.service.get(&tenant_id, &id, r.include_content).await?;
         if !caller.may_see_applicant(practice.content.applicant.id()) {
+            self.audit_denied(
+                &caller,
+                Some(&tenant_id),
+                Some(&id),
+                "another applicant's practice",
+            );
             return Err(Status::not_found(format!(
                 "practice {id} not found in tenant {tenant_id}"
             )));
@@ -168,8 +219,8 @@ impl pb::practice_service_server::PracticeService for Api {
         let caller = caller(&request)?;
         let r = request.into_inner();
         let filter = PracticeFilter {
-            tenant_id: scoped_tenant(&caller, &r.tenant_id)?,
-            applicant_id: confined_applicant(&caller, opt(&r.applicant_id))?,
+            tenant_id: self.scoped_tenant(&caller, &r.tenant_id)?,
+            applicant_id: self.confined_applicant(&caller, opt(&r.applicant_id))?,
             service_code: opt(&r.service_code),
             status: status_from_pb(r.status),
             submitted_from: r.submitted_from.as_ref().and_then(from_timestamp),
@@ -193,7 +244,7 @@ impl pb::practice_service_server::PracticeService for Api {
     ) -> Result<Response<Self::WatchPracticeStream>, Status> {
         let caller = caller(&request)?;
         let r = request.into_inner();
-        let tenant_id = scoped_tenant(&caller, &r.tenant_id)?;
+        let tenant_id = self.scoped_tenant(&caller, &r.tenant_id)?;
         let id = non_empty("practice_id", &r.practice_id)?;
         self.check_visible(&caller, &tenant_id, &id).await?;
         let rx = self
@@ -212,8 +263,9 @@ impl pb::practice_service_server::PracticeService for Api {
         let caller = caller(&request)?;
         let r = request.into_inner();
         let filter = EventFilter {
-            tenant_id: scoped_tenant(&caller, &r.tenant_id)?,
-            applicant_id: confined_applicant(&caller, opt(&r.applicant_id))?
+            tenant_id: self.scoped_tenant(&caller, &r.tenant_id)?,
+            applicant_id: self
+                .confined_applicant(&caller, opt(&r.applicant_id))?
                 .map(|a| a.to_ascii_uppercase()),
             service_code: opt(&r.service_code),
         };
@@ -230,7 +282,7 @@ impl pb::practice_service_server::PracticeService for Api {
     ) -> Result<Response<pb::Practice>, Status> {
         let caller = caller(&request)?;
         let r = request.into_inner();
-        let tenant_id = scoped_tenant(&caller, &r.tenant_id)?;
+        let tenant_id = self.scoped_tenant(&caller, &r.tenant_id)?;
         let id = non_empty("practice_id", &r.practice_id)?;
         self.check_visible(&caller, &tenant_id, &id).await?;
         let operator = caller.operator_id.clone().or_else(|| opt(&r.operator_id));
@@ -249,7 +301,7 @@ impl pb::catalog_service_server::CatalogService for Api {
         request: Request<pb::ListServicesRequest>,
     ) -> Result<Response<pb::ListServicesResponse>, Status> {
         let caller = caller(&request)?;
-        let tenant_id = scoped_tenant(&caller, &request.into_inner().tenant_id)?;
+        let tenant_id = self.scoped_tenant(&caller, &request.into_inner().tenant_id)?;
         let services = self.service.catalog(&tenant_id)?;
         Ok(Response::new(pb::ListServicesResponse {
             services: services.iter().map(service_pb).collect(),
@@ -262,7 +314,7 @@ impl pb::catalog_service_server::CatalogService for Api {
     ) -> Result<Response<pb::Service>, Status> {
         let caller = caller(&request)?;
         let r = request.into_inner();
-        let tenant_id = scoped_tenant(&caller, &r.tenant_id)?;
+        let tenant_id = self.scoped_tenant(&caller, &r.tenant_id)?;
         let code = non_empty("service_code", &r.service_code)?;
         let entry = self
             .service
@@ -287,7 +339,7 @@ impl pb::delivery_admin_service_server::DeliveryAdminService for Api {
         let caller = caller(&request)?;
         let r = request.into_inner();
         let tenant_id = match opt(&r.tenant_id) {
-            Some(t) => Some(scoped_tenant(&caller, &t)?),
+            Some(t) => Some(self.scoped_tenant(&caller, &t)?),
             None => {
                 caller.check_all_tenants()?;
                 None

@@ -12,6 +12,7 @@ pub mod authn;
 pub mod config;
 pub mod rules;
 
+use crate::store::{AuditEntry, Store};
 use authn::{AuthError, Authenticator};
 pub use config::Role;
 use std::future::Future;
@@ -126,15 +127,23 @@ pub fn caller<T>(request: &tonic::Request<T>) -> Result<Caller, Status> {
 }
 
 /// Authenticates every call and checks its role before any handler runs.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AuthLayer {
     auth: Arc<Authenticator>,
+    store: Arc<dyn Store>,
+}
+
+impl std::fmt::Debug for AuthLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthLayer").finish_non_exhaustive()
+    }
 }
 
 impl AuthLayer {
-    /// A layer verifying with `auth`.
-    pub fn new(auth: Arc<Authenticator>) -> Self {
-        Self { auth }
+    /// A layer verifying with `auth` and recording refusals in `store`'s
+    /// audit trail.
+    pub fn new(auth: Arc<Authenticator>, store: Arc<dyn Store>) -> Self {
+        Self { auth, store }
     }
 }
 
@@ -144,7 +153,7 @@ impl<S> tower_layer::Layer<S> for AuthLayer {
     fn layer(&self, inner: S) -> Self::Service {
         Authenticated {
             inner,
-            auth: Arc::clone(&self.auth),
+            layer: self.clone(),
         }
     }
 }
@@ -153,7 +162,25 @@ impl<S> tower_layer::Layer<S> for AuthLayer {
 #[derive(Debug, Clone)]
 pub struct Authenticated<S> {
     inner: S,
-    auth: Arc<Authenticator>,
+    layer: AuthLayer,
+}
+
+/// Records a refused call; lock-outs and rate limits are not recorded one
+/// by one, or a flood would grow the trail without bound.
+fn audit_refusal(store: &Arc<dyn Store>, actor: String, rpc: &str, reason: &str) {
+    let entry = AuditEntry {
+        tenant_id: None,
+        actor,
+        action: "call_denied".into(),
+        practice_id: None,
+        detail: serde_json::json!({"rpc": rpc, "reason": reason}),
+    };
+    let store = Arc::clone(store);
+    tokio::spawn(async move {
+        if let Err(e) = store.record_audit(entry).await {
+            tracing::error!(error = %e, "cannot record a refused call in the audit trail");
+        }
+    });
 }
 
 fn header<'a, B>(request: &'a http::Request<B>, name: &str) -> Option<&'a str> {
@@ -161,7 +188,8 @@ fn header<'a, B>(request: &'a http::Request<B>, name: &str) -> Option<&'a str> {
 }
 
 /// Decides one call: `Ok(caller)` to go on, `Err(status)` to refuse.
-fn admit<B>(auth: &Authenticator, request: &http::Request<B>) -> Result<Caller, Status> {
+fn admit<B>(layer: &AuthLayer, request: &http::Request<B>) -> Result<Caller, Status> {
+    let auth = &layer.auth;
     let path = request.uri().path();
     let peer = request
         .extensions()
@@ -176,6 +204,12 @@ fn admit<B>(auth: &Authenticator, request: &http::Request<B>) -> Result<Caller, 
         .authenticate(header(request, "x-api-key"), bearer, peer)
         .map_err(|e| {
             tracing::warn!(rpc = path, peer = ?peer, reason = ?e, "unauthenticated call refused");
+            let actor = peer.map_or("unknown peer".into(), |ip| format!("unauthenticated {ip}"));
+            match &e {
+                AuthError::Missing => audit_refusal(&layer.store, actor, path, "no credentials"),
+                AuthError::Invalid(reason) => audit_refusal(&layer.store, actor, path, reason),
+                AuthError::LockedOut | AuthError::RateLimited(_) => {}
+            }
             match e {
                 AuthError::Missing => Status::unauthenticated(
                     "credentials required: an x-api-key header or an authorization: Bearer token",
@@ -196,6 +230,12 @@ fn admit<B>(auth: &Authenticator, request: &http::Request<B>) -> Result<Caller, 
         Some(roles) if roles.contains(&role) => Ok(caller),
         _ => {
             tracing::warn!(client = %caller.client, role = role.as_str(), rpc = path, "call refused by role");
+            audit_refusal(
+                &layer.store,
+                caller.client.clone(),
+                path,
+                &format!("the {} role may not call it", role.as_str()),
+            );
             Err(Status::permission_denied(format!(
                 "the {} role may not call {path}",
                 role.as_str()
@@ -223,7 +263,7 @@ where
         if rules::is_public(request.uri().path()) {
             return Box::pin(self.inner.call(request));
         }
-        match admit(&self.auth, &request) {
+        match admit(&self.layer, &request) {
             Ok(caller) => {
                 request.extensions_mut().insert(caller);
                 Box::pin(self.inner.call(request))

@@ -275,6 +275,10 @@ pub trait Store: Send + Sync + 'static {
     /// Whether the store answers (for readiness).
     async fn ping(&self) -> Result<(), StoreError>;
 
+    /// Appends a record to the audit trail that is not a practice event
+    /// (a refused call). Practice events are audited with their change.
+    async fn record_audit(&self, entry: AuditEntry) -> Result<(), StoreError>;
+
     /// Counts for operators: the outbox per adapter instance, practices by
     /// status, practices past their legal deadline, the database size.
     async fn ops_snapshot(&self, now: DateTime<Utc>) -> Result<OpsSnapshot, StoreError>;
@@ -316,4 +320,41 @@ pub struct PracticeCount {
     pub service: String,
     pub status: String,
     pub count: i64,
+}
+
+/// A record for the audit trail.
+#[derive(Debug, Clone)]
+pub struct AuditEntry {
+    /// `None` for a call that named no tenant (its chain is `-`).
+    pub tenant_id: Option<String>,
+    /// The client (and operator) who acted.
+    pub actor: String,
+    /// What happened (`call_denied`, or an event kind).
+    pub action: String,
+    pub practice_id: Option<String>,
+    /// Anything else worth keeping, without secrets.
+    pub detail: serde_json::Value,
+}
+
+/// One stored audit record, as exported.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AuditRecord {
+    pub tenant_id: String,
+    pub seq: i64,
+    pub recorded_at: DateTime<Utc>,
+    pub actor: String,
+    pub action: String,
+    pub practice_id: Option<String>,
+    pub detail: serde_json::Value,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+/// Where an audit chain stops verifying.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditBreak {
+    pub tenant_id: String,
+    /// The first record that does not verify.
+    pub seq: i64,
+    pub reason: String,
 }

@@ -23,6 +23,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "job_trace_context",
         include_str!("../../migrations/0004_job_trace_context.sql"),
     ),
+    (
+        5,
+        "audit_log",
+        include_str!("../../migrations/0005_audit_log.sql"),
+    ),
 ];
 
 /// Applies pending migrations; returns the schema version.

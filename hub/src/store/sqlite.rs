@@ -9,12 +9,14 @@
 //! Either way a whole operation costs one thread hand-off, not one per SQL
 //! statement, and nothing blocks the async runtime.
 
+mod audit;
 mod follow_up;
 
 use super::schema;
 use super::{
-    AdapterBacklog, AttemptResult, ClaimedJob, ClaimedPoll, DeadLetter, EventFilter, InsertOutcome,
-    OpsSnapshot, PracticeCount, PracticeFilter, Store, StoreError, Withdrawal,
+    AdapterBacklog, AttemptResult, AuditBreak, AuditEntry, AuditRecord, ClaimedJob, ClaimedPoll,
+    DeadLetter, EventFilter, InsertOutcome, OpsSnapshot, PracticeCount, PracticeFilter, Store,
+    StoreError, Withdrawal,
 };
 use crate::config::{Mode, Synchronous};
 use crate::domain::apply::{StatusState, plan_reply};
@@ -153,6 +155,25 @@ impl SqliteStore {
         })
     }
 
+    /// Checks the audit chains of the database at `path` (or one tenant's)
+    /// without migrating or writing: (records checked, first break per chain).
+    pub fn verify_audit(
+        path: &Path,
+        tenant: Option<&str>,
+    ) -> Result<(u64, Vec<AuditBreak>), StoreError> {
+        audit::verify(&open_read_only(path)?, tenant)
+    }
+
+    /// A tenant's audit records in `[from, to)`, read without writing.
+    pub fn export_audit(
+        path: &Path,
+        tenant: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        audit::export(&open_read_only(path)?, tenant, from, to)
+    }
+
     /// Runs `op` in the writer's next transaction; answers after the commit.
     async fn write<R: Send + 'static>(
         &self,
@@ -258,6 +279,19 @@ fn run_writer(
             completion(commit_error.clone());
         }
     }
+}
+
+fn open_read_only(path: &Path) -> Result<Connection, StoreError> {
+    if !path.exists() {
+        return Err(StoreError::Database(format!(
+            "{} does not exist",
+            path.display()
+        )));
+    }
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| StoreError::Database(format!("cannot open {}: {e}", path.display())))?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    Ok(conn)
 }
 
 fn ms(t: DateTime<Utc>) -> i64 {
@@ -380,6 +414,25 @@ fn append_events(
             d.vendor_code,
             d.actor,
         ])?;
+        let detail = serde_json::json!({
+            "sequence": st.last_sequence,
+            "source": d.source.as_str(),
+            "from_status": d.from_status.map(AdminStatus::as_str),
+            "to_status": d.to_status.map(AdminStatus::as_str),
+            "from_delivery": d.from_delivery.map(DeliveryStatus::as_str),
+            "to_delivery": d.to_delivery.map(DeliveryStatus::as_str),
+            "reason": d.reason,
+            "vendor_code": d.vendor_code,
+        });
+        audit::append(
+            conn,
+            &st.tenant_id,
+            &d.actor,
+            d.kind.as_str(),
+            Some(&st.id),
+            &detail,
+            now,
+        )?;
         out.push(Event {
             cursor: conn.last_insert_rowid(),
             practice_id: st.id.clone(),
@@ -1608,6 +1661,21 @@ impl Store for SqliteStore {
     async fn ping(&self) -> Result<(), StoreError> {
         self.read(|conn| Ok(conn.query_row("SELECT 1", [], |_| Ok(()))?))
             .await
+    }
+
+    async fn record_audit(&self, entry: AuditEntry) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            audit::append(
+                conn,
+                entry.tenant_id.as_deref().unwrap_or(audit::NO_TENANT),
+                &entry.actor,
+                &entry.action,
+                entry.practice_id.as_deref(),
+                &entry.detail,
+                Utc::now(),
+            )
+        })
+        .await
     }
 
     async fn ops_snapshot(&self, now: DateTime<Utc>) -> Result<OpsSnapshot, StoreError> {

@@ -1,0 +1,241 @@
+//! The audit trail's hash chain: appending, verifying, exporting.
+//!
+//! Each record's hash is SHA-256 over the previous record's hash and the
+//! record's own fields, encoded as one JSON array (unambiguous, and easy to
+//! recompute with any tool). Chains are per tenant so one municipality's
+//! trail can be handed over and checked on its own.
+
+use super::super::{AuditBreak, AuditRecord, StoreError};
+use super::{from_ms, ms};
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, OptionalExtension, params};
+use sha2::{Digest, Sha256};
+
+/// `prev_hash` of a chain's first record.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// The chain name of records that name no tenant.
+pub const NO_TENANT: &str = "-";
+
+#[allow(clippy::too_many_arguments)]
+fn record_hash(
+    prev_hash: &str,
+    tenant_id: &str,
+    seq: i64,
+    recorded_at: i64,
+    actor: &str,
+    action: &str,
+    practice_id: Option<&str>,
+    detail: &str,
+) -> String {
+    let canonical = serde_json::json!([
+        prev_hash,
+        tenant_id,
+        seq,
+        recorded_at,
+        actor,
+        action,
+        practice_id,
+        detail
+    ]);
+    Sha256::digest(canonical.to_string().as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Appends one record to `tenant_id`'s chain, inside the caller's transaction.
+pub fn append(
+    conn: &Connection,
+    tenant_id: &str,
+    actor: &str,
+    action: &str,
+    practice_id: Option<&str>,
+    detail: &serde_json::Value,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let head: Option<(i64, String)> = conn
+        .prepare_cached(
+            "SELECT seq, hash FROM audit_log WHERE tenant_id = ?1 ORDER BY seq DESC LIMIT 1",
+        )?
+        .query_row([tenant_id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let (seq, prev) = match head {
+        Some((seq, hash)) => (seq + 1, hash),
+        None => (1, GENESIS.to_string()),
+    };
+    let detail = detail.to_string();
+    let at = ms(now);
+    let hash = record_hash(
+        &prev,
+        tenant_id,
+        seq,
+        at,
+        actor,
+        action,
+        practice_id,
+        &detail,
+    );
+    conn.prepare_cached(
+        "INSERT INTO audit_log (tenant_id, seq, recorded_at, actor, action, practice_id, detail, prev_hash, hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(params![tenant_id, seq, at, actor, action, practice_id, detail, prev, hash])?;
+    conn.prepare_cached(
+        "INSERT INTO audit_heads (tenant_id, seq, hash) VALUES (?1, ?2, ?3)
+         ON CONFLICT (tenant_id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+    )?
+    .execute(params![tenant_id, seq, hash])?;
+    Ok(())
+}
+
+type Row = (
+    String,
+    i64,
+    i64,
+    String,
+    String,
+    Option<String>,
+    String,
+    String,
+    String,
+);
+
+fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+        r.get(8)?,
+    ))
+}
+
+const COLUMNS: &str =
+    "tenant_id, seq, recorded_at, actor, action, practice_id, detail, prev_hash, hash";
+
+/// Walks every chain (or `tenant`'s) and returns the first broken link of
+/// each broken chain, and how many records were checked.
+pub fn verify(
+    conn: &Connection,
+    tenant: Option<&str>,
+) -> Result<(u64, Vec<AuditBreak>), StoreError> {
+    let sql = match tenant {
+        Some(_) => {
+            format!("SELECT {COLUMNS} FROM audit_log WHERE tenant_id = ?1 ORDER BY tenant_id, seq")
+        }
+        None => format!("SELECT {COLUMNS} FROM audit_log ORDER BY tenant_id, seq"),
+    };
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = match tenant {
+        Some(t) => stmt.query_map([t], read_row)?,
+        None => stmt.query_map([], read_row)?,
+    };
+    let mut checked = 0;
+    let mut breaks: Vec<AuditBreak> = Vec::new();
+    let mut chain: Option<(String, i64, String)> = None; // tenant, last seq, last hash
+    for row in rows {
+        let (tenant_id, seq, at, actor, action, practice_id, detail, prev_hash, hash) = row?;
+        checked += 1;
+        if breaks.last().is_some_and(|b| b.tenant_id == tenant_id) {
+            continue; // the first break of a chain is the one that matters
+        }
+        let (expected_seq, expected_prev) = match &chain {
+            Some((t, last_seq, last_hash)) if *t == tenant_id => (last_seq + 1, last_hash.clone()),
+            _ => (1, GENESIS.to_string()),
+        };
+        let reason = if seq != expected_seq {
+            Some(format!(
+                "record {expected_seq} is missing (found {seq} next)"
+            ))
+        } else if prev_hash != expected_prev {
+            Some("its prev_hash does not match the previous record's hash".to_string())
+        } else if record_hash(
+            &prev_hash,
+            &tenant_id,
+            seq,
+            at,
+            &actor,
+            &action,
+            practice_id.as_deref(),
+            &detail,
+        ) != hash
+        {
+            Some("its content does not match its hash (edited)".to_string())
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            breaks.push(AuditBreak {
+                tenant_id: tenant_id.clone(),
+                seq,
+                reason,
+            });
+        }
+        chain = Some((tenant_id, seq, hash));
+    }
+    // Each chain must end where its head says: records removed from the
+    // end leave no gap, only a head that points past them.
+    let heads: Vec<(String, i64, String)> = conn
+        .prepare("SELECT tenant_id, seq, hash FROM audit_heads ORDER BY tenant_id")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (tenant_id, head_seq, head_hash) in heads {
+        if tenant.is_some_and(|t| t != tenant_id) || breaks.iter().any(|b| b.tenant_id == tenant_id)
+        {
+            continue;
+        }
+        let last: Option<(i64, String)> = conn
+            .prepare_cached(
+                "SELECT seq, hash FROM audit_log WHERE tenant_id = ?1 ORDER BY seq DESC LIMIT 1",
+            )?
+            .query_row([&tenant_id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        let ends_at = last.as_ref().map_or(0, |(s, _)| *s);
+        if last.as_ref().map(|(s, h)| (*s, h.as_str())) != Some((head_seq, head_hash.as_str())) {
+            breaks.push(AuditBreak {
+                tenant_id,
+                seq: ends_at + 1,
+                reason: format!(
+                    "the chain ends at record {ends_at} but its head is record {head_seq}: records were removed"
+                ),
+            });
+        }
+    }
+    Ok((checked, breaks))
+}
+
+/// A tenant's records recorded in `[from, to)`, oldest first.
+pub fn export(
+    conn: &Connection,
+    tenant: &str,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<Vec<AuditRecord>, StoreError> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM audit_log WHERE tenant_id = ?1 AND recorded_at >= ?2 AND recorded_at < ?3
+         ORDER BY seq"
+    );
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt.query_map(params![tenant, ms(from), ms(to)], read_row)?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (tenant_id, seq, at, actor, action, practice_id, detail, prev_hash, hash) = row?;
+        out.push(AuditRecord {
+            tenant_id,
+            seq,
+            recorded_at: from_ms(at),
+            actor,
+            action,
+            practice_id,
+            detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::String(detail)),
+            prev_hash,
+            hash,
+        });
+    }
+    Ok(out)
+}
