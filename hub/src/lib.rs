@@ -25,4 +25,5 @@ pub mod simulator;
 pub mod status;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod trace;

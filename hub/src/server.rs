@@ -73,6 +73,9 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
             list.join("\n")
         );
     }
+    for warning in config::warnings(&config) {
+        tracing::warn!(key = %warning.key, "{}", warning.reason);
+    }
     let config = Arc::new(config);
 
     let mut simulators = HashMap::new();
@@ -239,28 +242,60 @@ async fn serve(
         .add_service(pb::catalog_service_server::CatalogServiceServer::new(
             api.clone(),
         ))
-        .add_service(pb::delivery_admin_service_server::DeliveryAdminServiceServer::new(api))
-        .serve_with_incoming_shutdown(
-            // tonic ignores its own TCP_NODELAY setting for a custom incoming
-            // stream; without it small replies wait for delayed ACKs (~40 ms).
-            tokio_stream::wrappers::TcpListenerStream::new(grpc_listener).map(|conn| {
-                conn.inspect(|s| {
-                    let _ = s.set_nodelay(true);
-                })
-            }),
-            async move {
-                let _ = grpc_stop.recv().await;
-            },
-        );
-    let http = axum::serve(
-        http_listener.tap_io(no_delay),
-        crate::http::router(Arc::clone(&service), sink),
-    )
-    .with_graceful_shutdown(async move {
+        .add_service(pb::delivery_admin_service_server::DeliveryAdminServiceServer::new(api));
+    let grpc_stopped = async move {
+        let _ = grpc_stop.recv().await;
+    };
+    let http_stopped = async move {
         let _ = http_stop.recv().await;
-    });
-    let grpc = tokio::spawn(grpc);
-    let http = tokio::spawn(async move { http.await });
+    };
+    let app = crate::http::router(Arc::clone(&service), sink);
+    let base_dir = service.config().base_dir.clone();
+    let (grpc, http) = match &service.config().hub.tls {
+        Some(tls) => {
+            let reload = tls.reload_interval;
+            let on = |alpn: &[&[u8]]| {
+                crate::tls::setup(tls, &base_dir, alpn)
+                    .map_err(|(key, reason)| anyhow::anyhow!("hub.tls.{key}: {reason}"))
+            };
+            let grpc_tls = on(&[b"h2"])?;
+            let http_tls = on(&[b"h2", b"http/1.1"])?;
+            let grpc_conns = crate::tls::accept(grpc_listener, grpc_tls, reload);
+            let http_addr = http_listener.local_addr()?;
+            let http_conns = crate::tls::accept(http_listener, http_tls, reload);
+            let incoming = tokio_stream::wrappers::ReceiverStream::new(grpc_conns)
+                .map(Ok::<_, std::io::Error>);
+            let listener = crate::tls::TlsListener {
+                connections: http_conns,
+                local_addr: http_addr,
+            };
+            (
+                tokio::spawn(grpc.serve_with_incoming_shutdown(incoming, grpc_stopped)),
+                tokio::spawn(async move {
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(http_stopped)
+                        .await
+                }),
+            )
+        }
+        None => (
+            tokio::spawn(grpc.serve_with_incoming_shutdown(
+                // tonic ignores its own TCP_NODELAY setting for a custom incoming
+                // stream; without it small replies wait for delayed ACKs (~40 ms).
+                tokio_stream::wrappers::TcpListenerStream::new(grpc_listener).map(|conn| {
+                    conn.inspect(|s| {
+                        let _ = s.set_nodelay(true);
+                    })
+                }),
+                grpc_stopped,
+            )),
+            tokio::spawn(async move {
+                axum::serve(http_listener.tap_io(no_delay), app)
+                    .with_graceful_shutdown(http_stopped)
+                    .await
+            }),
+        ),
+    };
     let _ = stop.await;
     service.close_streams();
     let _ = stop_all.send(());

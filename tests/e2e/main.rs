@@ -10,4 +10,5 @@ mod process;
 mod rest_modi;
 mod security;
 mod support;
+mod tls;
 mod validation;

@@ -346,7 +346,10 @@ pub async fn start_hub(options: HubOptions) -> TestHub {
     }
     let config = raccordo::config::load(&path).expect("test config loads");
     let hub = raccordo::server::start(config).await.expect("hub starts");
-    let channel = connect(hub.grpc_addr).await;
+    // Lazy: a hub with TLS listeners takes no plain-text connection.
+    let channel = Channel::from_shared(format!("http://{}", hub.grpc_addr))
+        .unwrap()
+        .connect_lazy();
     TestHub {
         practices: pb::practice_service_client::PracticeServiceClient::new(channel.clone()),
         admin: pb::delivery_admin_service_client::DeliveryAdminServiceClient::new(channel.clone()),

@@ -307,6 +307,9 @@ fn parse_instant(s: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
 
 fn check(path: &std::path::Path) -> anyhow::Result<()> {
     let cfg = crate::config::load(path)?;
+    for warning in crate::config::warnings(&cfg) {
+        eprintln!("{}: warning: {warning}", path.display());
+    }
     let issues = crate::config::check(&cfg);
     if issues.is_empty() {
         println!(

@@ -20,6 +20,35 @@ impl fmt::Display for ConfigIssue {
     }
 }
 
+/// Choices that are allowed but weaken security: `raccordo check` prints
+/// them and the hub logs them at start.
+pub fn warnings(cfg: &Config) -> Vec<ConfigIssue> {
+    let mut out = Vec::new();
+    if cfg.hub.tls.is_none() && cfg.hub.allow_plaintext {
+        for (key, addr) in [
+            ("hub.grpc_listen", cfg.hub.grpc_listen),
+            ("hub.http_listen", cfg.hub.http_listen),
+        ] {
+            if !addr.ip().is_loopback() {
+                out.push(ConfigIssue {
+                    key: key.into(),
+                    reason: format!(
+                        "plain text on {addr} (hub.allow_plaintext): credentials and personal \
+                         data cross the network unencrypted unless a TLS proxy is in front"
+                    ),
+                });
+            }
+        }
+    }
+    if cfg.clients.is_empty() && cfg.security.allow_anonymous == Some(true) {
+        out.push(ConfigIssue {
+            key: "security.allow_anonymous".into(),
+            reason: "no clients are declared: every caller may call every RPC".into(),
+        });
+    }
+    out
+}
+
 /// Checks a loaded configuration; an empty list means it is usable.
 pub fn check(cfg: &Config) -> Vec<ConfigIssue> {
     let mut issues = Vec::new();
@@ -52,6 +81,35 @@ pub fn check(cfg: &Config) -> Vec<ConfigIssue> {
                 );
             }
         }
+    }
+    match &cfg.hub.tls {
+        Some(tls) => {
+            if let Err((key, reason)) = crate::tls::setup(tls, &cfg.base_dir, &[b"h2"]) {
+                let key = if key.is_empty() {
+                    "hub.tls".into()
+                } else {
+                    format!("hub.tls.{key}")
+                };
+                add(key, reason);
+            }
+        }
+        None if !cfg.hub.allow_plaintext => {
+            for (key, addr) in [
+                ("hub.grpc_listen", cfg.hub.grpc_listen),
+                ("hub.http_listen", cfg.hub.http_listen),
+            ] {
+                if !addr.ip().is_loopback() {
+                    add(
+                        key.into(),
+                        format!(
+                            "{addr} is not loopback and hub.tls is not set: configure [hub.tls], \
+                             or set hub.allow_plaintext = true if a TLS proxy is in front"
+                        ),
+                    );
+                }
+            }
+        }
+        None => {}
     }
     if cfg.clients.is_empty()
         && !cfg.hub.grpc_listen.ip().is_loopback()

@@ -10,7 +10,7 @@
 mod check;
 mod load;
 
-pub use check::{ConfigIssue, check};
+pub use check::{ConfigIssue, check, warnings};
 pub use load::{LoadError, load};
 
 use raccordo_adapters::amqp::config::AmqpConfig;
@@ -72,6 +72,14 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HubConfig {
+    /// TLS on both listeners; without it they speak plain text, which is
+    /// accepted only on loopback unless `allow_plaintext` is set.
+    #[serde(default)]
+    pub tls: Option<crate::tls::ListenerTls>,
+    /// Listen in plain text on a non-loopback address (behind a
+    /// TLS-terminating proxy, on a private network).
+    #[serde(default)]
+    pub allow_plaintext: bool,
     /// gRPC listener (Practice, Catalog, admin, health, reflection).
     #[serde(default = "default_grpc_listen")]
     pub grpc_listen: SocketAddr,
@@ -93,6 +101,8 @@ impl Default for HubConfig {
             http_listen: default_http_listen(),
             data_dir: default_data_dir(),
             shutdown_grace: default_shutdown_grace(),
+            tls: None,
+            allow_plaintext: false,
         }
     }
 }

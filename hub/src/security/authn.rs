@@ -46,6 +46,7 @@ struct Client {
     role: Role,
     tenants: Vec<String>,
     api_key_sha256: Option<[u8; 32]>,
+    certificate_sha256: Option<[u8; 32]>,
     jwt: Option<JwtVerifier>,
     operator_id: Option<String>,
     rate: f64,
@@ -200,14 +201,23 @@ impl Authenticator {
                 })?),
                 None => None,
             };
+            let certificate_sha256 = match &c.certificate_sha256 {
+                Some(h) => Some(parse_hash(h).ok_or_else(|| {
+                    fail((
+                        "certificate_sha256".into(),
+                        "must be 64 hexadecimal digits (sha256sum of the DER certificate)".into(),
+                    ))
+                })?),
+                None => None,
+            };
             let jwt = match &c.jwt {
                 Some(j) => Some(build_jwt(j, base_dir).map_err(fail)?),
                 None => None,
             };
-            if api_key_sha256.is_none() && jwt.is_none() {
+            if api_key_sha256.is_none() && jwt.is_none() && certificate_sha256.is_none() {
                 return Err(fail((
                     String::new(),
-                    "declares no credential: set api_key_sha256 or jwt".into(),
+                    "declares no credential: set api_key_sha256, certificate_sha256 or jwt".into(),
                 )));
             }
             if c.role == Role::Citizen && jwt.is_none() {
@@ -234,6 +244,7 @@ impl Authenticator {
                 role: c.role,
                 tenants: c.tenants.clone(),
                 api_key_sha256,
+                certificate_sha256,
                 jwt,
                 operator_id: c.operator_id.clone(),
                 rate,
@@ -259,6 +270,7 @@ impl Authenticator {
         &self,
         api_key: Option<&str>,
         bearer: Option<&str>,
+        certificate_sha256: Option<&str>,
         peer: Option<IpAddr>,
     ) -> Result<Caller, AuthError> {
         if self.anonymous {
@@ -269,10 +281,13 @@ impl Authenticator {
         {
             return Err(AuthError::LockedOut);
         }
-        let verified = match (api_key, bearer) {
-            (Some(key), _) => self.by_api_key(key),
-            (None, Some(token)) => self.by_token(token),
-            (None, None) => return Err(AuthError::Missing),
+        // Explicit credentials first: a shared client certificate (a
+        // gateway's) must not hide the key or token of the caller behind it.
+        let verified = match (api_key, bearer, certificate_sha256) {
+            (Some(key), _, _) => self.by_api_key(key),
+            (None, Some(token), _) => self.by_token(token),
+            (None, None, Some(cert)) => self.by_certificate(cert),
+            (None, None, None) => return Err(AuthError::Missing),
         };
         match verified {
             Ok(caller) => {
@@ -300,6 +315,29 @@ impl Authenticator {
             }
         }
         let client = found.ok_or_else(|| AuthError::Invalid("unknown API key".into()))?;
+        Ok(Caller::client(
+            &client.name,
+            client.role,
+            &client.tenants,
+            None,
+            client.operator_id.clone(),
+        ))
+    }
+
+    fn by_certificate(&self, fingerprint: &str) -> Result<Caller, AuthError> {
+        let Some(presented) = parse_hash(fingerprint) else {
+            return Err(AuthError::Invalid("unreadable client certificate".into()));
+        };
+        let client = self
+            .clients
+            .iter()
+            .find(|c| {
+                c.certificate_sha256
+                    .is_some_and(|h| constant_time_eq(&h, &presented))
+            })
+            .ok_or_else(|| {
+                AuthError::Invalid("the client certificate belongs to no declared client".into())
+            })?;
         Ok(Caller::client(
             &client.name,
             client.role,

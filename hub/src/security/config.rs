@@ -45,6 +45,11 @@ pub struct ClientConfig {
     /// hash is configured: the key itself never sits in a file of the hub.
     #[serde(default)]
     pub api_key_sha256: Option<String>,
+    /// Hex SHA-256 of the client certificate it presents over mutual TLS
+    /// (`openssl x509 -in client.pem -outform der | sha256sum`); needs
+    /// `hub.tls.client_ca_file` to verify the certificate.
+    #[serde(default)]
+    pub certificate_sha256: Option<String>,
     /// Bearer tokens (JWT) this client presents.
     #[serde(default)]
     pub jwt: Option<JwtConfig>,

@@ -191,17 +191,20 @@ fn header<'a, B>(request: &'a http::Request<B>, name: &str) -> Option<&'a str> {
 fn admit<B>(layer: &AuthLayer, request: &http::Request<B>) -> Result<Caller, Status> {
     let auth = &layer.auth;
     let path = request.uri().path();
+    let tls = request.extensions().get::<crate::tls::TlsConnectInfo>();
     let peer = request
         .extensions()
         .get::<tonic::transport::server::TcpConnectInfo>()
         .and_then(|c| c.remote_addr())
+        .or_else(|| tls.and_then(|t| t.remote_addr))
         .map(|a| a.ip());
+    let certificate = tls.and_then(|t| t.peer_certificate_sha256.as_deref());
     let bearer = header(request, "authorization").and_then(|v| {
         v.strip_prefix("Bearer ")
             .or_else(|| v.strip_prefix("bearer "))
     });
     let caller = auth
-        .authenticate(header(request, "x-api-key"), bearer, peer)
+        .authenticate(header(request, "x-api-key"), bearer, certificate, peer)
         .map_err(|e| {
             tracing::warn!(rpc = path, peer = ?peer, reason = ?e, "unauthenticated call refused");
             let actor = peer.map_or("unknown peer".into(), |ip| format!("unauthenticated {ip}"));
