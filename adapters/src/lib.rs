@@ -11,12 +11,17 @@
 //!   circuit breaker, rate limit, pacing headers).
 //! - [`rest`]: the REST adapter (AgID ModI `BLOCK_REST`, `NONBLOCK_PUSH_REST`,
 //!   `NONBLOCK_PULL_REST`).
+//! - [`soap`]: the SOAP adapter (ModI `BLOCK_SOAP`, `NONBLOCK_PULL_SOAP`,
+//!   `NONBLOCK_PUSH_SOAP`; WS-Security, hardened XML).
+//! - [`message_xml`]: the normalized message as XML.
 
 pub mod adapter;
 pub mod http;
 pub mod message;
+pub mod message_xml;
 pub mod model;
 pub mod rest;
+pub mod soap;
 pub mod template;
 
 pub use adapter::{
