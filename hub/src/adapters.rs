@@ -2,6 +2,7 @@
 
 use crate::config::AdapterConfig;
 use raccordo_adapters::rest::RestAdapter;
+use raccordo_adapters::soap::SoapAdapter;
 use raccordo_adapters::{Adapter, AdapterError};
 use std::path::Path;
 use std::sync::Arc;
@@ -34,6 +35,14 @@ pub fn build(
     match config {
         AdapterConfig::Rest(rest) => {
             let adapter = RestAdapter::build(name, rest.clone(), base_dir)?;
+            Ok(AdapterInstance {
+                name: name.to_string(),
+                max_concurrency: adapter.max_concurrency(),
+                adapter: Arc::new(adapter),
+            })
+        }
+        AdapterConfig::Soap(soap) => {
+            let adapter = SoapAdapter::build(name, soap.clone(), base_dir)?;
             Ok(AdapterInstance {
                 name: name.to_string(),
                 max_concurrency: adapter.max_concurrency(),

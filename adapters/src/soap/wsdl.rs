@@ -375,6 +375,43 @@ impl Wsdl {
     }
 }
 
+/// Reads a WSDL from a file or an `http(s)://` URL (bounded, 30 s).
+pub async fn load(source: &str) -> Result<String, String> {
+    let bytes = if source.starts_with("http://") || source.starts_with("https://") {
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(30))
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        let mut resp = client
+            .get(source)
+            .send()
+            .await
+            .map_err(|e| format!("cannot fetch {source}: {}", crate::http::error_chain(&e)))?;
+        if !resp.status().is_success() {
+            return Err(format!("{source} answered HTTP {}", resp.status().as_u16()));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| format!("reading {source}: {e}"))?
+        {
+            if body.len() + chunk.len() > MAX_BYTES {
+                return Err(format!("{source} is larger than {MAX_BYTES} bytes"));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        body
+    } else {
+        let meta = std::fs::metadata(source).map_err(|e| format!("cannot read {source}: {e}"))?;
+        if meta.len() > MAX_BYTES as u64 {
+            return Err(format!("{source} is larger than {MAX_BYTES} bytes"));
+        }
+        std::fs::read(source).map_err(|e| format!("cannot read {source}: {e}"))?
+    };
+    super::response::decode(&bytes, None).map_err(|e| format!("{source}: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,6 +3,7 @@
 
 mod client;
 mod output;
+mod soap;
 
 use crate::telemetry::LogFormat;
 use clap::{Parser, Subcommand};
@@ -53,6 +54,25 @@ pub enum Command {
         server: ServerArgs,
         #[command(subcommand)]
         command: DlqCommand,
+    },
+    /// Tools for SOAP back offices.
+    Soap {
+        #[command(subcommand)]
+        command: SoapCommand,
+    },
+}
+
+/// `raccordo soap …`
+#[derive(Debug, Subcommand)]
+pub enum SoapCommand {
+    /// List a WSDL's services, ports, operations, SOAP versions and
+    /// actions; with --operation, print a starting request template.
+    Inspect {
+        /// A WSDL file or an http(s):// URL.
+        wsdl: String,
+        /// The operation to write a request template for.
+        #[arg(long)]
+        operation: Option<String>,
     },
 }
 
@@ -162,6 +182,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Check { config } => check(&config),
         Command::Practice { server, command } => client::practice(&server, command).await,
         Command::Dlq { server, command } => client::dlq(&server, command).await,
+        Command::Soap {
+            command: SoapCommand::Inspect { wsdl, operation },
+        } => soap::inspect(&wsdl, operation.as_deref()).await,
     }
 }
 

@@ -14,6 +14,7 @@ pub use check::{ConfigIssue, check};
 pub use load::{LoadError, load};
 
 use raccordo_adapters::rest::config::RestConfig;
+use raccordo_adapters::soap::config::SoapConfig;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -195,10 +196,11 @@ pub struct TenantConfig {
 #[derive(Debug, Clone)]
 pub enum AdapterConfig {
     Rest(RestConfig),
+    Soap(SoapConfig),
 }
 
 /// The adapter kinds this hub knows.
-pub const ADAPTER_KINDS: &[&str] = &["rest"];
+pub const ADAPTER_KINDS: &[&str] = &["rest", "soap"];
 
 impl AdapterConfig {
     /// Parses one `[adapters.NAME]` table; errors give the key inside it.
@@ -223,6 +225,9 @@ impl AdapterConfig {
         match kind.as_str() {
             "rest" => serde_path_to_error::deserialize(body)
                 .map(AdapterConfig::Rest)
+                .map_err(typed),
+            "soap" => serde_path_to_error::deserialize(body)
+                .map(AdapterConfig::Soap)
                 .map_err(typed),
             other => Err((
                 "kind".into(),
