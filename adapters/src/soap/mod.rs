@@ -566,6 +566,7 @@ impl Inner {
         let ctx = minijinja::context! {
             correlation_id => request.token.clone(),
             operation_id => request.operation_id.clone(),
+            polls => request.polls,
         };
         let body = self
             .poll_templates
