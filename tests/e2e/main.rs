@@ -4,5 +4,6 @@
 mod delivery;
 mod practice_api;
 mod process;
+mod soap;
 mod support;
 mod validation;
