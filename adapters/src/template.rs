@@ -260,7 +260,10 @@ mod tests {
             Escape::UrlPath,
         )
         .unwrap();
-        assert_eq!(t.render("p", &request()).unwrap(), "/pratiche/D%27Al%C3%B2/X1");
+        assert_eq!(
+            t.render("p", &request()).unwrap(),
+            "/pratiche/D%27Al%C3%B2/X1"
+        );
     }
 
     #[test]

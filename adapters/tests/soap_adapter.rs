@@ -200,7 +200,11 @@ async fn soap11_certificate_with_a_digest_token_the_server_verifies() {
                 fixture("fault_11_client.xml"),
             );
         }
-        xml(StatusCode::OK, "text/xml; charset=utf-8", fixture("certificato_11.xml"))
+        xml(
+            StatusCode::OK,
+            "text/xml; charset=utf-8",
+            fixture("certificato_11.xml"),
+        )
     });
     let (url, seen) = server(handler).await;
     let adapter = build(config(
@@ -227,12 +231,18 @@ async fn soap11_certificate_with_a_digest_token_the_server_verifies() {
     let got = seen.lock().unwrap()[0].clone();
     assert_eq!(got.headers["content-type"], "text/xml; charset=utf-8");
     assert_eq!(got.headers["x-correlation-id"], "op-7");
-    assert!(got.body.contains("http://schemas.xmlsoap.org/soap/envelope/"));
+    assert!(
+        got.body
+            .contains("http://schemas.xmlsoap.org/soap/envelope/")
+    );
     assert!(got.body.contains("<wsu:Timestamp"), "{}", got.body);
     assert!(got.body.contains("<wsa:Action"), "{}", got.body);
     assert!(got.body.contains("<wsa:MessageID"), "{}", got.body);
     assert!(got.body.contains("<wsa:To"), "{}", got.body);
-    assert!(!got.body.contains(PASSWORD), "the digest never carries the password");
+    assert!(
+        !got.body.contains(PASSWORD),
+        "the digest never carries the password"
+    );
     // Form values are escaped: the family name cannot break the document.
     assert!(
         unescape(element(&got.body, "cognome").unwrap()) == "Mazzà & D'Alò <srl>",
@@ -241,7 +251,10 @@ async fn soap11_certificate_with_a_digest_token_the_server_verifies() {
     );
     // The rendered request never shows the password or its digest.
     let rendered = adapter.render(&request()).unwrap().unwrap();
-    assert!(rendered.contains("&lt;redacted&gt;</wsse:Password>"), "{rendered}");
+    assert!(
+        rendered.contains("&lt;redacted&gt;</wsse:Password>"),
+        "{rendered}"
+    );
 }
 
 #[tokio::test]
@@ -249,7 +262,10 @@ async fn soap12_with_a_text_password_holding_xml_special_characters() {
     // SAFETY: unique variable name, read only by this test.
     unsafe { std::env::set_var("RACCORDO_TEST_SOAP_PW_12", PASSWORD) };
     let handler: Handler = Arc::new(|headers, body| {
-        let ct = headers["content-type"].to_str().unwrap_or_default().to_string();
+        let ct = headers["content-type"]
+            .to_str()
+            .unwrap_or_default()
+            .to_string();
         let pw = element(body, "Password").map(unescape);
         if !ct.starts_with("application/soap+xml")
             || !ct.contains("action=\"urn:anagrafe:certificati:v1:richiestaCertificato\"")
@@ -263,7 +279,11 @@ async fn soap12_with_a_text_password_holding_xml_special_characters() {
                 fixture("fault_12_sender.xml"),
             );
         }
-        xml(StatusCode::OK, "application/soap+xml; charset=utf-8", fixture("certificato_12.xml"))
+        xml(
+            StatusCode::OK,
+            "application/soap+xml; charset=utf-8",
+            fixture("certificato_12.xml"),
+        )
     });
     let (url, _) = server(handler).await;
     let adapter = build(config(
@@ -283,15 +303,49 @@ async fn soap12_with_a_text_password_holding_xml_special_characters() {
 #[tokio::test]
 async fn each_fault_kind_gets_its_failure_class() {
     let cases: [(&str, u16, FailureClass, &str, Option<&str>); 5] = [
-        ("fault_11_server.xml", 500, FailureClass::Transient, "temporaneamente non disponibile", Some("SRV-503")),
-        ("fault_11_client.xml", 500, FailureClass::Permanent, "codiceFiscale mancante", Some("soap:Client")),
-        ("fault_11_vendor_code.xml", 500, FailureClass::Rejection, "Soggetto non residente", Some("EN122")),
-        ("fault_12_receiver.xml", 500, FailureClass::Transient, "Timeout verso il sistema di protocollo", Some("env:Receiver")),
-        ("fault_12_sender.xml", 400, FailureClass::Permanent, "Codice fiscale formalmente errato", Some("a:DatiNonValidi")),
+        (
+            "fault_11_server.xml",
+            500,
+            FailureClass::Transient,
+            "temporaneamente non disponibile",
+            Some("SRV-503"),
+        ),
+        (
+            "fault_11_client.xml",
+            500,
+            FailureClass::Permanent,
+            "codiceFiscale mancante",
+            Some("soap:Client"),
+        ),
+        (
+            "fault_11_vendor_code.xml",
+            500,
+            FailureClass::Rejection,
+            "Soggetto non residente",
+            Some("EN122"),
+        ),
+        (
+            "fault_12_receiver.xml",
+            500,
+            FailureClass::Transient,
+            "Timeout verso il sistema di protocollo",
+            Some("env:Receiver"),
+        ),
+        (
+            "fault_12_sender.xml",
+            400,
+            FailureClass::Permanent,
+            "Codice fiscale formalmente errato",
+            Some("a:DatiNonValidi"),
+        ),
     ];
     for (file, status, class, text, code) in cases {
         let handler: Handler = Arc::new(move |_, _| {
-            xml(StatusCode::from_u16(status).unwrap(), "text/xml", fixture(file))
+            xml(
+                StatusCode::from_u16(status).unwrap(),
+                "text/xml",
+                fixture(file),
+            )
         });
         let (url, _) = server(handler).await;
         let err = build(config(&url, serde_json::json!({})))
@@ -304,19 +358,30 @@ async fn each_fault_kind_gets_its_failure_class() {
     }
     // A vendor code can also override a Server fault.
     let (url, _) = server(Arc::new(|_, _| {
-        xml(StatusCode::INTERNAL_SERVER_ERROR, "text/xml", fixture("fault_11_server.xml"))
+        xml(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/xml",
+            fixture("fault_11_server.xml"),
+        )
     }))
     .await;
-    let err = build(config(&url, serde_json::json!({"faults": {"map": {"SRV-503": "permanent"}}})))
-        .deliver(request())
-        .await
-        .unwrap_err();
+    let err = build(config(
+        &url,
+        serde_json::json!({"faults": {"map": {"SRV-503": "permanent"}}}),
+    ))
+    .deliver(request())
+    .await
+    .unwrap_err();
     assert_eq!(err.class, FailureClass::Permanent);
 }
 
 #[tokio::test]
 async fn iso_8859_1_replies_decode_accented_names() {
-    for ct in ["text/xml", "text/xml; charset=ISO-8859-1", "text/xml; charset=windows-1252"] {
+    for ct in [
+        "text/xml",
+        "text/xml; charset=ISO-8859-1",
+        "text/xml; charset=windows-1252",
+    ] {
         let (url, _) = server(Arc::new(move |_, _| {
             xml(StatusCode::OK, ct, fixture("rifiuto_latin1.xml"))
         }))
@@ -379,9 +444,8 @@ async fn billion_laughs_deep_nesting_and_oversized_replies_are_refused() {
     // 256 MiB streamed without a length: refused after 1 MiB is read.
     let (url, _) = server(Arc::new(|_, _| {
         let chunk = bytes_chunk();
-        let stream = futures::stream::iter(
-            std::iter::repeat_n(chunk, 4096).map(Ok::<_, std::io::Error>),
-        );
+        let stream =
+            futures::stream::iter(std::iter::repeat_n(chunk, 4096).map(Ok::<_, std::io::Error>));
         (
             StatusCode::OK,
             [("content-type", "text/xml")],
@@ -390,20 +454,30 @@ async fn billion_laughs_deep_nesting_and_oversized_replies_are_refused() {
             .into_response()
     }))
     .await;
-    let err = build(config(&url, serde_json::json!({"max_response_bytes": 1048576})))
-        .deliver(request())
-        .await
-        .unwrap_err();
+    let err = build(config(
+        &url,
+        serde_json::json!({"max_response_bytes": 1048576}),
+    ))
+    .deliver(request())
+    .await
+    .unwrap_err();
     assert_eq!(err.class, FailureClass::Permanent);
     assert!(err.reason.contains("max_response_bytes"), "{}", err.reason);
 
     // The parser's own limit, below the transport's.
     let (url, _) = server(ok("certificato_11.xml")).await;
-    let err = build(config(&url, serde_json::json!({"limits": {"max_text_bytes": 64}})))
-        .deliver(request())
-        .await
-        .unwrap_err();
-    assert!(err.reason.contains("limits.max_text_bytes"), "{}", err.reason);
+    let err = build(config(
+        &url,
+        serde_json::json!({"limits": {"max_text_bytes": 64}}),
+    ))
+    .deliver(request())
+    .await
+    .unwrap_err();
+    assert!(
+        err.reason.contains("limits.max_text_bytes"),
+        "{}",
+        err.reason
+    );
 }
 
 fn bytes_chunk() -> axum::body::Bytes {
@@ -421,7 +495,10 @@ async fn pull_pattern_request_status_result() {
         let file = match action.as_str() {
             "\"urn:anagrafe:certificati:v1:richiestaCertificato\"" => "pull_ack.xml",
             "\"urn:anagrafe:certificati:v1:statoRichiesta\"" => {
-                assert!(body.contains("7c1e4b1a-2f43-4a36-9d3e-0b6f3f5a1c21"), "{body}");
+                assert!(
+                    body.contains("7c1e4b1a-2f43-4a36-9d3e-0b6f3f5a1c21"),
+                    "{body}"
+                );
                 if body.contains("<c:tentativo>0</c:tentativo>") {
                     "pull_status_in_lavorazione.xml"
                 } else {
@@ -458,7 +535,11 @@ async fn pull_pattern_request_status_result() {
     let follow = ack.follow_up.clone().unwrap();
     assert_eq!(follow.token, "7c1e4b1a-2f43-4a36-9d3e-0b6f3f5a1c21");
     assert!(ack.external_refs.iter().any(|r| r.kind == "correlation_id"));
-    assert!(ack.external_refs.iter().any(|r| r.value == "ANA-2026-000420"));
+    assert!(
+        ack.external_refs
+            .iter()
+            .any(|r| r.value == "ANA-2026-000420")
+    );
     let poll = |polls| PollRequest {
         operation_id: "op-7".into(),
         operation: Operation::Submit,
@@ -538,10 +619,16 @@ async fn push_pattern_reply_to_header_wsdl_and_callback_applied_once() {
     let ack = adapter.deliver(request()).await.unwrap();
     assert_eq!(ack.status, None);
     assert_eq!(ack.external_refs[0].kind, "correlation_id");
-    assert_eq!(ack.external_refs[0].value, "b8f9d0a2-61c4-4f3e-8d0e-5a4b3c2d1e0f");
+    assert_eq!(
+        ack.external_refs[0].value,
+        "b8f9d0a2-61c4-4f3e-8d0e-5a4b3c2d1e0f"
+    );
     let sent = seen.lock().unwrap()[0].body.clone();
     let reply_to = format!("{hub_url}/callbacks/anagrafe");
-    assert!(sent.contains(&format!(">{reply_to}</modi:X-ReplyTo>")), "{sent}");
+    assert!(
+        sent.contains(&format!(">{reply_to}</modi:X-ReplyTo>")),
+        "{sent}"
+    );
 
     let sink = Arc::new(Sink::default());
     let routes = adapter.http_routes(sink.clone()).unwrap();
@@ -597,10 +684,16 @@ async fn push_pattern_reply_to_header_wsdl_and_callback_applied_once() {
     .unwrap();
     assert_eq!(bad_password.status(), 500);
     let text = bad_password.text().await.unwrap();
-    assert!(text.contains("soap:Client") && text.contains("authentication failed"), "{text}");
-    let unknown = post(envelope(&vendor_token("fornitore", "callback-s3cret&<>"), "nessuna"))
-        .await
-        .unwrap();
+    assert!(
+        text.contains("soap:Client") && text.contains("authentication failed"),
+        "{text}"
+    );
+    let unknown = post(envelope(
+        &vendor_token("fornitore", "callback-s3cret&<>"),
+        "nessuna",
+    ))
+    .await
+    .unwrap();
     assert!(unknown.text().await.unwrap().contains("no practice awaits"));
     let bomb = post(String::from_utf8(fixture("billion_laughs.xml")).unwrap())
         .await
@@ -625,7 +718,10 @@ async fn config_errors_name_the_key() {
     let err = SoapAdapter::build("a", cfg, Path::new(".")).unwrap_err();
     assert_eq!(err.key, "security[0].password_env");
 
-    let cfg = config("http://127.0.0.1:9/ws", serde_json::json!({"pattern": "NONBLOCK_PULL_SOAP"}));
+    let cfg = config(
+        "http://127.0.0.1:9/ws",
+        serde_json::json!({"pattern": "NONBLOCK_PULL_SOAP"}),
+    );
     let err = SoapAdapter::build("a", cfg, Path::new(".")).unwrap_err();
     assert_eq!(err.key, "pull");
 
@@ -646,6 +742,9 @@ async fn the_normalized_message_can_be_the_body() {
     ));
     adapter.deliver(request()).await.unwrap();
     let body = seen.lock().unwrap()[0].body.clone();
-    assert!(body.contains("<soap:Body><practice xmlns=\"urn:raccordo:practice:v1\">"), "{body}");
+    assert!(
+        body.contains("<soap:Body><practice xmlns=\"urn:raccordo:practice:v1\">"),
+        "{body}"
+    );
     assert!(!body[5..].contains("<?xml"), "one declaration only");
 }

@@ -57,7 +57,9 @@ async fn registry() -> (String, Arc<Mutex<Vec<String>>>) {
                 })()
                 .unwrap_or(false);
                 let action = headers.get("soapaction").and_then(|v| v.to_str().ok());
-                let file = if !digest_ok || action != Some("\"urn:anagrafe:certificati:v1:richiestaCertificato\"") {
+                let file = if !digest_ok
+                    || action != Some("\"urn:anagrafe:certificati:v1:richiestaCertificato\"")
+                {
                     "fault_11_client.xml"
                 } else if body.contains("<c:uso>BOLLO</c:uso>") {
                     "fault_11_vendor_code.xml"
@@ -69,7 +71,12 @@ async fn registry() -> (String, Arc<Mutex<Vec<String>>>) {
                 } else {
                     StatusCode::OK
                 };
-                (status, [("content-type", "text/xml; charset=utf-8")], fixture(file)).into_response()
+                (
+                    status,
+                    [("content-type", "text/xml; charset=utf-8")],
+                    fixture(file),
+                )
+                    .into_response()
             }
         }),
     );
@@ -205,7 +212,9 @@ async fn registry_certificate_over_soap_returns_the_document() {
     let sent = seen.lock().unwrap()[0].clone();
     let operation_id = done.delivery.unwrap().operation_id;
     assert!(
-        sent.contains(&format!("<c:idOperazioneComune>{operation_id}</c:idOperazioneComune>")),
+        sent.contains(&format!(
+            "<c:idOperazioneComune>{operation_id}</c:idOperazioneComune>"
+        )),
         "{sent}"
     );
     hub.stop().await;
@@ -224,7 +233,11 @@ async fn a_vendor_fault_is_dead_lettered_with_its_text_and_code() {
     let d = dead.delivery.unwrap();
     assert_eq!(d.failure_class, "permanent");
     assert_eq!(d.attempts, 1);
-    assert!(d.last_error.contains("Soggetto non residente"), "{}", d.last_error);
+    assert!(
+        d.last_error.contains("Soggetto non residente"),
+        "{}",
+        d.last_error
+    );
     let event = dead
         .events
         .iter()

@@ -64,7 +64,10 @@ pub fn read_secret(
 
 fn sensitive(value: String, key: &str) -> Result<HeaderValue, AdapterError> {
     let mut header = HeaderValue::from_str(&value).map_err(|_| {
-        AdapterError::new(key, "the secret contains characters not allowed in a header")
+        AdapterError::new(
+            key,
+            "the secret contains characters not allowed in a header",
+        )
     })?;
     header.set_sensitive(true);
     Ok(header)

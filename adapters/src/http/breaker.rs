@@ -12,10 +12,16 @@ use std::time::{Duration, Instant};
 
 #[derive(Debug)]
 enum State {
-    Closed { failures: u32 },
-    Open { until: Instant },
+    Closed {
+        failures: u32,
+    },
+    Open {
+        until: Instant,
+    },
     /// The open period is over; `probing` while the probe is in flight.
-    HalfOpen { probing: bool },
+    HalfOpen {
+        probing: bool,
+    },
 }
 
 /// The breaker of one adapter instance.
@@ -140,9 +146,9 @@ impl Breaker {
                     )
                 }
             }
-            State::HalfOpen { .. } => AdapterHealth::Degraded(
-                "circuit breaker half-open: probing the vendor".into(),
-            ),
+            State::HalfOpen { .. } => {
+                AdapterHealth::Degraded("circuit breaker half-open: probing the vendor".into())
+            }
         }
     }
 }
@@ -193,7 +199,11 @@ mod tests {
         b.admit().unwrap().record(Outcome::Faulty);
         assert_eq!(b.health().state(), "degraded");
         let probe = b.admit().unwrap();
-        assert_eq!(b.admit().unwrap_err(), Duration::ZERO, "one probe at a time");
+        assert_eq!(
+            b.admit().unwrap_err(),
+            Duration::ZERO,
+            "one probe at a time"
+        );
         drop(probe);
         let probe = b.admit().expect("a dropped probe frees the slot");
         probe.record(Outcome::Faulty);

@@ -86,7 +86,10 @@ impl Transport {
             headers.insert(key, value);
         }
         if s.max_response_bytes == 0 {
-            return Err(AdapterError::new("max_response_bytes", "must be at least 1"));
+            return Err(AdapterError::new(
+                "max_response_bytes",
+                "must be at least 1",
+            ));
         }
         if let Some(r) = s.rate_limit
             && !(r.per_second.is_finite() && r.per_second > 0.0)

@@ -204,7 +204,11 @@ async fn receive(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, body: Bytes) -
     let mapped = match super::response::map_success(&ctx.inner.config.response, &body, name) {
         Ok(m) => m,
         Err(e) => {
-            return problem(StatusCode::UNPROCESSABLE_ENTITY, "Unreadable result", e.reason);
+            return problem(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Unreadable result",
+                e.reason,
+            );
         }
     };
     let base = ctx.inner.base.clone();
@@ -212,7 +216,11 @@ async fn receive(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, body: Bytes) -
         Ok(r) => r,
         Err(e) => {
             // We could not fetch a linked document: the vendor should retry.
-            return problem(StatusCode::BAD_GATEWAY, "Outcome document unavailable", e.reason);
+            return problem(
+                StatusCode::BAD_GATEWAY,
+                "Outcome document unavailable",
+                e.reason,
+            );
         }
     };
     let receipt = text("idempotency-key")
@@ -285,10 +293,21 @@ mod tests {
         let secret = b"0123456789abcdef";
         let sig = sign(secret, "1000", b"{}");
         let ok = |ts: &str, sig: &str, body: &[u8], now| {
-            verify_signature(secret, Duration::from_secs(60), Some(ts), Some(sig), body, now)
+            verify_signature(
+                secret,
+                Duration::from_secs(60),
+                Some(ts),
+                Some(sig),
+                body,
+                now,
+            )
         };
         assert!(ok("1000", &sig, b"{}", 1030).is_ok());
-        assert!(ok("1000", &sig, b"{ }", 1030).unwrap_err().contains("does not match"));
+        assert!(
+            ok("1000", &sig, b"{ }", 1030)
+                .unwrap_err()
+                .contains("does not match")
+        );
         assert!(ok("1000", &sig, b"{}", 2000).unwrap_err().contains("clock"));
         assert!(ok("1001", &sig, b"{}", 1030).is_err());
         assert!(ok("1000", "sha256=zz", b"{}", 1030).is_err());

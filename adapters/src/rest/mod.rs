@@ -217,7 +217,11 @@ impl Inner {
     /// A URL the vendor gave (Location, document links), resolved against
     /// `relative_to`; it must stay on the vendor's origin, where our
     /// credentials are meant to go.
-    fn vendor_url(&self, raw: &str, relative_to: &reqwest::Url) -> Result<reqwest::Url, DeliveryError> {
+    fn vendor_url(
+        &self,
+        raw: &str,
+        relative_to: &reqwest::Url,
+    ) -> Result<reqwest::Url, DeliveryError> {
         let url = relative_to.join(raw).map_err(|e| {
             DeliveryError::permanent(format!("vendor URL '{raw}' is not valid: {e}"))
         })?;
@@ -230,13 +234,15 @@ impl Inner {
     }
 
     async fn get(&self, url: reqwest::Url) -> Result<HttpReply, DeliveryError> {
-        self.transport
-            .send(self.transport.client().get(url))
-            .await
+        self.transport.send(self.transport.client().get(url)).await
     }
 
     /// Fetches linked outcome documents and adds them to the reply.
-    async fn complete(&self, mapped: Mapped, relative_to: &reqwest::Url) -> Result<VendorReply, DeliveryError> {
+    async fn complete(
+        &self,
+        mapped: Mapped,
+        relative_to: &reqwest::Url,
+    ) -> Result<VendorReply, DeliveryError> {
         let Mapped {
             mut reply,
             remote_documents,
@@ -254,7 +260,9 @@ impl Inner {
                 err.reason = format!("fetching outcome document '{name}': {}", err.reason);
                 return Err(err);
             }
-            reply.documents.push(Document::new(name, media_type, got.body));
+            reply
+                .documents
+                .push(Document::new(name, media_type, got.body));
         }
         Ok(reply)
     }
@@ -360,7 +368,10 @@ impl Inner {
                 Ok(PollOutcome::Pending {
                     progress: has_news.then_some(progress),
                     token: None,
-                    poll_after: reply.retry_after.unwrap_or(backoff).max(Duration::from_millis(10)),
+                    poll_after: reply
+                        .retry_after
+                        .unwrap_or(backoff)
+                        .max(Duration::from_millis(10)),
                 })
             }
             _ => Err(self.classify(&reply)),

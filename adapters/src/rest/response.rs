@@ -1,9 +1,9 @@
 //! From a vendor's HTTP reply to a [`VendorReply`] or a classified failure.
 
 use super::config::{ErrorClass, ResponseMapping};
-pub use crate::http::reply::{classify_failure, parse_retry_after};
 use crate::adapter::{DeliveryError, FailureClass, VendorReply};
 use crate::http::reply::scalar_text;
+pub use crate::http::reply::{classify_failure, parse_retry_after};
 use crate::model::{Document, ExternalRef};
 use base64::Engine;
 use serde_json::Value;
@@ -194,7 +194,11 @@ pub fn classify(
     body: &[u8],
 ) -> DeliveryError {
     let mut err = classify_failure(status, retry_after, body);
-    if let Some(class) = err.vendor_code.as_ref().and_then(|c| mapping.error_map.get(c)) {
+    if let Some(class) = err
+        .vendor_code
+        .as_ref()
+        .and_then(|c| mapping.error_map.get(c))
+    {
         err.class = match class {
             ErrorClass::Transient => FailureClass::Transient,
             ErrorClass::Permanent => FailureClass::Permanent,
@@ -307,7 +311,12 @@ mod tests {
         let got = map_progress(&m, br#"{"protocollo":{"numero":"12"}}"#, "x").unwrap();
         assert_eq!(got.reply.status, None);
         assert_eq!(got.reply.external_refs[0].value, "12");
-        let got = map_success(&m, br#"{"esito":"OK","documenti":[{"name":"a.pdf","url":"/doc/1"}]}"#, "x").unwrap();
+        let got = map_success(
+            &m,
+            br#"{"esito":"OK","documenti":[{"name":"a.pdf","url":"/doc/1"}]}"#,
+            "x",
+        )
+        .unwrap();
         assert_eq!(got.remote_documents[0].url, "/doc/1");
     }
 

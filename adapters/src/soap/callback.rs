@@ -48,7 +48,11 @@ pub struct CallbackSettings {
 
 impl CallbackSettings {
     /// Reads the credentials and computes the service URL.
-    pub fn build(instance: &str, config: &PushConfig, config_dir: &Path) -> Result<Self, AdapterError> {
+    pub fn build(
+        instance: &str,
+        config: &PushConfig,
+        config_dir: &Path,
+    ) -> Result<Self, AdapterError> {
         let base = reqwest::Url::parse(&config.public_base_url).map_err(|e| {
             AdapterError::new(
                 "push.public_base_url",
@@ -175,7 +179,9 @@ pub fn fault(v: SoapVersion, sender: bool, text: &str) -> Response {
             soap_response(
                 v,
                 StatusCode::INTERNAL_SERVER_ERROR,
-                format!("<soap:Fault><faultcode>{code}</faultcode><faultstring>{text}</faultstring></soap:Fault>"),
+                format!(
+                    "<soap:Fault><faultcode>{code}</faultcode><faultstring>{text}</faultstring></soap:Fault>"
+                ),
             )
         }
         SoapVersion::V12 => {
@@ -277,7 +283,9 @@ async fn receive(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, body: Bytes) -
     let v = version(&ctx);
     let inner = &ctx.inner;
     let name = &inner.name;
-    let ct = headers.get(header::CONTENT_TYPE).and_then(|h| h.to_str().ok());
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|h| h.to_str().ok());
     let reply = match inner.mapper.read(&body, ct, &inner.config.limits) {
         Ok(r) => r,
         Err(e) => {

@@ -117,7 +117,10 @@ impl SoapAdapter {
             )
         })?;
         if !matches!(endpoint.scheme(), "http" | "https") {
-            return Err(AdapterError::new("endpoint", "must be an http:// or https:// URL"));
+            return Err(AdapterError::new(
+                "endpoint",
+                "must be an http:// or https:// URL",
+            ));
         }
         if config.max_concurrency == 0 {
             return Err(AdapterError::new("max_concurrency", "must be at least 1"));
@@ -170,10 +173,17 @@ impl SoapAdapter {
                 ));
             }
             (_, Some(pull)) => {
-                let c = mapper.add("pull.correlation_path", &pull.correlation_path, &config.namespaces)?;
+                let c = mapper.add(
+                    "pull.correlation_path",
+                    &pull.correlation_path,
+                    &config.namespaces,
+                )?;
                 let s = mapper.add("pull.state_path", &pull.state_path, &config.namespaces)?;
                 if pull.done_states.is_empty() {
-                    return Err(AdapterError::new("pull.done_states", "must name at least one state"));
+                    return Err(AdapterError::new(
+                        "pull.done_states",
+                        "must name at least one state",
+                    ));
                 }
                 if pull.initial_interval.is_zero() || pull.initial_interval > pull.max_interval {
                     return Err(AdapterError::new(
@@ -520,7 +530,11 @@ impl Inner {
                     .ok_or_else(|| {
                         DeliveryError::permanent(format!(
                             "vendor reply has no correlation id at {} (NONBLOCK_PULL_SOAP)",
-                            self.config.pull.as_ref().map(|p| p.correlation_path.as_str()).unwrap_or_default()
+                            self.config
+                                .pull
+                                .as_ref()
+                                .map(|p| p.correlation_path.as_str())
+                                .unwrap_or_default()
                         ))
                     })?;
                 let pull = self.config.pull.as_ref().expect("checked at build");
@@ -558,11 +572,19 @@ impl Inner {
     }
 
     /// Calls status(id) or result(id).
-    async fn call_poll(&self, which: &str, request: &PollRequest) -> Result<(HttpReply, Reply), DeliveryError> {
+    async fn call_poll(
+        &self,
+        which: &str,
+        request: &PollRequest,
+    ) -> Result<(HttpReply, Reply), DeliveryError> {
         let pull = self.config.pull.as_ref().ok_or_else(|| {
             DeliveryError::permanent("this SOAP instance has no [pull] configuration")
         })?;
-        let op = if which == "status" { &pull.status } else { &pull.result };
+        let op = if which == "status" {
+            &pull.status
+        } else {
+            &pull.result
+        };
         let ctx = minijinja::context! {
             correlation_id => request.token.clone(),
             operation_id => request.operation_id.clone(),
@@ -572,7 +594,9 @@ impl Inner {
             .poll_templates
             .get_template(which)
             .and_then(|t| t.render(ctx))
-            .map_err(|e| DeliveryError::permanent(format!("pull.{which} template: {}", describe(&e))))?;
+            .map_err(|e| {
+                DeliveryError::permanent(format!("pull.{which} template: {}", describe(&e)))
+            })?;
         let version = self.config.soap_version;
         let envelope = self.envelope(version, &op.action, body, Vec::new(), false)?;
         let http = self
@@ -599,7 +623,9 @@ impl Inner {
             })?;
         if pull.done_states.contains(&state) {
             let (_, result) = self.call_poll("result", &request).await?;
-            return Ok(PollOutcome::Done(self.mapper.map(&result, &self.name, true)?));
+            return Ok(PollOutcome::Done(
+                self.mapper.map(&result, &self.name, true)?,
+            ));
         }
         if pull.failed_states.contains(&state) {
             let reason = self
@@ -622,7 +648,10 @@ impl Inner {
         Ok(PollOutcome::Pending {
             progress: has_news.then_some(progress),
             token: None,
-            poll_after: http.retry_after.unwrap_or(backoff).max(Duration::from_millis(10)),
+            poll_after: http
+                .retry_after
+                .unwrap_or(backoff)
+                .max(Duration::from_millis(10)),
         })
     }
 
@@ -655,7 +684,9 @@ fn redact_passwords(envelope: &str) -> String {
     let mut out = String::with_capacity(envelope.len());
     let mut rest = envelope;
     while let Some(start) = rest.find("<wsse:Password") {
-        let Some(gt) = rest[start..].find('>') else { break };
+        let Some(gt) = rest[start..].find('>') else {
+            break;
+        };
         let open_end = start + gt + 1;
         out.push_str(&rest[..open_end]);
         let Some(close) = rest[open_end..].find("</wsse:Password>") else {

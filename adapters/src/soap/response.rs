@@ -52,7 +52,11 @@ pub fn read_reply(
 
 /// The media type of a Content-Type, lower-cased.
 pub fn media_type(ct: &str) -> String {
-    ct.split(';').next().unwrap_or_default().trim().to_ascii_lowercase()
+    ct.split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase()
 }
 
 /// A Content-Type parameter, unquoted.
@@ -70,17 +74,15 @@ pub fn param(ct: &str, name: &str) -> Option<String> {
 pub fn decode(bytes: &[u8], charset: Option<&str>) -> Result<String, XmlError> {
     let label = charset
         .map(str::to_string)
-        .or_else(|| {
-            encoding_rs::Encoding::for_bom(bytes).map(|(e, _)| e.name().to_string())
-        })
+        .or_else(|| encoding_rs::Encoding::for_bom(bytes).map(|(e, _)| e.name().to_string()))
         .or_else(|| declared_encoding(bytes));
     let encoding = match label {
-        Some(l) => encoding_rs::Encoding::for_label(l.trim().as_bytes()).ok_or_else(|| {
-            XmlError {
+        Some(l) => {
+            encoding_rs::Encoding::for_label(l.trim().as_bytes()).ok_or_else(|| XmlError {
                 limit: None,
                 message: format!("unknown character set '{}'", truncate(&l, 40)),
-            }
-        })?,
+            })?
+        }
         None => encoding_rs::UTF_8,
     };
     let (text, _, had_errors) = encoding.decode(bytes);
@@ -164,7 +166,9 @@ fn split_multipart<'a>(
         let mut part_ct = String::new();
         let mut transfer = String::new();
         for line in head.lines() {
-            let Some((k, v)) = line.split_once(':') else { continue };
+            let Some((k, v)) = line.split_once(':') else {
+                continue;
+            };
             let v = v.trim();
             match k.trim().to_ascii_lowercase().as_str() {
                 "content-id" => id = Some(v.trim_matches(['<', '>']).to_string()),
@@ -254,10 +258,18 @@ impl Mapper {
         m.status = m.add_opt("response.status_path", &mapping.status_path, namespaces)?;
         m.reason = m.add_opt("response.reason_path", &mapping.reason_path, namespaces)?;
         m.protocol = m.add_opt("response.protocol_path", &mapping.protocol_path, namespaces)?;
-        m.reference = m.add_opt("response.reference_path", &mapping.reference_path, namespaces)?;
+        m.reference = m.add_opt(
+            "response.reference_path",
+            &mapping.reference_path,
+            namespaces,
+        )?;
         m.date = m.add_opt("response.date_path", &mapping.date_path, namespaces)?;
         for (i, d) in mapping.documents.iter().enumerate() {
-            let idx = m.add(&format!("response.documents[{i}].path"), &d.path, namespaces)?;
+            let idx = m.add(
+                &format!("response.documents[{i}].path"),
+                &d.path,
+                namespaces,
+            )?;
             m.documents.push(idx);
         }
         for (i, p) in mapping.required_paths.iter().enumerate() {
@@ -317,7 +329,12 @@ impl Mapper {
 
     /// Maps a fault-free reply. `is_final` = the practice's outcome (default
     /// status and required paths apply); otherwise only stated facts.
-    pub fn map(&self, reply: &Reply, system: &str, is_final: bool) -> Result<VendorReply, DeliveryError> {
+    pub fn map(
+        &self,
+        reply: &Reply,
+        system: &str,
+        is_final: bool,
+    ) -> Result<VendorReply, DeliveryError> {
         let m = &self.mapping;
         if is_final {
             for (&i, text) in self.required.iter().zip(&m.required_paths) {
@@ -490,7 +507,9 @@ fn percent_decode(s: &str) -> String {
     while i < b.len() {
         if b[i] == b'%'
             && i + 2 < b.len()
-            && let Some(v) = s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok())
+            && let Some(v) = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
         {
             out.push(v);
             i += 3;

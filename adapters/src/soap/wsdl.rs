@@ -44,8 +44,14 @@ impl Node {
     /// Resolves a QName attribute value to (namespace, local).
     fn qname(&self, value: &str) -> (String, String) {
         match value.split_once(':') {
-            Some((p, l)) => (self.scope.get(p).cloned().unwrap_or_default(), l.to_string()),
-            None => (self.scope.get("").cloned().unwrap_or_default(), value.to_string()),
+            Some((p, l)) => (
+                self.scope.get(p).cloned().unwrap_or_default(),
+                l.to_string(),
+            ),
+            None => (
+                self.scope.get("").cloned().unwrap_or_default(),
+                value.to_string(),
+            ),
         }
     }
 }
@@ -167,7 +173,10 @@ pub fn parse(text: &str) -> Result<Wsdl, String> {
     let mut types = BTreeMap::new();
     for t in root.kids(WSDL_NS, "types") {
         for schema in t.kids(XSD_NS, "schema") {
-            let stns = schema.attr("targetNamespace").unwrap_or_default().to_string();
+            let stns = schema
+                .attr("targetNamespace")
+                .unwrap_or_default()
+                .to_string();
             for el in schema.kids(XSD_NS, "element") {
                 if let Some(n) = el.attr("name") {
                     elements.insert((stns.clone(), n.to_string()), el.clone());
@@ -293,7 +302,11 @@ impl Wsdl {
                         .as_ref()
                         .map(|(ns, l)| format!("  body {{{ns}}}{l}"))
                         .unwrap_or_default();
-                    let _ = writeln!(out, "    operation {}  action \"{}\"{input}", op.name, op.action);
+                    let _ = writeln!(
+                        out,
+                        "    operation {}  action \"{}\"{input}",
+                        op.name, op.action
+                    );
                 }
             }
         }
@@ -307,12 +320,16 @@ impl Wsdl {
             .services
             .iter()
             .flat_map(|s| &s.ports)
-            .find_map(|p| p.operations.iter().find(|o| o.name == operation).map(|o| (p, o)))
+            .find_map(|p| {
+                p.operations
+                    .iter()
+                    .find(|o| o.name == operation)
+                    .map(|o| (p, o))
+            })
             .ok_or_else(|| format!("no operation named '{operation}'"))?;
-        let (ns, local) = op
-            .input_element
-            .clone()
-            .ok_or_else(|| format!("operation '{operation}' has no document/literal input element"))?;
+        let (ns, local) = op.input_element.clone().ok_or_else(|| {
+            format!("operation '{operation}' has no document/literal input element")
+        })?;
         let mut out = String::new();
         let _ = writeln!(out, "# [adapters.NAME]  kind = \"soap\"");
         let _ = writeln!(out, "# endpoint = \"{}\"", port.address);
@@ -350,7 +367,13 @@ impl Wsdl {
                     let (name, node) = match child.attr("ref") {
                         Some(r) => {
                             let q = child.qname(r);
-                            (q.1.clone(), self.elements.get(&q).cloned().unwrap_or_else(|| child.clone()))
+                            (
+                                q.1.clone(),
+                                self.elements
+                                    .get(&q)
+                                    .cloned()
+                                    .unwrap_or_else(|| child.clone()),
+                            )
                         }
                         None => (child.attr("name").unwrap_or("?").to_string(), child.clone()),
                     };

@@ -227,10 +227,7 @@ impl XPath {
             stack
         } else {
             // Envelope / Body / …
-            if stack.len() < 2
-                || !stack[1].is_soap("Body")
-                || !stack[0].is_soap("Envelope")
-            {
+            if stack.len() < 2 || !stack[1].is_soap("Body") || !stack[0].is_soap("Envelope") {
                 return false;
             }
             &stack[2..]
@@ -287,8 +284,7 @@ struct Frame {
 
 impl Frame {
     fn is_soap(&self, local: &str) -> bool {
-        self.local == local
-            && matches!(self.ns.as_deref(), Some(SOAP11_NS) | Some(SOAP12_NS))
+        self.local == local && matches!(self.ns.as_deref(), Some(SOAP11_NS) | Some(SOAP12_NS))
     }
 }
 
@@ -308,7 +304,10 @@ fn fault_paths() -> Vec<XPath> {
         p("Fault/Reason/Text", &["Fault", "Reason", "Text"]),
         p("Fault/Detail", &["Fault", "Detail"]),
         // Nested Subcodes: captured by a dedicated check below.
-        p("Fault/Code/Subcode/Value", &["Fault", "Code", "Subcode", "Value"]),
+        p(
+            "Fault/Code/Subcode/Value",
+            &["Fault", "Code", "Subcode", "Value"],
+        ),
     ]
 }
 
@@ -343,7 +342,9 @@ pub fn parse(xml: &str, paths: &[&XPath], limits: &Limits) -> Result<Parsed, Xml
         cfg.trim_text_start = false;
         cfg.trim_text_end = false;
     }
-    let syntax = |e: quick_xml::Error, pos: u64| XmlError::bad(format!("not well-formed XML at byte {pos}: {e}"));
+    let syntax = |e: quick_xml::Error, pos: u64| {
+        XmlError::bad(format!("not well-formed XML at byte {pos}: {e}"))
+    };
 
     loop {
         let pos = reader.buffer_position();
@@ -352,7 +353,9 @@ pub fn parse(xml: &str, paths: &[&XPath], limits: &Limits) -> Result<Parsed, Xml
             ResolveResult::Bound(n) => Some(n.0.to_string()),
             ResolveResult::Unbound => None,
             ResolveResult::Unknown(p) => {
-                return Err(XmlError::bad(format!("namespace prefix '{p}' is not declared")));
+                return Err(XmlError::bad(format!(
+                    "namespace prefix '{p}' is not declared"
+                )));
             }
         };
         match event {
@@ -567,11 +570,17 @@ pub fn parse(xml: &str, paths: &[&XPath], limits: &Limits) -> Result<Parsed, Xml
 
 fn append(open: &mut [Open], text: &str, limits: &Limits) -> Result<(), XmlError> {
     if text.len() > limits.max_text_bytes {
-        return Err(XmlError::limit("limits.max_text_bytes", limits.max_text_bytes));
+        return Err(XmlError::limit(
+            "limits.max_text_bytes",
+            limits.max_text_bytes,
+        ));
     }
     for o in open.iter_mut() {
         if o.capture.text.len() + text.len() > limits.max_text_bytes {
-            return Err(XmlError::limit("limits.max_text_bytes", limits.max_text_bytes));
+            return Err(XmlError::limit(
+                "limits.max_text_bytes",
+                limits.max_text_bytes,
+            ));
         }
         o.capture.text.push_str(text);
     }
@@ -604,7 +613,12 @@ mod tests {
         let nome = XPath::parse("c:resp/c:doc/@nome", &ns()).unwrap();
         let corr = XPath::parse("/*:Envelope/*:Header/*:X-Correlation-ID", &ns()).unwrap();
         let wrong = XPath::parse("resp/esito", &ns()).unwrap();
-        let p = parse(OK, &[&esito, &doc, &nome, &corr, &wrong], &Limits::default()).unwrap();
+        let p = parse(
+            OK,
+            &[&esito, &doc, &nome, &corr, &wrong],
+            &Limits::default(),
+        )
+        .unwrap();
         assert_eq!(p.soap_version, Some("1.1"));
         assert!(p.fault.is_none());
         assert_eq!(p.captures[0][0].text, "OK & fine");
@@ -701,7 +715,10 @@ mod tests {
             let _ = parse(&text, &refs, &Limits::default());
             let _ = super::super::response::read_reply(&bytes, None, &Limits::default(), &refs);
         }
-        for seed in [OK, "<s:Envelope xmlns:s=\"http://www.w3.org/2003/05/soap-envelope\"><s:Body><s:Fault>"] {
+        for seed in [
+            OK,
+            "<s:Envelope xmlns:s=\"http://www.w3.org/2003/05/soap-envelope\"><s:Body><s:Fault>",
+        ] {
             for cut in 0..seed.len() {
                 if seed.is_char_boundary(cut) {
                     let _ = parse(&seed[..cut], &refs, &Limits::default());
