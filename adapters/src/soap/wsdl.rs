@@ -342,7 +342,7 @@ impl Wsdl {
         match el {
             Some(el) => {
                 out.push('\n');
-                self.write_content(el, &ns, 1, &mut out);
+                self.write_content(el, 1, &mut out);
             }
             None => out.push_str("<!-- element not found in the embedded schemas -->\n"),
         }
@@ -350,7 +350,7 @@ impl Wsdl {
         Ok(out)
     }
 
-    fn write_content(&self, el: &Node, ns: &str, depth: usize, out: &mut String) {
+    fn write_content(&self, el: &Node, depth: usize, out: &mut String) {
         if depth > 12 {
             return;
         }
@@ -386,7 +386,7 @@ impl Wsdl {
                             .unwrap_or(false);
                     if is_complex {
                         let _ = writeln!(out, "{indent}{note}<m:{name}>");
-                        self.write_content(&node, ns, depth + 1, out);
+                        self.write_content(&node, depth + 1, out);
                         let _ = writeln!(out, "{indent}</m:{name}>");
                     } else {
                         let ty = node.attr("type").unwrap_or("string");

@@ -193,6 +193,8 @@ pub struct TenantConfig {
 }
 
 /// `[adapters.NAME]`: one vendor connection; `kind` picks the protocol.
+// Parsed once at start and kept per instance: variant sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum AdapterConfig {
     Rest(RestConfig),
