@@ -13,6 +13,8 @@
 //!   `NONBLOCK_PULL_REST`).
 //! - [`file`]: the file-drop adapter (request and result files in folders).
 //! - [`amqp`]: the AMQP adapter (RabbitMQ, publisher confirms, reply queue).
+//! - [`soap`]: the SOAP adapter (ModI `BLOCK_SOAP`, `NONBLOCK_PULL_SOAP`,
+//!   `NONBLOCK_PUSH_SOAP`; WS-Security, hardened XML).
 //! - [`message_xml`]: the normalized message as XML.
 
 pub mod adapter;
@@ -23,6 +25,7 @@ pub mod message;
 pub mod message_xml;
 pub mod model;
 pub mod rest;
+pub mod soap;
 pub mod template;
 
 pub use adapter::{

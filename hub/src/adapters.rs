@@ -4,6 +4,7 @@ use crate::config::AdapterConfig;
 use raccordo_adapters::amqp::AmqpAdapter;
 use raccordo_adapters::file::FileAdapter;
 use raccordo_adapters::rest::RestAdapter;
+use raccordo_adapters::soap::SoapAdapter;
 use raccordo_adapters::{Adapter, AdapterError};
 use std::path::Path;
 use std::sync::Arc;
@@ -52,6 +53,14 @@ pub fn build(
         }
         AdapterConfig::Amqp(amqp) => {
             let adapter = AmqpAdapter::build(name, (**amqp).clone(), base_dir)?;
+            Ok(AdapterInstance {
+                name: name.to_string(),
+                max_concurrency: adapter.max_concurrency(),
+                adapter: Arc::new(adapter),
+            })
+        }
+        AdapterConfig::Soap(soap) => {
+            let adapter = SoapAdapter::build(name, (**soap).clone(), base_dir)?;
             Ok(AdapterInstance {
                 name: name.to_string(),
                 max_concurrency: adapter.max_concurrency(),

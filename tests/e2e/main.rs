@@ -9,6 +9,7 @@ mod practice_api;
 mod process;
 mod rest_modi;
 mod security;
+mod soap;
 mod support;
 mod tls;
 mod validation;

@@ -4,6 +4,7 @@
 mod client;
 mod output;
 mod render;
+mod soap;
 
 use crate::telemetry::LogFormat;
 use clap::{Parser, Subcommand};
@@ -73,6 +74,25 @@ pub enum Command {
         server: ServerArgs,
         #[command(subcommand)]
         command: DlqCommand,
+    },
+    /// Tools for SOAP back offices.
+    Soap {
+        #[command(subcommand)]
+        command: SoapCommand,
+    },
+}
+
+/// `raccordo soap …`
+#[derive(Debug, Subcommand)]
+pub enum SoapCommand {
+    /// List a WSDL's services, ports, operations, SOAP versions and
+    /// actions; with --operation, print a starting request template.
+    Inspect {
+        /// A WSDL file or an http(s):// URL.
+        wsdl: String,
+        /// The operation to write a request template for.
+        #[arg(long)]
+        operation: Option<String>,
     },
 }
 
@@ -249,6 +269,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let operation = operation.parse().map_err(anyhow::Error::msg)?;
             render::render(&config, &tenant, &service, &practice, operation)
         }
+        Command::Soap {
+            command: SoapCommand::Inspect { wsdl, operation },
+        } => soap::inspect(&wsdl, operation.as_deref()).await,
     }
 }
 

@@ -16,6 +16,7 @@ pub use load::{LoadError, load};
 use raccordo_adapters::amqp::config::AmqpConfig;
 use raccordo_adapters::file::config::FileConfig;
 use raccordo_adapters::rest::config::RestConfig;
+use raccordo_adapters::soap::config::SoapConfig;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -211,16 +212,18 @@ pub struct TenantConfig {
 }
 
 /// `[adapters.NAME]`: one vendor connection; `kind` picks the protocol.
+// Parsed once at start and kept per instance: variant sizes do not matter.
 #[derive(Debug, Clone)]
 pub enum AdapterConfig {
     // Boxed: configurations differ much in size, and are built once.
     Rest(Box<RestConfig>),
     File(Box<FileConfig>),
     Amqp(Box<AmqpConfig>),
+    Soap(Box<SoapConfig>),
 }
 
 /// The adapter kinds this hub knows.
-pub const ADAPTER_KINDS: &[&str] = &["rest", "file", "amqp"];
+pub const ADAPTER_KINDS: &[&str] = &["rest", "file", "amqp", "soap"];
 
 impl AdapterConfig {
     /// Parses one `[adapters.NAME]` table; errors give the key inside it.
@@ -251,6 +254,9 @@ impl AdapterConfig {
                 .map_err(typed),
             "amqp" => serde_path_to_error::deserialize(body)
                 .map(|c| AdapterConfig::Amqp(Box::new(c)))
+                .map_err(typed),
+            "soap" => serde_path_to_error::deserialize(body)
+                .map(|c| AdapterConfig::Soap(Box::new(c)))
                 .map_err(typed),
             other => Err((
                 "kind".into(),

@@ -277,9 +277,19 @@ async fn attempt(service: &PracticeService, instance: &AdapterInstance, job: Cla
         }
     };
     metrics.attempt(&instance.name, outcome).inc();
-    if let AttemptResult::Failed(DeliveryError { class, reason, .. }, _) = &result {
+    // The reason stays in the practice's events: vendor texts (SOAP fault
+    // strings, problem details) may name the applicant, so logs carry only
+    // the class and the vendor's code.
+    if let AttemptResult::Failed(
+        DeliveryError {
+            class, vendor_code, ..
+        },
+        _,
+    ) = &result
+    {
         tracing::warn!(practice_id = %job.practice_id, operation_id = %job.operation_id, adapter = %instance.name,
-            attempt = job.attempt, %class, elapsed_ms = started.elapsed().as_millis() as u64, "delivery failed: {reason}");
+            attempt = job.attempt, %class, vendor_code = vendor_code.as_deref().unwrap_or(""),
+            elapsed_ms = started.elapsed().as_millis() as u64, "delivery failed");
     }
     record(service, &job, result).await;
 }
