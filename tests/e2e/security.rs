@@ -756,3 +756,118 @@ async fn the_audit_chain_verifies_and_an_edited_record_is_found() {
     );
     drop(tempdir_guard);
 }
+
+#[tokio::test]
+async fn purge_removes_practices_past_retention_and_keeps_the_audit_trail() {
+    let vendor = Vendor::start().await;
+    let mut hub = start_hub(HubOptions::new(&vendor.url())).await;
+    let old = hub.submit(cert_request("016024", "old")).await;
+    let recent = hub.submit(cert_request("016024", "recent")).await;
+    let elsewhere = hub.submit(cert_request("028060", "elsewhere")).await;
+    for (t, p) in [
+        ("016024", &old),
+        ("016024", &recent),
+        ("028060", &elsewhere),
+    ] {
+        hub.wait_status(t, &p.id, pb::AdministrativeStatus::Approved)
+            .await;
+    }
+    let dir = hub.dir.path().to_path_buf();
+    let guard = std::mem::replace(&mut hub.dir, tempfile::tempdir().unwrap());
+    hub.stop().await;
+
+    // Bergamo keeps concluded practices 30 days; one concluded 40 days ago.
+    let config = dir.join("raccordo.toml");
+    let toml = std::fs::read_to_string(&config).unwrap().replacen(
+        "[tenants.\"016024\"]\n",
+        "[tenants.\"016024\"]\nretention_days = 30\n",
+        1,
+    );
+    std::fs::write(&config, toml).unwrap();
+    let db = dir.join("data/raccordo.db");
+    let forty_days_ago = (chrono::Utc::now() - chrono::Duration::days(40)).timestamp_millis();
+    for id in [&old.id, &elsewhere.id] {
+        rusqlite::Connection::open(&db)
+            .unwrap()
+            .execute(
+                "UPDATE practices SET concluded_at = ?1 WHERE id = ?2",
+                rusqlite::params![forty_days_ago, id],
+            )
+            .unwrap();
+    }
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_raccordo"))
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let dry = run(&["purge", "--dry-run"]);
+    assert!(
+        dry.contains("tenant 016024: would remove 1 practice(s)"),
+        "{dry}"
+    );
+    let done = run(&["purge"]);
+    assert!(
+        done.contains("tenant 016024: removed 1 practice(s)"),
+        "{done}"
+    );
+
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let count = |sql: &str, id: &str| -> i64 { conn.query_row(sql, [id], |r| r.get(0)).unwrap() };
+    assert_eq!(
+        count("SELECT COUNT(*) FROM practices WHERE id = ?1", &old.id),
+        0
+    );
+    assert_eq!(
+        count(
+            "SELECT COUNT(*) FROM documents WHERE practice_id = ?1",
+            &old.id
+        ),
+        0
+    );
+    assert_eq!(
+        count(
+            "SELECT COUNT(*) FROM events WHERE practice_id = ?1",
+            &old.id
+        ),
+        0
+    );
+    // Within retention, or in a tenant without it: kept.
+    assert_eq!(
+        count("SELECT COUNT(*) FROM practices WHERE id = ?1", &recent.id),
+        1
+    );
+    assert_eq!(
+        count(
+            "SELECT COUNT(*) FROM practices WHERE id = ?1",
+            &elsewhere.id
+        ),
+        1
+    );
+    // The trail keeps the purged practice's history and records the purge.
+    assert!(
+        count(
+            "SELECT COUNT(*) FROM audit_log WHERE practice_id = ?1",
+            &old.id
+        ) > 0
+    );
+    assert_eq!(
+        count(
+            "SELECT COUNT(*) FROM audit_log WHERE action = 'purge' AND tenant_id = ?1",
+            "016024"
+        ),
+        1
+    );
+    drop(conn);
+    let verify = run(&["audit", "verify"]);
+    assert!(verify.contains("audit trail intact"), "{verify}");
+    drop(guard);
+}

@@ -68,6 +68,16 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Remove concluded practices older than their tenant's
+    /// `retention_days`, with their documents. The audit trail is kept and
+    /// records each purge. Works on the database file, also while the hub runs.
+    Purge {
+        #[arg(long, short, env = "RACCORDO_CONFIG")]
+        config: PathBuf,
+        /// Only count what would go.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Dead-lettered deliveries on a running hub.
     Dlq {
         #[command(flatten)]
@@ -256,6 +266,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dlq { server, command } => client::dlq(&server, command).await,
         Command::Status { server } => client::status(&server).await,
         Command::Audit { command } => audit(command),
+        Command::Purge { config, dry_run } => purge(&config, dry_run),
         Command::Route {
             command:
                 RouteCommand::Render {
@@ -315,6 +326,29 @@ fn audit(command: AuditCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn purge(config: &std::path::Path, dry_run: bool) -> anyhow::Result<()> {
+    let cfg = crate::config::load(config)?;
+    let db = cfg.database_path();
+    let mut any = false;
+    for (tenant, t) in &cfg.tenants {
+        let Some(days) = t.retention_days else {
+            continue;
+        };
+        any = true;
+        let before = chrono::Utc::now() - chrono::Duration::days(i64::from(days));
+        let n = crate::store::sqlite::SqliteStore::purge_concluded(&db, tenant, before, dry_run)?;
+        let verb = if dry_run { "would remove" } else { "removed" };
+        println!(
+            "tenant {tenant}: {verb} {n} practice(s) concluded before {} ({days} days)",
+            before.format("%Y-%m-%d")
+        );
+    }
+    if !any {
+        println!("no tenant sets retention_days: nothing to purge");
+    }
+    Ok(())
 }
 
 /// `2026-11-01` (midnight UTC) or an RFC 3339 instant.

@@ -209,10 +209,14 @@ pub struct TenantConfig {
     /// Code in the IPA index, if known.
     #[serde(default)]
     pub ipa_code: Option<String>,
+    /// Days a concluded practice (approved, rejected, withdrawn, cancelled)
+    /// and its documents are kept before `raccordo purge` removes them;
+    /// unset keeps them. The audit trail is never purged.
+    #[serde(default)]
+    pub retention_days: Option<u32>,
 }
 
 /// `[adapters.NAME]`: one vendor connection; `kind` picks the protocol.
-// Parsed once at start and kept per instance: variant sizes do not matter.
 #[derive(Debug, Clone)]
 pub enum AdapterConfig {
     // Boxed: configurations differ much in size, and are built once.

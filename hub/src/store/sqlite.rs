@@ -11,6 +11,7 @@
 
 mod audit;
 mod follow_up;
+mod purge;
 
 use super::schema;
 use super::{
@@ -172,6 +173,28 @@ impl SqliteStore {
         to: DateTime<Utc>,
     ) -> Result<Vec<AuditRecord>, StoreError> {
         audit::export(&open_read_only(path)?, tenant, from, to)
+    }
+
+    /// Removes `tenant`'s practices concluded before `before` from the
+    /// database at `path` (see [`purge::purge`]). Safe while the hub runs:
+    /// it waits for the hub's transactions and works in small batches.
+    pub fn purge_concluded(
+        path: &Path,
+        tenant: &str,
+        before: DateTime<Utc>,
+        dry_run: bool,
+    ) -> Result<u64, StoreError> {
+        if !path.exists() {
+            return Err(StoreError::Database(format!(
+                "{} does not exist",
+                path.display()
+            )));
+        }
+        let mut conn = Connection::open(path)
+            .map_err(|e| StoreError::Database(format!("cannot open {}: {e}", path.display())))?;
+        conn.busy_timeout(std::time::Duration::from_secs(30))?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        purge::purge(&mut conn, tenant, before, dry_run)
     }
 
     /// Runs `op` in the writer's next transaction; answers after the commit.
