@@ -39,6 +39,9 @@ pub enum HubError {
     FailedPrecondition(String),
     #[error("{0}")]
     Unavailable(String),
+    /// Stored data that fails its integrity check.
+    #[error("{0}")]
+    DataLoss(String),
 }
 
 impl From<StoreError> for HubError {
@@ -46,6 +49,12 @@ impl From<StoreError> for HubError {
         match e {
             StoreError::NotFound => HubError::NotFound("not found".into()),
             StoreError::Conflict(m) => HubError::FailedPrecondition(m),
+            // Stored data that fails its own checks: retrying cannot help,
+            // and the operator must know.
+            StoreError::Corrupt(m) => {
+                tracing::error!(error = %m, "stored data failed its integrity check");
+                HubError::DataLoss(m)
+            }
             // Details go to the log; callers get a retryable, generic answer.
             other => {
                 tracing::error!(error = %other, "store failure");

@@ -871,3 +871,38 @@ async fn purge_removes_practices_past_retention_and_keeps_the_audit_trail() {
     assert!(verify.contains("audit trail intact"), "{verify}");
     drop(guard);
 }
+
+#[tokio::test]
+async fn a_document_altered_in_the_database_is_refused_when_read() {
+    let vendor = Vendor::start().await;
+    let mut hub = start_hub(HubOptions::new(&vendor.url())).await;
+    let p = hub.submit(cert_request("016024", "tampered")).await;
+    let done = hub
+        .wait_status("016024", &p.id, pb::AdministrativeStatus::Approved)
+        .await;
+    assert_eq!(done.outcome.unwrap().documents.len(), 1);
+    let db = hub.dir.path().join("data/raccordo.db");
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute(
+            "UPDATE documents SET content = X'6b6f' WHERE practice_id = ?1",
+            [&p.id],
+        )
+        .unwrap();
+    let e = hub
+        .practices
+        .get_practice(pb::GetPracticeRequest {
+            tenant_id: "016024".into(),
+            practice_id: p.id.clone(),
+            include_content: true,
+            include_events: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::DataLoss);
+    assert!(e.message().contains("fails its SHA-256 check"), "{e:?}");
+    // Metadata (with the original hash) stays readable.
+    let meta = hub.get("016024", &p.id).await;
+    assert_eq!(meta.status, pb::AdministrativeStatus::Approved as i32);
+    hub.stop().await;
+}

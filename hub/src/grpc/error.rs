@@ -23,6 +23,7 @@ impl From<HubError> for Status {
             HubError::AlreadyExists(m) => Status::already_exists(m),
             HubError::FailedPrecondition(m) => Status::failed_precondition(m),
             HubError::Unavailable(m) => Status::unavailable(m),
+            HubError::DataLoss(m) => Status::data_loss(m),
         }
     }
 }

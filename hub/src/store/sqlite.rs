@@ -32,7 +32,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
 use raccordo_adapters::VendorReply;
 use raccordo_adapters::adapter::{Correlation, InboundOutcome, InboundResult};
-use raccordo_adapters::model::{AdminStatus, Document, DocumentMeta, ExternalRef, Operation};
+use raccordo_adapters::model::{
+    AdminStatus, Document, DocumentMeta, ExternalRef, Operation, sha256_hex,
+};
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params, params_from_iter};
 use std::path::{Path, PathBuf};
@@ -914,6 +916,14 @@ fn attach_details(
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     for (practice_id, role, doc) in docs {
+        // Bytes changed on disk since they were stored must not reach a
+        // vendor or a citizen as if they were the original.
+        if with_content && sha256_hex(&doc.content) != doc.meta.sha256 {
+            return Err(StoreError::Corrupt(format!(
+                "document '{}' of practice {practice_id} fails its SHA-256 check",
+                doc.meta.name
+            )));
+        }
         let Some(&i) = index.get(&practice_id) else {
             continue;
         };
