@@ -311,6 +311,16 @@ pub enum InboundOutcome {
     Duplicate,
 }
 
+impl InboundOutcome {
+    /// `applied` or `duplicate`, for answers to vendors and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::Duplicate => "duplicate",
+        }
+    }
+}
+
 /// Why an inbound result was not applied.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum InboundError {

@@ -204,6 +204,42 @@ fn internal_name(name: &str, escape: Escape) -> String {
     }
 }
 
+/// Reads a body template configured as `template` (a file, relative to
+/// `config_dir`) or `template_inline` (text) in the table `key`, which
+/// `needed_by` (e.g. `body = "template"`) asks for. Returns the source and
+/// where it came from, so template errors can name the file. Errors name
+/// `{key}.template` and say what is wrong.
+pub fn template_source(
+    key: &str,
+    file: Option<&str>,
+    inline: Option<&str>,
+    config_dir: &std::path::Path,
+    needed_by: &str,
+) -> Result<(String, String), crate::adapter::AdapterError> {
+    use crate::adapter::AdapterError;
+    match (file, inline) {
+        (Some(path), None) => {
+            let full = config_dir.join(path);
+            let source = std::fs::read_to_string(&full).map_err(|e| {
+                AdapterError::new(
+                    format!("{key}.template"),
+                    format!("cannot read {}: {e}", full.display()),
+                )
+            })?;
+            Ok((source, full.display().to_string()))
+        }
+        (None, Some(inline)) => Ok((inline.to_string(), format!("{key}.template_inline"))),
+        (None, None) => Err(AdapterError::new(
+            format!("{key}.template"),
+            format!("{needed_by} needs template (a file) or template_inline"),
+        )),
+        (Some(_), Some(_)) => Err(AdapterError::new(
+            format!("{key}.template"),
+            "set either template or template_inline, not both",
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

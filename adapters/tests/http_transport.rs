@@ -2,46 +2,17 @@
 //! server on loopback: OAuth2 token renewal after a 401, vendor-requested
 //! pauses from `X-RateLimit-*`, vendor error codes mapped to failure classes.
 
+mod common;
+
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
-use raccordo_adapters::message::{NormalizedMessage, SCHEMA_V1};
-use raccordo_adapters::model::*;
+use common::request;
 use raccordo_adapters::rest::RestAdapter;
 use raccordo_adapters::rest::config::RestConfig;
-use raccordo_adapters::{Adapter, DeliveryRequest, FailureClass};
+use raccordo_adapters::{Adapter, FailureClass};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-fn request() -> DeliveryRequest {
-    DeliveryRequest {
-        message: Arc::new(NormalizedMessage {
-            schema: SCHEMA_V1.into(),
-            message_id: "op-1".into(),
-            operation: Operation::Submit,
-            practice_id: "p-1".into(),
-            tenant_id: "016024".into(),
-            service_code: "CERT".into(),
-            applicant: Applicant {
-                subject: Subject::Person(Person {
-                    fiscal_code: "RSSMRA45D25F205N".into(),
-                    given_name: "Mario".into(),
-                    family_name: "Rossi".into(),
-                }),
-                contacts: Contacts::default(),
-            },
-            submitter: None,
-            channel: ChannelInfo::default(),
-            data: serde_json::Map::new(),
-            attachments: vec![],
-            submitted_at: chrono::Utc::now(),
-            withdrawal_reason: None,
-        }),
-        attempt: 1,
-        route_vars: Arc::new(serde_json::Map::new()),
-        traceparent: None,
-    }
-}
 
 type Answer = (u16, Vec<(&'static str, &'static str)>, &'static str);
 

@@ -1,44 +1,16 @@
 //! The REST adapter against a real HTTP server on loopback.
 
+mod common;
+
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
-use raccordo_adapters::message::{NormalizedMessage, SCHEMA_V1};
+use common::request;
 use raccordo_adapters::model::*;
 use raccordo_adapters::rest::RestAdapter;
 use raccordo_adapters::rest::config::RestConfig;
-use raccordo_adapters::{Adapter, DeliveryRequest, FailureClass};
+use raccordo_adapters::{Adapter, FailureClass};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-fn request() -> DeliveryRequest {
-    DeliveryRequest {
-        message: Arc::new(NormalizedMessage {
-            schema: SCHEMA_V1.into(),
-            message_id: "op-1".into(),
-            operation: Operation::Submit,
-            practice_id: "p-1".into(),
-            tenant_id: "016024".into(),
-            service_code: "CERT".into(),
-            applicant: Applicant {
-                subject: Subject::Person(Person {
-                    fiscal_code: "RSSMRA45D25F205N".into(),
-                    given_name: "Mario".into(),
-                    family_name: "Rossi".into(),
-                }),
-                contacts: Contacts::default(),
-            },
-            submitter: None,
-            channel: ChannelInfo::default(),
-            data: serde_json::Map::new(),
-            attachments: vec![],
-            submitted_at: chrono::Utc::now(),
-            withdrawal_reason: None,
-        }),
-        attempt: 1,
-        route_vars: Arc::new(serde_json::Map::new()),
-        traceparent: None,
-    }
-}
 
 fn config(base_url: &str, extra: &str) -> RestConfig {
     let text = format!(

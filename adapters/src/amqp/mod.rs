@@ -281,33 +281,16 @@ fn add_templates(
         }
         return Ok(());
     }
-    let source = match (&op.template, &op.template_inline) {
-        (Some(path), None) => {
-            let full = config_dir.join(path);
-            std::fs::read_to_string(&full).map_err(|e| {
-                AdapterError::new(
-                    format!("{name}.template"),
-                    format!("cannot read {}: {e}", full.display()),
-                )
-            })?
-        }
-        (None, Some(inline)) => inline.clone(),
-        (None, None) => {
-            return Err(AdapterError::new(
-                format!("{name}.template"),
-                "body = \"template\" needs template (a file) or template_inline",
-            ));
-        }
-        (Some(_), Some(_)) => {
-            return Err(AdapterError::new(
-                format!("{name}.template"),
-                "set either template or template_inline, not both",
-            ));
-        }
-    };
+    let (source, origin) = crate::template::template_source(
+        name,
+        op.template.as_deref(),
+        op.template_inline.as_deref(),
+        config_dir,
+        "body = \"template\"",
+    )?;
     templates
         .add(name, source, Escape::for_content_type(&op.content_type))
-        .map_err(|e| AdapterError::new(format!("{name}.template"), e))
+        .map_err(|e| AdapterError::new(format!("{name}.template"), format!("{origin}: {e}")))
 }
 
 /// A publish that failed before its confirm.

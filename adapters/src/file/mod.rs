@@ -117,30 +117,15 @@ impl FileAdapter {
         }
         let mut templates = Templates::new();
         match (out.format, &out.template, &out.template_inline) {
-            (OutboundFormat::Template, Some(path), None) => {
-                let full = config_dir.join(path);
-                let source = std::fs::read_to_string(&full).map_err(|e| {
-                    AdapterError::new(
-                        "outbound.template",
-                        format!("cannot read {}: {e}", full.display()),
-                    )
-                })?;
-                add_template(&mut templates, source, out.escape)?;
-            }
-            (OutboundFormat::Template, None, Some(inline)) => {
-                add_template(&mut templates, inline.clone(), out.escape)?;
-            }
-            (OutboundFormat::Template, None, None) => {
-                return Err(AdapterError::new(
-                    "outbound.template",
-                    "format = \"template\" needs template (a file) or template_inline",
-                ));
-            }
-            (OutboundFormat::Template, Some(_), Some(_)) => {
-                return Err(AdapterError::new(
-                    "outbound.template",
-                    "set either template or template_inline, not both",
-                ));
+            (OutboundFormat::Template, file, inline) => {
+                let (source, origin) = crate::template::template_source(
+                    "outbound",
+                    file.as_deref(),
+                    inline.as_deref(),
+                    config_dir,
+                    "format = \"template\"",
+                )?;
+                add_template(&mut templates, source, &origin, out.escape)?;
             }
             (_, None, None) => {}
             _ => {
@@ -308,6 +293,7 @@ fn check_suffix(key: &str, suffix: &str) -> Result<usize, AdapterError> {
 fn add_template(
     t: &mut Templates,
     source: String,
+    origin: &str,
     escape: TemplateEscape,
 ) -> Result<(), AdapterError> {
     let escape = match escape {
@@ -316,7 +302,7 @@ fn add_template(
         TemplateEscape::Json => Escape::Json,
     };
     t.add("request", source, escape)
-        .map_err(|e| AdapterError::new("outbound.template", e))
+        .map_err(|e| AdapterError::new("outbound.template", format!("{origin}: {e}")))
 }
 
 /// `REQUEST.N.ORIGINAL`, sanitised and bounded.

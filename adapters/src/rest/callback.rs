@@ -13,7 +13,7 @@
 use super::Inner;
 use super::config::CallbackConfig;
 use crate::adapter::{
-    AdapterError, Correlation, InboundError, InboundOutcome, InboundResult, ResultSink,
+    AdapterError, Correlation, InboundError, InboundOutcome, InboundResult, ResultSink, VendorReply,
 };
 use crate::http::auth::read_secret;
 use crate::model::sha256_hex;
@@ -90,6 +90,43 @@ struct Ctx {
 }
 
 /// The routes, to be mounted under `/callbacks/{instance}`.
+/// Applies a pushed result named by the vendor's correlation id: as the
+/// reference the vendor returned when it accepted the request, else as our
+/// operation id (a vendor that adopted it may call back before its
+/// acceptance was recorded). The receipt is the vendor's message id, or a
+/// hash of correlation and body, so a re-sent callback applies once.
+pub(crate) async fn apply_correlated(
+    sink: &dyn ResultSink,
+    adapter: &str,
+    correlation: &str,
+    reply: VendorReply,
+    message_id: Option<&str>,
+    body: &[u8],
+) -> Result<InboundOutcome, InboundError> {
+    let receipt = message_id.map(str::to_string).unwrap_or_else(|| {
+        let mut keyed = correlation.as_bytes().to_vec();
+        keyed.push(b'\n');
+        keyed.extend_from_slice(body);
+        sha256_hex(&keyed)
+    });
+    let mut result = InboundResult {
+        adapter: adapter.to_string(),
+        tenant_id: None,
+        correlation: Correlation::ExternalRef {
+            kind: CORRELATION_KIND.into(),
+            value: correlation.to_string(),
+        },
+        reply,
+        receipt: Some(receipt),
+    };
+    let outcome = sink.apply(result.clone()).await;
+    if !matches!(outcome, Err(InboundError::Uncorrelated(_))) {
+        return outcome;
+    }
+    result.correlation = Correlation::OperationId(correlation.to_string());
+    sink.apply(result).await
+}
+
 pub(super) fn router(inner: Arc<Inner>, sink: Arc<dyn ResultSink>) -> axum::Router {
     let settings = inner
         .callback
@@ -223,37 +260,18 @@ async fn receive(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, body: Bytes) -
             );
         }
     };
-    let receipt = text("idempotency-key")
-        .map(str::to_string)
-        .unwrap_or_else(|| {
-            let mut keyed = correlation.clone().into_bytes();
-            keyed.push(b'\n');
-            keyed.extend_from_slice(&body);
-            sha256_hex(&keyed)
-        });
-    let mut result = InboundResult {
-        adapter: name.clone(),
-        tenant_id: None,
-        correlation: Correlation::ExternalRef {
-            kind: CORRELATION_KIND.into(),
-            value: correlation.clone(),
-        },
+    let outcome = apply_correlated(
+        ctx.sink.as_ref(),
+        name,
+        &correlation,
         reply,
-        receipt: Some(receipt),
-    };
-    let mut outcome = ctx.sink.apply(result.clone()).await;
-    if matches!(outcome, Err(InboundError::Uncorrelated(_))) {
-        // A vendor that adopted our X-Correlation-ID (the operation id) may
-        // call back before the 202 was recorded.
-        result.correlation = Correlation::OperationId(correlation.clone());
-        outcome = ctx.sink.apply(result).await;
-    }
+        text("idempotency-key"),
+        &body,
+    )
+    .await;
     match outcome {
         Ok(o) => {
-            let state = match o {
-                InboundOutcome::Applied => "applied",
-                InboundOutcome::Duplicate => "duplicate",
-            };
+            let state = o.as_str();
             tracing::info!(adapter = %name, correlation = %correlation, state, "callback result stored");
             (
                 StatusCode::OK,

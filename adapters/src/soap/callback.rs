@@ -17,11 +17,8 @@ use super::config::{PushConfig, SoapVersion};
 use super::response::{Mapper, refused};
 use super::security::{ReceivedToken, verify_token};
 use super::xml::{NsMatch, Step, XPath};
-use crate::adapter::{
-    AdapterError, Correlation, InboundError, InboundOutcome, InboundResult, ResultSink,
-};
+use crate::adapter::{AdapterError, InboundError, ResultSink};
 use crate::http::auth::read_secret;
-use crate::model::sha256_hex;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -329,35 +326,19 @@ async fn receive(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, body: Bytes) -
         Ok(m) => m,
         Err(e) => return fault(v, true, &format!("unreadable result: {}", e.reason)),
     };
-    let receipt = text(idx.header_message_id).unwrap_or_else(|| {
-        let mut keyed = correlation.clone().into_bytes();
-        keyed.push(b'\n');
-        keyed.extend_from_slice(&body);
-        sha256_hex(&keyed)
-    });
-    let mut result = InboundResult {
-        adapter: name.clone(),
-        tenant_id: None,
-        correlation: Correlation::ExternalRef {
-            kind: crate::rest::callback::CORRELATION_KIND.into(),
-            value: correlation.clone(),
-        },
-        reply: mapped,
-        receipt: Some(receipt),
-    };
-    let mut outcome = ctx.sink.apply(result.clone()).await;
-    if matches!(outcome, Err(InboundError::Uncorrelated(_))) {
-        // A vendor that adopted our operation id may call back before its
-        // acknowledgement was recorded.
-        result.correlation = Correlation::OperationId(correlation.clone());
-        outcome = ctx.sink.apply(result).await;
-    }
+    let message_id = text(idx.header_message_id);
+    let outcome = crate::rest::callback::apply_correlated(
+        ctx.sink.as_ref(),
+        name,
+        &correlation,
+        mapped,
+        message_id.as_deref(),
+        &body,
+    )
+    .await;
     match outcome {
         Ok(o) => {
-            let state = match o {
-                InboundOutcome::Applied => "applied",
-                InboundOutcome::Duplicate => "duplicate",
-            };
+            let state = o.as_str();
             tracing::info!(adapter = %name, correlation = %correlation, state, "SOAP callback result stored");
             soap_response(
                 v,

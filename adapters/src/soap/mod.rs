@@ -275,31 +275,13 @@ fn add_operation(
         }
         return Ok(());
     }
-    let (source, origin) = match (&op.template, &op.template_inline) {
-        (Some(path), None) => {
-            let full = config_dir.join(path);
-            let source = std::fs::read_to_string(&full).map_err(|e| {
-                AdapterError::new(
-                    format!("{name}.template"),
-                    format!("cannot read {}: {e}", full.display()),
-                )
-            })?;
-            (source, full.display().to_string())
-        }
-        (None, Some(inline)) => (inline.clone(), format!("{name}.template_inline")),
-        (None, None) => {
-            return Err(AdapterError::new(
-                format!("{name}.template"),
-                "body = \"template\" needs template (a file) or template_inline",
-            ));
-        }
-        (Some(_), Some(_)) => {
-            return Err(AdapterError::new(
-                format!("{name}.template"),
-                "set either template or template_inline, not both",
-            ));
-        }
-    };
+    let (source, origin) = crate::template::template_source(
+        name,
+        op.template.as_deref(),
+        op.template_inline.as_deref(),
+        config_dir,
+        "body = \"template\"",
+    )?;
     templates
         .add(name, source, Escape::Xml)
         .map_err(|e| AdapterError::new(format!("{name}.template"), format!("{origin}: {e}")))

@@ -55,9 +55,7 @@ pub fn append(
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     let head: Option<(i64, String)> = conn
-        .prepare_cached(
-            "SELECT seq, hash FROM audit_log WHERE tenant_id = ?1 ORDER BY seq DESC LIMIT 1",
-        )?
+        .prepare_cached("SELECT seq, hash FROM audit_heads WHERE tenant_id = ?1")?
         .query_row([tenant_id], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
     let (seq, prev) = match head {
