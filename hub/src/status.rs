@@ -29,8 +29,6 @@ pub struct ComponentState {
 /// One adapter instance: its health and its outbox.
 #[derive(Debug, Clone, Serialize)]
 pub struct AdapterStatus {
-    #[serde(skip)]
-    pub name: String,
     pub kind: &'static str,
     pub state: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -83,7 +81,6 @@ pub async fn hub_status(service: &PracticeService, with_backlog: bool) -> HubSta
                 .as_ref()
                 .and_then(|s| s.adapters.iter().find(|a| &a.adapter == name));
             let status = AdapterStatus {
-                name: name.clone(),
                 kind: instance.adapter.kind(),
                 state: health.state(),
                 reason: health.reason().map(str::to_string),

@@ -386,9 +386,9 @@ impl pb::delivery_admin_service_server::DeliveryAdminService for Api {
             store_reason: s.store.reason.unwrap_or_default(),
             adapters: s
                 .adapters
-                .into_values()
-                .map(|a| pb::AdapterStatus {
-                    name: a.name,
+                .into_iter()
+                .map(|(name, a)| pb::AdapterStatus {
+                    name,
                     kind: a.kind.to_string(),
                     state: a.state.to_string(),
                     reason: a.reason.unwrap_or_default(),
