@@ -8,6 +8,7 @@ use raccordo_adapters::soap::SoapAdapter;
 use raccordo_adapters::{Adapter, AdapterError};
 use std::path::Path;
 use std::sync::Arc;
+use tokio::sync::Semaphore;
 
 /// A running adapter instance and its delivery limits.
 #[derive(Clone)]
@@ -16,6 +17,9 @@ pub struct AdapterInstance {
     pub adapter: Arc<dyn Adapter>,
     /// Deliveries in flight at once.
     pub max_concurrency: usize,
+    /// One permit per delivery in flight, shared by the instance's worker
+    /// and by synchronous submissions delivering inline.
+    pub slots: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for AdapterInstance {
@@ -34,38 +38,35 @@ pub fn build(
     config: &AdapterConfig,
     base_dir: &Path,
 ) -> Result<AdapterInstance, AdapterError> {
-    match config {
-        AdapterConfig::Rest(rest) => {
-            let adapter = RestAdapter::build(name, (**rest).clone(), base_dir)?;
-            Ok(AdapterInstance {
-                name: name.to_string(),
-                max_concurrency: adapter.max_concurrency(),
-                adapter: Arc::new(adapter),
-            })
-        }
-        AdapterConfig::File(file) => {
-            let adapter = FileAdapter::build(name, (**file).clone(), base_dir)?;
-            Ok(AdapterInstance {
-                name: name.to_string(),
-                max_concurrency: adapter.max_concurrency(),
-                adapter: Arc::new(adapter),
-            })
-        }
-        AdapterConfig::Amqp(amqp) => {
-            let adapter = AmqpAdapter::build(name, (**amqp).clone(), base_dir)?;
-            Ok(AdapterInstance {
-                name: name.to_string(),
-                max_concurrency: adapter.max_concurrency(),
-                adapter: Arc::new(adapter),
-            })
-        }
-        AdapterConfig::Soap(soap) => {
-            let adapter = SoapAdapter::build(name, (**soap).clone(), base_dir)?;
-            Ok(AdapterInstance {
-                name: name.to_string(),
-                max_concurrency: adapter.max_concurrency(),
-                adapter: Arc::new(adapter),
-            })
-        }
+    fn boxed(a: impl Adapter + 'static, max: usize) -> (Arc<dyn Adapter>, usize) {
+        (Arc::new(a), max)
     }
+    let (adapter, max_concurrency) = match config {
+        AdapterConfig::Rest(c) => {
+            let a = RestAdapter::build(name, (**c).clone(), base_dir)?;
+            let max = a.max_concurrency();
+            boxed(a, max)
+        }
+        AdapterConfig::File(c) => {
+            let a = FileAdapter::build(name, (**c).clone(), base_dir)?;
+            let max = a.max_concurrency();
+            boxed(a, max)
+        }
+        AdapterConfig::Amqp(c) => {
+            let a = AmqpAdapter::build(name, (**c).clone(), base_dir)?;
+            let max = a.max_concurrency();
+            boxed(a, max)
+        }
+        AdapterConfig::Soap(c) => {
+            let a = SoapAdapter::build(name, (**c).clone(), base_dir)?;
+            let max = a.max_concurrency();
+            boxed(a, max)
+        }
+    };
+    Ok(AdapterInstance {
+        name: name.to_string(),
+        max_concurrency,
+        slots: Arc::new(Semaphore::new(max_concurrency)),
+        adapter,
+    })
 }

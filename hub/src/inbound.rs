@@ -26,7 +26,7 @@ impl HubSink {
 #[async_trait]
 impl ResultSink for HubSink {
     async fn apply(&self, result: InboundResult) -> Result<InboundOutcome, InboundError> {
-        let applied = self.apply_and_publish(&result).await;
+        let applied = self.apply_result(&result).await;
         let outcome = match &applied {
             Ok(InboundOutcome::Applied) => "applied",
             Ok(InboundOutcome::Duplicate) => "duplicate",
@@ -50,11 +50,9 @@ impl ResultSink for HubSink {
 }
 
 impl HubSink {
-    async fn apply_and_publish(
-        &self,
-        result: &InboundResult,
-    ) -> Result<InboundOutcome, InboundError> {
-        let (events, outcome) = self
+    /// Applies `result`; the store publishes its events once committed.
+    async fn apply_result(&self, result: &InboundResult) -> Result<InboundOutcome, InboundError> {
+        let (_events, outcome) = self
             .service
             .store()
             .apply_inbound(result)
@@ -66,7 +64,6 @@ impl HubSink {
                 StoreError::Conflict(m) => InboundError::Refused(m),
                 other => InboundError::Unavailable(other.to_string()),
             })?;
-        self.service.publish(events);
         Ok(outcome)
     }
 }

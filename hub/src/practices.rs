@@ -19,11 +19,12 @@ use crate::store::{
 };
 use crate::trace;
 use chrono::Utc;
+use raccordo_adapters::AdapterHealth;
 use raccordo_adapters::model::{AdminStatus, Applicant, Document, Operation, Submitter};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{Notify, broadcast, mpsc, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, broadcast, mpsc, watch};
 use tracing::Instrument;
 
 /// Domain errors, mapped to gRPC codes in one place (`grpc::error`).
@@ -176,14 +177,9 @@ impl PracticeService {
         }
     }
 
-    /// Publishes committed events.
-    pub fn publish(&self, events: Vec<Event>) {
-        self.bus.publish(events);
-    }
-
     /// Validates, stores and routes a practice; waits for the vendor when
     /// the route's mode says so.
-    pub async fn submit(&self, input: SubmitInput) -> Result<Submitted, HubError> {
+    pub async fn submit(self: &Arc<Self>, input: SubmitInput) -> Result<Submitted, HubError> {
         // Labels only from the configuration: a caller cannot invent series.
         let route = self.config.route(&input.tenant_id, &input.service_code);
         let known_tenant = self.config.tenants.contains_key(&input.tenant_id);
@@ -214,7 +210,7 @@ impl PracticeService {
     }
 
     async fn submit_validated(
-        &self,
+        self: &Arc<Self>,
         input: SubmitInput,
         trace: trace::TraceContext,
     ) -> Result<Submitted, HubError> {
@@ -301,20 +297,45 @@ impl PracticeService {
                 .unwrap_or(self.config.delivery.max_attempts),
             traceparent: Some(trace.header()),
         };
+        // A synchronous route with a free delivery slot delivers inline:
+        // the job is stored already claimed, so no worker hand-off, no claim
+        // transaction and no read-back of what was just written.
+        let inline = (route.mode == Mode::Sync)
+            .then(|| self.inline_slot(&route.adapter))
+            .flatten();
+        if let Some((instance, permit)) = inline {
+            let mut message = crate::delivery::submission_message(&new, route.attachments);
+            let (outcome, job) = self.store.insert_practice_claimed(new).await?;
+            let (id, duplicate) = match (outcome, job) {
+                (InsertOutcome::Created(_), Some(job)) => {
+                    let id = job.practice_id.clone();
+                    message.message_id = job.operation_id.clone();
+                    let this = Arc::clone(self);
+                    let (tenant, service) = (input.tenant_id.clone(), input.service_code.clone());
+                    let span = tracing::info_span!("delivery", practice_id = %job.practice_id,
+                        operation_id = %job.operation_id, adapter = %instance.name, attempt = 1,
+                        trace_id = trace.trace_id());
+                    // Its own task: the attempt and its record complete even
+                    // if the caller goes away or the route deadline passes.
+                    let attempt = tokio::spawn(
+                        async move {
+                            let route = this.config.route(&tenant, &service);
+                            crate::delivery::deliver(&this, &instance, job, message, route).await;
+                            drop(permit);
+                        }
+                        .instrument(span),
+                    );
+                    let _ = tokio::time::timeout(route.deadline, attempt).await;
+                    (id, false)
+                }
+                (outcome, _) => existing(outcome, &input.tenant_id, &input.idempotency_key)?,
+            };
+            return self.reply(&input.tenant_id, id, duplicate).await;
+        }
         // Subscribe before the insert: no event of this practice can be missed.
         let mut events_rx = (route.mode != Mode::Deferred).then(|| self.bus.subscribe());
         let (id, duplicate) = match self.store.insert_practice(new).await? {
-            InsertOutcome::Existing { id, same_content } => {
-                if !same_content {
-                    return Err(HubError::AlreadyExists(format!(
-                        "idempotency_key '{}' was already used by tenant {} for practice {id} with different content",
-                        input.idempotency_key, input.tenant_id
-                    )));
-                }
-                (id, true)
-            }
-            InsertOutcome::Created(events) => {
-                self.publish(events);
+            InsertOutcome::Created(_events) => {
                 self.wake(&route.adapter);
                 let wait = match route.mode {
                     Mode::Deferred => None,
@@ -326,11 +347,30 @@ impl PracticeService {
                 }
                 (id, false)
             }
+            other => existing(other, &input.tenant_id, &input.idempotency_key)?,
         };
-        let practice = self
-            .store
-            .get_practice(&input.tenant_id, &id, false)
-            .await?;
+        self.reply(&input.tenant_id, id, duplicate).await
+    }
+
+    /// A free delivery slot of `adapter`, unless its vendor is known down
+    /// (then the practice waits in the outbox like any other).
+    fn inline_slot(&self, adapter: &str) -> Option<(AdapterInstance, OwnedSemaphorePermit)> {
+        let instance = self.adapters.get(adapter)?;
+        if matches!(instance.adapter.health(), AdapterHealth::Down(_)) {
+            return None;
+        }
+        let permit = Arc::clone(&instance.slots).try_acquire_owned().ok()?;
+        Some((instance.clone(), permit))
+    }
+
+    /// The answer to a submission: the practice as stored now.
+    async fn reply(
+        &self,
+        tenant_id: &str,
+        id: String,
+        duplicate: bool,
+    ) -> Result<Submitted, HubError> {
+        let practice = self.store.get_practice(tenant_id, &id, false).await?;
         Ok(Submitted {
             practice,
             duplicate,
@@ -410,9 +450,8 @@ impl PracticeService {
         let this = Arc::clone(self);
         tokio::spawn(async move {
             let mut next_seq = from_sequence.max(1);
-            let mut replaying_a_concluded_practice = practice.status.is_terminal();
             loop {
-                // The store is the truth: (re-)read everything not yet sent.
+                // Catch up from the store (at the start, and after a lag).
                 let events = match this.store.practice_events(&tenant_id, &id, next_seq).await {
                     Ok(e) => e,
                     Err(e) => {
@@ -423,19 +462,30 @@ impl PracticeService {
                 for e in events {
                     next_seq = e.sequence + 1;
                     let terminal = e.is_terminal();
-                    if tx.send(Ok(e)).await.is_err() {
-                        return;
-                    }
-                    if terminal {
+                    if tx.send(Ok(e)).await.is_err() || terminal {
                         return;
                     }
                 }
-                if replaying_a_concluded_practice {
+                if practice.status.is_terminal() {
                     // Replayed past the terminal event: nothing more will come.
                     return;
                 }
-                replaying_a_concluded_practice = false;
-                if !follow.next(&tx, |e| e.practice_id == id).await {
+                // Then live, in commit order. Events already sent from the
+                // store come again on the bus and are skipped by sequence.
+                let live = follow
+                    .forward(&tx, |e| {
+                        if e.practice_id != id || e.sequence < next_seq {
+                            return Forward::Skip;
+                        }
+                        next_seq = e.sequence + 1;
+                        if e.is_terminal() {
+                            Forward::SendLast
+                        } else {
+                            Forward::Send
+                        }
+                    })
+                    .await;
+                if live == Live::Stopped {
                     return;
                 }
             }
@@ -459,6 +509,7 @@ impl PracticeService {
         let this = Arc::clone(self);
         tokio::spawn(async move {
             loop {
+                // Catch up from the store (at the start, and after a lag).
                 loop {
                     let batch = match this.store.events_after(&filter, cursor, 500).await {
                         Ok(b) => b,
@@ -478,10 +529,22 @@ impl PracticeService {
                         break;
                     }
                 }
-                if !follow
-                    .next(&tx, |e| filter.matches(e) && e.cursor > cursor)
-                    .await
-                {
+                // Then live: the bus carries events in commit order, so a
+                // watcher forwards them without touching the store.
+                let live = follow
+                    .forward(&tx, |e| {
+                        if e.cursor <= cursor {
+                            return Forward::Skip;
+                        }
+                        cursor = e.cursor;
+                        if filter.matches(e) {
+                            Forward::Send
+                        } else {
+                            Forward::Skip
+                        }
+                    })
+                    .await;
+                if live == Live::Stopped {
                     return;
                 }
             }
@@ -523,7 +586,7 @@ impl PracticeService {
                 AdminStatus::Withdrawn,
             ),
         };
-        let (events, job_adapter) = self
+        let (_events, job_adapter) = self
             .store
             .withdraw(Withdrawal {
                 tenant_id: tenant_id.to_string(),
@@ -535,7 +598,6 @@ impl PracticeService {
             })
             .await
             .map_err(|e| not_found(e, tenant_id, id))?;
-        self.publish(events);
         if let Some(adapter) = job_adapter {
             self.wake(&adapter);
         }
@@ -595,7 +657,7 @@ impl PracticeService {
         } else {
             operator_id
         };
-        let (dl, events) = self
+        let (dl, _events) = self
             .store
             .replay(operation_id, actor)
             .await
@@ -605,7 +667,6 @@ impl PracticeService {
                 }
                 other => other.into(),
             })?;
-        self.publish(events);
         self.wake(&dl.adapter);
         Ok(dl)
     }
@@ -619,22 +680,52 @@ struct Follower {
 
 type EventSender = mpsc::Sender<Result<Event, HubError>>;
 
+/// What a live stream does with one event from the bus.
+enum Forward {
+    Skip,
+    Send,
+    /// Send, then end the stream (the practice concluded).
+    SendLast,
+}
+
+/// Why forwarding stopped.
+#[derive(Debug, PartialEq, Eq)]
+enum Live {
+    /// The stream fell behind the bus: catch up from the store, then resume.
+    Lagged,
+    /// The client left, the stream ended, or the hub is shutting down.
+    Stopped,
+}
+
 impl Follower {
-    /// Waits for a relevant event (or a lag: the store has it anyway).
-    /// `false` means stop: the client left or the hub is shutting down.
-    async fn next(&mut self, tx: &EventSender, relevant: impl Fn(&Event) -> bool) -> bool {
+    /// Forwards bus events to `tx` as `decide` says, until a lag or a stop.
+    async fn forward(
+        &mut self,
+        tx: &EventSender,
+        mut decide: impl FnMut(&Event) -> Forward,
+    ) -> Live {
         loop {
             tokio::select! {
                 msg = self.events.recv() => match msg {
-                    Ok(e) if relevant(&e) => return true,
-                    Ok(_) => continue,
-                    Err(broadcast::error::RecvError::Lagged(_)) => return true,
-                    Err(broadcast::error::RecvError::Closed) => return false,
+                    Ok(e) => match decide(&e) {
+                        Forward::Skip => {}
+                        Forward::Send => {
+                            if tx.send(Ok(Event::clone(&e))).await.is_err() {
+                                return Live::Stopped;
+                            }
+                        }
+                        Forward::SendLast => {
+                            let _ = tx.send(Ok(Event::clone(&e))).await;
+                            return Live::Stopped;
+                        }
+                    },
+                    Err(broadcast::error::RecvError::Lagged(_)) => return Live::Lagged,
+                    Err(broadcast::error::RecvError::Closed) => return Live::Stopped,
                 },
-                _ = tx.closed() => return false,
+                _ = tx.closed() => return Live::Stopped,
                 _ = async { self.closing.wait_for(|c| *c).await.map(|_| ()) } => {
                     let _ = tx.send(Err(shutting_down())).await;
-                    return false;
+                    return Live::Stopped;
                 }
             }
         }
@@ -670,6 +761,24 @@ fn settled(e: &Event) -> bool {
     e.is_terminal()
         || (e.kind == EventKind::DeliveryChanged
             && e.to_delivery.is_some_and(DeliveryStatus::is_settled))
+}
+
+/// The id of the earlier practice with the same idempotency key, or a
+/// conflict if its content differs.
+fn existing(
+    outcome: InsertOutcome,
+    tenant_id: &str,
+    idempotency_key: &str,
+) -> Result<(String, bool), HubError> {
+    match outcome {
+        InsertOutcome::Existing { id, same_content } if same_content => Ok((id, true)),
+        InsertOutcome::Existing { id, .. } => Err(HubError::AlreadyExists(format!(
+            "idempotency_key '{idempotency_key}' was already used by tenant {tenant_id} for practice {id} with different content"
+        ))),
+        InsertOutcome::Created(_) => Err(HubError::Unavailable(
+            "the store created a practice without its delivery".into(),
+        )),
+    }
 }
 
 /// Waits until an event of `practice_id` satisfies `done`, at most `deadline`.

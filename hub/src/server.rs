@@ -87,11 +87,14 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
 
     let db = config.database_path();
     let metrics = Arc::new(Metrics::new());
+    // The store publishes every committed event on the bus, in commit order.
+    let bus = EventBus::new();
     let store = SqliteStore::open_observed(
         &db,
         config.store.synchronous,
         config.store.read_connections,
         Some(metrics.store()),
+        Some(bus.clone()),
     )
     .await
     .with_context(|| format!("opening the store {}", db.display()))?;
@@ -112,7 +115,6 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
         wakers.insert(name.clone(), Arc::new(Notify::new()));
         instances.insert(name.clone(), instance);
     }
-    let bus = EventBus::new();
     let service = Arc::new(PracticeService::new(
         Arc::clone(&config),
         Arc::clone(&store),

@@ -4,10 +4,15 @@
 //! instance's concurrency), runs each attempt, and records the result with
 //! the retry policy's decision. Jobs are rows, so a restart resumes them;
 //! the operation id never changes, so vendors can discard duplicates.
+//!
+//! A synchronous submission skips the queue when its adapter has a free
+//! slot: the job is stored already claimed and delivered by the submission
+//! itself ([`deliver`]), through the same attempt-and-record path.
 
 mod message;
 mod poll;
 mod worker;
 
-pub use message::build_message;
+pub use message::{build_message, submission_message};
+pub(crate) use worker::deliver;
 pub use worker::{Workers, spawn_workers};

@@ -85,7 +85,8 @@ pub(super) async fn poll_once(
         .reschedule_poll(&claimed, progress, token, next, error)
         .await
     {
-        Ok(events) => service.publish(events),
+        // The store published the events.
+        Ok(_) => {}
         // The job stays 'poll_in_flight' and is polled again after a restart.
         Err(e) => tracing::error!(operation_id = %job.operation_id, error = %e,
             "cannot record the poll; it is repeated at next start"),

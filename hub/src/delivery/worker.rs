@@ -3,6 +3,7 @@
 use super::build_message;
 use crate::adapters::AdapterInstance;
 use crate::config::AttachmentMode;
+use crate::config::RouteConfig;
 use crate::domain::retry::{RetryDecision, RetryPolicy};
 use crate::metrics::AdapterLabels;
 use crate::practices::PracticeService;
@@ -10,11 +11,13 @@ use crate::store::{AttemptResult, ClaimedJob};
 use crate::trace::TraceContext;
 use backon::{ExponentialBuilder, Retryable};
 use chrono::Utc;
-use raccordo_adapters::{AdapterHealth, DeliveryError, DeliveryRequest, FailureClass};
+use raccordo_adapters::{
+    AdapterHealth, DeliveryError, DeliveryRequest, FailureClass, NormalizedMessage,
+};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{Notify, Semaphore, watch};
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
@@ -72,7 +75,7 @@ async fn run(
     waker: Arc<Notify>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let slots = Arc::new(Semaphore::new(instance.max_concurrency));
+    let slots = Arc::clone(&instance.slots);
     service
         .metrics()
         .delivery_concurrency_limit
@@ -174,10 +177,7 @@ async fn claim(
         return (polls, Vec::new());
     }
     let jobs = match service.store().claim_due(adapter, now, left).await {
-        Ok((jobs, events)) => {
-            service.publish(events);
-            jobs
-        }
+        Ok((jobs, _events)) => jobs,
         Err(e) => {
             tracing::error!(%adapter, error = %e, "cannot claim due deliveries");
             Vec::new()
@@ -208,13 +208,14 @@ pub(super) async fn record(service: &PracticeService, job: &ClaimedJob, result: 
         )
         .await
     {
-        Ok(events) => service.publish(events),
+        // The store published the events.
+        Ok(_) => {}
         Err(e) => tracing::error!(operation_id = %job.operation_id, error = %e,
             "cannot record the delivery result; it is resumed at next start"),
     }
 }
 
-/// Runs one attempt and records its result.
+/// Runs one attempt of a job claimed from the outbox and records its result.
 async fn attempt(service: &PracticeService, instance: &AdapterInstance, job: ClaimedJob) {
     let config = service.config();
     let (practice, attachments) = match service.store().delivery_payload(&job).await {
@@ -226,6 +227,19 @@ async fn attempt(service: &PracticeService, instance: &AdapterInstance, job: Cla
     };
     let route = config.route(&job.tenant_id, &practice.service_code);
     let mode = route.map_or(AttachmentMode::Inline, |r| r.attachments);
+    let message = build_message(&job, &practice, attachments, mode);
+    deliver(service, instance, job, message, route).await;
+}
+
+/// Delivers `message` as the attempt `job` claimed and records the result:
+/// shared by the worker and by synchronous submissions delivering inline.
+pub(crate) async fn deliver(
+    service: &PracticeService,
+    instance: &AdapterInstance,
+    job: ClaimedJob,
+    message: NormalizedMessage,
+    route: Option<&RouteConfig>,
+) {
     // Each attempt is a new span of the caller's trace.
     let trace = job
         .traceparent
@@ -233,7 +247,7 @@ async fn attempt(service: &PracticeService, instance: &AdapterInstance, job: Cla
         .and_then(TraceContext::parse)
         .map(|t| t.child());
     let request = DeliveryRequest {
-        message: Arc::new(build_message(&job, &practice, attachments, mode)),
+        message: Arc::new(message),
         attempt: job.attempt,
         route_vars: Arc::new(route.map(|r| r.vars.clone()).unwrap_or_default()),
         traceparent: trace.as_ref().map(TraceContext::header),

@@ -157,6 +157,15 @@ pub trait Store: Send + Sync + 'static {
     /// transaction, unless the idempotency key was used before.
     async fn insert_practice(&self, practice: NewPractice) -> Result<InsertOutcome, StoreError>;
 
+    /// Like [`insert_practice`](Self::insert_practice), with the first
+    /// delivery claimed in the same transaction (attempt 1, in flight) and
+    /// returned, for a caller that delivers it at once. No job is returned
+    /// for an idempotency key seen before.
+    async fn insert_practice_claimed(
+        &self,
+        practice: NewPractice,
+    ) -> Result<(InsertOutcome, Option<ClaimedJob>), StoreError>;
+
     /// One practice of `tenant_id`; document bytes only if `with_content`.
     async fn get_practice(
         &self,

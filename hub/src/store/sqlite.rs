@@ -5,6 +5,9 @@
 //! transaction** (each inside its own savepoint, so one failing command does
 //! not fail the others), commits once — one fsync for many practices — and
 //! only then answers each caller. Nobody is told "stored" before the commit.
+//! The events a transaction appended are published on the event bus right
+//! after its commit, by the writer thread itself: watchers see them in
+//! commit order, so they can forward them without re-reading the store.
 //! Reads run on blocking threads with a small pool of read-only connections.
 //! Either way a whole operation costs one thread hand-off, not one per SQL
 //! statement, and nothing blocks the async runtime.
@@ -19,6 +22,7 @@ use super::{
     DeadLetter, EventFilter, InsertOutcome, OpsSnapshot, PracticeCount, PracticeFilter, Store,
     StoreError, Withdrawal,
 };
+use crate::bus::EventBus;
 use crate::config::{Mode, Synchronous};
 use crate::domain::apply::{StatusState, plan_reply};
 use crate::domain::practice::{
@@ -37,10 +41,18 @@ use raccordo_adapters::model::{
 };
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params, params_from_iter};
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, mpsc};
 use tokio::sync::oneshot;
+
+thread_local! {
+    /// Events appended by the writer's open transaction, published once it
+    /// commits (dropped if it does not). `None` on every other thread, and
+    /// on a writer with no bus: nothing collects there.
+    static UNCOMMITTED: RefCell<Option<Vec<Event>>> = const { RefCell::new(None) };
+}
 
 /// Commands the writer runs in one transaction at most.
 const MAX_BATCH: usize = 512;
@@ -103,16 +115,18 @@ impl SqliteStore {
         synchronous: Synchronous,
         readers: u32,
     ) -> Result<Self, StoreError> {
-        Self::open_observed(path, synchronous, readers, None).await
+        Self::open_observed(path, synchronous, readers, None, None).await
     }
 
     /// [`open`](Self::open), with the writer reporting each transaction's
-    /// duration and batch size to `metrics`.
+    /// duration and batch size to `metrics`, and publishing every committed
+    /// event on `bus`, in commit order.
     pub async fn open_observed(
         path: &Path,
         synchronous: Synchronous,
         readers: u32,
         metrics: Option<StoreMetrics>,
+        bus: Option<EventBus>,
     ) -> Result<Self, StoreError> {
         let path = path.to_path_buf();
         let (writer, ready) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
@@ -140,7 +154,7 @@ impl SqliteStore {
             let (tx, rx) = mpsc::channel::<WriteCommand>();
             std::thread::Builder::new()
                 .name("raccordo-store-writer".into())
-                .spawn(move || run_writer(conn, rx, metrics))
+                .spawn(move || run_writer(conn, rx, metrics, bus))
                 .map_err(|e| {
                     StoreError::Database(format!("cannot start the writer thread: {e}"))
                 })?;
@@ -255,12 +269,24 @@ impl SqliteStore {
     }
 }
 
-/// The writer thread: group commit with a savepoint per command.
+/// The writer thread: group commit, with a savepoint per command when a
+/// transaction holds more than one (a lone command is rolled back alone by
+/// rolling back the transaction: no sub-journal to write).
 fn run_writer(
     conn: Connection,
     commands: mpsc::Receiver<WriteCommand>,
     metrics: Option<StoreMetrics>,
+    bus: Option<EventBus>,
 ) {
+    if bus.is_some() {
+        UNCOMMITTED.set(Some(Vec::new()));
+    }
+    // Cached like every other statement: parsing these per command showed
+    // up in profiles.
+    let run = |sql: &str| -> rusqlite::Result<()> {
+        conn.prepare_cached(sql)?.execute([])?;
+        Ok(())
+    };
     while let Ok(first) = commands.recv() {
         let started = std::time::Instant::now();
         let mut batch = vec![first];
@@ -270,7 +296,7 @@ fn run_writer(
                 Err(_) => break,
             }
         }
-        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        if let Err(e) = run("BEGIN IMMEDIATE") {
             // Nothing ran: every caller gets the error and may retry.
             let reason = format!("cannot begin a transaction: {e}");
             for command in batch {
@@ -279,22 +305,38 @@ fn run_writer(
             }
             continue;
         }
+        let alone = batch.len() == 1;
+        let mut failed_alone = false;
         let mut completions = Vec::with_capacity(batch.len());
         for command in batch {
-            let saved = conn.execute_batch("SAVEPOINT command");
+            let appended_before = uncommitted_len();
+            let saved = !alone && run("SAVEPOINT command").is_ok();
             let (ok, completion) = command(Some(&conn));
-            if saved.is_ok() {
+            if saved {
                 if !ok {
-                    let _ = conn.execute_batch("ROLLBACK TO command");
+                    let _ = run("ROLLBACK TO command");
+                    truncate_uncommitted(appended_before);
                 }
-                let _ = conn.execute_batch("RELEASE command");
+                let _ = run("RELEASE command");
             }
+            failed_alone = alone && !ok;
             completions.push(completion);
         }
-        let commit_error = conn.execute_batch("COMMIT").err().map(|e| {
-            let _ = conn.execute_batch("ROLLBACK");
-            format!("commit failed: {e}")
-        });
+        let commit_error = if failed_alone {
+            // The command failed: its caller already has its error, and
+            // nothing it wrote may stay.
+            let _ = run("ROLLBACK");
+            None
+        } else {
+            run("COMMIT").err().map(|e| {
+                let _ = run("ROLLBACK");
+                format!("commit failed: {e}")
+            })
+        };
+        let committed = take_uncommitted();
+        if let (Some(bus), None, false) = (&bus, &commit_error, failed_alone) {
+            bus.publish(committed);
+        }
         if let Some(m) = &metrics {
             m.transaction_duration
                 .observe(started.elapsed().as_secs_f64());
@@ -304,6 +346,31 @@ fn run_writer(
             completion(commit_error.clone());
         }
     }
+}
+
+fn uncommitted_len() -> usize {
+    UNCOMMITTED.with_borrow(|u| u.as_ref().map_or(0, Vec::len))
+}
+
+fn truncate_uncommitted(len: usize) {
+    UNCOMMITTED.with_borrow_mut(|u| {
+        if let Some(u) = u {
+            u.truncate(len);
+        }
+    });
+}
+
+fn take_uncommitted() -> Vec<Event> {
+    UNCOMMITTED.with_borrow_mut(|u| u.as_mut().map(std::mem::take).unwrap_or_default())
+}
+
+/// Queues `events` for publication when the writer's transaction commits.
+fn collect_uncommitted(events: &[Event]) {
+    UNCOMMITTED.with_borrow_mut(|u| {
+        if let Some(u) = u {
+            u.extend_from_slice(events);
+        }
+    });
 }
 
 fn open_read_only(path: &Path) -> Result<Connection, StoreError> {
@@ -439,6 +506,8 @@ fn append_events(
             d.vendor_code,
             d.actor,
         ])?;
+        // Read before the audit insert below, which moves last_insert_rowid.
+        let cursor = conn.last_insert_rowid();
         let detail = serde_json::json!({
             "sequence": st.last_sequence,
             "source": d.source.as_str(),
@@ -459,7 +528,7 @@ fn append_events(
             now,
         )?;
         out.push(Event {
-            cursor: conn.last_insert_rowid(),
+            cursor,
             practice_id: st.id.clone(),
             tenant_id: st.tenant_id.clone(),
             service_code: st.service_code.clone(),
@@ -480,6 +549,7 @@ fn append_events(
     }
     conn.prepare_cached("UPDATE practices SET last_sequence = ?1 WHERE id = ?2")?
         .execute(params![st.last_sequence, st.id])?;
+    collect_uncommitted(&out);
     Ok(out)
 }
 
@@ -632,6 +702,139 @@ fn insert_job(
     conn.prepare_cached("UPDATE practices SET current_operation_id = ?1 WHERE id = ?2")?
         .execute(params![operation_id, st.id])?;
     Ok(())
+}
+
+/// Stores a new practice with its outbox job and first events, or finds the
+/// earlier practice with the same idempotency key. With `claim`, the job is
+/// stored as attempt 1 in flight and returned, for the caller to deliver at
+/// once (a synchronous route): no separate claim transaction.
+fn insert_new(
+    conn: &Connection,
+    new: NewPractice,
+    claim: bool,
+) -> Result<(InsertOutcome, Option<ClaimedJob>), StoreError> {
+    if let Some((id, hash)) = conn
+        .prepare_cached(
+            "SELECT id, content_hash FROM practices WHERE tenant_id = ?1 AND idempotency_key = ?2",
+        )?
+        .query_row([&new.tenant_id, &new.idempotency_key], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })
+        .optional()?
+    {
+        let existing = InsertOutcome::Existing {
+            id,
+            same_content: hash == new.content_hash,
+        };
+        return Ok((existing, None));
+    }
+    let content =
+        serde_json::to_string(&new.content).map_err(|e| StoreError::Database(e.to_string()))?;
+    let applicant_id = new.content.applicant.id().to_ascii_uppercase();
+    let deadline = new.received_at + Duration::days(new.legal_term_days.into());
+    let operation_id = uuid::Uuid::now_v7().to_string();
+    let delivery = if claim {
+        DeliveryStatus::Sent
+    } else {
+        DeliveryStatus::Queued
+    };
+    conn.prepare_cached(
+        "INSERT INTO practices (id, tenant_id, service_code, applicant_id, idempotency_key, content_hash,
+            content, status, mode, delivery_status, current_operation_id, received_at, legal_term_days,
+            legal_deadline)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'SUBMITTED', ?8, ?9, ?10, ?11, ?12, ?13)",
+    )?
+    .execute(params![
+        new.id,
+        new.tenant_id,
+        new.service_code,
+        applicant_id,
+        new.idempotency_key,
+        new.content_hash,
+        content,
+        mode_str(new.mode),
+        delivery.as_str(),
+        operation_id,
+        ms(new.received_at),
+        new.legal_term_days as i64,
+        ms(deadline),
+    ])?;
+    for (i, a) in new.attachments.iter().enumerate() {
+        conn.prepare_cached(
+            "INSERT INTO documents (practice_id, tenant_id, role, position, name, media_type, size_bytes, sha256, content)
+             VALUES (?1, ?2, 'attachment', ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?
+        .execute(params![
+            new.id,
+            new.tenant_id,
+            i as i64,
+            a.meta.name,
+            a.meta.media_type,
+            a.meta.size_bytes as i64,
+            a.meta.sha256,
+            a.content,
+        ])?;
+    }
+    conn.prepare_cached(
+        "INSERT INTO jobs (operation_id, practice_id, tenant_id, adapter, operation, state, attempts,
+            max_attempts, next_attempt_at, created_at, updated_at, traceparent)
+         VALUES (?1, ?2, ?3, ?4, 'submit', ?5, ?6, ?7, ?8, ?8, ?8, ?9)",
+    )?
+    .execute(params![
+        operation_id,
+        new.id,
+        new.tenant_id,
+        new.adapter,
+        if claim { "in_flight" } else { "due" },
+        claim as i64,
+        new.max_attempts as i64,
+        ms(new.received_at),
+        new.traceparent,
+    ])?;
+    let mut st = StateRow {
+        id: new.id.clone(),
+        tenant_id: new.tenant_id.clone(),
+        service_code: new.service_code.clone(),
+        applicant_id,
+        status: AdminStatus::Submitted,
+        delivery_status: Some(delivery),
+        current_operation_id: Some(operation_id.clone()),
+        last_sequence: 0,
+        legal_term_days: new.legal_term_days,
+    };
+    let (source, actor) = match new.content.channel.operator_id.as_str() {
+        "" => (EventSource::Applicant, "applicant".to_string()),
+        op => (EventSource::Operator, op.to_string()),
+    };
+    let mut submitted = EventDraft::status(
+        source,
+        &actor,
+        AdminStatus::Submitted,
+        AdminStatus::Submitted,
+    );
+    submitted.from_status = None;
+    submitted.occurred_at = Some(new.received_at);
+    let reason = if claim {
+        format!(
+            "attempt 1 of {} to adapter {}",
+            new.max_attempts, new.adapter
+        )
+    } else {
+        format!("to adapter {}", new.adapter)
+    };
+    let delivered = EventDraft::delivery(EventSource::Hub, "hub", None, delivery).reason(reason);
+    let events = append_events(conn, &mut st, vec![submitted, delivered], new.received_at)?;
+    let job = claim.then_some(ClaimedJob {
+        operation_id,
+        practice_id: new.id,
+        tenant_id: new.tenant_id,
+        adapter: new.adapter,
+        operation: Operation::Submit,
+        attempt: 1,
+        max_attempts: new.max_attempts,
+        traceparent: new.traceparent,
+    });
+    Ok((InsertOutcome::Created(events), job))
 }
 
 const PRACTICE_COLUMNS: &str = "p.id, p.tenant_id, p.service_code, p.idempotency_key, p.content, p.status, p.mode,
@@ -1021,89 +1224,15 @@ fn dead_letter((mut dl, operation): (DeadLetter, String)) -> Result<DeadLetter, 
 #[async_trait]
 impl Store for SqliteStore {
     async fn insert_practice(&self, new: NewPractice) -> Result<InsertOutcome, StoreError> {
-        self.write(move |conn| {
-            if let Some((id, hash)) = conn
-                .prepare_cached("SELECT id, content_hash FROM practices WHERE tenant_id = ?1 AND idempotency_key = ?2")?
-                .query_row([&new.tenant_id, &new.idempotency_key], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-                })
-                .optional()?
-            {
-                return Ok(InsertOutcome::Existing {
-                    id,
-                    same_content: hash == new.content_hash,
-                });
-            }
-            let content = serde_json::to_string(&new.content).map_err(|e| StoreError::Database(e.to_string()))?;
-            let applicant_id = new.content.applicant.id().to_ascii_uppercase();
-            let deadline = new.received_at + Duration::days(new.legal_term_days.into());
-            conn.prepare_cached(
-                "INSERT INTO practices (id, tenant_id, service_code, applicant_id, idempotency_key, content_hash,
-                    content, status, mode, delivery_status, received_at, legal_term_days, legal_deadline)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'SUBMITTED', ?8, 'QUEUED', ?9, ?10, ?11)",
-            )?
-            .execute(params![
-                new.id,
-                new.tenant_id,
-                new.service_code,
-                applicant_id,
-                new.idempotency_key,
-                new.content_hash,
-                content,
-                mode_str(new.mode),
-                ms(new.received_at),
-                new.legal_term_days as i64,
-                ms(deadline),
-            ])?;
-            for (i, a) in new.attachments.iter().enumerate() {
-                conn.prepare_cached(
-                    "INSERT INTO documents (practice_id, tenant_id, role, position, name, media_type, size_bytes, sha256, content)
-                     VALUES (?1, ?2, 'attachment', ?3, ?4, ?5, ?6, ?7, ?8)",
-                )?
-                .execute(params![
-                    new.id,
-                    new.tenant_id,
-                    i as i64,
-                    a.meta.name,
-                    a.meta.media_type,
-                    a.meta.size_bytes as i64,
-                    a.meta.sha256,
-                    a.content,
-                ])?;
-            }
-            let mut st = StateRow {
-                id: new.id.clone(),
-                tenant_id: new.tenant_id.clone(),
-                service_code: new.service_code.clone(),
-                applicant_id,
-                status: AdminStatus::Submitted,
-                delivery_status: Some(DeliveryStatus::Queued),
-                current_operation_id: None,
-                last_sequence: 0,
-                legal_term_days: new.legal_term_days,
-            };
-            let operation_id = uuid::Uuid::now_v7().to_string();
-            let job = NewJob {
-                operation_id: &operation_id,
-                adapter: &new.adapter,
-                operation: Operation::Submit,
-                max_attempts: new.max_attempts,
-                traceparent: new.traceparent.as_deref(),
-            };
-            insert_job(conn, &st, job, new.received_at)?;
-            let (source, actor) = match new.content.channel.operator_id.as_str() {
-                "" => (EventSource::Applicant, "applicant".to_string()),
-                op => (EventSource::Operator, op.to_string()),
-            };
-            let mut submitted = EventDraft::status(source, &actor, AdminStatus::Submitted, AdminStatus::Submitted);
-            submitted.from_status = None;
-            submitted.occurred_at = Some(new.received_at);
-            let queued = EventDraft::delivery(EventSource::Hub, "hub", None, DeliveryStatus::Queued)
-                .reason(format!("to adapter {}", new.adapter));
-            let events = append_events(conn, &mut st, vec![submitted, queued], new.received_at)?;
-            Ok(InsertOutcome::Created(events))
-        })
-        .await
+        self.write(move |conn| Ok(insert_new(conn, new, false)?.0))
+            .await
+    }
+
+    async fn insert_practice_claimed(
+        &self,
+        new: NewPractice,
+    ) -> Result<(InsertOutcome, Option<ClaimedJob>), StoreError> {
+        self.write(move |conn| insert_new(conn, new, true)).await
     }
 
     async fn get_practice(
@@ -1811,39 +1940,105 @@ mod tests {
         (dir, store)
     }
 
+    fn new_practice(id: &str, key: &str) -> NewPractice {
+        use crate::domain::practice::PracticeContent;
+        use raccordo_adapters::model::{Applicant, ChannelInfo, Person, Subject};
+        NewPractice {
+            id: id.into(),
+            tenant_id: "016024".into(),
+            service_code: "TARI".into(),
+            idempotency_key: key.into(),
+            content_hash: "h".into(),
+            content: PracticeContent {
+                applicant: Applicant {
+                    subject: Subject::Person(Person {
+                        fiscal_code: "RSSMRA45D25F205N".into(),
+                        given_name: "Mario".into(),
+                        family_name: "Rossi".into(),
+                    }),
+                    contacts: Default::default(),
+                },
+                submitter: None,
+                channel: ChannelInfo::default(),
+                data: Default::default(),
+            },
+            attachments: Vec::new(),
+            mode: Mode::Deferred,
+            received_at: Utc::now(),
+            legal_term_days: 30,
+            adapter: "tributi".into(),
+            max_attempts: 3,
+            traceparent: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn committed_events_are_published_in_order_with_their_stored_cursors() {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = EventBus::new();
+        let mut live = bus.subscribe();
+        let store = SqliteStore::open_observed(
+            &dir.path().join("t.db"),
+            Synchronous::Normal,
+            2,
+            None,
+            Some(bus.clone()),
+        )
+        .await
+        .unwrap();
+        // Audit records share the transaction; they must not shift cursors.
+        store
+            .record_audit(AuditEntry {
+                tenant_id: Some("016024".into()),
+                actor: "intruder".into(),
+                action: "call_denied".into(),
+                practice_id: None,
+                detail: serde_json::json!({}),
+            })
+            .await
+            .unwrap();
+        // Concurrent inserts share transactions; a failing one (a duplicate
+        // id) is rolled back with its events, which must not be published.
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..20 {
+            let store = store.clone();
+            let id = if i == 7 {
+                "p-0".to_string()
+            } else {
+                format!("p-{i}")
+            };
+            tasks.spawn(async move {
+                store
+                    .insert_practice(new_practice(&id, &format!("k-{i}")))
+                    .await
+            });
+        }
+        let mut failed = 0;
+        while let Some(r) = tasks.join_next().await {
+            failed += r.unwrap().is_err() as usize;
+        }
+        assert_eq!(failed, 1, "the duplicate id fails alone");
+        let filter = EventFilter {
+            tenant_id: "016024".into(),
+            ..Default::default()
+        };
+        let stored = store.events_after(&filter, 0, 1000).await.unwrap();
+        assert_eq!(stored.len(), 19 * 2);
+        for expected in &stored {
+            let published = live.try_recv().expect("every stored event is published");
+            assert_eq!(published.cursor, expected.cursor);
+            assert_eq!(published.practice_id, expected.practice_id);
+            assert_eq!(published.sequence, expected.sequence);
+        }
+        assert!(live.try_recv().is_err(), "nothing else is published");
+    }
+
     #[tokio::test]
     async fn an_adapter_cannot_report_on_another_adapters_practice() {
-        use crate::domain::practice::PracticeContent;
-        use raccordo_adapters::model::{Applicant, ChannelInfo, ExternalRef, Person, Subject};
+        use raccordo_adapters::model::ExternalRef;
         let (_dir, store) = store().await;
         let created = store
-            .insert_practice(NewPractice {
-                id: "p-1".into(),
-                tenant_id: "016024".into(),
-                service_code: "TARI".into(),
-                idempotency_key: "k-1".into(),
-                content_hash: "h".into(),
-                content: PracticeContent {
-                    applicant: Applicant {
-                        subject: Subject::Person(Person {
-                            fiscal_code: "RSSMRA45D25F205N".into(),
-                            given_name: "Mario".into(),
-                            family_name: "Rossi".into(),
-                        }),
-                        contacts: Default::default(),
-                    },
-                    submitter: None,
-                    channel: ChannelInfo::default(),
-                    data: Default::default(),
-                },
-                attachments: Vec::new(),
-                mode: Mode::Deferred,
-                received_at: Utc::now(),
-                legal_term_days: 30,
-                adapter: "tributi".into(),
-                max_attempts: 3,
-                traceparent: None,
-            })
+            .insert_practice(new_practice("p-1", "k-1"))
             .await
             .unwrap();
         let InsertOutcome::Created(_) = created else {
