@@ -9,7 +9,6 @@ use super::super::{AuditBreak, AuditRecord, StoreError};
 use super::{from_ms, ms};
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
-use sha2::{Digest, Sha256};
 
 /// `prev_hash` of a chain's first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -28,7 +27,8 @@ fn record_hash(
     practice_id: Option<&str>,
     detail: &str,
 ) -> String {
-    let canonical = serde_json::json!([
+    // A tuple serializes as the JSON array the chain is defined over.
+    let canonical = serde_json::to_string(&(
         prev_hash,
         tenant_id,
         seq,
@@ -36,12 +36,10 @@ fn record_hash(
         actor,
         action,
         practice_id,
-        detail
-    ]);
-    Sha256::digest(canonical.to_string().as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+        detail,
+    ))
+    .expect("strings and integers always serialize");
+    raccordo_adapters::model::sha256_hex(canonical.as_bytes())
 }
 
 /// Appends one record to `tenant_id`'s chain, inside the caller's transaction.
@@ -51,7 +49,7 @@ pub fn append(
     actor: &str,
     action: &str,
     practice_id: Option<&str>,
-    detail: &serde_json::Value,
+    detail: &impl serde::Serialize,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     let head: Option<(i64, String)> = conn
@@ -62,7 +60,8 @@ pub fn append(
         Some((seq, hash)) => (seq + 1, hash),
         None => (1, GENESIS.to_string()),
     };
-    let detail = detail.to_string();
+    let detail = serde_json::to_string(detail)
+        .map_err(|e| StoreError::Database(format!("audit detail: {e}")))?;
     let at = ms(now);
     let hash = record_hash(
         &prev,
@@ -236,4 +235,44 @@ pub fn export(
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The chain is defined (docs/security.md) as SHA-256 over a JSON array:
+    /// records written by earlier versions must keep verifying.
+    #[test]
+    fn a_record_hash_is_sha256_over_the_documented_json_array() {
+        let detail = r#"{"reason":"a \"quoted\" àccent"}"#;
+        let expected = serde_json::json!([
+            GENESIS,
+            "016024",
+            7,
+            1_700_000_000_000_i64,
+            "sportello",
+            "status_changed",
+            "p-1",
+            detail
+        ])
+        .to_string();
+        assert_eq!(
+            record_hash(
+                GENESIS,
+                "016024",
+                7,
+                1_700_000_000_000,
+                "sportello",
+                "status_changed",
+                Some("p-1"),
+                detail
+            ),
+            raccordo_adapters::model::sha256_hex(expected.as_bytes())
+        );
+        assert_eq!(
+            raccordo_adapters::model::sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
 }
