@@ -79,7 +79,8 @@ impl std::fmt::Debug for SqliteStore {
 }
 
 /// Read-only connections, opened on demand and reused. At most `size`
-/// reads run at once (the semaphore), so at most `size` connections exist.
+/// blocking reads run at once (the semaphore); point reads on the async
+/// workers add at most one connection per worker thread.
 struct ReaderPool {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
@@ -248,7 +249,22 @@ impl SqliteStore {
             .map_err(|_| StoreError::Database("the store writer has stopped".into()))?
     }
 
-    /// Runs `op` on a read-only connection, on a blocking thread.
+    /// Runs a point read (one practice by key: tens of microseconds) on a
+    /// read-only connection right here on the async worker. Handing it to a
+    /// blocking thread cost more than the read itself. In WAL mode readers
+    /// never wait for the writer, so this does not stall the runtime.
+    fn read_now<R>(
+        &self,
+        op: impl FnOnce(&Connection) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let conn = self.readers.take()?;
+        let result = op(&conn);
+        self.readers.put(conn);
+        result
+    }
+
+    /// Runs `op` on a read-only connection, on a blocking thread: for reads
+    /// whose cost grows with the data (lists, scans).
     async fn read<R: Send + 'static>(
         &self,
         op: impl FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
@@ -1265,9 +1281,14 @@ impl Store for SqliteStore {
         id: &str,
         with_content: bool,
     ) -> Result<Practice, StoreError> {
-        let (tenant_id, id) = (tenant_id.to_string(), id.to_string());
-        self.read(move |conn| get_practice(conn, &tenant_id, &id, with_content))
-            .await
+        if with_content {
+            // Documents can be megabytes: read them off the async workers.
+            let (tenant_id, id) = (tenant_id.to_string(), id.to_string());
+            return self
+                .read(move |conn| get_practice(conn, &tenant_id, &id, true))
+                .await;
+        }
+        self.read_now(|conn| get_practice(conn, tenant_id, id, false))
     }
 
     async fn list_practices(
