@@ -103,6 +103,8 @@ pub async fn fanout(
     let subscribe_seconds = subscribing.elapsed().as_secs_f64();
 
     let cpu_before = hub.pid.and_then(procfs::cpu_seconds);
+    let own_cpu_before = procfs::cpu_seconds(std::process::id());
+    let load_started = Instant::now();
     let acked = Arc::new(AtomicU64::new(0));
     let client = pb::practice_service_client::PracticeServiceClient::new(hub.channel.clone());
     let acked_in = Arc::clone(&acked);
@@ -138,6 +140,8 @@ pub async fn fanout(
     }
     let caught_up = catching_up.elapsed();
     let cpu_after = hub.pid.and_then(procfs::cpu_seconds);
+    let own_cpu_after = procfs::cpu_seconds(std::process::id());
+    let wall = load_started.elapsed().as_secs_f64();
     let peak = hub.pid.and_then(procfs::rss_mib).map(|r| r.1);
 
     let _ = stop_tx.send(true);
@@ -191,7 +195,7 @@ pub async fn fanout(
 
     let delay = shared.delay.lock().expect("delay histogram").clone();
     let ms = |q: f64| delay.value_at_quantile(q) as f64 / 1000.0;
-    Ok(Row {
+    let mut row = Row {
         rate: in_window as f64 / w.elapsed.as_secs_f64(),
         p50_ms: ms(0.5),
         p99_ms: ms(0.99),
@@ -203,13 +207,23 @@ pub async fn fanout(
         notes: vec![
             ("subscribed in s".into(), subscribe_seconds),
             ("submitted/s".into(), w.rate()),
+            ("submit p50 ms".into(), w.ms(0.5)),
+            ("submit p99 ms".into(), w.ms(0.99)),
             (
                 "events/practice".into(),
                 received as f64 / (practices * o.subscribers as u64).max(1) as f64,
             ),
             ("caught up s".into(), caught_up.as_secs_f64()),
         ],
-    })
+    };
+    // Who used the CPU: the hub, or the harness decoding every stream.
+    if let Some((a, b)) = cpu_before.zip(cpu_after) {
+        row.notes.push(("hub cores".into(), (b - a) / wall));
+    }
+    if let Some((a, b)) = own_cpu_before.zip(own_cpu_after) {
+        row.notes.push(("harness cores".into(), (b - a) / wall));
+    }
+    Ok(row)
 }
 
 /// One dashboard: subscribes tenant-wide from the current cursor, reports
