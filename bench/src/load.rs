@@ -30,6 +30,21 @@ impl Window {
     }
 }
 
+/// Where a load run is: warming up, measuring, or stopped. Shared with
+/// observers (stream subscribers) so they measure the same window.
+#[derive(Debug, Default)]
+pub struct Phase {
+    recording: AtomicBool,
+    stop: AtomicBool,
+}
+
+impl Phase {
+    /// True inside the measured window.
+    pub fn measuring(&self) -> bool {
+        self.recording.load(Ordering::Relaxed) && !self.stop.load(Ordering::Relaxed)
+    }
+}
+
 /// Runs `op(i)` from `in_flight` tasks: `warmup` unrecorded, then `duration`
 /// recorded. `i` is a counter unique across tasks.
 pub async fn run<F, Fut>(in_flight: usize, warmup: Duration, duration: Duration, op: F) -> Window
@@ -37,27 +52,35 @@ where
     F: Fn(u64) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), String>> + Send,
 {
+    run_in(Arc::default(), in_flight, warmup, duration, op).await
+}
+
+/// [`run`], moving `phase` along so others can follow the window.
+pub async fn run_in<F, Fut>(
+    phase: Arc<Phase>,
+    in_flight: usize,
+    warmup: Duration,
+    duration: Duration,
+    op: F,
+) -> Window
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), String>> + Send,
+{
     let op = Arc::new(op);
     let counter = Arc::new(AtomicU64::new(0));
-    let recording = Arc::new(AtomicBool::new(false));
-    let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::with_capacity(in_flight);
     for _ in 0..in_flight {
-        let (op, counter, recording, stop) = (
-            Arc::clone(&op),
-            Arc::clone(&counter),
-            Arc::clone(&recording),
-            Arc::clone(&stop),
-        );
+        let (op, counter, phase) = (Arc::clone(&op), Arc::clone(&counter), Arc::clone(&phase));
         tasks.push(tokio::spawn(async move {
             let mut hist =
                 Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
             let (mut ok, mut errors, mut first_error) = (0u64, 0u64, None);
-            while !stop.load(Ordering::Relaxed) {
+            while !phase.stop.load(Ordering::Relaxed) {
                 let i = counter.fetch_add(1, Ordering::Relaxed);
                 let start = Instant::now();
                 let result = op(i).await;
-                if !recording.load(Ordering::Relaxed) {
+                if !phase.recording.load(Ordering::Relaxed) {
                     continue;
                 }
                 match result {
@@ -75,10 +98,10 @@ where
         }));
     }
     tokio::time::sleep(warmup).await;
-    recording.store(true, Ordering::Relaxed);
+    phase.recording.store(true, Ordering::Relaxed);
     let started = Instant::now();
     tokio::time::sleep(duration).await;
-    stop.store(true, Ordering::Relaxed);
+    phase.stop.store(true, Ordering::Relaxed);
     let elapsed = started.elapsed();
     let mut window = Window {
         ok: 0,

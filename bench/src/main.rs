@@ -6,11 +6,13 @@
 //! of requests in flight, alternates scenarios over several runs, and prints
 //! the medians as a Markdown table. See `docs/performance.md`.
 
+mod fanout;
 mod hub;
 mod load;
 mod procfs;
 mod report;
 mod scenarios;
+mod seed;
 mod vendor;
 
 use clap::Parser;
@@ -33,13 +35,29 @@ pub struct Options {
     /// Requests in flight.
     #[arg(long, default_value_t = 32)]
     pub in_flight: usize,
-    /// Practices in the store for the read scenario.
+    /// Practices in the store for the `reads` scenario.
     #[arg(long, default_value_t = 100_000)]
     pub store_size: usize,
-    /// Scenarios to run (comma-separated): ceiling, sync, deferred, reads.
+    /// Store sizes (practices, comma-separated) on which `growth` runs
+    /// `sync`, `deferred` and `reads`.
+    #[arg(long, default_value = "10000,100000,1000000", value_delimiter = ',')]
+    pub store_sizes: Vec<usize>,
+    /// Where seeded stores are written before each run copies them to the
+    /// temporary directory; `/dev/shm` makes seeding faster (the largest
+    /// store then takes its size in RAM).
+    #[arg(long)]
+    pub seed_dir: Option<PathBuf>,
+    /// `WatchPractices` subscribers in the `fanout` scenario.
+    #[arg(long, default_value_t = 1000)]
+    pub subscribers: usize,
+    /// HTTP/2 connections the `fanout` subscribers share.
+    #[arg(long, default_value_t = 16)]
+    pub connections: usize,
+    /// Scenarios to run (comma-separated): ceiling, sync, deferred, reads,
+    /// fanout, growth.
     #[arg(
         long,
-        default_value = "ceiling,sync,deferred,reads",
+        default_value = "ceiling,sync,deferred,reads,fanout,growth",
         value_delimiter = ','
     )]
     pub scenarios: Vec<String>,

@@ -1,62 +1,120 @@
 //! The scenarios and the suite that alternates them.
 
 use crate::Options;
+use crate::fanout::fanout;
 use crate::hub::{self, Hub, TENANT, fiscal_code, submission};
 use crate::load;
 use crate::procfs;
-use crate::report::{Row, table};
+use crate::report::{Footprint, Row, StoreLine, stores_table, table, thousands};
+use crate::seed::{FOLDER_OWNER, Seeded, seed};
 use crate::vendor::Vendor;
-use raccordo::config::{Mode, Synchronous};
-use raccordo::domain::practice::{NewPractice, PracticeContent};
-use raccordo::store::Store;
-use raccordo::store::sqlite::SqliteStore;
-use raccordo_adapters::model::{Applicant, ChannelInfo, Person, Subject};
 use raccordo_proto::v1 as pb;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// The applicant whose folder holds 100 practices in the read scenario.
-const FOLDER_OWNER: u64 = 7;
+/// Every scenario `--scenarios` accepts.
+pub const SCENARIOS: [&str; 6] = ["ceiling", "sync", "deferred", "reads", "fanout", "growth"];
+
+/// The scenarios `growth` runs on each store size.
+const GROWTH: [&str; 3] = ["sync", "deferred", "reads"];
 
 /// Runs every selected scenario `runs` times, alternating, and renders the medians.
 pub async fn run_suite(o: &Options) -> anyhow::Result<String> {
-    let vendor = Vendor::start().await?;
-    let bin = hub_binary(o)?;
-    let mut results: Vec<(String, Vec<Row>)> = o
+    if let Some(unknown) = o
         .scenarios
         .iter()
-        .map(|s| (s.clone(), Vec::new()))
-        .collect();
-    let seeded = if o.scenarios.iter().any(|s| s == "reads") {
-        Some(seed(o.store_size).await?)
-    } else {
-        None
-    };
-    let mut footprint = Vec::new();
+        .find(|s| !SCENARIOS.contains(&s.as_str()))
+    {
+        anyhow::bail!("unknown scenario '{unknown}' ({})", SCENARIOS.join(", "));
+    }
+    let selected = |name: &str| o.scenarios.iter().any(|s| s == name);
+    let vendor = Vendor::start().await?;
+    let bin = hub_binary(o)?;
+
+    // Seed every store first: seeding is not measured by the scenarios,
+    // and the templates are copied for each run.
+    let mut sizes = Vec::new();
+    if selected("reads") {
+        sizes.push(o.store_size);
+    }
+    if selected("growth") {
+        sizes.extend(&o.store_sizes);
+    }
+    sizes.sort_unstable();
+    sizes.dedup();
+    let mut stores = BTreeMap::new();
+    for size in sizes {
+        eprintln!("seeding a store of {} practices", thousands(size));
+        let seeded = seed(size, o.seed_dir.as_deref()).await?;
+        eprintln!(
+            "  {} practices in {:.1} s, {:.0} bytes per practice",
+            thousands(size),
+            seeded.seed_seconds,
+            seeded.bytes_per_practice
+        );
+        stores.insert(size, seeded);
+    }
+
+    let mut results: Vec<(String, Vec<Row>)> = Vec::new();
+    let mut footprint = Footprint::default();
     for run in 1..=o.runs {
-        for (name, rows) in results.iter_mut() {
+        for name in &o.scenarios {
             eprintln!("run {run}/{}: {name}", o.runs);
-            let row = match name.as_str() {
-                "ceiling" => ceiling(o, &vendor).await?,
-                "sync" => submit(o, &vendor, bin.as_deref(), "SYNC", &mut footprint).await?,
-                "deferred" => {
-                    submit(o, &vendor, bin.as_deref(), "DEFERRED", &mut footprint).await?
+            match name.as_str() {
+                "ceiling" => record(&mut results, name, ceiling(o, &vendor).await?),
+                "sync" | "deferred" => {
+                    let row =
+                        submit(o, &vendor, bin.as_deref(), name, None, &mut footprint).await?;
+                    record(&mut results, name, row);
                 }
                 "reads" => {
-                    reads(o, &vendor, bin.as_deref(), seeded.as_ref().expect("seeded")).await?
+                    let store = &stores[&o.store_size];
+                    let row = reads(o, &vendor, bin.as_deref(), store, &mut footprint).await?;
+                    record(&mut results, name, row);
                 }
-                other => {
-                    anyhow::bail!("unknown scenario '{other}' (ceiling, sync, deferred, reads)")
+                "fanout" => {
+                    let row = fanout(o, &vendor, bin.as_deref(), &mut footprint).await?;
+                    record(&mut results, name, row);
                 }
-            };
-            rows.push(row);
+                "growth" => {
+                    for size in &o.store_sizes {
+                        let store = &stores[size];
+                        for kind in GROWTH {
+                            eprintln!("  {kind} on {} practices", thousands(*size));
+                            let row = match kind {
+                                "reads" => {
+                                    reads(o, &vendor, bin.as_deref(), store, &mut footprint).await?
+                                }
+                                _ => {
+                                    submit(
+                                        o,
+                                        &vendor,
+                                        bin.as_deref(),
+                                        kind,
+                                        Some(store),
+                                        &mut footprint,
+                                    )
+                                    .await?
+                                }
+                            };
+                            record(
+                                &mut results,
+                                &format!("{kind} on {}", thousands(*size)),
+                                row,
+                            );
+                        }
+                    }
+                }
+                _ => unreachable!("scenario names are checked above"),
+            }
         }
     }
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let mut header = format!(
-        "Raccordo benchmark — {cpus} CPUs, {} in flight, {} runs of {:?} after {:?} warm-up, medians; hub {}",
+    let mut out = format!(
+        "Raccordo benchmark — {cpus} CPUs, {} in flight, {} runs of {:?} after {:?} warm-up, medians; hub {}\n\n",
         o.in_flight,
         o.runs,
         o.duration,
@@ -67,22 +125,43 @@ pub async fn run_suite(o: &Options) -> anyhow::Result<String> {
             "in-process (CPU and RSS not separated)"
         }
     );
-    if !footprint.is_empty() {
-        let healthy = crate::report::median(footprint.iter().map(|f: &(f64, f64)| f.0).collect());
-        let idle = crate::report::median(footprint.iter().map(|f| f.1).collect());
-        header.push_str(&format!(
-            "\n\nEmpty store: healthy {healthy:.0} ms after start; idle RSS {idle:.1} MiB."
+    out.push_str(&table(&results));
+    if selected("fanout") {
+        out.push_str(&format!(
+            "\n`fanout`: {} `WatchPractices` subscribers (tenant-wide, live) on {} connections \
+             while deferred practices change state; ops/s are events received by all \
+             subscribers per second, p50/p99 the delay from the event's `recorded_at` \
+             (stamped when the hub prepares the write, so it includes the group commit) \
+             to its arrival, hub CPU per event received.\n",
+            o.subscribers, o.connections
         ));
     }
-    if let Some(s) = &seeded {
-        header.push_str(&format!(
-            "\nRead store: {} practices, {:.0} bytes per practice on disk, seeded in {:.1} s.",
-            s.ids.len(),
-            s.bytes_per_practice,
-            s.seed_seconds
-        ));
+    if !stores.is_empty() {
+        let lines: Vec<StoreLine> = stores
+            .iter()
+            .map(|(size, s)| StoreLine {
+                practices: *size,
+                bytes_per_practice: s.bytes_per_practice,
+                seed_seconds: s.seed_seconds,
+            })
+            .collect();
+        out.push('\n');
+        out.push_str(&stores_table(&lines, &footprint));
     }
-    Ok(table(&results, &header))
+    let footprint_table = footprint.table();
+    if !footprint_table.is_empty() {
+        out.push('\n');
+        out.push_str(&footprint_table);
+    }
+    Ok(out)
+}
+
+/// Adds `row` to the runs of `label`, keeping the order of first appearance.
+fn record(results: &mut Vec<(String, Vec<Row>)>, label: &str, row: Row) {
+    match results.iter_mut().find(|(l, _)| l == label) {
+        Some((_, rows)) => rows.push(row),
+        None => results.push((label.to_string(), vec![row])),
+    }
 }
 
 fn hub_binary(o: &Options) -> anyhow::Result<Option<PathBuf>> {
@@ -129,22 +208,31 @@ async fn ceiling(o: &Options, vendor: &Vendor) -> anyhow::Result<Row> {
     })
 }
 
-/// SubmitPractice on the SYNC or DEFERRED route of a fresh hub.
+/// SubmitPractice on the `sync` or `deferred` route of a fresh hub, on an
+/// empty store or on a fresh copy of a seeded one.
 async fn submit(
     o: &Options,
     vendor: &Vendor,
     bin: Option<&Path>,
-    service: &'static str,
-    footprint: &mut Vec<(f64, f64)>,
+    scenario: &str,
+    store: Option<&Seeded>,
+    footprint: &mut Footprint,
 ) -> anyhow::Result<Row> {
-    let dir = tempfile::tempdir()?;
+    let service: &'static str = if scenario == "sync" {
+        "SYNC"
+    } else {
+        "DEFERRED"
+    };
+    let dir = match store {
+        Some(s) => s.fresh_copy()?,
+        None => tempfile::tempdir()?,
+    };
     let grpc = hub::free_addr();
     let config = hub::write_config(dir.path(), vendor.addr, grpc, hub::free_addr())?;
     let hub = Hub::start(&config, grpc, bin).await?;
-    if let Some(pid) = hub.pid {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let idle = procfs::rss_mib(pid).map_or(f64::NAN, |r| r.0);
-        footprint.push((hub.time_to_healthy.as_secs_f64() * 1000.0, idle));
+    match store {
+        Some(s) => footprint.seeded_store_started(&hub, s.len()),
+        None => footprint.empty_store_started(&hub).await,
     }
     let served_before = vendor.served();
     let cpu_before = hub.pid.and_then(procfs::cpu_seconds);
@@ -197,9 +285,21 @@ async fn submit(
         ));
         notes.push(("backlog drained s".into(), drain.as_secs_f64()));
     }
+    if store.is_some() {
+        notes.push((
+            "healthy ms".into(),
+            hub.time_to_healthy.as_secs_f64() * 1000.0,
+        ));
+    }
     let cpu_after = hub.pid.and_then(procfs::cpu_seconds);
     let peak = hub.pid.and_then(procfs::rss_mib).map(|r| r.1);
     hub.stop().await;
+    if service == "DEFERRED"
+        && store.is_none()
+        && let Some(peak) = peak
+    {
+        footprint.deferred_peak_mib.push(peak);
+    }
     let acked_total = acked.load(Ordering::Relaxed).max(1) as f64;
     Ok(Row {
         rate: w.rate(),
@@ -214,99 +314,27 @@ async fn submit(
     })
 }
 
-/// A store seeded for the read scenario.
-pub struct Seeded {
-    dir: tempfile::TempDir,
-    ids: Vec<String>,
-    bytes_per_practice: f64,
-    seed_seconds: f64,
-}
-
-/// Writes `n` practices straight into a store (not through the API: a
-/// million submissions would take longer than the benchmark), 100 of them
-/// in one citizen's folder. Their jobs name an adapter the hub does not
-/// run, so nothing is delivered.
-async fn seed(n: usize) -> anyhow::Result<Seeded> {
-    let started = Instant::now();
-    let dir = tempfile::tempdir()?;
-    let db = dir.path().join("data").join("raccordo.db");
-    let store = SqliteStore::open(&db, Synchronous::Normal, 1).await?;
-    let mut ids = Vec::with_capacity(n);
-    let folder_every = (n / 100).max(1);
-    for i in 0..n {
-        let owner = if i % folder_every == 0 {
-            FOLDER_OWNER
-        } else {
-            1000 + i as u64
-        };
-        // Time-ordered ids like the hub's (UUIDv7), so the index is realistic.
-        let id = uuid::Uuid::now_v7().to_string();
-        let mut data = serde_json::Map::new();
-        data.insert("uso".into(), "ESENTE".into());
-        store
-            .insert_practice(NewPractice {
-                traceparent: None,
-                id: id.clone(),
-                tenant_id: TENANT.into(),
-                service_code: "SYNC".into(),
-                idempotency_key: format!("seed-{i}"),
-                content_hash: format!("{i:064}"),
-                content: PracticeContent {
-                    applicant: Applicant {
-                        subject: Subject::Person(Person {
-                            fiscal_code: fiscal_code(owner),
-                            given_name: "Mario".into(),
-                            family_name: "Rossi".into(),
-                        }),
-                        contacts: Default::default(),
-                    },
-                    submitter: None,
-                    channel: ChannelInfo::default(),
-                    data,
-                },
-                attachments: Vec::new(),
-                mode: Mode::Deferred,
-                received_at: chrono::Utc::now(),
-                legal_term_days: 30,
-                adapter: "seeded-not-delivered".into(),
-                max_attempts: 1,
-            })
-            .await?;
-        ids.push(id);
-        if i > 0 && i % 100_000 == 0 {
-            eprintln!("  seeded {i} practices");
-        }
-    }
-    drop(store);
-    let bytes: u64 = std::fs::read_dir(db.parent().expect("data dir"))?
-        .filter_map(|e| e.ok()?.metadata().ok())
-        .map(|m| m.len())
-        .sum();
-    Ok(Seeded {
-        bytes_per_practice: bytes as f64 / n.max(1) as f64,
-        seed_seconds: started.elapsed().as_secs_f64(),
-        ids,
-        dir,
-    })
-}
-
-/// GetPractice by id and ListPractices of one folder, alternating, on the seeded store.
+/// GetPractice by random id and ListPractices of one folder of 100, one
+/// after the other, on a fresh copy of a seeded store.
 async fn reads(
     o: &Options,
     vendor: &Vendor,
     bin: Option<&Path>,
-    seeded: &Seeded,
+    store: &Seeded,
+    footprint: &mut Footprint,
 ) -> anyhow::Result<Row> {
+    let dir = store.fresh_copy()?;
     let grpc = hub::free_addr();
-    let config = hub::write_config(seeded.dir.path(), vendor.addr, grpc, hub::free_addr())?;
+    let config = hub::write_config(dir.path(), vendor.addr, grpc, hub::free_addr())?;
     let hub = Hub::start(&config, grpc, bin).await?;
+    footprint.seeded_store_started(&hub, store.len());
     let client = pb::practice_service_client::PracticeServiceClient::new(hub.channel.clone());
-    let ids = Arc::new(seeded.ids.clone());
+    let ids = Arc::clone(&store.ids);
     let cpu_before = hub.pid.and_then(procfs::cpu_seconds);
     let get_client = client.clone();
     let get = load::run(o.in_flight, o.warmup / 2, o.duration / 2, move |i| {
         let mut client = get_client.clone();
-        let id = ids[(i.wrapping_mul(2_654_435_761) % ids.len() as u64) as usize].clone();
+        let id = ids[(i.wrapping_mul(2_654_435_761) % ids.len() as u64) as usize].to_string();
         async move {
             client
                 .get_practice(pb::GetPracticeRequest {
@@ -345,6 +373,11 @@ async fn reads(
     let cpu_after = hub.pid.and_then(procfs::cpu_seconds);
     let peak = hub.pid.and_then(procfs::rss_mib).map(|r| r.1);
     let healthy_ms = hub.time_to_healthy.as_secs_f64() * 1000.0;
+    for w in [&get, &list] {
+        if let Some(e) = &w.first_error {
+            eprintln!("  first error: {e}");
+        }
+    }
     hub.stop().await;
     let ops = (get.ok + list.ok).max(1) as f64;
     Ok(Row {

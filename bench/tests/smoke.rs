@@ -1,5 +1,5 @@
-//! The harness runs end to end for a second, so it cannot rot. Numbers are
-//! not asserted here: performance targets live in the benchmark itself.
+//! The harness runs end to end in a few seconds, so it cannot rot. Numbers
+//! are not asserted here: performance targets live in the benchmark itself.
 
 #[test]
 fn the_suite_runs_every_scenario_and_writes_a_table() {
@@ -8,28 +8,56 @@ fn the_suite_runs_every_scenario_and_writes_a_table() {
         .args([
             "--in-process",
             "--duration",
-            "1s",
+            "500ms",
             "--warmup",
             "100ms",
             "--runs",
             "1",
             "--in-flight",
             "4",
+            "--scenarios",
+            "ceiling,sync,deferred,reads,fanout,growth",
+            // One small store serves both `reads` and `growth`.
+            "--store-size",
+            "300",
+            "--store-sizes",
+            "300",
+            "--subscribers",
+            "10",
+            "--connections",
+            "2",
+            "--out",
         ])
-        .args(["--store-size", "300", "--out"])
         .arg(out.path())
         .status()
         .unwrap();
     assert!(status.success());
     let table = std::fs::read_to_string(out.path()).unwrap();
-    for scenario in ["ceiling", "sync", "deferred", "reads"] {
-        let row = table
+    let row = |first_cell: &str| -> Vec<String> {
+        table
             .lines()
-            .find(|l| l.starts_with(&format!("| {scenario} |")))
-            .unwrap_or_else(|| panic!("no {scenario} row in:\n{table}"));
-        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            .find(|l| l.starts_with(&format!("| {first_cell} |")))
+            .unwrap_or_else(|| panic!("no {first_cell} row in:\n{table}"))
+            .split('|')
+            .map(|c| c.trim().to_string())
+            .collect()
+    };
+    for scenario in [
+        "ceiling",
+        "sync",
+        "deferred",
+        "reads",
+        "fanout",
+        "sync on 300",
+        "deferred on 300",
+        "reads on 300",
+    ] {
+        let cells = row(scenario);
         assert_eq!(cells[5], "0", "{scenario} had errors:\n{table}");
         let rate: f64 = cells[2].parse().unwrap();
         assert!(rate > 0.0, "{scenario} did nothing:\n{table}");
     }
+    let store = row("300");
+    let bytes_per_practice: f64 = store[2].parse().unwrap();
+    assert!(bytes_per_practice > 0.0, "empty store?\n{table}");
 }
