@@ -314,8 +314,33 @@ async fn submit(
     })
 }
 
-/// GetPractice by random id and ListPractices of one folder of 100, one
-/// after the other, on a fresh copy of a seeded store.
+/// One page of the seeded folder: its 100 practices, newest first.
+async fn list_folder(
+    mut client: pb::practice_service_client::PracticeServiceClient<tonic::transport::Channel>,
+    owner: String,
+) -> Result<(), String> {
+    let r = client
+        .list_practices(pb::ListPracticesRequest {
+            tenant_id: TENANT.into(),
+            applicant_id: owner,
+            page_size: 100,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .into_inner();
+    if r.practices.len() < 100 {
+        return Err(format!(
+            "the folder shows {} practices, not 100",
+            r.practices.len()
+        ));
+    }
+    Ok(())
+}
+
+/// GetPractice by random id and ListPractices of one folder of 100 (at the
+/// configured concurrency, then alone), one after the other, on a fresh copy
+/// of a seeded store.
 async fn reads(
     o: &Options,
     vendor: &Vendor,
@@ -349,48 +374,40 @@ async fn reads(
     })
     .await;
     let owner = fiscal_code(FOLDER_OWNER);
+    let list_client = client.clone();
+    let list_owner = owner.clone();
     let list = load::run(o.in_flight, o.warmup / 2, o.duration / 2, move |_| {
-        let mut client = client.clone();
-        let owner = owner.clone();
-        async move {
-            let r = client
-                .list_practices(pb::ListPracticesRequest {
-                    tenant_id: TENANT.into(),
-                    applicant_id: owner,
-                    page_size: 100,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| e.to_string())?
-                .into_inner();
-            if r.practices.is_empty() {
-                return Err("the folder is empty".into());
-            }
-            Ok(())
-        }
+        list_folder(list_client.clone(), list_owner.clone())
+    })
+    .await;
+    // The latency one desk operator sees: the same listing, one at a time.
+    let list_alone = load::run(1, o.warmup / 4, o.duration / 4, move |_| {
+        list_folder(client.clone(), owner.clone())
     })
     .await;
     let cpu_after = hub.pid.and_then(procfs::cpu_seconds);
     let peak = hub.pid.and_then(procfs::rss_mib).map(|r| r.1);
     let healthy_ms = hub.time_to_healthy.as_secs_f64() * 1000.0;
-    for w in [&get, &list] {
+    for w in [&get, &list, &list_alone] {
         if let Some(e) = &w.first_error {
             eprintln!("  first error: {e}");
         }
     }
     hub.stop().await;
-    let ops = (get.ok + list.ok).max(1) as f64;
+    let ops = (get.ok + list.ok + list_alone.ok).max(1) as f64;
     Ok(Row {
         rate: get.rate(),
         p50_ms: get.ms(0.5),
         p99_ms: get.ms(0.99),
-        errors: get.errors + list.errors,
+        errors: get.errors + list.errors + list_alone.errors,
         cpu_us_per_op: cpu_before.zip(cpu_after).map(|(a, b)| (b - a) * 1e6 / ops),
         peak_rss_mib: peak,
         notes: vec![
             ("list/s".into(), list.rate()),
             ("list p50 ms".into(), list.ms(0.5)),
             ("list p99 ms".into(), list.ms(0.99)),
+            ("list alone p50 ms".into(), list_alone.ms(0.5)),
+            ("list alone p99 ms".into(), list_alone.ms(0.99)),
             ("healthy ms".into(), healthy_ms),
         ],
     })
