@@ -158,32 +158,19 @@ async fn run(
 }
 
 /// Claims due polls first (their vendors already accepted the work), then
-/// due deliveries, together at most `free`.
+/// due deliveries, together at most `free`, in one transaction.
 async fn claim(
     service: &PracticeService,
     adapter: &str,
     free: u32,
 ) -> (Vec<crate::store::ClaimedPoll>, Vec<ClaimedJob>) {
-    let now = Utc::now();
-    let polls = match service.store().claim_polls(adapter, now, free).await {
-        Ok(polls) => polls,
+    match service.store().claim_work(adapter, Utc::now(), free).await {
+        Ok(work) => (work.polls, work.jobs),
         Err(e) => {
-            tracing::error!(%adapter, error = %e, "cannot claim due polls");
-            Vec::new()
+            tracing::error!(%adapter, error = %e, "cannot claim due work");
+            (Vec::new(), Vec::new())
         }
-    };
-    let left = free - polls.len() as u32;
-    if left == 0 {
-        return (polls, Vec::new());
     }
-    let jobs = match service.store().claim_due(adapter, now, left).await {
-        Ok((jobs, _events)) => jobs,
-        Err(e) => {
-            tracing::error!(%adapter, error = %e, "cannot claim due deliveries");
-            Vec::new()
-        }
-    };
-    (polls, jobs)
 }
 
 /// The retry policy of `job`.

@@ -97,6 +97,14 @@ pub struct ClaimedJob {
     pub traceparent: Option<String>,
 }
 
+/// What one claim took: polls and deliveries, and the events it recorded.
+#[derive(Debug, Default)]
+pub struct ClaimedWork {
+    pub polls: Vec<ClaimedPoll>,
+    pub jobs: Vec<ClaimedJob>,
+    pub events: Vec<Event>,
+}
+
 /// A deferred result due for a poll (ModI `NONBLOCK_PULL_*`).
 #[derive(Debug, Clone)]
 pub struct ClaimedPoll {
@@ -201,15 +209,18 @@ pub trait Store: Send + Sync + 'static {
     /// The highest event cursor so far.
     async fn last_cursor(&self) -> Result<i64, StoreError>;
 
-    /// Marks up to `limit` due jobs of `adapter` in flight (delivery `SENT`).
-    /// A [`VendorReply::follow_up`] recorded by [`Store::finish_attempt`]
-    /// keeps the job for polling instead of finishing it.
-    async fn claim_due(
+    /// Claims up to `limit` pieces of work of `adapter` in one transaction:
+    /// deferred results whose poll is due first (their vendors already
+    /// accepted the work; a restart makes them due again), then due jobs,
+    /// marked in flight (delivery `SENT`). A [`VendorReply::follow_up`]
+    /// recorded by [`Store::finish_attempt`] keeps a job for polling instead
+    /// of finishing it.
+    async fn claim_work(
         &self,
         adapter: &str,
         now: DateTime<Utc>,
         limit: u32,
-    ) -> Result<(Vec<ClaimedJob>, Vec<Event>), StoreError>;
+    ) -> Result<ClaimedWork, StoreError>;
 
     /// When the next job of `adapter` becomes due, if any is waiting.
     async fn next_due_at(&self, adapter: &str) -> Result<Option<DateTime<Utc>>, StoreError>;
@@ -227,15 +238,6 @@ pub trait Store: Send + Sync + 'static {
         job: &ClaimedJob,
         result: AttemptResult,
     ) -> Result<Vec<Event>, StoreError>;
-
-    /// Marks up to `limit` deferred results of `adapter` whose poll is due
-    /// as being polled. A restart makes them due again.
-    async fn claim_polls(
-        &self,
-        adapter: &str,
-        now: DateTime<Utc>,
-        limit: u32,
-    ) -> Result<Vec<ClaimedPoll>, StoreError>;
 
     /// After a poll that found the result not ready: applies the vendor's
     /// intermediate report (if any) and schedules the next poll at `next`.

@@ -14,13 +14,14 @@
 
 mod audit;
 mod follow_up;
+mod pending;
 mod purge;
 
 use super::schema;
 use super::{
     AdapterBacklog, AttemptResult, AuditBreak, AuditEntry, AuditRecord, ClaimedJob, ClaimedPoll,
-    DeadLetter, EventFilter, InsertOutcome, OpsSnapshot, PracticeCount, PracticeFilter, Store,
-    StoreError, Withdrawal,
+    ClaimedWork, DeadLetter, EventFilter, InsertOutcome, OpsSnapshot, PracticeCount,
+    PracticeFilter, Store, StoreError, Withdrawal,
 };
 use crate::bus::EventBus;
 use crate::config::{Mode, Synchronous};
@@ -41,18 +42,10 @@ use raccordo_adapters::model::{
 };
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params, params_from_iter};
-use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, mpsc};
 use tokio::sync::oneshot;
-
-thread_local! {
-    /// Events appended by the writer's open transaction, published once it
-    /// commits (dropped if it does not). `None` on every other thread, and
-    /// on a writer with no bus: nothing collects there.
-    static UNCOMMITTED: RefCell<Option<Vec<Event>>> = const { RefCell::new(None) };
-}
 
 /// Commands the writer runs in one transaction at most.
 const MAX_BATCH: usize = 512;
@@ -296,9 +289,7 @@ fn run_writer(
     metrics: Option<StoreMetrics>,
     bus: Option<EventBus>,
 ) {
-    if bus.is_some() {
-        UNCOMMITTED.set(Some(Vec::new()));
-    }
+    pending::start_writer();
     // Cached like every other statement: parsing these per command showed
     // up in profiles.
     let run = |sql: &str| -> rusqlite::Result<()> {
@@ -327,13 +318,15 @@ fn run_writer(
         let mut failed_alone = false;
         let mut completions = Vec::with_capacity(batch.len());
         for command in batch {
-            let appended_before = uncommitted_len();
+            let before = if alone { None } else { pending::mark() };
             let saved = !alone && run("SAVEPOINT command").is_ok();
             let (ok, completion) = command(Some(&conn));
             if saved {
                 if !ok {
                     let _ = run("ROLLBACK TO command");
-                    truncate_uncommitted(appended_before);
+                    if let Some(before) = before {
+                        pending::roll_back_to(before);
+                    }
                 }
                 let _ = run("RELEASE command");
             }
@@ -346,12 +339,15 @@ fn run_writer(
             let _ = run("ROLLBACK");
             None
         } else {
-            run("COMMIT").err().map(|e| {
-                let _ = run("ROLLBACK");
-                format!("commit failed: {e}")
-            })
+            pending::write_audit_heads(&conn)
+                .and_then(|()| run("COMMIT"))
+                .err()
+                .map(|e| {
+                    let _ = run("ROLLBACK");
+                    format!("commit failed: {e}")
+                })
         };
-        let committed = take_uncommitted();
+        let committed = pending::finish();
         if let (Some(bus), None, false) = (&bus, &commit_error, failed_alone) {
             bus.publish(committed);
         }
@@ -364,31 +360,6 @@ fn run_writer(
             completion(commit_error.clone());
         }
     }
-}
-
-fn uncommitted_len() -> usize {
-    UNCOMMITTED.with_borrow(|u| u.as_ref().map_or(0, Vec::len))
-}
-
-fn truncate_uncommitted(len: usize) {
-    UNCOMMITTED.with_borrow_mut(|u| {
-        if let Some(u) = u {
-            u.truncate(len);
-        }
-    });
-}
-
-fn take_uncommitted() -> Vec<Event> {
-    UNCOMMITTED.with_borrow_mut(|u| u.as_mut().map(std::mem::take).unwrap_or_default())
-}
-
-/// Queues `events` for publication when the writer's transaction commits.
-fn collect_uncommitted(events: &[Event]) {
-    UNCOMMITTED.with_borrow_mut(|u| {
-        if let Some(u) = u {
-            u.extend_from_slice(events);
-        }
-    });
 }
 
 /// Turns on the query planner stability guarantee. Without it, the bundled
@@ -592,7 +563,7 @@ fn append_events(
     }
     conn.prepare_cached("UPDATE practices SET last_sequence = ?1 WHERE id = ?2")?
         .execute(params![st.last_sequence, st.id])?;
-    collect_uncommitted(&out);
+    pending::add_events(&out);
     Ok(out)
 }
 
@@ -878,6 +849,72 @@ fn insert_new(
         traceparent: new.traceparent,
     });
     Ok((InsertOutcome::Created(events), job))
+}
+
+/// Marks up to `limit` due jobs of `adapter` in flight (delivery `SENT`).
+fn claim_due(
+    conn: &Connection,
+    adapter: &str,
+    now: DateTime<Utc>,
+    limit: u32,
+) -> Result<(Vec<ClaimedJob>, Vec<Event>), StoreError> {
+    let rows = conn
+        .prepare_cached(
+            "UPDATE jobs SET state = 'in_flight', attempts = attempts + 1, updated_at = ?1
+             WHERE operation_id IN (
+                SELECT operation_id FROM jobs WHERE adapter = ?2 AND state = 'due' AND next_attempt_at <= ?1
+                ORDER BY next_attempt_at LIMIT ?3)
+             RETURNING operation_id, practice_id, tenant_id, adapter, operation, attempts, max_attempts,
+                traceparent",
+        )?
+        .query_map(params![ms(now), adapter, limit as i64], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, i64>(5)?,
+                r.get::<_, i64>(6)?,
+                r.get::<_, Option<String>>(7)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut jobs = Vec::with_capacity(rows.len());
+    let mut events = Vec::new();
+    for (
+        operation_id,
+        practice_id,
+        tenant_id,
+        adapter,
+        operation,
+        attempt,
+        max_attempts,
+        traceparent,
+    ) in rows
+    {
+        let job = ClaimedJob {
+            operation_id,
+            practice_id,
+            tenant_id,
+            adapter,
+            operation: parse("operation", &operation)?,
+            attempt: attempt as u32,
+            max_attempts: max_attempts as u32,
+            traceparent,
+        };
+        let mut st = load_state(conn, &job.practice_id)?;
+        if st.current_operation_id.as_deref() == Some(&job.operation_id) {
+            let mut drafts = Vec::new();
+            let draft =
+                EventDraft::delivery(EventSource::Hub, &job.adapter, None, DeliveryStatus::Sent)
+                    .reason(format!("attempt {} of {}", job.attempt, job.max_attempts));
+            set_delivery(conn, &mut st, DeliveryStatus::Sent, draft, &mut drafts)?;
+            events.extend(append_events(conn, &mut st, drafts, now)?);
+        }
+        jobs.push(job);
+    }
+    Ok((jobs, events))
 }
 
 /// The columns every practice read selects, in the order
@@ -1404,60 +1441,26 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn claim_due(
+    async fn claim_work(
         &self,
         adapter: &str,
         now: DateTime<Utc>,
         limit: u32,
-    ) -> Result<(Vec<ClaimedJob>, Vec<Event>), StoreError> {
+    ) -> Result<ClaimedWork, StoreError> {
         let adapter = adapter.to_string();
         self.write(move |conn| {
-            let rows = conn
-                .prepare_cached(
-                    "UPDATE jobs SET state = 'in_flight', attempts = attempts + 1, updated_at = ?1
-                     WHERE operation_id IN (
-                        SELECT operation_id FROM jobs WHERE adapter = ?2 AND state = 'due' AND next_attempt_at <= ?1
-                        ORDER BY next_attempt_at LIMIT ?3)
-                     RETURNING operation_id, practice_id, tenant_id, adapter, operation, attempts, max_attempts,
-                        traceparent",
-                )?
-                .query_map(params![ms(now), adapter, limit as i64], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, String>(3)?,
-                        r.get::<_, String>(4)?,
-                        r.get::<_, i64>(5)?,
-                        r.get::<_, i64>(6)?,
-                        r.get::<_, Option<String>>(7)?,
-                    ))
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            let mut jobs = Vec::with_capacity(rows.len());
-            let mut events = Vec::new();
-            for (operation_id, practice_id, tenant_id, adapter, operation, attempt, max_attempts, traceparent) in rows {
-                let job = ClaimedJob {
-                    operation_id,
-                    practice_id,
-                    tenant_id,
-                    adapter,
-                    operation: parse("operation", &operation)?,
-                    attempt: attempt as u32,
-                    max_attempts: max_attempts as u32,
-                    traceparent,
-                };
-                let mut st = load_state(conn, &job.practice_id)?;
-                if st.current_operation_id.as_deref() == Some(&job.operation_id) {
-                    let mut drafts = Vec::new();
-                    let draft = EventDraft::delivery(EventSource::Hub, &job.adapter, None, DeliveryStatus::Sent)
-                        .reason(format!("attempt {} of {}", job.attempt, job.max_attempts));
-                    set_delivery(conn, &mut st, DeliveryStatus::Sent, draft, &mut drafts)?;
-                    events.extend(append_events(conn, &mut st, drafts, now)?);
-                }
-                jobs.push(job);
-            }
-            Ok((jobs, events))
+            let polls = follow_up::claim(conn, &adapter, now, limit)?;
+            let left = limit - polls.len() as u32;
+            let (jobs, events) = if left == 0 {
+                Default::default()
+            } else {
+                claim_due(conn, &adapter, now, left)?
+            };
+            Ok(ClaimedWork {
+                polls,
+                jobs,
+                events,
+            })
         })
         .await
     }
@@ -1599,17 +1602,6 @@ impl Store for SqliteStore {
             append_events(conn, &mut st, drafts, now)
         })
         .await
-    }
-
-    async fn claim_polls(
-        &self,
-        adapter: &str,
-        now: DateTime<Utc>,
-        limit: u32,
-    ) -> Result<Vec<ClaimedPoll>, StoreError> {
-        let adapter = adapter.to_string();
-        self.write(move |conn| follow_up::claim(conn, &adapter, now, limit))
-            .await
     }
 
     async fn reschedule_poll(
@@ -2084,6 +2076,11 @@ mod tests {
             assert_eq!(published.sequence, expected.sequence);
         }
         assert!(live.try_recv().is_err(), "nothing else is published");
+        // The audit chain stays whole across shared transactions, the
+        // rolled-back command included, and its head matches.
+        let (checked, breaks) = SqliteStore::verify_audit(&dir.path().join("t.db"), None).unwrap();
+        assert_eq!(checked, 1 + 19 * 2);
+        assert!(breaks.is_empty(), "{breaks:?}");
     }
 
     #[tokio::test]

@@ -52,10 +52,15 @@ pub fn append(
     detail: &impl serde::Serialize,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    let head: Option<(i64, String)> = conn
-        .prepare_cached("SELECT seq, hash FROM audit_heads WHERE tenant_id = ?1")?
-        .query_row([tenant_id], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
+    // Within one writer transaction the head is known after the first
+    // record: no query per record, and one head update per chain at commit.
+    let head = match super::pending::audit_head(tenant_id) {
+        Some(head) => Some(head),
+        None => conn
+            .prepare_cached("SELECT seq, hash FROM audit_heads WHERE tenant_id = ?1")?
+            .query_row([tenant_id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?,
+    };
     let (seq, prev) = match head {
         Some((seq, hash)) => (seq + 1, hash),
         None => (1, GENESIS.to_string()),
@@ -78,11 +83,7 @@ pub fn append(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?
     .execute(params![tenant_id, seq, at, actor, action, practice_id, detail, prev, hash])?;
-    conn.prepare_cached(
-        "INSERT INTO audit_heads (tenant_id, seq, hash) VALUES (?1, ?2, ?3)
-         ON CONFLICT (tenant_id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
-    )?
-    .execute(params![tenant_id, seq, hash])?;
+    super::pending::set_audit_head(conn, tenant_id, seq, &hash)?;
     Ok(())
 }
 
