@@ -718,6 +718,12 @@ fn insert_job(
     Ok(())
 }
 
+/// The stored form of a practice's content, serialized by the caller's task
+/// rather than on the single writer thread.
+fn content_json(new: &NewPractice) -> Result<String, StoreError> {
+    serde_json::to_string(&new.content).map_err(|e| StoreError::Database(e.to_string()))
+}
+
 /// Stores a new practice with its outbox job and first events, or finds the
 /// earlier practice with the same idempotency key. With `claim`, the job is
 /// stored as attempt 1 in flight and returned, for the caller to deliver at
@@ -725,6 +731,7 @@ fn insert_job(
 fn insert_new(
     conn: &Connection,
     new: NewPractice,
+    content: &str,
     claim: bool,
 ) -> Result<(InsertOutcome, Option<ClaimedJob>), StoreError> {
     if let Some((id, hash)) = conn
@@ -742,8 +749,6 @@ fn insert_new(
         };
         return Ok((existing, None));
     }
-    let content =
-        serde_json::to_string(&new.content).map_err(|e| StoreError::Database(e.to_string()))?;
     let applicant_id = new.content.applicant.id().to_ascii_uppercase();
     let deadline = new.received_at + Duration::days(new.legal_term_days.into());
     let operation_id = uuid::Uuid::now_v7().to_string();
@@ -1309,7 +1314,8 @@ fn dead_letter((mut dl, operation): (DeadLetter, String)) -> Result<DeadLetter, 
 #[async_trait]
 impl Store for SqliteStore {
     async fn insert_practice(&self, new: NewPractice) -> Result<InsertOutcome, StoreError> {
-        self.write(move |conn| Ok(insert_new(conn, new, false)?.0))
+        let content = content_json(&new)?;
+        self.write(move |conn| Ok(insert_new(conn, new, &content, false)?.0))
             .await
     }
 
@@ -1317,7 +1323,9 @@ impl Store for SqliteStore {
         &self,
         new: NewPractice,
     ) -> Result<(InsertOutcome, Option<ClaimedJob>), StoreError> {
-        self.write(move |conn| insert_new(conn, new, true)).await
+        let content = content_json(&new)?;
+        self.write(move |conn| insert_new(conn, new, &content, true))
+            .await
     }
 
     async fn get_practice(
