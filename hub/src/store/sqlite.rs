@@ -13,6 +13,7 @@
 //! statement, and nothing blocks the async runtime.
 
 mod audit;
+mod checkpoint;
 mod follow_up;
 mod pending;
 mod purge;
@@ -146,7 +147,12 @@ impl SqliteStore {
             conn.pragma_update(None, "foreign_keys", "ON")?;
             conn.set_prepared_statement_cache_capacity(128);
             keep_plans(&conn)?;
+            // A larger cache than SQLite's 2 MiB default: a group commit of
+            // hundreds of practices otherwise spills dirty pages to the WAL
+            // before its commit and re-reads index pages it just evicted.
+            conn.pragma_update(None, "cache_size", -16_384)?;
             schema::migrate(&mut conn)?;
+            checkpoint::start(&path, &mut conn)?;
             let (tx, rx) = mpsc::channel::<WriteCommand>();
             std::thread::Builder::new()
                 .name("raccordo-store-writer".into())
@@ -2089,6 +2095,37 @@ mod tests {
         let (checked, breaks) = SqliteStore::verify_audit(&dir.path().join("t.db"), None).unwrap();
         assert_eq!(checked, 1 + 19 * 2);
         assert!(breaks.is_empty(), "{breaks:?}");
+    }
+
+    #[tokio::test]
+    async fn the_log_is_checkpointed_into_the_database_by_its_own_thread() {
+        let (dir, store) = store().await;
+        let db = dir.path().join("t.db");
+        let before = std::fs::metadata(&db).unwrap().len();
+        // Well over the 1,000-frame threshold of WAL pages.
+        for batch in 0..20 {
+            let mut tasks = tokio::task::JoinSet::new();
+            for i in 0..100 {
+                let store = store.clone();
+                let n = batch * 100 + i;
+                tasks.spawn(async move {
+                    store
+                        .insert_practice(new_practice(&format!("p-{n}"), &format!("k-{n}")))
+                        .await
+                });
+            }
+            while let Some(r) = tasks.join_next().await {
+                r.unwrap().unwrap();
+            }
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::fs::metadata(&db).unwrap().len() <= before {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the database file never received the logged pages"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 
     #[tokio::test]
