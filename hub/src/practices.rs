@@ -443,7 +443,7 @@ impl PracticeService {
         tenant_id: String,
         id: String,
         from_sequence: i64,
-    ) -> Result<mpsc::Receiver<Result<Event, HubError>>, HubError> {
+    ) -> Result<mpsc::Receiver<Result<Arc<Event>, HubError>>, HubError> {
         let mut follow = self.follower();
         let practice = self.get(&tenant_id, &id, false).await?;
         let (tx, out) = mpsc::channel(64);
@@ -462,7 +462,7 @@ impl PracticeService {
                 for e in events {
                     next_seq = e.sequence + 1;
                     let terminal = e.is_terminal();
-                    if tx.send(Ok(e)).await.is_err() || terminal {
+                    if tx.send(Ok(Arc::new(e))).await.is_err() || terminal {
                         return;
                     }
                 }
@@ -498,7 +498,7 @@ impl PracticeService {
         self: &Arc<Self>,
         filter: EventFilter,
         after_cursor: i64,
-    ) -> Result<mpsc::Receiver<Result<Event, HubError>>, HubError> {
+    ) -> Result<mpsc::Receiver<Result<Arc<Event>, HubError>>, HubError> {
         let mut follow = self.follower();
         let mut cursor = if after_cursor > 0 {
             after_cursor
@@ -521,7 +521,7 @@ impl PracticeService {
                     let full = batch.len() == 500;
                     for e in batch {
                         cursor = e.cursor;
-                        if tx.send(Ok(e)).await.is_err() {
+                        if tx.send(Ok(Arc::new(e))).await.is_err() {
                             return;
                         }
                     }
@@ -678,7 +678,8 @@ struct Follower {
     closing: watch::Receiver<bool>,
 }
 
-type EventSender = mpsc::Sender<Result<Event, HubError>>;
+/// Live events are the bus's own `Arc`s: every stream shares one copy.
+type EventSender = mpsc::Sender<Result<Arc<Event>, HubError>>;
 
 /// What a live stream does with one event from the bus.
 enum Forward {
@@ -710,12 +711,12 @@ impl Follower {
                     Ok(e) => match decide(&e) {
                         Forward::Skip => {}
                         Forward::Send => {
-                            if tx.send(Ok(Event::clone(&e))).await.is_err() {
+                            if tx.send(Ok(e)).await.is_err() {
                                 return Live::Stopped;
                             }
                         }
                         Forward::SendLast => {
-                            let _ = tx.send(Ok(Event::clone(&e))).await;
+                            let _ = tx.send(Ok(e)).await;
                             return Live::Stopped;
                         }
                     },
