@@ -3,6 +3,7 @@
 pub mod convert;
 pub mod error;
 pub mod metrics_layer;
+pub mod watch;
 
 use crate::domain::identifiers::is_istat_code;
 use crate::domain::practice::Event;
