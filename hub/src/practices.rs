@@ -705,9 +705,25 @@ impl Follower {
         tx: &EventSender,
         mut decide: impl FnMut(&Event) -> Forward,
     ) -> Live {
+        let Follower { events, closing } = self;
+        // Set up once, not once per event: with a thousand streams,
+        // registering these two waits again for every event showed in
+        // profiles.
+        let client_gone = tx.closed();
+        // The guard `wait_for` returns is not `Send`: dropped at once.
+        let hub_closing = async { closing.wait_for(|c| *c).await.map(|_| ()) };
+        tokio::pin!(client_gone, hub_closing);
         loop {
             tokio::select! {
-                msg = self.events.recv() => match msg {
+                // In order rather than from a random start on every event;
+                // the two waits are ready at most once.
+                biased;
+                _ = &mut hub_closing => {
+                    let _ = tx.send(Err(shutting_down())).await;
+                    return Live::Stopped;
+                }
+                _ = &mut client_gone => return Live::Stopped,
+                msg = events.recv() => match msg {
                     Ok(e) => match decide(&e) {
                         Forward::Skip => {}
                         Forward::Send => {
@@ -723,11 +739,6 @@ impl Follower {
                     Err(broadcast::error::RecvError::Lagged(_)) => return Live::Lagged,
                     Err(broadcast::error::RecvError::Closed) => return Live::Stopped,
                 },
-                _ = tx.closed() => return Live::Stopped,
-                _ = async { self.closing.wait_for(|c| *c).await.map(|_| ()) } => {
-                    let _ = tx.send(Err(shutting_down())).await;
-                    return Live::Stopped;
-                }
             }
         }
     }
