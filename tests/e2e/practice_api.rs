@@ -196,6 +196,40 @@ async fn stopping_the_hub_ends_live_streams_with_unavailable() {
 }
 
 #[tokio::test]
+async fn a_watcher_that_leaves_releases_its_subscription() {
+    let vendor = Vendor::start().await;
+    let mut hub = start_hub(HubOptions::new(&vendor.url())).await;
+    let p = hub.submit(tari_request("016024", "k-leave")).await;
+    hub.wait_status("016024", &p.id, pb::AdministrativeStatus::Approved)
+        .await;
+    let mut folder = hub
+        .practices
+        .watch_practices(pb::WatchPracticesRequest {
+            tenant_id: "016024".into(),
+            applicant_id: String::new(),
+            service_code: String::new(),
+            after_cursor: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    collect_until(&mut folder, |e| {
+        status_is(e, pb::AdministrativeStatus::Approved)
+    })
+    .await;
+    let watchers = || hub.hub.as_ref().unwrap().watchers();
+    assert_eq!(watchers(), 1, "the stream follows the bus");
+    // Nothing more happens in the tenant: the hub must notice the client
+    // left without an event to send.
+    drop(folder);
+    eventually("the subscription to be released", || async {
+        (watchers() == 0).then_some(())
+    })
+    .await;
+    hub.stop().await;
+}
+
+#[tokio::test]
 async fn resubmitting_with_the_same_key_returns_the_same_practice() {
     let vendor = Vendor::start().await;
     let mut hub = start_hub(HubOptions::new(&vendor.url())).await;
