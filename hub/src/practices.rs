@@ -715,14 +715,13 @@ impl Follower {
         tokio::pin!(client_gone, hub_closing);
         loop {
             tokio::select! {
-                // In order rather than from a random start on every event;
-                // the two waits are ready at most once.
+                // Events first: the two waits (the shutdown one shared by
+                // every stream) are polled only when this stream has caught
+                // up with the bus, not for every event. A client that left
+                // while events flow is seen at the next send, and tokio's
+                // cooperative budget makes `recv` pause at least every 128
+                // events, so neither wait is held off for long.
                 biased;
-                _ = &mut hub_closing => {
-                    let _ = tx.send(Err(shutting_down())).await;
-                    return Live::Stopped;
-                }
-                _ = &mut client_gone => return Live::Stopped,
                 msg = events.recv() => match msg {
                     Ok(e) => match decide(&e) {
                         Forward::Skip => {}
@@ -739,6 +738,11 @@ impl Follower {
                     Err(broadcast::error::RecvError::Lagged(_)) => return Live::Lagged,
                     Err(broadcast::error::RecvError::Closed) => return Live::Stopped,
                 },
+                _ = &mut hub_closing => {
+                    let _ = tx.send(Err(shutting_down())).await;
+                    return Live::Stopped;
+                }
+                _ = &mut client_gone => return Live::Stopped,
             }
         }
     }
