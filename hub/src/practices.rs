@@ -443,7 +443,7 @@ impl PracticeService {
         tenant_id: String,
         id: String,
         from_sequence: i64,
-    ) -> Result<mpsc::Receiver<Result<Event, HubError>>, HubError> {
+    ) -> Result<mpsc::Receiver<Result<Arc<Event>, HubError>>, HubError> {
         let mut follow = self.follower();
         let practice = self.get(&tenant_id, &id, false).await?;
         let (tx, out) = mpsc::channel(64);
@@ -462,7 +462,7 @@ impl PracticeService {
                 for e in events {
                     next_seq = e.sequence + 1;
                     let terminal = e.is_terminal();
-                    if tx.send(Ok(e)).await.is_err() || terminal {
+                    if tx.send(Ok(Arc::new(e))).await.is_err() || terminal {
                         return;
                     }
                 }
@@ -498,7 +498,7 @@ impl PracticeService {
         self: &Arc<Self>,
         filter: EventFilter,
         after_cursor: i64,
-    ) -> Result<mpsc::Receiver<Result<Event, HubError>>, HubError> {
+    ) -> Result<mpsc::Receiver<Result<Arc<Event>, HubError>>, HubError> {
         let mut follow = self.follower();
         let mut cursor = if after_cursor > 0 {
             after_cursor
@@ -521,7 +521,7 @@ impl PracticeService {
                     let full = batch.len() == 500;
                     for e in batch {
                         cursor = e.cursor;
-                        if tx.send(Ok(e)).await.is_err() {
+                        if tx.send(Ok(Arc::new(e))).await.is_err() {
                             return;
                         }
                     }
@@ -678,7 +678,8 @@ struct Follower {
     closing: watch::Receiver<bool>,
 }
 
-type EventSender = mpsc::Sender<Result<Event, HubError>>;
+/// Live events are the bus's own `Arc`s: every stream shares one copy.
+type EventSender = mpsc::Sender<Result<Arc<Event>, HubError>>;
 
 /// What a live stream does with one event from the bus.
 enum Forward {
@@ -704,29 +705,44 @@ impl Follower {
         tx: &EventSender,
         mut decide: impl FnMut(&Event) -> Forward,
     ) -> Live {
+        let Follower { events, closing } = self;
+        // Set up once, not once per event: with a thousand streams,
+        // registering these two waits again for every event showed in
+        // profiles.
+        let client_gone = tx.closed();
+        // The guard `wait_for` returns is not `Send`: dropped at once.
+        let hub_closing = async { closing.wait_for(|c| *c).await.map(|_| ()) };
+        tokio::pin!(client_gone, hub_closing);
         loop {
             tokio::select! {
-                msg = self.events.recv() => match msg {
+                // Events first: the two waits (the shutdown one shared by
+                // every stream) are polled only when this stream has caught
+                // up with the bus, not for every event. A client that left
+                // while events flow is seen at the next send, and tokio's
+                // cooperative budget makes `recv` pause at least every 128
+                // events, so neither wait is held off for long.
+                biased;
+                msg = events.recv() => match msg {
                     Ok(e) => match decide(&e) {
                         Forward::Skip => {}
                         Forward::Send => {
-                            if tx.send(Ok(Event::clone(&e))).await.is_err() {
+                            if tx.send(Ok(e)).await.is_err() {
                                 return Live::Stopped;
                             }
                         }
                         Forward::SendLast => {
-                            let _ = tx.send(Ok(Event::clone(&e))).await;
+                            let _ = tx.send(Ok(e)).await;
                             return Live::Stopped;
                         }
                     },
                     Err(broadcast::error::RecvError::Lagged(_)) => return Live::Lagged,
                     Err(broadcast::error::RecvError::Closed) => return Live::Stopped,
                 },
-                _ = tx.closed() => return Live::Stopped,
-                _ = async { self.closing.wait_for(|c| *c).await.map(|_| ()) } => {
+                _ = &mut hub_closing => {
                     let _ = tx.send(Err(shutting_down())).await;
                     return Live::Stopped;
                 }
+                _ = &mut client_gone => return Live::Stopped,
             }
         }
     }

@@ -237,10 +237,10 @@ async fn serve(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(
-            pb::practice_service_server::PracticeServiceServer::new(api.clone())
-                .max_decoding_message_size(max_message),
-        )
+        .add_service(crate::grpc::watch::PracticeServer::new(
+            api.clone(),
+            max_message,
+        ))
         .add_service(pb::catalog_service_server::CatalogServiceServer::new(
             api.clone(),
         ))

@@ -149,6 +149,87 @@ async fn watch_practices_follows_a_citizen_folder_live() {
 }
 
 #[tokio::test]
+async fn stopping_the_hub_ends_live_streams_with_unavailable() {
+    let vendor = Vendor::start().await;
+    // Refused for good: the practice stays open, so its stream stays live.
+    vendor.push(Answer::new(400, json!({"title": "Richiesta non valida"})));
+    let mut hub = start_hub(HubOptions::new(&vendor.url())).await;
+    let p = hub.submit(tari_request("016024", "k-open")).await;
+    hub.wait_delivery("016024", &p.id, pb::DeliveryStatus::DeadLettered)
+        .await;
+    let mut single = hub
+        .practices
+        .watch_practice(pb::WatchPracticeRequest {
+            tenant_id: "016024".into(),
+            practice_id: p.id.clone(),
+            from_sequence: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut folder = hub
+        .practices
+        .watch_practices(pb::WatchPracticesRequest {
+            tenant_id: "016024".into(),
+            applicant_id: String::new(),
+            service_code: String::new(),
+            after_cursor: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let dead = |e: &pb::PracticeEvent| delivery_is(e, pb::DeliveryStatus::DeadLettered);
+    let (_, ended) = collect_until(&mut single, dead).await;
+    assert!(!ended, "the open practice's stream is live");
+    let (_, ended) = collect_until(&mut folder, dead).await;
+    assert!(!ended, "the folder's stream is live");
+
+    let stopping = tokio::spawn(hub.hub.take().unwrap().shutdown());
+    for stream in [&mut single, &mut folder] {
+        let end = tokio::time::timeout(DEADLINE, stream.message())
+            .await
+            .expect("the stream ends when the hub stops");
+        let status = end.expect_err("the stream ends with an error");
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    }
+    stopping.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_watcher_that_leaves_releases_its_subscription() {
+    let vendor = Vendor::start().await;
+    let mut hub = start_hub(HubOptions::new(&vendor.url())).await;
+    let p = hub.submit(tari_request("016024", "k-leave")).await;
+    hub.wait_status("016024", &p.id, pb::AdministrativeStatus::Approved)
+        .await;
+    let mut folder = hub
+        .practices
+        .watch_practices(pb::WatchPracticesRequest {
+            tenant_id: "016024".into(),
+            applicant_id: String::new(),
+            service_code: String::new(),
+            after_cursor: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    collect_until(&mut folder, |e| {
+        status_is(e, pb::AdministrativeStatus::Approved)
+    })
+    .await;
+    let watchers = || hub.hub.as_ref().unwrap().watchers();
+    assert_eq!(watchers(), 1, "the stream follows the bus");
+    // Nothing more happens in the tenant: the hub must notice the client
+    // left without an event to send.
+    drop(folder);
+    eventually("the subscription to be released", || async {
+        (watchers() == 0).then_some(())
+    })
+    .await;
+    hub.stop().await;
+}
+
+#[tokio::test]
 async fn resubmitting_with_the_same_key_returns_the_same_practice() {
     let vendor = Vendor::start().await;
     let mut hub = start_hub(HubOptions::new(&vendor.url())).await;

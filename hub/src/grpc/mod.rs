@@ -3,8 +3,10 @@
 pub mod convert;
 pub mod error;
 pub mod metrics_layer;
+pub mod watch;
 
 use crate::domain::identifiers::is_istat_code;
+use crate::domain::practice::Event;
 use crate::practices::{HubError, PracticeService};
 use crate::security::{Caller, caller};
 use crate::store::{AuditEntry, EventFilter, PracticeFilter};
@@ -111,7 +113,48 @@ impl Api {
             )))
         }
     }
+
+    /// The events a `WatchPractice` call follows, once its caller may see
+    /// the practice.
+    async fn practice_events(
+        &self,
+        request: Request<pb::WatchPracticeRequest>,
+    ) -> Result<EventReceiver, Status> {
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        let tenant_id = self.scoped_tenant(&caller, &r.tenant_id)?;
+        let id = non_empty("practice_id", &r.practice_id)?;
+        self.check_visible(&caller, &tenant_id, &id).await?;
+        Ok(self
+            .service
+            .watch(tenant_id, id, r.from_sequence as i64)
+            .await?)
+    }
+
+    /// The events a `WatchPractices` call follows; a citizen's filter is
+    /// confined to their own fiscal code.
+    async fn folder_events(
+        &self,
+        request: Request<pb::WatchPracticesRequest>,
+    ) -> Result<EventReceiver, Status> {
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        let filter = EventFilter {
+            tenant_id: self.scoped_tenant(&caller, &r.tenant_id)?,
+            applicant_id: self
+                .confined_applicant(&caller, opt(&r.applicant_id))?
+                .map(|a| a.to_ascii_uppercase()),
+            service_code: opt(&r.service_code),
+        };
+        Ok(self
+            .service
+            .watch_many(filter, r.after_cursor as i64)
+            .await?)
+    }
 }
+
+/// What a watch call reads: events shared with every other stream.
+type EventReceiver = tokio::sync::mpsc::Receiver<Result<Arc<Event>, HubError>>;
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::PracticeEvent, Status>> + Send>>;
 
@@ -139,9 +182,7 @@ fn opt(v: &str) -> Option<String> {
     (!v.is_empty()).then(|| v.to_string())
 }
 
-fn event_stream(
-    rx: tokio::sync::mpsc::Receiver<Result<crate::domain::practice::Event, HubError>>,
-) -> EventStream {
+fn event_stream(rx: EventReceiver) -> EventStream {
     Box::pin(ReceiverStream::new(rx).map(|r| r.map(|e| event_pb(&e)).map_err(Status::from)))
 }
 
@@ -238,41 +279,25 @@ impl pb::practice_service_server::PracticeService for Api {
 
     type WatchPracticeStream = EventStream;
 
+    /// The hub serves this call through [`watch::PracticeServer`], which
+    /// encodes each event once for all streams; this per-stream encoding is
+    /// what the generated server alone would do.
     async fn watch_practice(
         &self,
         request: Request<pb::WatchPracticeRequest>,
     ) -> Result<Response<Self::WatchPracticeStream>, Status> {
-        let caller = caller(&request)?;
-        let r = request.into_inner();
-        let tenant_id = self.scoped_tenant(&caller, &r.tenant_id)?;
-        let id = non_empty("practice_id", &r.practice_id)?;
-        self.check_visible(&caller, &tenant_id, &id).await?;
-        let rx = self
-            .service
-            .watch(tenant_id, id, r.from_sequence as i64)
-            .await?;
+        let rx = self.practice_events(request).await?;
         Ok(Response::new(event_stream(rx)))
     }
 
     type WatchPracticesStream = EventStream;
 
+    /// Served through [`watch::PracticeServer`] too (see `watch_practice`).
     async fn watch_practices(
         &self,
         request: Request<pb::WatchPracticesRequest>,
     ) -> Result<Response<Self::WatchPracticesStream>, Status> {
-        let caller = caller(&request)?;
-        let r = request.into_inner();
-        let filter = EventFilter {
-            tenant_id: self.scoped_tenant(&caller, &r.tenant_id)?,
-            applicant_id: self
-                .confined_applicant(&caller, opt(&r.applicant_id))?
-                .map(|a| a.to_ascii_uppercase()),
-            service_code: opt(&r.service_code),
-        };
-        let rx = self
-            .service
-            .watch_many(filter, r.after_cursor as i64)
-            .await?;
+        let rx = self.folder_events(request).await?;
         Ok(Response::new(event_stream(rx)))
     }
 
