@@ -504,10 +504,13 @@ fn append_events(
             vendor_code, actor)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
     )?;
+    // Returned and published as stored (milliseconds): a live watcher and
+    // one replaying from the store must see the same event.
+    let now = from_ms(ms(now));
     let mut out = Vec::with_capacity(drafts.len());
     for d in drafts {
         st.last_sequence += 1;
-        let occurred = d.occurred_at.unwrap_or(now);
+        let occurred = from_ms(ms(d.occurred_at.unwrap_or(now)));
         insert.execute(params![
             st.id,
             st.tenant_id,
@@ -2088,6 +2091,7 @@ mod tests {
             assert_eq!(published.cursor, expected.cursor);
             assert_eq!(published.practice_id, expected.practice_id);
             assert_eq!(published.sequence, expected.sequence);
+            assert_eq!(*published, *expected, "published as stored");
         }
         assert!(live.try_recv().is_err(), "nothing else is published");
         // The audit chain stays whole across shared transactions, the
