@@ -236,6 +236,9 @@ async fn submit(
     }
     let served_before = vendor.served();
     let cpu_before = hub.pid.and_then(procfs::cpu_seconds);
+    // The harness (gRPC client and vendor) shares the machine: its CPU per
+    // practice says how much of the machine was left for the hub.
+    let own_cpu_before = procfs::cpu_seconds(std::process::id());
     let acked = Arc::new(AtomicU64::new(0));
     let client = pb::practice_service_client::PracticeServiceClient::new(hub.channel.clone())
         .max_decoding_message_size(64 << 20);
@@ -292,8 +295,14 @@ async fn submit(
         ));
     }
     let cpu_after = hub.pid.and_then(procfs::cpu_seconds);
+    let own_cpu_after = procfs::cpu_seconds(std::process::id());
     let peak = hub.pid.and_then(procfs::rss_mib).map(|r| r.1);
+    let separate_process = hub.pid.is_some();
     hub.stop().await;
+    let acked_so_far = acked.load(Ordering::Relaxed).max(1) as f64;
+    if let (Some(a), Some(b), true) = (own_cpu_before, own_cpu_after, separate_process) {
+        notes.push(("harness CPU µs/op".into(), (b - a) * 1e6 / acked_so_far));
+    }
     if service == "DEFERRED"
         && store.is_none()
         && let Some(peak) = peak
