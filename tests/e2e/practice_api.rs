@@ -169,12 +169,7 @@ async fn stopping_the_hub_ends_live_streams_with_unavailable() {
         .into_inner();
     let mut folder = hub
         .practices
-        .watch_practices(pb::WatchPracticesRequest {
-            tenant_id: "016024".into(),
-            applicant_id: String::new(),
-            service_code: String::new(),
-            after_cursor: 1,
-        })
+        .watch_practices(whole_tenant_after(1))
         .await
         .unwrap()
         .into_inner();
@@ -204,12 +199,7 @@ async fn a_watcher_that_leaves_releases_its_subscription() {
         .await;
     let mut folder = hub
         .practices
-        .watch_practices(pb::WatchPracticesRequest {
-            tenant_id: "016024".into(),
-            applicant_id: String::new(),
-            service_code: String::new(),
-            after_cursor: 1,
-        })
+        .watch_practices(whole_tenant_after(1))
         .await
         .unwrap()
         .into_inner();
@@ -569,4 +559,14 @@ async fn an_answer_after_withdrawal_is_recorded_as_an_anomaly_not_applied() {
     assert_eq!(anomaly.to_status, pb::AdministrativeStatus::Approved as i32);
     assert!(anomaly.reason.contains("not applied"), "{}", anomaly.reason);
     hub.stop().await;
+}
+
+/// Every event of tenant 016024 after `cursor`.
+fn whole_tenant_after(cursor: u64) -> pb::WatchPracticesRequest {
+    pb::WatchPracticesRequest {
+        tenant_id: "016024".into(),
+        applicant_id: String::new(),
+        service_code: String::new(),
+        after_cursor: cursor,
+    }
 }
