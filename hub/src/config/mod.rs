@@ -119,7 +119,9 @@ pub struct StoreConfig {
     /// power cut) or `normal` (survives a crash of the process, not of the OS).
     #[serde(default)]
     pub synchronous: Synchronous,
-    /// Read connections (writes always go through one connection).
+    /// Connections for list and document reads running at once; point
+    /// reads run on the async workers (writes always go through one
+    /// connection).
     #[serde(default = "default_readers")]
     pub read_connections: u32,
 }
