@@ -56,7 +56,7 @@ pub async fn fanout(
     let dir = tempfile::tempdir()?;
     let grpc = hub::free_addr();
     let config = hub::write_config(dir.path(), vendor.addr, grpc, hub::free_addr())?;
-    let hub = Hub::start(&config, grpc, bin).await?;
+    let hub = Hub::start(&config, grpc, bin, &o.hub_log).await?;
     footprint.empty_store_started(&hub).await;
 
     // One HTTP/2 connection per channel; subscribers share them round-robin.

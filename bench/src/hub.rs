@@ -98,6 +98,7 @@ impl Hub {
         config: &Path,
         grpc: SocketAddr,
         bin: Option<&Path>,
+        log: &str,
     ) -> anyhow::Result<Self> {
         let started = Instant::now();
         let (child, in_process) = match bin {
@@ -105,7 +106,7 @@ impl Hub {
                 let child = Command::new(bin)
                     .args(["serve", "--config"])
                     .arg(config)
-                    .env("RUST_LOG", "warn")
+                    .env("RUST_LOG", log)
                     .stdout(Stdio::null())
                     .stderr(Stdio::inherit())
                     .spawn()

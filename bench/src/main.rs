@@ -70,6 +70,10 @@ pub struct Options {
     /// Also write the Markdown table to this file.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// The hub's log filter (`RUST_LOG`). `warn` keeps logging out of the
+    /// measurement; `info` is what the hub logs by default in production.
+    #[arg(long, default_value = "warn")]
+    pub hub_log: String,
 }
 
 fn main() -> anyhow::Result<()> {

@@ -229,7 +229,7 @@ async fn submit(
     };
     let grpc = hub::free_addr();
     let config = hub::write_config(dir.path(), vendor.addr, grpc, hub::free_addr())?;
-    let hub = Hub::start(&config, grpc, bin).await?;
+    let hub = Hub::start(&config, grpc, bin, &o.hub_log).await?;
     match store {
         Some(s) => footprint.seeded_store_started(&hub, s.len()),
         None => footprint.empty_store_started(&hub).await,
@@ -360,7 +360,7 @@ async fn reads(
     let dir = store.fresh_copy()?;
     let grpc = hub::free_addr();
     let config = hub::write_config(dir.path(), vendor.addr, grpc, hub::free_addr())?;
-    let hub = Hub::start(&config, grpc, bin).await?;
+    let hub = Hub::start(&config, grpc, bin, &o.hub_log).await?;
     footprint.seeded_store_started(&hub, store.len());
     let client = pb::practice_service_client::PracticeServiceClient::new(hub.channel.clone());
     let ids = Arc::clone(&store.ids);

@@ -6,6 +6,7 @@
 
 use crate::domain::practice::Event;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::broadcast;
 
 /// Capacity before slow watchers lag (they then catch up from the store).
@@ -15,6 +16,8 @@ const CAPACITY: usize = 4096;
 #[derive(Debug, Clone)]
 pub struct EventBus {
     tx: broadcast::Sender<Arc<Event>>,
+    /// The hub's own subscribers (the event logger), not counted as watchers.
+    internal: Arc<AtomicUsize>,
 }
 
 impl Default for EventBus {
@@ -28,7 +31,33 @@ impl EventBus {
     pub fn new() -> Self {
         Self {
             tx: broadcast::channel(CAPACITY).0,
+            internal: Arc::new(AtomicUsize::new(0)),
         }
+    }
+
+    /// Logs every published event from a task of its own. Events are
+    /// published by the store's writer thread, the one serial stage of every
+    /// submission: formatting and writing log lines there would slow every
+    /// write. Not started when info logging is off.
+    pub fn spawn_logger(&self) {
+        if !tracing::enabled!(tracing::Level::INFO) {
+            return;
+        }
+        let mut events = self.tx.subscribe();
+        self.internal.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            loop {
+                match events.recv().await {
+                    Ok(e) => log_event(&e),
+                    Err(broadcast::error::RecvError::Lagged(missed)) => tracing::warn!(
+                        missed,
+                        "the event log fell behind: {missed} state changes were not logged \
+                         (they are stored, with their events)"
+                    ),
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
     }
 
     /// Subscribes to events published from now on.
@@ -38,13 +67,14 @@ impl EventBus {
 
     /// How many watchers are subscribed (live streams and waiting submitters).
     pub fn subscribers(&self) -> usize {
-        self.tx.receiver_count()
+        self.tx
+            .receiver_count()
+            .saturating_sub(self.internal.load(Ordering::Relaxed))
     }
 
-    /// Publishes committed events, logging each state change once.
+    /// Publishes committed events (the logger, if started, logs each once).
     pub fn publish(&self, events: Vec<Event>) {
         for e in events {
-            log_event(&e);
             // No subscribers is fine: nobody is watching.
             let _ = self.tx.send(Arc::new(e));
         }

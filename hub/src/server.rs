@@ -89,6 +89,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
     let metrics = Arc::new(Metrics::new());
     // The store publishes every committed event on the bus, in commit order.
     let bus = EventBus::new();
+    bus.spawn_logger();
     let store = SqliteStore::open_observed(
         &db,
         config.store.synchronous,
