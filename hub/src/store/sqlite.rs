@@ -94,6 +94,9 @@ impl ReaderPool {
         )?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.set_prepared_statement_cache_capacity(64);
+        // 8 MiB instead of SQLite's 2: a folder listing at 1,000,000
+        // practices touches about 300 scattered pages, which then stay.
+        conn.pragma_update(None, "cache_size", -8_192)?;
         keep_plans(&conn)?;
         Ok(conn)
     }
