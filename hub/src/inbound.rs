@@ -52,7 +52,7 @@ impl ResultSink for HubSink {
 impl HubSink {
     /// Applies `result`; the store publishes its events once committed.
     async fn apply_result(&self, result: &InboundResult) -> Result<InboundOutcome, InboundError> {
-        let (_events, outcome) = self
+        let outcome = self
             .service
             .store()
             .apply_inbound(result)

@@ -307,7 +307,7 @@ impl PracticeService {
             let mut message = crate::delivery::submission_message(&new, route.attachments);
             let (outcome, job) = self.store.insert_practice_claimed(new).await?;
             let (id, duplicate) = match (outcome, job) {
-                (InsertOutcome::Created(_), Some(job)) => {
+                (InsertOutcome::Created, Some(job)) => {
                     let id = job.practice_id.clone();
                     message.message_id = job.operation_id.clone();
                     let this = Arc::clone(self);
@@ -335,7 +335,7 @@ impl PracticeService {
         // Subscribe before the insert: no event of this practice can be missed.
         let mut events_rx = (route.mode != Mode::Deferred).then(|| self.bus.subscribe());
         let (id, duplicate) = match self.store.insert_practice(new).await? {
-            InsertOutcome::Created(_events) => {
+            InsertOutcome::Created => {
                 self.wake(&route.adapter);
                 let wait = match route.mode {
                     Mode::Deferred => None,
@@ -586,7 +586,7 @@ impl PracticeService {
                 AdminStatus::Withdrawn,
             ),
         };
-        let (_events, job_adapter) = self
+        let job_adapter = self
             .store
             .withdraw(Withdrawal {
                 tenant_id: tenant_id.to_string(),
@@ -657,7 +657,7 @@ impl PracticeService {
         } else {
             operator_id
         };
-        let (dl, _events) = self
+        let dl = self
             .store
             .replay(operation_id, actor)
             .await
@@ -791,7 +791,7 @@ fn existing(
         InsertOutcome::Existing { id, .. } => Err(HubError::AlreadyExists(format!(
             "idempotency_key '{idempotency_key}' was already used by tenant {tenant_id} for practice {id} with different content"
         ))),
-        InsertOutcome::Created(_) => Err(HubError::Unavailable(
+        InsertOutcome::Created => Err(HubError::Unavailable(
             "the store created a practice without its delivery".into(),
         )),
     }

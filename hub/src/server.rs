@@ -100,9 +100,9 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
     .await
     .with_context(|| format!("opening the store {}", db.display()))?;
     let recovered = store.recover_in_flight().await?;
-    if !recovered.is_empty() {
+    if recovered > 0 {
         tracing::warn!(
-            count = recovered.len(),
+            count = recovered,
             "deliveries interrupted by the last stop are re-sent with their operation ids"
         );
     }

@@ -80,15 +80,13 @@ pub(super) async fn poll_once(
     }
     let next = (now + chrono::Duration::from_std(after).unwrap_or(chrono::Duration::hours(1)))
         .min(claimed.deadline);
-    match service
+    if let Err(e) = service
         .store()
         .reschedule_poll(&claimed, progress, token, next, error)
         .await
     {
-        // The store published the events.
-        Ok(_) => {}
         // The job stays 'poll_in_flight' and is polled again after a restart.
-        Err(e) => tracing::error!(operation_id = %job.operation_id, error = %e,
-            "cannot record the poll; it is repeated at next start"),
+        tracing::error!(operation_id = %job.operation_id, error = %e,
+            "cannot record the poll; it is repeated at next start");
     }
 }

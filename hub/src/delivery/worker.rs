@@ -187,7 +187,7 @@ pub(super) fn policy(service: &PracticeService, job: &ClaimedJob) -> RetryPolicy
 /// answered and that must not be lost to a busy database.
 pub(super) async fn record(service: &PracticeService, job: &ClaimedJob, result: AttemptResult) {
     let record = || async { service.store().finish_attempt(job, result.clone()).await };
-    match record
+    if let Err(e) = record
         .retry(
             ExponentialBuilder::default()
                 .with_min_delay(Duration::from_millis(50))
@@ -195,10 +195,8 @@ pub(super) async fn record(service: &PracticeService, job: &ClaimedJob, result: 
         )
         .await
     {
-        // The store published the events.
-        Ok(_) => {}
-        Err(e) => tracing::error!(operation_id = %job.operation_id, error = %e,
-            "cannot record the delivery result; it is resumed at next start"),
+        tracing::error!(operation_id = %job.operation_id, error = %e,
+            "cannot record the delivery result; it is resumed at next start");
     }
 }
 

@@ -41,8 +41,8 @@ impl From<rusqlite::Error> for StoreError {
 /// Result of a submission.
 #[derive(Debug)]
 pub enum InsertOutcome {
-    /// Stored now, with its first events.
-    Created(Vec<Event>),
+    /// Stored now (its first events are published on commit).
+    Created,
     /// The idempotency key was used before, for the practice `id`;
     /// `same_content` tells whether the content matches.
     Existing { id: String, same_content: bool },
@@ -97,12 +97,11 @@ pub struct ClaimedJob {
     pub traceparent: Option<String>,
 }
 
-/// What one claim took: polls and deliveries, and the events it recorded.
+/// What one claim took: polls and deliveries.
 #[derive(Debug, Default)]
 pub struct ClaimedWork {
     pub polls: Vec<ClaimedPoll>,
     pub jobs: Vec<ClaimedJob>,
-    pub events: Vec<Event>,
 }
 
 /// A deferred result due for a poll (ModI `NONBLOCK_PULL_*`).
@@ -237,7 +236,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         job: &ClaimedJob,
         result: AttemptResult,
-    ) -> Result<Vec<Event>, StoreError>;
+    ) -> Result<(), StoreError>;
 
     /// After a poll that found the result not ready: applies the vendor's
     /// intermediate report (if any) and schedules the next poll at `next`.
@@ -249,21 +248,15 @@ pub trait Store: Send + Sync + 'static {
         token: Option<String>,
         next: DateTime<Utc>,
         error: Option<DeliveryError>,
-    ) -> Result<Vec<Event>, StoreError>;
+    ) -> Result<(), StoreError>;
 
     /// Applies a result that arrived after the delivery, in one
     /// transaction; a result whose receipt was seen before changes nothing
     /// and is reported [`InboundOutcome::Duplicate`].
-    async fn apply_inbound(
-        &self,
-        result: &InboundResult,
-    ) -> Result<(Vec<Event>, InboundOutcome), StoreError>;
+    async fn apply_inbound(&self, result: &InboundResult) -> Result<InboundOutcome, StoreError>;
 
-    /// Withdraws a practice; returns its events and the new job, if any.
-    async fn withdraw(
-        &self,
-        withdrawal: Withdrawal,
-    ) -> Result<(Vec<Event>, Option<String>), StoreError>;
+    /// Withdraws a practice; returns the adapter of the new job, if any.
+    async fn withdraw(&self, withdrawal: Withdrawal) -> Result<Option<String>, StoreError>;
 
     /// Dead-lettered deliveries, newest first.
     async fn dead_letters(
@@ -273,15 +266,12 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<DeadLetter>, StoreError>;
 
     /// Puts a dead-lettered job back in the queue (same operation id).
-    async fn replay(
-        &self,
-        operation_id: &str,
-        actor: &str,
-    ) -> Result<(DeadLetter, Vec<Event>), StoreError>;
+    async fn replay(&self, operation_id: &str, actor: &str) -> Result<DeadLetter, StoreError>;
 
     /// After a restart: jobs left in flight become due again and their
     /// deliveries `OUTCOME_UNKNOWN` (the vendor may have received them).
-    async fn recover_in_flight(&self) -> Result<Vec<Event>, StoreError>;
+    /// Returns how many deliveries were recovered.
+    async fn recover_in_flight(&self) -> Result<usize, StoreError>;
 
     /// Whether the store answers (for readiness).
     async fn ping(&self) -> Result<(), StoreError>;

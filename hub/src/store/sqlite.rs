@@ -854,7 +854,7 @@ fn insert_new(
         format!("to adapter {}", new.adapter)
     };
     let delivered = EventDraft::delivery(EventSource::Hub, "hub", None, delivery).reason(reason);
-    let events = append_events(conn, &mut st, vec![submitted, delivered], new.received_at)?;
+    append_events(conn, &mut st, vec![submitted, delivered], new.received_at)?;
     let job = claim.then_some(ClaimedJob {
         operation_id,
         practice_id: new.id,
@@ -865,7 +865,7 @@ fn insert_new(
         max_attempts: new.max_attempts,
         traceparent: new.traceparent,
     });
-    Ok((InsertOutcome::Created(events), job))
+    Ok((InsertOutcome::Created, job))
 }
 
 /// Marks up to `limit` due jobs of `adapter` in flight (delivery `SENT`).
@@ -874,7 +874,7 @@ fn claim_due(
     adapter: &str,
     now: DateTime<Utc>,
     limit: u32,
-) -> Result<(Vec<ClaimedJob>, Vec<Event>), StoreError> {
+) -> Result<Vec<ClaimedJob>, StoreError> {
     let rows = conn
         .prepare_cached(
             "UPDATE jobs SET state = 'in_flight', attempts = attempts + 1, updated_at = ?1
@@ -898,7 +898,6 @@ fn claim_due(
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let mut jobs = Vec::with_capacity(rows.len());
-    let mut events = Vec::new();
     for (
         operation_id,
         practice_id,
@@ -927,11 +926,11 @@ fn claim_due(
                 EventDraft::delivery(EventSource::Hub, &job.adapter, None, DeliveryStatus::Sent)
                     .reason(format!("attempt {} of {}", job.attempt, job.max_attempts));
             set_delivery(conn, &mut st, DeliveryStatus::Sent, draft, &mut drafts)?;
-            events.extend(append_events(conn, &mut st, drafts, now)?);
+            append_events(conn, &mut st, drafts, now)?;
         }
         jobs.push(job);
     }
-    Ok((jobs, events))
+    Ok(jobs)
 }
 
 /// The columns every practice read selects, in the order
@@ -1471,16 +1470,12 @@ impl Store for SqliteStore {
         self.write(move |conn| {
             let polls = follow_up::claim(conn, &adapter, now, limit)?;
             let left = limit - polls.len() as u32;
-            let (jobs, events) = if left == 0 {
-                Default::default()
+            let jobs = if left == 0 {
+                Vec::new()
             } else {
                 claim_due(conn, &adapter, now, left)?
             };
-            Ok(ClaimedWork {
-                polls,
-                jobs,
-                events,
-            })
+            Ok(ClaimedWork { polls, jobs })
         })
         .await
     }
@@ -1513,7 +1508,7 @@ impl Store for SqliteStore {
         &self,
         job: &ClaimedJob,
         result: AttemptResult,
-    ) -> Result<Vec<Event>, StoreError> {
+    ) -> Result<(), StoreError> {
         let job = job.clone();
         self.write(move |conn| {
             let now = Utc::now();
@@ -1619,7 +1614,8 @@ impl Store for SqliteStore {
                     }
                 }
             }
-            append_events(conn, &mut st, drafts, now)
+            append_events(conn, &mut st, drafts, now)?;
+            Ok(())
         })
         .await
     }
@@ -1631,7 +1627,7 @@ impl Store for SqliteStore {
         token: Option<String>,
         next: DateTime<Utc>,
         error: Option<raccordo_adapters::DeliveryError>,
-    ) -> Result<Vec<Event>, StoreError> {
+    ) -> Result<(), StoreError> {
         let poll = poll.clone();
         self.write(move |conn| {
             follow_up::reschedule(conn, &poll, progress.as_ref(), token, next, error.as_ref())
@@ -1639,10 +1635,7 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn apply_inbound(
-        &self,
-        result: &InboundResult,
-    ) -> Result<(Vec<Event>, InboundOutcome), StoreError> {
+    async fn apply_inbound(&self, result: &InboundResult) -> Result<InboundOutcome, StoreError> {
         let result = result.clone();
         self.write(move |conn| {
             let now = Utc::now();
@@ -1692,18 +1685,19 @@ impl Store for SqliteStore {
                     )?
                     .execute(params![result.adapter, receipt, tenant_id, practice_id, ms(now)])?;
                 if fresh == 0 {
-                    return Ok((Vec::new(), InboundOutcome::Duplicate));
+                    return Ok(InboundOutcome::Duplicate);
                 }
             }
             let mut st = load_state(conn, &practice_id)?;
             let mut drafts = Vec::new();
             apply_reply(conn, &mut st, &result.reply, &result.adapter, now, &mut drafts)?;
-            Ok((append_events(conn, &mut st, drafts, now)?, InboundOutcome::Applied))
+            append_events(conn, &mut st, drafts, now)?;
+            Ok(InboundOutcome::Applied)
         })
         .await
     }
 
-    async fn withdraw(&self, w: Withdrawal) -> Result<(Vec<Event>, Option<String>), StoreError> {
+    async fn withdraw(&self, w: Withdrawal) -> Result<Option<String>, StoreError> {
         self.write(move |conn| {
             let now = Utc::now();
             let tenant: Option<String> = conn
@@ -1776,8 +1770,8 @@ impl Store for SqliteStore {
                 set_delivery(conn, &mut st, DeliveryStatus::Queued, draft, &mut drafts)?;
                 new_job = Some(adapter);
             }
-            let events = append_events(conn, &mut st, drafts, now)?;
-            Ok((events, new_job))
+            append_events(conn, &mut st, drafts, now)?;
+            Ok(new_job)
         })
         .await
     }
@@ -1802,11 +1796,7 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn replay(
-        &self,
-        operation_id: &str,
-        actor: &str,
-    ) -> Result<(DeadLetter, Vec<Event>), StoreError> {
+    async fn replay(&self, operation_id: &str, actor: &str) -> Result<DeadLetter, StoreError> {
         let (operation_id, actor) = (operation_id.to_string(), actor.to_string());
         self.write(move |conn| {
             let now = Utc::now();
@@ -1845,16 +1835,16 @@ impl Store for SqliteStore {
                 .reason("replayed by an operator");
                 set_delivery(conn, &mut st, DeliveryStatus::Queued, draft, &mut drafts)?;
             }
-            let events = append_events(conn, &mut st, drafts, now)?;
+            append_events(conn, &mut st, drafts, now)?;
             let dl = conn
                 .prepare_cached(&format!("{DEAD_LETTER_SQL} WHERE j.operation_id = ?1"))?
                 .query_row([&operation_id], read_dead_letter)?;
-            Ok((dead_letter(dl)?, events))
+            dead_letter(dl)
         })
         .await
     }
 
-    async fn recover_in_flight(&self) -> Result<Vec<Event>, StoreError> {
+    async fn recover_in_flight(&self) -> Result<usize, StoreError> {
         self.write(|conn| {
             let now = Utc::now();
             let rows: Vec<(String, String, String)> = conn
@@ -1869,7 +1859,7 @@ impl Store for SqliteStore {
                 "UPDATE jobs SET state = 'polling', next_attempt_at = ?1, updated_at = ?1 WHERE state = 'poll_in_flight'",
             )?
             .execute([ms(now)])?;
-            let mut events = Vec::new();
+            let recovered = rows.len();
             for (op, practice_id, adapter) in rows {
                 let mut st = load_state(conn, &practice_id)?;
                 if st.current_operation_id.as_deref() == Some(op.as_str()) {
@@ -1877,10 +1867,10 @@ impl Store for SqliteStore {
                     let draft = EventDraft::delivery(EventSource::Hub, &adapter, None, DeliveryStatus::OutcomeUnknown)
                         .reason("the hub stopped during the attempt: re-sending with the same operation id");
                     set_delivery(conn, &mut st, DeliveryStatus::OutcomeUnknown, draft, &mut drafts)?;
-                    events.extend(append_events(conn, &mut st, drafts, now)?);
+                    append_events(conn, &mut st, drafts, now)?;
                 }
             }
-            Ok(events)
+            Ok(recovered)
         })
         .await
     }
@@ -2143,7 +2133,7 @@ mod tests {
             .insert_practice(new_practice("p-1", "k-1"))
             .await
             .unwrap();
-        let InsertOutcome::Created(_) = created else {
+        let InsertOutcome::Created = created else {
             panic!("a new practice")
         };
         let reply = VendorReply {
@@ -2168,7 +2158,7 @@ mod tests {
             .apply_inbound(&result("anagrafe", Correlation::PracticeId("p-1".into())))
             .await;
         assert!(matches!(foreign, Err(StoreError::NotFound)), "{foreign:?}");
-        let (_, outcome) = store
+        let outcome = store
             .apply_inbound(&result("tributi", Correlation::PracticeId("p-1".into())))
             .await
             .unwrap();

@@ -104,7 +104,7 @@ pub(super) fn reschedule(
     token: Option<String>,
     next: DateTime<Utc>,
     error: Option<&DeliveryError>,
-) -> Result<Vec<crate::domain::practice::Event>, StoreError> {
+) -> Result<(), StoreError> {
     let now = Utc::now();
     conn.prepare_cached(
         "UPDATE jobs SET state = 'polling', follow_up = COALESCE(?1, follow_up),
@@ -121,10 +121,11 @@ pub(super) fn reschedule(
         poll.job.operation_id
     ])?;
     let Some(progress) = progress else {
-        return Ok(Vec::new());
+        return Ok(());
     };
     let mut st = load_state(conn, &poll.job.practice_id)?;
     let mut drafts = Vec::new();
     apply_reply(conn, &mut st, progress, &poll.job.adapter, now, &mut drafts)?;
-    append_events(conn, &mut st, drafts, now)
+    append_events(conn, &mut st, drafts, now)?;
+    Ok(())
 }
