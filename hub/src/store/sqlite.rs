@@ -154,6 +154,11 @@ impl SqliteStore {
             // hundreds of practices otherwise spills dirty pages to the WAL
             // before its commit and re-reads index pages it just evicted.
             conn.pragma_update(None, "cache_size", -16_384)?;
+            // Each command of a group commit runs in a savepoint, whose
+            // sub-journal keeps the original of every page it touches. On
+            // disk (the default past 64 KiB) that was five times the WAL's
+            // own writes: 100 `pwrite`s per practice instead of 20.
+            conn.pragma_update(None, "temp_store", "MEMORY")?;
             schema::migrate(&mut conn)?;
             checkpoint::start(&path, &mut conn)?;
             let (tx, rx) = mpsc::channel::<WriteCommand>();
