@@ -134,9 +134,16 @@ impl SqliteStore {
                     StoreError::Database(format!("cannot create {}: {e}", dir.display()))
                 })?;
             }
-            let mut conn = Connection::open(&path).map_err(|e| {
-                StoreError::Database(format!("cannot open {}: {e}", path.display()))
-            })?;
+            skip_memory_statistics();
+            // Only the writer thread uses this connection: no mutex per call.
+            let mut conn = Connection::open_with_flags(
+                &path,
+                OpenFlags::SQLITE_OPEN_READ_WRITE
+                    | OpenFlags::SQLITE_OPEN_CREATE
+                    | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                    | OpenFlags::SQLITE_OPEN_URI,
+            )
+            .map_err(|e| StoreError::Database(format!("cannot open {}: {e}", path.display())))?;
             conn.busy_timeout(std::time::Duration::from_secs(10))?;
             conn.pragma_update(None, "journal_mode", "WAL")?;
             conn.pragma_update(
@@ -374,6 +381,21 @@ fn run_writer(
             completion(commit_error.clone());
         }
     }
+}
+
+/// Turns off SQLite's memory statistics, which take a process-wide mutex
+/// around every allocation (a few per cent of the writer's time), before
+/// the first connection initializes the library. We never read them.
+fn skip_memory_statistics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: sqlite3_config is only allowed before sqlite3_initialize;
+        // called later it changes nothing and returns SQLITE_MISUSE, which
+        // is harmless here. SQLITE_CONFIG_MEMSTATUS takes one int.
+        unsafe {
+            rusqlite::ffi::sqlite3_config(rusqlite::ffi::SQLITE_CONFIG_MEMSTATUS, 0);
+        }
+    });
 }
 
 /// Turns on the query planner stability guarantee. Without it, the bundled
