@@ -101,7 +101,7 @@ pub(super) fn reschedule(
     conn: &Connection,
     poll: &ClaimedPoll,
     progress: Option<&VendorReply>,
-    token: Option<String>,
+    token: Option<&str>,
     next: DateTime<Utc>,
     error: Option<&DeliveryError>,
 ) -> Result<(), StoreError> {
