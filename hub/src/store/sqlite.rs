@@ -478,7 +478,10 @@ fn parse_mode(s: &str) -> Mode {
     }
 }
 
-/// The columns of a practice that transitions read and write.
+/// The columns of a practice that transitions read and write. Transitions
+/// change the fields here; [`append_events`] then stores them with one
+/// UPDATE. Each UPDATE rewrites the whole row, content included: a
+/// synchronous practice used to rewrite it four times.
 #[derive(Debug)]
 struct StateRow {
     id: String,
@@ -490,6 +493,96 @@ struct StateRow {
     current_operation_id: Option<String>,
     last_sequence: i64,
     legal_term_days: u32,
+    /// The outcome columns to set with the new status, if it concludes or
+    /// moves the deadline.
+    outcome: Option<OutcomeUpdate>,
+    /// The mutable columns as stored, to write only what changed.
+    stored: StoredState,
+}
+
+/// The mutable columns of a practice as the database holds them.
+#[derive(Debug, Clone, PartialEq)]
+struct StoredState {
+    status: AdminStatus,
+    delivery_status: Option<DeliveryStatus>,
+    current_operation_id: Option<String>,
+    last_sequence: i64,
+}
+
+/// What a status change sets besides the status.
+#[derive(Debug, Default)]
+struct OutcomeUpdate {
+    legal_deadline: Option<i64>,
+    concluded_at: Option<i64>,
+    /// The new status is the outcome: the columns below are set too.
+    terminal: bool,
+    reason: Option<String>,
+    vendor_code: Option<String>,
+}
+
+impl StateRow {
+    fn current(&self) -> StoredState {
+        StoredState {
+            status: self.status,
+            delivery_status: self.delivery_status,
+            current_operation_id: self.current_operation_id.clone(),
+            last_sequence: self.last_sequence,
+        }
+    }
+
+    /// Writes what the transitions changed, in one statement.
+    fn save(&mut self, conn: &Connection) -> Result<(), StoreError> {
+        let now = self.current();
+        if now == self.stored && self.outcome.is_none() {
+            return Ok(());
+        }
+        let delivery = self.delivery_status.map(DeliveryStatus::as_str);
+        let outcome = match self.outcome.take() {
+            Some(outcome) => outcome,
+            None if now.status == self.stored.status => {
+                // The status index is left alone when the status stays.
+                conn.prepare_cached(
+                    "UPDATE practices SET delivery_status = ?1, current_operation_id = ?2, last_sequence = ?3
+                     WHERE id = ?4",
+                )?
+                .execute(params![
+                    delivery,
+                    self.current_operation_id,
+                    self.last_sequence,
+                    self.id,
+                ])?;
+                self.stored = now;
+                return Ok(());
+            }
+            None => OutcomeUpdate::default(),
+        };
+        {
+            conn.prepare_cached(
+                "UPDATE practices SET status = ?1, delivery_status = ?2, current_operation_id = ?3,
+                    last_sequence = ?4,
+                    legal_deadline = COALESCE(?5, legal_deadline),
+                    concluded_at = COALESCE(?6, concluded_at),
+                    outcome_status = CASE WHEN ?7 THEN ?1 ELSE outcome_status END,
+                    outcome_reason = CASE WHEN ?7 THEN ?8 ELSE outcome_reason END,
+                    outcome_vendor_code = CASE WHEN ?7 THEN ?9 ELSE outcome_vendor_code END
+                 WHERE id = ?10",
+            )?
+            .execute(params![
+                self.status.as_str(),
+                delivery,
+                self.current_operation_id,
+                self.last_sequence,
+                outcome.legal_deadline,
+                outcome.concluded_at,
+                outcome.terminal,
+                outcome.reason,
+                outcome.vendor_code,
+                self.id,
+            ])?;
+        }
+        self.stored = now;
+        Ok(())
+    }
 }
 
 fn load_state(conn: &Connection, practice_id: &str) -> Result<StateRow, StoreError> {
@@ -514,11 +607,7 @@ fn load_state(conn: &Connection, practice_id: &str) -> Result<StateRow, StoreErr
         })
         .optional()?
         .ok_or(StoreError::NotFound)?;
-    Ok(StateRow {
-        id: row.0,
-        tenant_id: row.1,
-        service_code: row.2,
-        applicant_id: row.3,
+    let stored = StoredState {
         status: parse("status", &row.4)?,
         delivery_status: row
             .5
@@ -527,7 +616,19 @@ fn load_state(conn: &Connection, practice_id: &str) -> Result<StateRow, StoreErr
             .transpose()?,
         current_operation_id: row.6,
         last_sequence: row.7,
+    };
+    Ok(StateRow {
+        id: row.0,
+        tenant_id: row.1,
+        service_code: row.2,
+        applicant_id: row.3,
+        status: stored.status,
+        delivery_status: stored.delivery_status,
+        current_operation_id: stored.current_operation_id.clone(),
+        last_sequence: stored.last_sequence,
         legal_term_days: row.8 as u32,
+        outcome: None,
+        stored,
     })
 }
 
@@ -544,7 +645,9 @@ struct EventAudit<'a> {
     vendor_code: Option<&'a str>,
 }
 
-/// Appends events with the next sequence numbers and returns them stored.
+/// Appends events with the next sequence numbers, saves the practice's
+/// changed state, and returns the events as stored. Every transition ends
+/// here.
 fn append_events(
     conn: &Connection,
     st: &mut StateRow,
@@ -552,6 +655,7 @@ fn append_events(
     now: DateTime<Utc>,
 ) -> Result<Vec<Event>, StoreError> {
     if drafts.is_empty() {
+        st.save(conn)?;
         return Ok(Vec::new());
     }
     let mut insert = conn.prepare_cached(
@@ -626,15 +730,13 @@ fn append_events(
             actor: d.actor,
         });
     }
-    conn.prepare_cached("UPDATE practices SET last_sequence = ?1 WHERE id = ?2")?
-        .execute(params![st.last_sequence, st.id])?;
+    st.save(conn)?;
     pending::add_events(&out);
     Ok(out)
 }
 
 /// Moves the delivery status, or records an anomaly if the table forbids it.
 fn set_delivery(
-    conn: &Connection,
     st: &mut StateRow,
     to: DeliveryStatus,
     draft: EventDraft,
@@ -664,8 +766,6 @@ fn set_delivery(
         drafts.push(draft);
         return Ok(());
     }
-    conn.prepare_cached("UPDATE practices SET delivery_status = ?1 WHERE id = ?2")?
-        .execute(params![to.as_str(), st.id])?;
     st.delivery_status = Some(to);
     drafts.push(draft);
     Ok(())
@@ -691,25 +791,14 @@ fn apply_reply(
     );
     drafts.extend(plan.events);
     if let Some(to) = plan.new_status {
-        let terminal = to.is_terminal();
-        conn.prepare_cached(
-            "UPDATE practices SET status = ?1,
-                legal_deadline = COALESCE(?2, legal_deadline),
-                concluded_at = COALESCE(?3, concluded_at),
-                outcome_status = CASE WHEN ?4 THEN ?1 ELSE outcome_status END,
-                outcome_reason = CASE WHEN ?4 THEN ?5 ELSE outcome_reason END,
-                outcome_vendor_code = CASE WHEN ?4 THEN ?6 ELSE outcome_vendor_code END
-             WHERE id = ?7",
-        )?
-        .execute(params![
-            to.as_str(),
-            plan.legal_deadline.map(ms),
-            plan.concluded_at.map(ms),
-            terminal,
-            reply.reason,
-            reply.vendor_code,
-            st.id,
-        ])?;
+        let earlier = st.outcome.take().unwrap_or_default();
+        st.outcome = Some(OutcomeUpdate {
+            legal_deadline: plan.legal_deadline.map(ms).or(earlier.legal_deadline),
+            concluded_at: plan.concluded_at.map(ms).or(earlier.concluded_at),
+            terminal: to.is_terminal(),
+            reason: reply.reason.clone(),
+            vendor_code: reply.vendor_code.clone(),
+        });
         st.status = to;
     }
     for r in &reply.external_refs {
@@ -758,7 +847,7 @@ struct NewJob<'a> {
 
 fn insert_job(
     conn: &Connection,
-    st: &StateRow,
+    st: &mut StateRow,
     job: NewJob<'_>,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
@@ -778,8 +867,7 @@ fn insert_job(
         ms(now),
         job.traceparent,
     ])?;
-    conn.prepare_cached("UPDATE practices SET current_operation_id = ?1 WHERE id = ?2")?
-        .execute(params![operation_id, st.id])?;
+    st.current_operation_id = Some(operation_id.to_string());
     Ok(())
 }
 
@@ -788,6 +876,10 @@ fn insert_job(
 fn content_json(new: &NewPractice) -> Result<String, StoreError> {
     serde_json::to_string(&new.content).map_err(|e| StoreError::Database(e.to_string()))
 }
+
+/// The events a new practice starts with (submitted, and its delivery's
+/// first status): its row is inserted with their sequence already counted.
+const FIRST_EVENTS: i64 = 2;
 
 /// Stores a new practice with its outbox job and first events, or finds the
 /// earlier practice with the same idempotency key. With `claim`, the job is
@@ -825,8 +917,8 @@ fn insert_new(
     conn.prepare_cached(
         "INSERT INTO practices (id, tenant_id, service_code, applicant_id, idempotency_key, content_hash,
             content, status, mode, delivery_status, current_operation_id, received_at, legal_term_days,
-            legal_deadline)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'SUBMITTED', ?8, ?9, ?10, ?11, ?12, ?13)",
+            legal_deadline, last_sequence)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'SUBMITTED', ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
     )?
     .execute(params![
         new.id,
@@ -842,6 +934,7 @@ fn insert_new(
         ms(new.received_at),
         new.legal_term_days as i64,
         ms(deadline),
+        FIRST_EVENTS,
     ])?;
     for (i, a) in new.attachments.iter().enumerate() {
         conn.prepare_cached(
@@ -885,6 +978,13 @@ fn insert_new(
         current_operation_id: Some(operation_id.clone()),
         last_sequence: 0,
         legal_term_days: new.legal_term_days,
+        outcome: None,
+        stored: StoredState {
+            status: AdminStatus::Submitted,
+            delivery_status: Some(delivery),
+            current_operation_id: Some(operation_id.clone()),
+            last_sequence: FIRST_EVENTS,
+        },
     };
     let (source, actor) = match new.content.channel.operator_id.as_str() {
         "" => (EventSource::Applicant, "applicant".to_string()),
@@ -978,7 +1078,7 @@ fn claim_due(
             let draft =
                 EventDraft::delivery(EventSource::Hub, &job.adapter, None, DeliveryStatus::Sent)
                     .reason(format!("attempt {} of {}", job.attempt, job.max_attempts));
-            set_delivery(conn, &mut st, DeliveryStatus::Sent, draft, &mut drafts)?;
+            set_delivery(&mut st, DeliveryStatus::Sent, draft, &mut drafts)?;
             append_events(conn, &mut st, drafts, now)?;
         }
         jobs.push(job);
@@ -1608,7 +1708,7 @@ impl Store for SqliteStore {
                             AttemptResult::Rejected(e) => e.vendor_code.clone(),
                             AttemptResult::Failed(..) => None,
                         };
-                        set_delivery(conn, &mut st, DeliveryStatus::Acknowledged, draft, &mut drafts)?;
+                        set_delivery(&mut st, DeliveryStatus::Acknowledged, draft, &mut drafts)?;
                     }
                     let reply = match &result {
                         AttemptResult::Delivered(reply) => reply.clone(),
@@ -1650,7 +1750,7 @@ impl Store for SqliteStore {
                             next.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
                         ));
                         draft.vendor_code = err.vendor_code.clone();
-                        set_delivery(conn, &mut st, to, draft, &mut drafts)?;
+                        set_delivery(&mut st, to, draft, &mut drafts)?;
                     }
                 }
                 AttemptResult::Failed(err, RetryDecision::DeadLetter) => {
@@ -1663,7 +1763,7 @@ impl Store for SqliteStore {
                                     job.attempt, job.max_attempts, err.class, err.reason
                                 ));
                         draft.vendor_code = err.vendor_code.clone();
-                        set_delivery(conn, &mut st, DeliveryStatus::DeadLettered, draft, &mut drafts)?;
+                        set_delivery(&mut st, DeliveryStatus::DeadLettered, draft, &mut drafts)?;
                     }
                 }
             }
@@ -1781,12 +1881,13 @@ impl Store for SqliteStore {
             status.to_status = Some(AdminStatus::Withdrawn);
             status.reason = w.reason.clone();
             drafts.push(status);
-            conn.prepare_cached(
-                "UPDATE practices SET status = 'WITHDRAWN', concluded_at = ?1, outcome_status = 'WITHDRAWN',
-                    outcome_reason = ?2 WHERE id = ?3",
-            )?
-            .execute(params![ms(now), w.reason, st.id])?;
             st.status = AdminStatus::Withdrawn;
+            st.outcome = Some(OutcomeUpdate {
+                concluded_at: Some(ms(now)),
+                terminal: true,
+                reason: w.reason.clone(),
+                ..OutcomeUpdate::default()
+            });
 
             // The pending submission, if any: a never-sent one is simply
             // cancelled (the vendor never saw it); one that may have arrived
@@ -1806,7 +1907,7 @@ impl Store for SqliteStore {
                         .execute(params![ms(now), op])?;
                         let draft = EventDraft::delivery(EventSource::Hub, "hub", None, DeliveryStatus::Cancelled)
                             .reason("the practice was withdrawn");
-                        set_delivery(conn, &mut st, DeliveryStatus::Cancelled, draft, &mut drafts)?;
+                        set_delivery(&mut st, DeliveryStatus::Cancelled, draft, &mut drafts)?;
                     }
                     Some(_) => vendor_may_know = true,
                     None => {}
@@ -1822,12 +1923,12 @@ impl Store for SqliteStore {
                     max_attempts,
                     traceparent: w.traceparent.as_deref(),
                 };
-                insert_job(conn, &st, job, now)?;
+                insert_job(conn, &mut st, job, now)?;
                 // A new delivery starts: its status is not a transition of the previous one.
                 st.delivery_status = None;
                 let draft = EventDraft::delivery(EventSource::Hub, "hub", None, DeliveryStatus::Queued)
                     .reason(format!("withdrawal to adapter {adapter}"));
-                set_delivery(conn, &mut st, DeliveryStatus::Queued, draft, &mut drafts)?;
+                set_delivery(&mut st, DeliveryStatus::Queued, draft, &mut drafts)?;
                 new_job = Some(adapter);
             }
             append_events(conn, &mut st, drafts, now)?;
@@ -1893,7 +1994,7 @@ impl Store for SqliteStore {
                     DeliveryStatus::Queued,
                 )
                 .reason("replayed by an operator");
-                set_delivery(conn, &mut st, DeliveryStatus::Queued, draft, &mut drafts)?;
+                set_delivery(&mut st, DeliveryStatus::Queued, draft, &mut drafts)?;
             }
             append_events(conn, &mut st, drafts, now)?;
             let dl = conn
@@ -1926,7 +2027,7 @@ impl Store for SqliteStore {
                     let mut drafts = Vec::new();
                     let draft = EventDraft::delivery(EventSource::Hub, &adapter, None, DeliveryStatus::OutcomeUnknown)
                         .reason("the hub stopped during the attempt: re-sending with the same operation id");
-                    set_delivery(conn, &mut st, DeliveryStatus::OutcomeUnknown, draft, &mut drafts)?;
+                    set_delivery(&mut st, DeliveryStatus::OutcomeUnknown, draft, &mut drafts)?;
                     append_events(conn, &mut st, drafts, now)?;
                 }
             }
