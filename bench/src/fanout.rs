@@ -54,8 +54,8 @@ pub async fn fanout(
     footprint: &mut Footprint,
 ) -> anyhow::Result<Row> {
     let dir = tempfile::tempdir()?;
-    let grpc = hub::free_addr();
-    let config = hub::write_config(dir.path(), vendor.addr, grpc, hub::free_addr())?;
+    let (grpc, http) = hub::listen_addrs();
+    let config = hub::write_config(dir.path(), vendor.addr, grpc, http)?;
     let hub = Hub::start(&config, grpc, bin, &o.hub_log).await?;
     footprint.empty_store_started(&hub).await;
 

@@ -85,11 +85,16 @@ pub struct Hub {
     in_process: Option<raccordo::server::RunningHub>,
 }
 
-/// A free loopback port.
-pub fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
+/// Two free loopback ports (gRPC, HTTP), both held while the second is
+/// chosen: asked for one after the other, the kernel may hand out the
+/// same port twice.
+pub fn listen_addrs() -> (SocketAddr, SocketAddr) {
+    let bind = || std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let (grpc, http) = (bind(), bind());
+    (
+        grpc.local_addr().expect("a bound port"),
+        http.local_addr().expect("a bound port"),
+    )
 }
 
 impl Hub {
@@ -118,8 +123,9 @@ impl Hub {
                 (None, Some(raccordo::server::start(cfg).await?))
             }
         };
+        let mut child = child;
         let pid = child.as_ref().map(Child::id);
-        let channel = wait_healthy(grpc).await?;
+        let channel = wait_healthy(grpc, child.as_mut()).await?;
         Ok(Self {
             channel,
             pid,
@@ -141,9 +147,14 @@ impl Hub {
     }
 }
 
-async fn wait_healthy(addr: SocketAddr) -> anyhow::Result<Channel> {
+/// Waits until the hub at `addr` answers SERVING; fails at once if its
+/// process (`child`) exits first, say on a configuration error.
+async fn wait_healthy(addr: SocketAddr, mut child: Option<&mut Child>) -> anyhow::Result<Channel> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
+        if let Some(status) = child.as_mut().map(|c| c.try_wait()).transpose()?.flatten() {
+            anyhow::bail!("the hub exited before becoming healthy ({status})");
+        }
         if let Ok(channel) = Channel::from_shared(format!("http://{addr}"))?
             .connect()
             .await

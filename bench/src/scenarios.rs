@@ -174,7 +174,7 @@ fn hub_binary(o: &Options) -> anyhow::Result<Option<PathBuf>> {
     };
     anyhow::ensure!(
         bin.is_file(),
-        "no hub binary at {} (build it with `cargo build --release`, pass --hub, or use --in-process)",
+        "no hub binary at {} (build it with `cargo build --profile production -p raccordo`, pass --hub, or use --in-process)",
         bin.display()
     );
     Ok(Some(bin))
@@ -227,8 +227,8 @@ async fn submit(
         Some(s) => s.fresh_copy()?,
         None => tempfile::tempdir()?,
     };
-    let grpc = hub::free_addr();
-    let config = hub::write_config(dir.path(), vendor.addr, grpc, hub::free_addr())?;
+    let (grpc, http) = hub::listen_addrs();
+    let config = hub::write_config(dir.path(), vendor.addr, grpc, http)?;
     let hub = Hub::start(&config, grpc, bin, &o.hub_log).await?;
     match store {
         Some(s) => footprint.seeded_store_started(&hub, s.len()),
@@ -358,8 +358,8 @@ async fn reads(
     footprint: &mut Footprint,
 ) -> anyhow::Result<Row> {
     let dir = store.fresh_copy()?;
-    let grpc = hub::free_addr();
-    let config = hub::write_config(dir.path(), vendor.addr, grpc, hub::free_addr())?;
+    let (grpc, http) = hub::listen_addrs();
+    let config = hub::write_config(dir.path(), vendor.addr, grpc, http)?;
     let hub = Hub::start(&config, grpc, bin, &o.hub_log).await?;
     footprint.seeded_store_started(&hub, store.len());
     let client = pb::practice_service_client::PracticeServiceClient::new(hub.channel.clone());
