@@ -2188,11 +2188,15 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn committed_events_are_published_in_order_with_their_stored_cursors() {
+    /// A store publishing its events, and a subscriber to them.
+    async fn observed_store() -> (
+        tempfile::TempDir,
+        SqliteStore,
+        tokio::sync::broadcast::Receiver<Arc<Event>>,
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let bus = EventBus::new();
-        let mut live = bus.subscribe();
+        let live = bus.subscribe();
         let store = SqliteStore::open_observed(
             &dir.path().join("t.db"),
             Synchronous::Normal,
@@ -2202,6 +2206,31 @@ mod tests {
         )
         .await
         .unwrap();
+        (dir, store, live)
+    }
+
+    /// Every event of the tenant's store was published once, as stored, in
+    /// cursor order; returns how many.
+    async fn assert_published_as_stored(
+        store: &SqliteStore,
+        live: &mut tokio::sync::broadcast::Receiver<Arc<Event>>,
+    ) -> usize {
+        let filter = EventFilter {
+            tenant_id: "016024".into(),
+            ..Default::default()
+        };
+        let stored = store.events_after(&filter, 0, 1000).await.unwrap();
+        for expected in &stored {
+            let published = live.try_recv().expect("every stored event is published");
+            assert_eq!(*published, *expected, "published once, as stored");
+        }
+        assert!(live.try_recv().is_err(), "nothing else is published");
+        stored.len()
+    }
+
+    #[tokio::test]
+    async fn committed_events_are_published_in_order_with_their_stored_cursors() {
+        let (dir, store, mut live) = observed_store().await;
         // Audit records share the transaction; they must not shift cursors.
         store
             .record_audit(AuditEntry {
@@ -2234,20 +2263,7 @@ mod tests {
             failed += r.unwrap().is_err() as usize;
         }
         assert_eq!(failed, 1, "the duplicate id fails alone");
-        let filter = EventFilter {
-            tenant_id: "016024".into(),
-            ..Default::default()
-        };
-        let stored = store.events_after(&filter, 0, 1000).await.unwrap();
-        assert_eq!(stored.len(), 19 * 2);
-        for expected in &stored {
-            let published = live.try_recv().expect("every stored event is published");
-            assert_eq!(published.cursor, expected.cursor);
-            assert_eq!(published.practice_id, expected.practice_id);
-            assert_eq!(published.sequence, expected.sequence);
-            assert_eq!(*published, *expected, "published as stored");
-        }
-        assert!(live.try_recv().is_err(), "nothing else is published");
+        assert_eq!(assert_published_as_stored(&store, &mut live).await, 19 * 2);
         // The audit chain stays whole across shared transactions, the
         // rolled-back command included, and its head matches.
         let (checked, breaks) = SqliteStore::verify_audit(&dir.path().join("t.db"), None).unwrap();
@@ -2260,18 +2276,7 @@ mod tests {
     /// stored, and published, once.
     #[tokio::test]
     async fn commands_run_again_after_a_rollback_publish_and_audit_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let bus = EventBus::new();
-        let mut live = bus.subscribe();
-        let store = SqliteStore::open_observed(
-            &dir.path().join("t.db"),
-            Synchronous::Normal,
-            2,
-            None,
-            Some(bus.clone()),
-        )
-        .await
-        .unwrap();
+        let (dir, store, mut live) = observed_store().await;
         let mut tasks = tokio::task::JoinSet::new();
         for i in 0..40 {
             let store = store.clone();
@@ -2311,17 +2316,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(rejected, 0, "the failed commands' first writes are undone");
-        let filter = EventFilter {
-            tenant_id: "016024".into(),
-            ..Default::default()
-        };
-        let stored = store.events_after(&filter, 0, 1000).await.unwrap();
-        assert_eq!(stored.len(), 20 * 2);
-        for expected in &stored {
-            let published = live.try_recv().expect("every stored event is published");
-            assert_eq!(*published, *expected, "published once, as stored");
-        }
-        assert!(live.try_recv().is_err(), "nothing else is published");
+        assert_eq!(assert_published_as_stored(&store, &mut live).await, 20 * 2);
         let (checked, breaks) = SqliteStore::verify_audit(&dir.path().join("t.db"), None).unwrap();
         assert_eq!(checked, 20 * 2);
         assert!(breaks.is_empty(), "{breaks:?}");
