@@ -1,7 +1,7 @@
 //! `raccordo-bench`: measures the hub through its real gRPC API.
 //!
 //! It starts its own minimal vendor back office (REST), starts the hub (the
-//! release binary next to this one, or in-process with `--in-process`), runs
+//! optimised binary next to this one, or in-process with `--in-process`), runs
 //! each scenario for a warm-up and a measured duration with a fixed number
 //! of requests in flight, alternates scenarios over several runs, and prints
 //! the medians as a Markdown table. See `docs/performance.md`.
