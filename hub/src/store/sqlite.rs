@@ -385,13 +385,19 @@ fn run_batch(conn: &Connection, batch: &mut [Box<dyn WriteCommand>]) -> Result<(
                 continue;
             }
             *left_out = true;
-            if conn.total_changes() == changes {
+            // SQLite itself rolls the whole transaction back on some errors
+            // (a full disk, an I/O error): the others must not go on in
+            // autocommit mode, each statement committing on its own.
+            let rolled_back = conn.is_autocommit();
+            if conn.total_changes() == changes && !rolled_back {
                 if let Some(before) = before {
                     pending::roll_back_to(before);
                 }
                 continue;
             }
-            let _ = run("ROLLBACK");
+            if !rolled_back {
+                let _ = run("ROLLBACK");
+            }
             pending::finish();
             continue 'transaction;
         }
@@ -2446,6 +2452,40 @@ mod tests {
             .unwrap();
         assert_eq!(rows, ok);
         assert_eq!(refused, 0);
+    }
+
+    /// On a full disk or an I/O error SQLite rolls the whole transaction
+    /// back by itself; the other commands of the batch must run again in a
+    /// new one, not commit one statement at a time.
+    #[tokio::test]
+    async fn a_transaction_sqlite_rolled_back_is_run_again() {
+        let (_dir, store) = store().await;
+        let mut tasks = Vec::new();
+        for i in 0..40i64 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                store
+                    .write(move |c| {
+                        if i == 20 {
+                            // What SQLite does on SQLITE_FULL.
+                            c.execute_batch("ROLLBACK")?;
+                            return Err(StoreError::Database("disk full".into()));
+                        }
+                        c.execute("INSERT INTO scratch (x) VALUES (?1)", [i])?;
+                        Ok(())
+                    })
+                    .await
+            }));
+        }
+        for (i, t) in tasks.into_iter().enumerate() {
+            let result = t.await.unwrap();
+            assert_eq!(result.is_err(), i == 20, "command {i}: {result:?}");
+        }
+        let rows: i64 = store
+            .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM scratch", [], |r| r.get(0))?))
+            .await
+            .unwrap();
+        assert_eq!(rows, 39);
     }
 
     #[tokio::test]
