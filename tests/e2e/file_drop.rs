@@ -214,11 +214,7 @@ async fn practice_goes_out_as_an_atomic_file_and_comes_back_by_result_file() {
     // The vendor answers with a result file; the practice completes.
     let mut watch = hub
         .practices
-        .watch_practice(pb::WatchPracticeRequest {
-            tenant_id: TENANT.into(),
-            practice_id: ids[0].clone(),
-            from_sequence: 0,
-        })
+        .watch_practice(one_practice_from(TENANT, &ids[0], 0))
         .await
         .unwrap()
         .into_inner();

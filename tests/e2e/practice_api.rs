@@ -51,11 +51,7 @@ async fn deferred_submission_is_acknowledged_then_completed_as_watched() {
 
     let mut stream = hub
         .practices
-        .watch_practice(pb::WatchPracticeRequest {
-            tenant_id: "028060".into(),
-            practice_id: p.id.clone(),
-            from_sequence: 1,
-        })
+        .watch_practice(one_practice_from("028060", &p.id, 1))
         .await
         .unwrap()
         .into_inner();
@@ -86,11 +82,7 @@ async fn deferred_submission_is_acknowledged_then_completed_as_watched() {
     // Replay from a later sequence gives only what follows.
     let mut again = hub
         .practices
-        .watch_practice(pb::WatchPracticeRequest {
-            tenant_id: "028060".into(),
-            practice_id: p.id.clone(),
-            from_sequence: 3,
-        })
+        .watch_practice(one_practice_from("028060", &p.id, 3))
         .await
         .unwrap()
         .into_inner();
@@ -159,11 +151,7 @@ async fn stopping_the_hub_ends_live_streams_with_unavailable() {
         .await;
     let mut single = hub
         .practices
-        .watch_practice(pb::WatchPracticeRequest {
-            tenant_id: "016024".into(),
-            practice_id: p.id.clone(),
-            from_sequence: 1,
-        })
+        .watch_practice(one_practice_from("016024", &p.id, 1))
         .await
         .unwrap()
         .into_inner();
@@ -283,11 +271,7 @@ async fn a_tenant_cannot_read_another_tenants_practice() {
     assert_eq!(err.code(), tonic::Code::NotFound);
     let err = hub
         .practices
-        .watch_practice(pb::WatchPracticeRequest {
-            tenant_id: "028060".into(),
-            practice_id: p.id.clone(),
-            from_sequence: 1,
-        })
+        .watch_practice(one_practice_from("028060", &p.id, 1))
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);

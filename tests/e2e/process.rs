@@ -215,7 +215,7 @@ fn check_names_the_file_and_the_key_of_each_problem() {
 async fn the_demo_starts_answers_health_checks_and_serves_a_certificate() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let data = tempfile::tempdir().unwrap();
-    let (anagrafe, tributi) = (free_addr().await, free_addr().await);
+    let [anagrafe, tributi] = free_addrs().await;
     let mut demo = serve(
         &root.join("config/demo.toml"),
         &[

@@ -199,8 +199,31 @@ async fn handle(
 
 /// A free loopback port (the listener is closed before returning).
 pub async fn free_addr() -> SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    l.local_addr().unwrap()
+    let [addr] = free_addrs().await;
+    addr
+}
+
+/// `N` different free loopback ports: every listener is held until all are
+/// chosen, since ports asked for one after the other may come back equal.
+pub async fn free_addrs<const N: usize>() -> [SocketAddr; N] {
+    let mut listeners = Vec::with_capacity(N);
+    for _ in 0..N {
+        listeners.push(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap());
+    }
+    std::array::from_fn(|i| listeners[i].local_addr().unwrap())
+}
+
+/// A `WatchPractice` request for one practice, from `from_sequence` on.
+pub fn one_practice_from(
+    tenant_id: &str,
+    practice_id: &str,
+    from_sequence: u64,
+) -> pb::WatchPracticeRequest {
+    pb::WatchPracticeRequest {
+        tenant_id: tenant_id.into(),
+        practice_id: practice_id.into(),
+        from_sequence,
+    }
 }
 
 /// Options of the test configuration.

@@ -543,11 +543,10 @@ impl StateRow {
             return Ok(());
         }
         let delivery = self.delivery_status.map(DeliveryStatus::as_str);
-        let outcome = match self.outcome.take() {
-            Some(outcome) => outcome,
-            None if now.status == self.stored.status => {
-                // The status index is left alone when the status stays.
-                conn.prepare_cached(
+        match self.outcome.take() {
+            // The status index is left alone when the status stays.
+            None if now.status == self.stored.status => conn
+                .prepare_cached(
                     "UPDATE practices SET delivery_status = ?1, current_operation_id = ?2, last_sequence = ?3
                      WHERE id = ?4",
                 )?
@@ -556,36 +555,33 @@ impl StateRow {
                     self.current_operation_id,
                     self.last_sequence,
                     self.id,
-                ])?;
-                self.stored = now;
-                return Ok(());
+                ])?,
+            outcome => {
+                let outcome = outcome.unwrap_or_default();
+                conn.prepare_cached(
+                    "UPDATE practices SET status = ?1, delivery_status = ?2, current_operation_id = ?3,
+                        last_sequence = ?4,
+                        legal_deadline = COALESCE(?5, legal_deadline),
+                        concluded_at = COALESCE(?6, concluded_at),
+                        outcome_status = CASE WHEN ?7 THEN ?1 ELSE outcome_status END,
+                        outcome_reason = CASE WHEN ?7 THEN ?8 ELSE outcome_reason END,
+                        outcome_vendor_code = CASE WHEN ?7 THEN ?9 ELSE outcome_vendor_code END
+                     WHERE id = ?10",
+                )?
+                .execute(params![
+                    self.status.as_str(),
+                    delivery,
+                    self.current_operation_id,
+                    self.last_sequence,
+                    outcome.legal_deadline,
+                    outcome.concluded_at,
+                    outcome.terminal,
+                    outcome.reason,
+                    outcome.vendor_code,
+                    self.id,
+                ])?
             }
-            None => OutcomeUpdate::default(),
         };
-        {
-            conn.prepare_cached(
-                "UPDATE practices SET status = ?1, delivery_status = ?2, current_operation_id = ?3,
-                    last_sequence = ?4,
-                    legal_deadline = COALESCE(?5, legal_deadline),
-                    concluded_at = COALESCE(?6, concluded_at),
-                    outcome_status = CASE WHEN ?7 THEN ?1 ELSE outcome_status END,
-                    outcome_reason = CASE WHEN ?7 THEN ?8 ELSE outcome_reason END,
-                    outcome_vendor_code = CASE WHEN ?7 THEN ?9 ELSE outcome_vendor_code END
-                 WHERE id = ?10",
-            )?
-            .execute(params![
-                self.status.as_str(),
-                delivery,
-                self.current_operation_id,
-                self.last_sequence,
-                outcome.legal_deadline,
-                outcome.concluded_at,
-                outcome.terminal,
-                outcome.reason,
-                outcome.vendor_code,
-                self.id,
-            ])?;
-        }
         self.stored = now;
         Ok(())
     }
@@ -1027,6 +1023,52 @@ fn insert_new(
     Ok((InsertOutcome::Created, job))
 }
 
+/// The columns a claim returns first, in this order, for
+/// [`read_claimed_job`]; a claim of polls returns its own after them.
+const CLAIMED_JOB_COLUMNS: &str =
+    "operation_id, practice_id, tenant_id, adapter, operation, attempts, max_attempts, traceparent";
+
+/// A claimed job as its claim returned it, before its operation is parsed.
+struct ClaimedJobRow {
+    operation_id: String,
+    practice_id: String,
+    tenant_id: String,
+    adapter: String,
+    operation: String,
+    attempt: i64,
+    max_attempts: i64,
+    traceparent: Option<String>,
+}
+
+/// Reads the [`CLAIMED_JOB_COLUMNS`] at the start of a claim's row.
+fn read_claimed_job(r: &Row<'_>) -> rusqlite::Result<ClaimedJobRow> {
+    Ok(ClaimedJobRow {
+        operation_id: r.get(0)?,
+        practice_id: r.get(1)?,
+        tenant_id: r.get(2)?,
+        adapter: r.get(3)?,
+        operation: r.get(4)?,
+        attempt: r.get(5)?,
+        max_attempts: r.get(6)?,
+        traceparent: r.get(7)?,
+    })
+}
+
+impl ClaimedJobRow {
+    fn into_job(self) -> Result<ClaimedJob, StoreError> {
+        Ok(ClaimedJob {
+            operation: parse("operation", &self.operation)?,
+            operation_id: self.operation_id,
+            practice_id: self.practice_id,
+            tenant_id: self.tenant_id,
+            adapter: self.adapter,
+            attempt: self.attempt as u32,
+            max_attempts: self.max_attempts as u32,
+            traceparent: self.traceparent,
+        })
+    }
+}
+
 /// Marks up to `limit` due jobs of `adapter` in flight (delivery `SENT`).
 fn claim_due(
     conn: &Connection,
@@ -1035,49 +1077,18 @@ fn claim_due(
     limit: u32,
 ) -> Result<Vec<ClaimedJob>, StoreError> {
     let rows = conn
-        .prepare_cached(
+        .prepare_cached(&format!(
             "UPDATE jobs SET state = 'in_flight', attempts = attempts + 1, updated_at = ?1
              WHERE operation_id IN (
                 SELECT operation_id FROM jobs WHERE adapter = ?2 AND state = 'due' AND next_attempt_at <= ?1
                 ORDER BY next_attempt_at LIMIT ?3)
-             RETURNING operation_id, practice_id, tenant_id, adapter, operation, attempts, max_attempts,
-                traceparent",
-        )?
-        .query_map(params![ms(now), adapter, limit as i64], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, String>(4)?,
-                r.get::<_, i64>(5)?,
-                r.get::<_, i64>(6)?,
-                r.get::<_, Option<String>>(7)?,
-            ))
-        })?
+             RETURNING {CLAIMED_JOB_COLUMNS}"
+        ))?
+        .query_map(params![ms(now), adapter, limit as i64], read_claimed_job)?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let mut jobs = Vec::with_capacity(rows.len());
-    for (
-        operation_id,
-        practice_id,
-        tenant_id,
-        adapter,
-        operation,
-        attempt,
-        max_attempts,
-        traceparent,
-    ) in rows
-    {
-        let job = ClaimedJob {
-            operation_id,
-            practice_id,
-            tenant_id,
-            adapter,
-            operation: parse("operation", &operation)?,
-            attempt: attempt as u32,
-            max_attempts: max_attempts as u32,
-            traceparent,
-        };
+    for row in rows {
+        let job = row.into_job()?;
         let mut st = load_state(conn, &job.practice_id)?;
         if st.current_operation_id.as_deref() == Some(&job.operation_id) {
             let mut drafts = Vec::new();

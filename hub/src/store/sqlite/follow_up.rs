@@ -1,7 +1,9 @@
 //! Durable polling of deferred results (ModI `NONBLOCK_PULL_*`): the job
 //! row keeps the adapter's token, the number of polls and the deadline.
 
-use super::{append_events, apply_reply, from_ms, load_state, ms, parse};
+use super::{
+    CLAIMED_JOB_COLUMNS, append_events, apply_reply, from_ms, load_state, ms, read_claimed_job,
+};
 use crate::store::{ClaimedJob, ClaimedPoll, StoreError};
 use chrono::{DateTime, Duration, Utc};
 use raccordo_adapters::{DeliveryError, VendorReply};
@@ -41,59 +43,33 @@ pub(super) fn claim(
     limit: u32,
 ) -> Result<Vec<ClaimedPoll>, StoreError> {
     let rows = conn
-        .prepare_cached(
+        .prepare_cached(&format!(
             "UPDATE jobs SET state = 'poll_in_flight', updated_at = ?1
              WHERE operation_id IN (
                 SELECT operation_id FROM jobs WHERE adapter = ?2 AND state = 'polling' AND next_attempt_at <= ?1
                 ORDER BY next_attempt_at LIMIT ?3)
-             RETURNING operation_id, practice_id, tenant_id, adapter, operation, attempts, max_attempts,
-                follow_up, follow_up_polls, follow_up_deadline, traceparent",
-        )?
+             RETURNING {CLAIMED_JOB_COLUMNS}, follow_up, follow_up_polls, follow_up_deadline"
+        ))?
         .query_map(params![ms(now), adapter, limit as i64], |r| {
             Ok((
-                (
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, String>(4)?,
-                ),
-                (
-                    r.get::<_, i64>(5)?,
-                    r.get::<_, i64>(6)?,
-                    r.get::<_, Option<String>>(7)?,
-                    r.get::<_, i64>(8)?,
-                    r.get::<_, Option<i64>>(9)?,
-                    r.get::<_, Option<String>>(10)?,
-                ),
+                read_claimed_job(r)?,
+                r.get::<_, Option<String>>(8)?,
+                r.get::<_, i64>(9)?,
+                r.get::<_, Option<i64>>(10)?,
             ))
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     rows.into_iter()
-        .map(
-            |(
-                (operation_id, practice_id, tenant_id, adapter, operation),
-                (attempt, max_attempts, token, polls, deadline, traceparent),
-            )| {
-                Ok(ClaimedPoll {
-                    token: token.ok_or_else(|| {
-                        StoreError::Corrupt(format!("job {operation_id} polls without a token"))
-                    })?,
-                    job: ClaimedJob {
-                        operation_id,
-                        practice_id,
-                        tenant_id,
-                        adapter,
-                        operation: parse("operation", &operation)?,
-                        attempt: attempt as u32,
-                        max_attempts: max_attempts as u32,
-                        traceparent,
-                    },
-                    polls: polls as u32,
-                    deadline: deadline.map_or(now, from_ms),
-                })
-            },
-        )
+        .map(|(job, token, polls, deadline)| {
+            Ok(ClaimedPoll {
+                token: token.ok_or_else(|| {
+                    StoreError::Corrupt(format!("job {} polls without a token", job.operation_id))
+                })?,
+                job: job.into_job()?,
+                polls: polls as u32,
+                deadline: deadline.map_or(now, from_ms),
+            })
+        })
         .collect()
 }
 
