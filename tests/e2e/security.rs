@@ -727,12 +727,15 @@ async fn the_audit_chain_verifies_and_an_edited_record_is_found() {
     assert_eq!(lines[1]["prev_hash"], lines[0]["hash"]);
 
     // Someone edits one record in the database: the chain breaks there.
+    // Record 2 is an event of the practice, which is its own audit record.
     let conn = rusqlite::Connection::open(dir.join("data/raccordo.db")).unwrap();
-    conn.execute(
-        "UPDATE audit_log SET actor = 'someone else' WHERE tenant_id = '016024' AND seq = 2",
-        [],
-    )
-    .unwrap();
+    let edited = conn
+        .execute(
+            "UPDATE events SET reason = 'never happened' WHERE tenant_id = '016024' AND audit_seq = 2",
+            [],
+        )
+        .unwrap();
+    assert_eq!(edited, 1);
     drop(conn);
     let broken = audit_cli(&dir, &["verify"]);
     assert!(!broken.status.success());

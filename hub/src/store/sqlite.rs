@@ -634,19 +634,6 @@ fn load_state(conn: &Connection, practice_id: &str) -> Result<StateRow, StoreErr
     })
 }
 
-/// What the audit trail keeps of a practice event (its `detail`).
-#[derive(serde::Serialize)]
-struct EventAudit<'a> {
-    sequence: i64,
-    source: &'a str,
-    from_status: Option<&'a str>,
-    to_status: Option<&'a str>,
-    from_delivery: Option<&'a str>,
-    to_delivery: Option<&'a str>,
-    reason: Option<&'a str>,
-    vendor_code: Option<&'a str>,
-}
-
 /// Appends events with the next sequence numbers, saves the practice's
 /// changed state, and returns the events as stored. Every transition ends
 /// here.
@@ -663,8 +650,8 @@ fn append_events(
     let mut insert = conn.prepare_cached(
         "INSERT INTO events (practice_id, tenant_id, service_code, applicant_id, sequence, occurred_at,
             recorded_at, source, kind, from_status, to_status, from_delivery, to_delivery, reason,
-            vendor_code, actor)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+            vendor_code, actor, audit_seq, audit_prev_hash, audit_hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
     )?;
     // Returned and published as stored (milliseconds): a live watcher and
     // one replaying from the store must see the same event.
@@ -673,6 +660,26 @@ fn append_events(
     for d in drafts {
         st.last_sequence += 1;
         let occurred = from_ms(ms(d.occurred_at.unwrap_or(now)));
+        // The event is its own audit record: linked into the tenant's chain
+        // here, stored with the row.
+        let link = audit::link_event(
+            conn,
+            &st.tenant_id,
+            &d.actor,
+            d.kind.as_str(),
+            &st.id,
+            &audit::EventAudit {
+                sequence: st.last_sequence,
+                source: d.source.as_str(),
+                from_status: d.from_status.map(AdminStatus::as_str),
+                to_status: d.to_status.map(AdminStatus::as_str),
+                from_delivery: d.from_delivery.map(DeliveryStatus::as_str),
+                to_delivery: d.to_delivery.map(DeliveryStatus::as_str),
+                reason: d.reason.as_deref(),
+                vendor_code: d.vendor_code.as_deref(),
+            },
+            ms(now),
+        )?;
         insert.execute(params![
             st.id,
             st.tenant_id,
@@ -690,28 +697,11 @@ fn append_events(
             d.reason,
             d.vendor_code,
             d.actor,
+            link.seq,
+            link.prev_hash,
+            link.hash,
         ])?;
-        // Read before the audit insert below, which moves last_insert_rowid.
         let cursor = conn.last_insert_rowid();
-        let detail = EventAudit {
-            sequence: st.last_sequence,
-            source: d.source.as_str(),
-            from_status: d.from_status.map(AdminStatus::as_str),
-            to_status: d.to_status.map(AdminStatus::as_str),
-            from_delivery: d.from_delivery.map(DeliveryStatus::as_str),
-            to_delivery: d.to_delivery.map(DeliveryStatus::as_str),
-            reason: d.reason.as_deref(),
-            vendor_code: d.vendor_code.as_deref(),
-        };
-        audit::append(
-            conn,
-            &st.tenant_id,
-            &d.actor,
-            d.kind.as_str(),
-            Some(&st.id),
-            &detail,
-            now,
-        )?;
         out.push(Event {
             cursor,
             practice_id: st.id.clone(),
@@ -2243,6 +2233,111 @@ mod tests {
         }
         assert!(live.try_recv().is_err(), "nothing else is published");
         stored.len()
+    }
+
+    /// Audit records of tenant 016024, oldest first.
+    fn audit_records(path: &Path) -> Vec<AuditRecord> {
+        SqliteStore::export_audit(
+            path,
+            "016024",
+            DateTime::<Utc>::MIN_UTC,
+            DateTime::<Utc>::MAX_UTC,
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn records_of_events_stored_before_the_chain_moved_to_the_events_still_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        {
+            // As the schema before events carried their audit links left it:
+            // the event's record is a copy in audit_log.
+            let mut conn = Connection::open(&path).unwrap();
+            schema::migrate_up_to(&mut conn, 5).unwrap();
+            let detail = audit::EventAudit {
+                sequence: 1,
+                source: "APPLICANT",
+                from_status: None,
+                to_status: Some("SUBMITTED"),
+                from_delivery: None,
+                to_delivery: None,
+                reason: None,
+                vendor_code: None,
+            };
+            audit::append(
+                &conn,
+                "016024",
+                "applicant",
+                "status",
+                Some("p-old"),
+                &detail,
+                Utc::now(),
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path, Synchronous::Normal, 2)
+            .await
+            .unwrap();
+        store
+            .insert_practice(new_practice("p-new", "k-new"))
+            .await
+            .unwrap();
+
+        let (checked, breaks) = SqliteStore::verify_audit(&path, None).unwrap();
+        assert_eq!(breaks, Vec::new());
+        assert_eq!(
+            checked, 3,
+            "the old record and the new practice's two events"
+        );
+        let records = audit_records(&path);
+        let seqs: Vec<i64> = records.iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, [1, 2, 3]);
+        assert_eq!(records[0].practice_id.as_deref(), Some("p-old"));
+        assert_eq!(records[1].practice_id.as_deref(), Some("p-new"));
+        assert_eq!(records[1].prev_hash, records[0].hash);
+        assert_eq!(records[1].detail["to_status"], "SUBMITTED");
+        let in_log: i64 = Connection::open(&path)
+            .unwrap()
+            .query_row("SELECT COUNT(*) FROM audit_log", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(in_log, 1, "new events are not copied into audit_log");
+    }
+
+    #[tokio::test]
+    async fn an_edited_or_removed_event_breaks_its_tenants_chain() {
+        let (dir, store) = store().await;
+        let path = dir.path().join("t.db");
+        store
+            .insert_practice(new_practice("p-1", "k-1"))
+            .await
+            .unwrap();
+        store
+            .insert_practice(new_practice("p-2", "k-2"))
+            .await
+            .unwrap();
+        assert_eq!(
+            SqliteStore::verify_audit(&path, None).unwrap(),
+            (4, Vec::new())
+        );
+
+        let conn = Connection::open(&path).unwrap();
+        conn.execute(
+            "UPDATE events SET to_delivery = 'ACKNOWLEDGED' WHERE audit_seq = 4",
+            [],
+        )
+        .unwrap();
+        let (_, breaks) = SqliteStore::verify_audit(&path, Some("016024")).unwrap();
+        assert_eq!(breaks.len(), 1);
+        assert_eq!(breaks[0].seq, 4);
+        assert!(breaks[0].reason.contains("edited"), "{breaks:?}");
+
+        conn.execute("DELETE FROM events WHERE audit_seq = 2", [])
+            .unwrap();
+        let (_, breaks) = SqliteStore::verify_audit(&path, Some("016024")).unwrap();
+        assert_eq!(breaks.len(), 1);
+        assert_eq!(breaks[0].seq, 3);
+        assert_eq!(breaks[0].reason, "record 2 is missing (found 3 next)");
     }
 
     #[tokio::test]

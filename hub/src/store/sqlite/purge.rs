@@ -42,6 +42,7 @@ pub fn purge(
             break;
         }
         for id in &ids {
+            audit::keep_event_records(&tx, id)?;
             for table in [
                 "documents",
                 "external_refs",
