@@ -33,6 +33,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "events_audit",
         include_str!("../../migrations/0006_events_audit.sql"),
     ),
+    (
+        7,
+        "ascending_listing_indexes",
+        include_str!("../../migrations/0007_ascending_listing_indexes.sql"),
+    ),
 ];
 
 /// Applies pending migrations; returns the schema version.

@@ -1435,6 +1435,42 @@ fn attach_details(
     Ok(())
 }
 
+/// The query of a page of practices, newest first, and its values.
+fn list_query(filter: &PracticeFilter, after: Option<&str>, limit: u32) -> (String, Vec<SqlValue>) {
+    let mut sql = format!("SELECT {PRACTICE_COLUMNS} {PRACTICE_FROM} WHERE p.tenant_id = ?");
+    let mut values = vec![SqlValue::Text(filter.tenant_id.clone())];
+    let mut add = |clause: &str, v: SqlValue| {
+        sql.push_str(clause);
+        values.push(v);
+    };
+    if let Some(a) = &filter.applicant_id {
+        add(
+            " AND p.applicant_id = ?",
+            SqlValue::Text(a.to_ascii_uppercase()),
+        );
+    }
+    if let Some(s) = &filter.service_code {
+        add(" AND p.service_code = ?", SqlValue::Text(s.clone()));
+    }
+    if let Some(s) = filter.status {
+        add(" AND p.status = ?", SqlValue::Text(s.as_str().into()));
+    }
+    if let Some(t) = filter.submitted_from {
+        add(" AND p.received_at >= ?", SqlValue::Integer(ms(t)));
+    }
+    if let Some(t) = filter.submitted_to {
+        add(" AND p.received_at < ?", SqlValue::Integer(ms(t)));
+    }
+    if let Some(after) = after {
+        add(" AND p.id < ?", SqlValue::Text(after.to_string()));
+    }
+    add(
+        " ORDER BY p.id DESC LIMIT ?",
+        SqlValue::Integer(limit as i64),
+    );
+    (sql, values)
+}
+
 fn get_practice(
     conn: &Connection,
     tenant_id: &str,
@@ -1521,37 +1557,7 @@ impl Store for SqliteStore {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<Practice>, StoreError> {
-        let mut sql = format!("SELECT {PRACTICE_COLUMNS} {PRACTICE_FROM} WHERE p.tenant_id = ?");
-        let mut values = vec![SqlValue::Text(filter.tenant_id.clone())];
-        let mut add = |clause: &str, v: SqlValue| {
-            sql.push_str(clause);
-            values.push(v);
-        };
-        if let Some(a) = &filter.applicant_id {
-            add(
-                " AND p.applicant_id = ?",
-                SqlValue::Text(a.to_ascii_uppercase()),
-            );
-        }
-        if let Some(s) = &filter.service_code {
-            add(" AND p.service_code = ?", SqlValue::Text(s.clone()));
-        }
-        if let Some(s) = filter.status {
-            add(" AND p.status = ?", SqlValue::Text(s.as_str().into()));
-        }
-        if let Some(t) = filter.submitted_from {
-            add(" AND p.received_at >= ?", SqlValue::Integer(ms(t)));
-        }
-        if let Some(t) = filter.submitted_to {
-            add(" AND p.received_at < ?", SqlValue::Integer(ms(t)));
-        }
-        if let Some(after) = after {
-            add(" AND p.id < ?", SqlValue::Text(after.to_string()));
-        }
-        add(
-            " ORDER BY p.id DESC LIMIT ?",
-            SqlValue::Integer(limit as i64),
-        );
+        let (sql, values) = list_query(filter, after, limit);
         self.read(move |conn| {
             let mut practices =
                 query_all(conn, &sql, &values, read_practice_row, practice_from_row)?;
@@ -2338,6 +2344,58 @@ mod tests {
         assert_eq!(breaks.len(), 1);
         assert_eq!(breaks[0].seq, 3);
         assert_eq!(breaks[0].reason, "record 2 is missing (found 3 next)");
+    }
+
+    #[tokio::test]
+    async fn every_listing_walks_an_index_newest_first_without_sorting() {
+        let (dir, _store) = store().await;
+        let conn = open_read_only(&dir.path().join("t.db")).unwrap();
+        let tenant = PracticeFilter {
+            tenant_id: "016024".into(),
+            ..Default::default()
+        };
+        let filters = [
+            (tenant.clone(), "practices_by_tenant"),
+            (
+                PracticeFilter {
+                    applicant_id: Some("RSSMRA45D25F205N".into()),
+                    ..tenant.clone()
+                },
+                "practices_by_applicant",
+            ),
+            (
+                PracticeFilter {
+                    service_code: Some("TARI".into()),
+                    ..tenant.clone()
+                },
+                "practices_by_service",
+            ),
+            (
+                PracticeFilter {
+                    status: Some(AdminStatus::Submitted),
+                    ..tenant.clone()
+                },
+                "practices_by_status",
+            ),
+        ];
+        for (filter, index) in filters {
+            for after in [None, Some("0190a1b2-0000-7000-8000-000000000000")] {
+                let (sql, values) = list_query(&filter, after, 100);
+                let plan: Vec<String> = conn
+                    .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                    .unwrap()
+                    .query_map(params_from_iter(values.iter()), |r| r.get::<_, String>(3))
+                    .unwrap()
+                    .collect::<rusqlite::Result<_>>()
+                    .unwrap();
+                let plan = plan.join("; ");
+                assert!(
+                    plan.contains(&format!("SEARCH p USING INDEX {index}")),
+                    "{plan}"
+                );
+                assert!(!plan.contains("TEMP B-TREE"), "{plan}");
+            }
+        }
     }
 
     #[tokio::test]
