@@ -1,4 +1,6 @@
-//! The minimal fast vendor: answers every POST at once with an approval.
+//! The minimal fast vendor: answers every POST at once with an approval
+//! carrying a new protocol number, as a registry would (numbers in
+//! sequence: the hub indexes them for look-ups by reference).
 
 use axum::http::header::CONTENT_TYPE;
 use axum::serve::ListenerExt;
@@ -6,7 +8,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-const ANSWER: &str = r#"{"esito":"OK","protocollo":{"numero":"2026/000001"},"id":"BENCH-1"}"#;
+/// The approval of request `n`.
+fn answer(n: u64) -> String {
+    format!(r#"{{"esito":"OK","protocollo":{{"numero":"2026/{n:07}"}},"id":"BENCH-{n}"}}"#)
+}
 
 /// A running vendor and its request counter.
 #[derive(Clone)]
@@ -23,8 +28,8 @@ impl Vendor {
         let requests = Arc::new(AtomicU64::new(0));
         let counter = Arc::clone(&requests);
         let app = axum::Router::new().fallback(move || {
-            counter.fetch_add(1, Ordering::Relaxed);
-            async { ([(CONTENT_TYPE, "application/json")], ANSWER) }
+            let n = counter.fetch_add(1, Ordering::Relaxed) + 1;
+            async move { ([(CONTENT_TYPE, "application/json")], answer(n)) }
         });
         tokio::spawn(async move {
             let _ = axum::serve(listener.tap_io(raccordo::server::no_delay), app).await;
