@@ -215,6 +215,12 @@ const LOG_COLUMNS: &str =
     "tenant_id, seq, recorded_at, actor, action, practice_id, detail, prev_hash, hash";
 
 fn read_log_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
+    record_from(r, r.get(6)?, 7)
+}
+
+/// A record from the six columns both tables' queries start with, its
+/// `detail`, and its two hashes at `hashes` and the column after.
+fn record_from(r: &rusqlite::Row<'_>, detail: String, hashes: usize) -> rusqlite::Result<Record> {
     Ok(Record {
         tenant_id: r.get(0)?,
         seq: r.get(1)?,
@@ -222,9 +228,9 @@ fn read_log_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
         actor: r.get(3)?,
         action: r.get(4)?,
         practice_id: r.get(5)?,
-        detail: r.get(6)?,
-        prev_hash: r.get(7)?,
-        hash: r.get(8)?,
+        detail,
+        prev_hash: r.get(hashes)?,
+        hash: r.get(hashes + 1)?,
     })
 }
 
@@ -255,17 +261,7 @@ fn read_event_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
         vendor_code: vendor_code.as_deref(),
     }
     .to_json();
-    Ok(Record {
-        tenant_id: r.get(0)?,
-        seq: r.get(1)?,
-        recorded_at: r.get(2)?,
-        actor: r.get(3)?,
-        action: r.get(4)?,
-        practice_id: r.get(5)?,
-        detail,
-        prev_hash: r.get(14)?,
-        hash: r.get(15)?,
-    })
+    record_from(r, detail, 14)
 }
 
 /// Merges two record streams, each ordered by (tenant, seq), into one.
