@@ -45,7 +45,8 @@ pub fn migrate(conn: &mut Connection) -> Result<i64, StoreError> {
     migrate_up_to(conn, MIGRATIONS.last().map_or(0, |m| m.0))
 }
 
-/// Applies pending migrations up to `last` (tests build older databases).
+/// Applies pending migrations up to `last` (tests build older databases);
+/// returns the version the database is at afterwards.
 pub(crate) fn migrate_up_to(conn: &mut Connection, last: i64) -> Result<i64, StoreError> {
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -75,5 +76,5 @@ pub(crate) fn migrate_up_to(conn: &mut Connection, last: i64) -> Result<i64, Sto
         tx.commit()?;
         tracing::info!(version, name, "applied schema migration");
     }
-    Ok(newest.min(last))
+    Ok(current.max(last.min(newest)))
 }

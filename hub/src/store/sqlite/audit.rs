@@ -287,6 +287,7 @@ pub fn verify(
     conn: &Connection,
     tenant: Option<&str>,
 ) -> Result<(u64, Vec<AuditBreak>), StoreError> {
+    // One parameter either way: the tenant, or NULL for every chain.
     let only = if tenant.is_some() {
         "WHERE tenant_id = ?1"
     } else {
