@@ -29,12 +29,17 @@ fn is_lower_hex(s: &str, len: usize) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+/// `bytes` random bytes (at most 16) as lower-case hex: new trace and span
+/// ids, several per submission, so without a `format!` per byte.
 fn random_hex(bytes: usize) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let random = uuid::Uuid::new_v4();
-    random.as_bytes()[..bytes]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    let mut out = String::with_capacity(bytes * 2);
+    for b in &random.as_bytes()[..bytes] {
+        out.push(HEX[usize::from(b >> 4)] as char);
+        out.push(HEX[usize::from(b & 0x0f)] as char);
+    }
+    out
 }
 
 impl TraceContext {
