@@ -8,7 +8,8 @@
 //! The events a transaction appended are published on the event bus right
 //! after its commit, by the writer thread itself: watchers see them in
 //! commit order, so they can forward them without re-reading the store.
-//! Reads run on blocking threads with a small pool of read-only connections.
+//! Reads run on blocking threads with a small pool of read-only connections,
+//! each read in one read transaction: one snapshot for all its statements.
 //! Either way a whole operation costs one thread hand-off, not one per SQL
 //! statement, and nothing blocks the async runtime.
 
@@ -139,8 +140,32 @@ impl ReaderPool {
     }
 
     fn put(&self, conn: Connection) {
-        self.idle.lock().expect("reader pool lock").push(conn);
+        // One left inside a read transaction would pin an old snapshot:
+        // stale reads, and a log that can never restart. Closed instead.
+        if conn.is_autocommit() {
+            self.idle.lock().expect("reader pool lock").push(conn);
+        }
     }
+}
+
+/// Runs `op` in one read transaction. Its statements then share one
+/// snapshot (a practice and its references, documents and delivery agree
+/// with each other), and the log's read lock is taken once: in autocommit
+/// mode each statement began and ended a read transaction of its own, with
+/// `fcntl` locks on the shared-memory file each time, about a third of the
+/// hub's CPU for a `GetPractice`.
+fn in_snapshot<R>(
+    conn: &Connection,
+    op: impl FnOnce(&Connection) -> Result<R, StoreError>,
+) -> Result<R, StoreError> {
+    conn.prepare_cached("BEGIN")?.execute([])?;
+    let result = op(conn);
+    let end = conn
+        .prepare_cached("COMMIT")
+        .and_then(|mut s| s.execute([]));
+    let value = result?;
+    end?;
+    Ok(value)
 }
 
 impl SqliteStore {
@@ -294,7 +319,7 @@ impl SqliteStore {
         op: impl FnOnce(&Connection) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
         let conn = self.readers.take()?;
-        let result = op(&conn);
+        let result = in_snapshot(&conn, op);
         self.readers.put(conn);
         result
     }
@@ -314,7 +339,7 @@ impl SqliteStore {
         let pool = Arc::clone(&self.readers);
         tokio::task::spawn_blocking(move || {
             let conn = pool.take()?;
-            let result = op(&conn);
+            let result = in_snapshot(&conn, op);
             pool.put(conn);
             result
         })
@@ -2199,6 +2224,25 @@ mod tests {
             max_attempts: 3,
             traceparent: None,
         }
+    }
+
+    /// Each read runs in a read transaction of its own; one that fails must
+    /// still end it, or its pooled connection would keep answering from
+    /// the old snapshot.
+    #[tokio::test]
+    async fn a_failed_read_leaves_no_snapshot_behind() {
+        let (_dir, store) = store().await;
+        let missing = store.get_practice("016024", "p1", false).await;
+        assert!(
+            matches!(missing, Err(StoreError::NotFound)),
+            "{missing:?}"
+        );
+        store
+            .insert_practice(new_practice("p1", "k1"))
+            .await
+            .unwrap();
+        let found = store.get_practice("016024", "p1", false).await.unwrap();
+        assert_eq!(found.id, "p1");
     }
 
     /// A store publishing its events, and a subscriber to them.
