@@ -2233,10 +2233,7 @@ mod tests {
     async fn a_failed_read_leaves_no_snapshot_behind() {
         let (_dir, store) = store().await;
         let missing = store.get_practice("016024", "p1", false).await;
-        assert!(
-            matches!(missing, Err(StoreError::NotFound)),
-            "{missing:?}"
-        );
+        assert!(matches!(missing, Err(StoreError::NotFound)), "{missing:?}");
         store
             .insert_practice(new_practice("p1", "k1"))
             .await
