@@ -317,10 +317,7 @@ pub fn accept(listener: TcpListener, tls: TlsSetup, reload: Duration) -> mpsc::R
                             .peer_certificates()
                             .and_then(|c| c.first())
                             .map(|c| {
-                                Sha256::digest(c.as_ref())
-                                    .iter()
-                                    .map(|b| format!("{b:02x}"))
-                                    .collect()
+                                raccordo_adapters::model::lower_hex(&Sha256::digest(c.as_ref()))
                             });
                         let info = TlsConnectInfo {
                             remote_addr: Some(remote),

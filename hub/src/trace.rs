@@ -30,16 +30,9 @@ fn is_lower_hex(s: &str, len: usize) -> bool {
 }
 
 /// `bytes` random bytes (at most 16) as lower-case hex: new trace and span
-/// ids, several per submission, so without a `format!` per byte.
+/// ids.
 fn random_hex(bytes: usize) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let random = uuid::Uuid::new_v4();
-    let mut out = String::with_capacity(bytes * 2);
-    for b in &random.as_bytes()[..bytes] {
-        out.push(HEX[usize::from(b >> 4)] as char);
-        out.push(HEX[usize::from(b & 0x0f)] as char);
-    }
-    out
+    raccordo_adapters::model::lower_hex(&uuid::Uuid::new_v4().as_bytes()[..bytes])
 }
 
 impl TraceContext {

@@ -199,8 +199,7 @@ pub fn sign(secret: &[u8], timestamp: &str, body: &[u8]) -> String {
     mac.update(b".");
     mac.update(body);
     let bytes = mac.finalize().into_bytes();
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256={hex}")
+    format!("sha256={}", crate::model::lower_hex(&bytes))
 }
 
 fn decode_hex(s: &str) -> Option<Vec<u8>> {
