@@ -320,12 +320,25 @@ impl PracticeService {
                     let attempt = tokio::spawn(
                         async move {
                             let route = this.config.route(&tenant, &service);
-                            crate::delivery::deliver(&this, &instance, job, message, route).await;
+                            let recorded = crate::delivery::deliver(
+                                &this, &instance, job, message, route, true,
+                            )
+                            .await;
                             drop(permit);
+                            recorded
                         }
                         .instrument(span),
                     );
-                    let _ = tokio::time::timeout(route.deadline, attempt).await;
+                    // Past the deadline (or if recording failed) the answer
+                    // is the practice as stored so far.
+                    if let Ok(Ok(Some(practice))) =
+                        tokio::time::timeout(route.deadline, attempt).await
+                    {
+                        return Ok(Submitted {
+                            practice,
+                            duplicate: false,
+                        });
+                    }
                     (id, false)
                 }
                 (outcome, _) => existing(outcome, &input.tenant_id, &input.idempotency_key)?,

@@ -23,6 +23,18 @@ async fn sync_submission_replies_with_the_outcome() {
     assert_eq!(outcome.documents[0].sha256.len(), 64);
     assert_eq!(p.external_refs[0].kind, "protocol");
     assert_eq!(p.external_refs[0].value, "2026/000001");
+    // The reply is the practice as stored: a later read shows the same.
+    let stored = hub
+        .practices
+        .get_practice(pb::GetPracticeRequest {
+            tenant_id: "016024".into(),
+            practice_id: p.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stored, p);
     let delivery = p.delivery.unwrap();
     assert_eq!(delivery.status, pb::DeliveryStatus::Acknowledged as i32);
 

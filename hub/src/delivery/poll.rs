@@ -42,7 +42,8 @@ pub(super) async fn poll_once(
                 follow_up: None,
                 ..reply
             };
-            return record(service, job, AttemptResult::Delivered(reply)).await;
+            record(service, job, AttemptResult::Delivered(reply), false).await;
+            return;
         }
         Ok(PollOutcome::Pending {
             progress,
@@ -55,13 +56,15 @@ pub(super) async fn poll_once(
             (None, None, after, Some(e))
         }
         Err(e) if e.class == FailureClass::Rejection => {
-            return record(service, job, AttemptResult::Rejected(e)).await;
+            record(service, job, AttemptResult::Rejected(e), false).await;
+            return;
         }
         Err(e) => {
             tracing::warn!(operation_id = %job.operation_id, adapter = %instance.name,
                 class = %e.class, "poll failed: {}", e.reason);
             let decision = policy(service, job).decide(e.class, job.attempt, e.retry_after);
-            return record(service, job, AttemptResult::Failed(e, decision)).await;
+            record(service, job, AttemptResult::Failed(e, decision), false).await;
+            return;
         }
     };
     if now >= claimed.deadline {
@@ -76,7 +79,8 @@ pub(super) async fn poll_once(
             ),
         );
         let decision = policy(service, job).decide(err.class, job.attempt, None);
-        return record(service, job, AttemptResult::Failed(err, decision)).await;
+        record(service, job, AttemptResult::Failed(err, decision), false).await;
+        return;
     }
     let next = (now + chrono::Duration::from_std(after).unwrap_or(chrono::Duration::hours(1)))
         .min(claimed.deadline);

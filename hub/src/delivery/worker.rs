@@ -4,6 +4,7 @@ use super::build_message;
 use crate::adapters::AdapterInstance;
 use crate::config::AttachmentMode;
 use crate::config::RouteConfig;
+use crate::domain::practice::Practice;
 use crate::domain::retry::{RetryDecision, RetryPolicy};
 use crate::metrics::AdapterLabels;
 use crate::practices::PracticeService;
@@ -184,10 +185,21 @@ pub(super) fn policy(service: &PracticeService, job: &ClaimedJob) -> RetryPolicy
 }
 
 /// Records how an attempt (or a poll) ended; retried, since the vendor
-/// answered and that must not be lost to a busy database.
-pub(super) async fn record(service: &PracticeService, job: &ClaimedJob, result: AttemptResult) {
-    let record = || async { service.store().finish_attempt(job, result.clone()).await };
-    if let Err(e) = record
+/// answered and that must not be lost to a busy database. With
+/// `read_back`, returns the practice as recorded.
+pub(super) async fn record(
+    service: &PracticeService,
+    job: &ClaimedJob,
+    result: AttemptResult,
+    read_back: bool,
+) -> Option<Practice> {
+    let record = || async {
+        service
+            .store()
+            .finish_attempt(job, result.clone(), read_back)
+            .await
+    };
+    match record
         .retry(
             ExponentialBuilder::default()
                 .with_min_delay(Duration::from_millis(50))
@@ -195,8 +207,12 @@ pub(super) async fn record(service: &PracticeService, job: &ClaimedJob, result: 
         )
         .await
     {
-        tracing::error!(operation_id = %job.operation_id, error = %e,
-            "cannot record the delivery result; it is resumed at next start");
+        Ok(practice) => practice,
+        Err(e) => {
+            tracing::error!(operation_id = %job.operation_id, error = %e,
+                "cannot record the delivery result; it is resumed at next start");
+            None
+        }
     }
 }
 
@@ -213,18 +229,20 @@ async fn attempt(service: &PracticeService, instance: &AdapterInstance, job: Cla
     let route = config.route(&job.tenant_id, &practice.service_code);
     let mode = route.map_or(AttachmentMode::Inline, |r| r.attachments);
     let message = build_message(&job, &practice, attachments, mode);
-    deliver(service, instance, job, message, route).await;
+    deliver(service, instance, job, message, route, false).await;
 }
 
 /// Delivers `message` as the attempt `job` claimed and records the result:
-/// shared by the worker and by synchronous submissions delivering inline.
+/// shared by the worker and by synchronous submissions delivering inline
+/// (which, with `read_back`, get the practice as recorded).
 pub(crate) async fn deliver(
     service: &PracticeService,
     instance: &AdapterInstance,
     job: ClaimedJob,
     message: NormalizedMessage,
     route: Option<&RouteConfig>,
-) {
+    read_back: bool,
+) -> Option<Practice> {
     // Each attempt is a new span of the caller's trace.
     let trace = job
         .traceparent
@@ -290,5 +308,5 @@ pub(crate) async fn deliver(
             attempt = job.attempt, %class, vendor_code = vendor_code.as_deref().unwrap_or(""),
             elapsed_ms = started.elapsed().as_millis() as u64, "delivery failed");
     }
-    record(service, &job, result).await;
+    record(service, &job, result, read_back).await
 }

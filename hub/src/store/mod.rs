@@ -232,11 +232,16 @@ pub trait Store: Send + Sync + 'static {
 
     /// Records how an attempt ended: job, delivery status, administrative
     /// status, outcome, documents, references and events, atomically.
+    ///
+    /// With `read_back`, also returns the practice as recorded (attachment
+    /// metadata only), read in the same transaction: what a synchronous
+    /// submission answers with.
     async fn finish_attempt(
         &self,
         job: &ClaimedJob,
         result: AttemptResult,
-    ) -> Result<(), StoreError>;
+        read_back: bool,
+    ) -> Result<Option<Practice>, StoreError>;
 
     /// After a poll that found the result not ready: applies the vendor's
     /// intermediate report (if any) and schedules the next poll at `next`.

@@ -1699,7 +1699,8 @@ impl Store for SqliteStore {
         &self,
         job: &ClaimedJob,
         result: AttemptResult,
-    ) -> Result<(), StoreError> {
+        read_back: bool,
+    ) -> Result<Option<Practice>, StoreError> {
         let job = job.clone();
         self.write(move |conn| {
             let now = Utc::now();
@@ -1806,7 +1807,13 @@ impl Store for SqliteStore {
                 }
             }
             append_events(conn, &mut st, drafts, now)?;
-            Ok(())
+            // Here and not on a reader: every commit leaves a reader's page
+            // cache stale (SQLite resets it at the next read transaction),
+            // so a read-back there fetches every page again with a `pread`,
+            // while the writer has them all in its cache.
+            read_back
+                .then(|| get_practice(conn, &job.tenant_id, &job.practice_id, false))
+                .transpose()
         })
         .await
     }
