@@ -93,7 +93,7 @@ pub async fn seed(n: usize, under: Option<&Path>) -> anyhow::Result<Seeded> {
             joined(inserts.join_next().await)?;
         }
         let store = store.clone();
-        inserts.spawn(async move { store.insert_practice(practice).await });
+        inserts.spawn(async move { store.insert_practice(practice, false).await.map(|(o, _)| o) });
         if i > 0 && i % 100_000 == 0 {
             eprintln!(
                 "  seeded {i} practices in {:.1} s",

@@ -347,8 +347,16 @@ impl PracticeService {
         }
         // Subscribe before the insert: no event of this practice can be missed.
         let mut events_rx = (route.mode != Mode::Deferred).then(|| self.bus.subscribe());
-        let (id, duplicate) = match self.store.insert_practice(new).await? {
-            InsertOutcome::Created => {
+        let deferred = route.mode == Mode::Deferred;
+        let (id, duplicate) = match self.store.insert_practice(new, deferred).await? {
+            (InsertOutcome::Created, Some(practice)) => {
+                self.wake(&route.adapter);
+                return Ok(Submitted {
+                    practice,
+                    duplicate: false,
+                });
+            }
+            (InsertOutcome::Created, None) => {
                 self.wake(&route.adapter);
                 let wait = match route.mode {
                     Mode::Deferred => None,
@@ -360,7 +368,7 @@ impl PracticeService {
                 }
                 (id, false)
             }
-            other => existing(other, &input.tenant_id, &input.idempotency_key)?,
+            (other, _) => existing(other, &input.tenant_id, &input.idempotency_key)?,
         };
         self.reply(&input.tenant_id, id, duplicate).await
     }

@@ -161,8 +161,15 @@ pub struct Withdrawal {
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Stores a new practice, its first events and its delivery job in one
-    /// transaction, unless the idempotency key was used before.
-    async fn insert_practice(&self, practice: NewPractice) -> Result<InsertOutcome, StoreError>;
+    /// transaction, unless the idempotency key was used before. With
+    /// `read_back`, a practice stored now is also returned as stored
+    /// (attachment metadata only), read in the same transaction: what a
+    /// deferred submission is acknowledged with.
+    async fn insert_practice(
+        &self,
+        practice: NewPractice,
+        read_back: bool,
+    ) -> Result<(InsertOutcome, Option<Practice>), StoreError>;
 
     /// Like [`insert_practice`](Self::insert_practice), with the first
     /// delivery claimed in the same transaction (attempt 1, in flight) and

@@ -1545,10 +1545,24 @@ fn dead_letter((mut dl, operation): (DeadLetter, String)) -> Result<DeadLetter, 
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn insert_practice(&self, new: NewPractice) -> Result<InsertOutcome, StoreError> {
+    async fn insert_practice(
+        &self,
+        new: NewPractice,
+        read_back: bool,
+    ) -> Result<(InsertOutcome, Option<Practice>), StoreError> {
         let content = content_json(&new)?;
-        self.write(move |conn| Ok(insert_new(conn, &new, &content, false)?.0))
-            .await
+        self.write(move |conn| {
+            let (outcome, _) = insert_new(conn, &new, &content, false)?;
+            // On the writer, for the reason given in `finish_attempt`.
+            let stored = match outcome {
+                InsertOutcome::Created if read_back => {
+                    Some(get_practice(conn, &new.tenant_id, &new.id, false)?)
+                }
+                _ => None,
+            };
+            Ok((outcome, stored))
+        })
+        .await
     }
 
     async fn insert_practice_claimed(
@@ -2242,7 +2256,7 @@ mod tests {
         let missing = store.get_practice("016024", "p1", false).await;
         assert!(matches!(missing, Err(StoreError::NotFound)), "{missing:?}");
         store
-            .insert_practice(new_practice("p1", "k1"))
+            .insert_practice(new_practice("p1", "k1"), false)
             .await
             .unwrap();
         let found = store.get_practice("016024", "p1", false).await.unwrap();
@@ -2334,7 +2348,7 @@ mod tests {
             .await
             .unwrap();
         store
-            .insert_practice(new_practice("p-new", "k-new"))
+            .insert_practice(new_practice("p-new", "k-new"), false)
             .await
             .unwrap();
 
@@ -2363,11 +2377,11 @@ mod tests {
         let (dir, store) = store().await;
         let path = dir.path().join("t.db");
         store
-            .insert_practice(new_practice("p-1", "k-1"))
+            .insert_practice(new_practice("p-1", "k-1"), false)
             .await
             .unwrap();
         store
-            .insert_practice(new_practice("p-2", "k-2"))
+            .insert_practice(new_practice("p-2", "k-2"), false)
             .await
             .unwrap();
         assert_eq!(
@@ -2472,7 +2486,7 @@ mod tests {
             };
             tasks.spawn(async move {
                 store
-                    .insert_practice(new_practice(&id, &format!("k-{i}")))
+                    .insert_practice(new_practice(&id, &format!("k-{i}")), false)
                     .await
             });
         }
@@ -2501,7 +2515,7 @@ mod tests {
             tasks.spawn(async move {
                 if i % 2 == 0 {
                     store
-                        .insert_practice(new_practice(&format!("p-{i}"), &format!("k-{i}")))
+                        .insert_practice(new_practice(&format!("p-{i}"), &format!("k-{i}")), false)
                         .await
                         .map(|_| ())
                 } else {
@@ -2553,7 +2567,7 @@ mod tests {
                 let n = batch * 100 + i;
                 tasks.spawn(async move {
                     store
-                        .insert_practice(new_practice(&format!("p-{n}"), &format!("k-{n}")))
+                        .insert_practice(new_practice(&format!("p-{n}"), &format!("k-{n}")), false)
                         .await
                 });
             }
@@ -2576,10 +2590,10 @@ mod tests {
         use raccordo_adapters::model::ExternalRef;
         let (_dir, store) = store().await;
         let created = store
-            .insert_practice(new_practice("p-1", "k-1"))
+            .insert_practice(new_practice("p-1", "k-1"), false)
             .await
             .unwrap();
-        let InsertOutcome::Created = created else {
+        let (InsertOutcome::Created, None) = created else {
             panic!("a new practice")
         };
         let reply = VendorReply {
