@@ -16,6 +16,7 @@
 mod audit;
 mod checkpoint;
 mod follow_up;
+mod gathered_wal;
 mod pending;
 mod purge;
 
@@ -198,14 +199,22 @@ impl SqliteStore {
             }
             skip_memory_statistics();
             // Only the writer thread uses this connection: no mutex per call.
-            let mut conn = Connection::open_with_flags(
-                &path,
-                OpenFlags::SQLITE_OPEN_READ_WRITE
-                    | OpenFlags::SQLITE_OPEN_CREATE
-                    | OpenFlags::SQLITE_OPEN_NO_MUTEX
-                    | OpenFlags::SQLITE_OPEN_URI,
-            )
-            .map_err(|e| StoreError::Database(format!("cannot open {}: {e}", path.display())))?;
+            let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                | OpenFlags::SQLITE_OPEN_URI;
+            // The log's frames in one write per commit; safe only when
+            // every commit syncs the log (see `gathered_wal`).
+            let conn = match synchronous {
+                Synchronous::Full => {
+                    gathered_wal::register().map_err(StoreError::Database)?;
+                    Connection::open_with_flags_and_vfs(&path, flags, gathered_wal::NAME)
+                }
+                Synchronous::Normal => Connection::open_with_flags(&path, flags),
+            };
+            let mut conn = conn.map_err(|e| {
+                StoreError::Database(format!("cannot open {}: {e}", path.display()))
+            })?;
             conn.busy_timeout(std::time::Duration::from_secs(10))?;
             conn.pragma_update(None, "journal_mode", "WAL")?;
             conn.pragma_update(
