@@ -17,6 +17,7 @@ mod audit;
 mod checkpoint;
 mod follow_up;
 mod gathered_wal;
+mod page_cache;
 mod pending;
 mod purge;
 
@@ -197,7 +198,7 @@ impl SqliteStore {
                     StoreError::Database(format!("cannot create {}: {e}", dir.display()))
                 })?;
             }
-            skip_memory_statistics();
+            configure_sqlite();
             // Only the writer thread uses this connection: no mutex per call.
             let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
                 | OpenFlags::SQLITE_OPEN_CREATE
@@ -449,10 +450,13 @@ fn run_batch(conn: &Connection, batch: &mut [Box<dyn WriteCommand>]) -> Result<(
     }
 }
 
-/// Turns off SQLite's memory statistics, which take a process-wide mutex
-/// around every allocation (a few per cent of the writer's time), before
-/// the first connection initializes the library. We never read them.
-fn skip_memory_statistics() {
+/// Configures SQLite before the first connection initializes the library
+/// (later, each setting changes nothing and the defaults stay):
+/// - memory statistics off: they take a process-wide mutex around every
+///   allocation (a few per cent of the writer's time), and we never read
+///   them;
+/// - the page cache without full scans at commit (see `page_cache`).
+fn configure_sqlite() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         // SAFETY: sqlite3_config is only allowed before sqlite3_initialize;
@@ -461,6 +465,7 @@ fn skip_memory_statistics() {
         unsafe {
             rusqlite::ffi::sqlite3_config(rusqlite::ffi::SQLITE_CONFIG_MEMSTATUS, 0);
         }
+        page_cache::install();
     });
 }
 
