@@ -422,6 +422,17 @@ mod tests {
         conn
     }
 
+    /// Inserts `n` rows of about 300 bytes, keyed `{prefix}-{i}`.
+    fn insert_rows(w: &Connection, prefix: &str, n: i64) {
+        for i in 0..n {
+            w.execute(
+                "INSERT INTO t (k, pad) VALUES (?1, randomblob(300))",
+                [format!("{prefix}-{i}")],
+            )
+            .unwrap();
+        }
+    }
+
     fn count(conn: &Connection) -> i64 {
         conn.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
             .unwrap()
@@ -440,13 +451,7 @@ mod tests {
         for batch in 0..40 {
             let rows = if batch % 10 == 9 { 2_000 } else { 20 };
             w.execute_batch("BEGIN").unwrap();
-            for i in 0..rows {
-                w.execute(
-                    "INSERT INTO t (k, pad) VALUES (?1, randomblob(300))",
-                    [format!("{batch}-{i}")],
-                )
-                .unwrap();
-            }
+            insert_rows(&w, &batch.to_string(), rows);
             w.execute_batch("COMMIT").unwrap();
             expected += rows;
             assert_eq!(count(&reader), expected, "after commit {batch}");
@@ -454,26 +459,14 @@ mod tests {
         // A commit gathering far more than the platform writes at once.
         w.pragma_update(None, "cache_size", -64_000).unwrap();
         w.execute_batch("BEGIN").unwrap();
-        for i in 0..5_000 {
-            w.execute(
-                "INSERT INTO t (k, pad) VALUES (?1, randomblob(300))",
-                [format!("big-{i}")],
-            )
-            .unwrap();
-        }
+        insert_rows(&w, "big", 5_000);
         w.execute_batch("COMMIT").unwrap();
         expected += 5_000;
         assert_eq!(count(&reader), expected);
         w.pragma_update(None, "cache_size", 10).unwrap();
         // A transaction that spilled and then rolled back leaves nothing.
         w.execute_batch("BEGIN").unwrap();
-        for i in 0..2_000 {
-            w.execute(
-                "INSERT INTO t (k, pad) VALUES (?1, randomblob(300))",
-                [format!("x-{i}")],
-            )
-            .unwrap();
-        }
+        insert_rows(&w, "x", 2_000);
         w.execute_batch("ROLLBACK").unwrap();
         w.execute("INSERT INTO t (k, pad) VALUES ('last', x'00')", [])
             .unwrap();
