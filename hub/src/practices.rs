@@ -346,25 +346,26 @@ impl PracticeService {
             return self.reply(&input.tenant_id, id, duplicate).await;
         }
         // Subscribe before the insert: no event of this practice can be missed.
-        let mut events_rx = (route.mode != Mode::Deferred).then(|| self.bus.subscribe());
         let deferred = route.mode == Mode::Deferred;
+        let mut events_rx = (!deferred).then(|| self.bus.subscribe());
+        // A deferred submission is answered with the practice as stored,
+        // read in the insert's own transaction.
         let (id, duplicate) = match self.store.insert_practice(new, deferred).await? {
-            (InsertOutcome::Created, Some(practice)) => {
+            (InsertOutcome::Created, stored) => {
                 self.wake(&route.adapter);
-                return Ok(Submitted {
-                    practice,
-                    duplicate: false,
-                });
-            }
-            (InsertOutcome::Created, None) => {
-                self.wake(&route.adapter);
-                let wait = match route.mode {
-                    Mode::Deferred => None,
-                    Mode::Sync => Some((route.deadline, first_answer as fn(&Event) -> bool)),
-                    Mode::Auto => Some((route.deadline, settled as fn(&Event) -> bool)),
+                if let Some(practice) = stored {
+                    return Ok(Submitted {
+                        practice,
+                        duplicate: false,
+                    });
+                }
+                // (Deferred routes have no receiver: nothing is waited for.)
+                let done = match route.mode {
+                    Mode::Auto => settled as fn(&Event) -> bool,
+                    Mode::Sync | Mode::Deferred => first_answer,
                 };
-                if let (Some((deadline, done)), Some(rx)) = (wait, events_rx.as_mut()) {
-                    wait_for(rx, &id, deadline, done).await;
+                if let Some(rx) = events_rx.as_mut() {
+                    wait_for(rx, &id, route.deadline, done).await;
                 }
                 (id, false)
             }

@@ -1529,6 +1529,23 @@ fn get_practice(
     Ok(p)
 }
 
+/// The practice as the writer's open transaction has it (attachment
+/// metadata only), if `wanted`: the reply to a submission. Read here and
+/// not on a reader: every commit leaves a reader's page cache stale (SQLite
+/// resets it at the next read transaction), so a read right after the
+/// commit fetched every page again with a `pread`, while the writer has
+/// them all in its cache.
+fn read_back_if(
+    wanted: bool,
+    conn: &Connection,
+    tenant_id: &str,
+    id: &str,
+) -> Result<Option<Practice>, StoreError> {
+    wanted
+        .then(|| get_practice(conn, tenant_id, id, false))
+        .transpose()
+}
+
 const DEAD_LETTER_SQL: &str =
     "SELECT j.operation_id, j.practice_id, j.tenant_id, p.service_code, j.adapter,
     j.operation, j.attempts, j.last_error, j.failure_class, j.updated_at
@@ -1567,13 +1584,8 @@ impl Store for SqliteStore {
         let content = content_json(&new)?;
         self.write(move |conn| {
             let (outcome, _) = insert_new(conn, &new, &content, false)?;
-            // On the writer, for the reason given in `finish_attempt`.
-            let stored = match outcome {
-                InsertOutcome::Created if read_back => {
-                    Some(get_practice(conn, &new.tenant_id, &new.id, false)?)
-                }
-                _ => None,
-            };
+            let created = matches!(outcome, InsertOutcome::Created);
+            let stored = read_back_if(created && read_back, conn, &new.tenant_id, &new.id)?;
             Ok((outcome, stored))
         })
         .await
@@ -1835,13 +1847,7 @@ impl Store for SqliteStore {
                 }
             }
             append_events(conn, &mut st, drafts, now)?;
-            // Here and not on a reader: every commit leaves a reader's page
-            // cache stale (SQLite resets it at the next read transaction),
-            // so a read-back there fetches every page again with a `pread`,
-            // while the writer has them all in its cache.
-            read_back
-                .then(|| get_practice(conn, &job.tenant_id, &job.practice_id, false))
-                .transpose()
+            read_back_if(read_back, conn, &job.tenant_id, &job.practice_id)
         })
         .await
     }
