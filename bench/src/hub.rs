@@ -105,33 +105,69 @@ impl Hub {
         bin: Option<&Path>,
         log: &str,
     ) -> anyhow::Result<Self> {
-        let started = Instant::now();
-        let (child, in_process) = match bin {
+        match bin {
             Some(bin) => {
-                let child = Command::new(bin)
+                let mut command = Command::new(bin);
+                command
                     .args(["serve", "--config"])
                     .arg(config)
-                    .env("RUST_LOG", log)
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::inherit())
-                    .spawn()
-                    .map_err(|e| anyhow::anyhow!("cannot start {}: {e}", bin.display()))?;
-                (Some(child), None)
+                    .env("RUST_LOG", log);
+                Self::spawn(command, grpc).await
             }
             None => {
+                let started = Instant::now();
                 let cfg = raccordo::config::load(config)?;
-                (None, Some(raccordo::server::start(cfg).await?))
+                let hub = raccordo::server::start(cfg).await?;
+                let channel = wait_healthy(grpc, None).await?;
+                Ok(Self {
+                    channel,
+                    pid: None,
+                    time_to_healthy: started.elapsed(),
+                    child: None,
+                    in_process: Some(hub),
+                })
+            }
+        }
+    }
+
+    /// Starts this executable's bare hop (see `hop.rs`) in place of the hub,
+    /// as a separate process measured the same way.
+    pub async fn start_hop(
+        kind: &str,
+        vendor: SocketAddr,
+        grpc: SocketAddr,
+    ) -> anyhow::Result<Self> {
+        let mut command = Command::new(std::env::current_exe()?);
+        command
+            .args(["hop", "--kind", kind, "--listen"])
+            .arg(grpc.to_string())
+            .arg("--vendor")
+            .arg(vendor.to_string());
+        Self::spawn(command, grpc).await
+    }
+
+    /// Runs `command` and waits until it serves gRPC health on `grpc`.
+    async fn spawn(mut command: Command, grpc: SocketAddr) -> anyhow::Result<Self> {
+        let started = Instant::now();
+        let mut child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot start {:?}: {e}", command.get_program()))?;
+        let channel = match wait_healthy(grpc, Some(&mut child)).await {
+            Ok(channel) => channel,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(e);
             }
         };
-        let mut child = child;
-        let pid = child.as_ref().map(Child::id);
-        let channel = wait_healthy(grpc, child.as_mut()).await?;
         Ok(Self {
             channel,
-            pid,
+            pid: Some(child.id()),
             time_to_healthy: started.elapsed(),
-            child,
-            in_process,
+            child: Some(child),
+            in_process: None,
         })
     }
 

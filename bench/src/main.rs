@@ -7,6 +7,7 @@
 //! the medians as a Markdown table. See `docs/performance.md`.
 
 mod fanout;
+mod hop;
 mod hub;
 mod load;
 mod procfs;
@@ -15,7 +16,7 @@ mod scenarios;
 mod seed;
 mod vendor;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -60,11 +61,11 @@ pub struct Options {
     /// HTTP/2 connections the `fanout` subscribers share.
     #[arg(long, default_value_t = 16)]
     pub connections: usize,
-    /// Scenarios to run (comma-separated): ceiling, sync, deferred, reads,
-    /// fanout, growth.
+    /// Scenarios to run (comma-separated): ceiling, bare-echo,
+    /// bare-pass-through, sync, deferred, reads, fanout, growth.
     #[arg(
         long,
-        default_value = "ceiling,sync,deferred,reads,fanout,growth",
+        default_value = "ceiling,bare-echo,bare-pass-through,sync,deferred,reads,fanout,growth",
         value_delimiter = ','
     )]
     pub scenarios: Vec<String>,
@@ -81,10 +82,25 @@ pub struct Options {
     /// measurement; `info` is what the hub logs by default in production.
     #[arg(long, default_value = "warn")]
     pub hub_log: String,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// What else the executable can be.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the bare hop the `bare-*` scenarios measure (the harness
+    /// starts it itself).
+    #[command(hide = true)]
+    Hop(hop::HopOptions),
 }
 
 fn main() -> anyhow::Result<()> {
     let options = Options::parse();
+    if let Some(Command::Hop(hop)) = options.command {
+        // Served like the hub: tokio's default runtime, one worker per core.
+        return tokio::runtime::Runtime::new()?.block_on(hop::serve(hop));
+    }
     // Load generation gets the whole runtime; the hub is another process.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

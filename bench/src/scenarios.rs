@@ -16,7 +16,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Every scenario `--scenarios` accepts.
-pub const SCENARIOS: [&str; 6] = ["ceiling", "sync", "deferred", "reads", "fanout", "growth"];
+pub const SCENARIOS: [&str; 8] = [
+    "ceiling",
+    "bare-echo",
+    "bare-pass-through",
+    "sync",
+    "deferred",
+    "reads",
+    "fanout",
+    "growth",
+];
 
 /// The scenarios `growth` runs on each store size.
 const GROWTH: [&str; 3] = ["sync", "deferred", "reads"];
@@ -65,6 +74,11 @@ pub async fn run_suite(o: &Options) -> anyhow::Result<String> {
             eprintln!("run {run}/{}: {name}", o.runs);
             match name.as_str() {
                 "ceiling" => record(&mut results, name, ceiling(o, &vendor).await?),
+                "bare-echo" => record(&mut results, name, bare(o, &vendor, "echo").await?),
+                "bare-pass-through" => {
+                    let row = bare(o, &vendor, "pass-through").await?;
+                    record(&mut results, name, row);
+                }
                 "sync" | "deferred" => {
                     let row =
                         submit(o, &vendor, bin.as_deref(), name, None, &mut footprint).await?;
@@ -245,24 +259,7 @@ async fn submit(
     let acked_in = Arc::clone(&acked);
     let load_started = Instant::now();
     let w = load::run(o.in_flight, o.warmup, o.duration, move |i| {
-        let mut client = client.clone();
-        let acked = Arc::clone(&acked_in);
-        async move {
-            let reply = client
-                .submit_practice(submission(service, i, &fiscal_code(i)))
-                .await
-                .map_err(|e| e.to_string())?
-                .into_inner();
-            acked.fetch_add(1, Ordering::Relaxed);
-            let practice = reply.practice.ok_or("no practice in the reply")?;
-            if service == "SYNC" && practice.status != pb::AdministrativeStatus::Approved as i32 {
-                return Err(format!(
-                    "sync reply not APPROVED (status {})",
-                    practice.status
-                ));
-            }
-            Ok(())
-        }
+        submit_one(client.clone(), service, i, Arc::clone(&acked_in))
     })
     .await;
     let load_time = load_started.elapsed();
@@ -318,6 +315,69 @@ async fn submit(
         cpu_us_per_op: cpu_before
             .zip(cpu_after)
             .map(|(a, b)| (b - a) * 1e6 / acked_total),
+        peak_rss_mib: peak,
+        notes,
+    })
+}
+
+/// One `SubmitPractice` to `service`, counted in `acked` once answered; a
+/// `SYNC` reply must carry the vendor's approval.
+async fn submit_one(
+    mut client: pb::practice_service_client::PracticeServiceClient<tonic::transport::Channel>,
+    service: &'static str,
+    i: u64,
+    acked: Arc<AtomicU64>,
+) -> Result<(), String> {
+    let reply = client
+        .submit_practice(submission(service, i, &fiscal_code(i)))
+        .await
+        .map_err(|e| e.to_string())?
+        .into_inner();
+    acked.fetch_add(1, Ordering::Relaxed);
+    let practice = reply.practice.ok_or("no practice in the reply")?;
+    if service == "SYNC" && practice.status != pb::AdministrativeStatus::Approved as i32 {
+        return Err(format!(
+            "sync reply not APPROVED (status {})",
+            practice.status
+        ));
+    }
+    Ok(())
+}
+
+/// The `sync` load against the bare hop (`hop.rs`) instead of the hub: the
+/// floor under the hub's numbers, measured the same way.
+async fn bare(o: &Options, vendor: &Vendor, kind: &str) -> anyhow::Result<Row> {
+    let (grpc, _) = hub::listen_addrs();
+    let hop = Hub::start_hop(kind, vendor.addr, grpc).await?;
+    let served_before = vendor.served();
+    let cpu_before = hop.pid.and_then(procfs::cpu_seconds);
+    let own_cpu_before = procfs::cpu_seconds(std::process::id());
+    let acked = Arc::new(AtomicU64::new(0));
+    let client = pb::practice_service_client::PracticeServiceClient::new(hop.channel.clone());
+    let acked_in = Arc::clone(&acked);
+    let w = load::run(o.in_flight, o.warmup, o.duration, move |i| {
+        submit_one(client.clone(), "SYNC", i, Arc::clone(&acked_in))
+    })
+    .await;
+    let cpu_after = hop.pid.and_then(procfs::cpu_seconds);
+    let own_cpu_after = procfs::cpu_seconds(std::process::id());
+    let peak = hop.pid.and_then(procfs::rss_mib).map(|r| r.1);
+    hop.stop().await;
+    if let Some(e) = &w.first_error {
+        eprintln!("  first error: {e}");
+    }
+    let ops = acked.load(Ordering::Relaxed).max(1) as f64;
+    let calls = (vendor.served() - served_before) as f64;
+    let mut notes = vec![("vendor calls/op".into(), calls / ops)];
+    if let Some((a, b)) = own_cpu_before.zip(own_cpu_after) {
+        notes.push(("harness CPU µs/op".into(), (b - a) * 1e6 / ops));
+    }
+    Ok(Row {
+        rate: w.rate(),
+        p50_ms: w.ms(0.5),
+        p99_ms: w.ms(0.99),
+        errors: w.errors,
+        cpu_us_per_op: cpu_before.zip(cpu_after).map(|(a, b)| (b - a) * 1e6 / ops),
         peak_rss_mib: peak,
         notes,
     })

@@ -16,7 +16,7 @@ fn the_suite_runs_every_scenario_and_writes_a_table() {
             "--in-flight",
             "4",
             "--scenarios",
-            "ceiling,sync,deferred,reads,fanout,growth",
+            "ceiling,bare-echo,bare-pass-through,sync,deferred,reads,fanout,growth",
             // One small store serves both `reads` and `growth`.
             "--store-size",
             "300",
@@ -44,6 +44,8 @@ fn the_suite_runs_every_scenario_and_writes_a_table() {
     };
     for scenario in [
         "ceiling",
+        "bare-echo",
+        "bare-pass-through",
         "sync",
         "deferred",
         "reads",
@@ -57,6 +59,12 @@ fn the_suite_runs_every_scenario_and_writes_a_table() {
         let rate: f64 = cells[2].parse().unwrap();
         assert!(rate > 0.0, "{scenario} did nothing:\n{table}");
     }
+    // The pass-through calls the vendor once per submission; echo never.
+    assert!(
+        row("bare-pass-through")[8].contains("vendor calls/op 1.0"),
+        "{table}"
+    );
+    assert!(row("bare-echo")[8].contains("vendor calls/op 0.0"), "{table}");
     let store = row("300");
     let bytes_per_practice: f64 = store[2].parse().unwrap();
     assert!(bytes_per_practice > 0.0, "empty store?\n{table}");
