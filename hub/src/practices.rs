@@ -8,6 +8,7 @@
 use crate::adapters::AdapterInstance;
 use crate::bus::EventBus;
 use crate::config::{Config, Mode, ServiceConfig};
+use crate::delivery::PreparedMessages;
 use crate::domain::practice::{
     Event, EventDraft, EventKind, EventSource, NewPractice, Practice, PracticeContent,
 };
@@ -18,7 +19,7 @@ use crate::store::{
     DeadLetter, EventFilter, InsertOutcome, PracticeFilter, Store, StoreError, Withdrawal,
 };
 use crate::trace;
-use chrono::Utc;
+use chrono::{SubsecRound, Utc};
 use raccordo_adapters::AdapterHealth;
 use raccordo_adapters::model::{AdminStatus, Applicant, Document, Operation, Submitter};
 use std::collections::HashMap;
@@ -104,6 +105,8 @@ pub struct PracticeService {
     adapters: HashMap<String, AdapterInstance>,
     wakers: HashMap<String, Arc<Notify>>,
     metrics: Arc<Metrics>,
+    /// First deliveries handed to the workers in memory.
+    prepared: PreparedMessages,
     /// Set when the hub stops: live streams end so shutdown is not held up.
     closing: watch::Sender<bool>,
 }
@@ -135,6 +138,7 @@ impl PracticeService {
             adapters,
             wakers,
             metrics,
+            prepared: PreparedMessages::default(),
             closing: watch::Sender::new(false),
         }
     }
@@ -143,6 +147,11 @@ impl PracticeService {
     /// resume from their last sequence or cursor).
     pub fn close_streams(&self) {
         self.closing.send_replace(true);
+    }
+
+    /// First deliveries built at submission, for the workers.
+    pub fn prepared(&self) -> &PreparedMessages {
+        &self.prepared
     }
 
     /// The configuration the hub runs with.
@@ -289,7 +298,9 @@ impl PracticeService {
             content,
             attachments,
             mode: route.mode,
-            received_at: Utc::now(),
+            // As stored (milliseconds), so the message built now equals the
+            // one a retry builds from the store.
+            received_at: Utc::now().trunc_subsecs(3),
             legal_term_days: service.legal_term_days,
             adapter: route.adapter.clone(),
             max_attempts: route
@@ -348,10 +359,12 @@ impl PracticeService {
         // Subscribe before the insert: no event of this practice can be missed.
         let deferred = route.mode == Mode::Deferred;
         let mut events_rx = (!deferred).then(|| self.bus.subscribe());
+        let message = crate::delivery::submission_message(&new, route.attachments);
         // A deferred submission is answered with the practice as stored,
         // read in the insert's own transaction.
         let (id, duplicate) = match self.store.insert_practice(new, deferred).await? {
             (InsertOutcome::Created, stored) => {
+                self.prepared.put(message);
                 self.wake(&route.adapter);
                 if let Some(practice) = stored {
                     return Ok(Submitted {

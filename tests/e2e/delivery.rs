@@ -29,6 +29,9 @@ async fn vendor_503_then_200_is_retried_with_the_same_operation_id() {
     assert_eq!(got.len(), 2);
     assert_eq!(got[0].idempotency_key, got[1].idempotency_key);
     assert_eq!(got[0].idempotency_key, delivery.operation_id);
+    // The first attempt's message is built at submission, the retry's from
+    // the store: the vendor must see the same message twice.
+    assert_eq!(got[0].body, got[1].body);
     hub.stop().await;
 }
 

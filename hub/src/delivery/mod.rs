@@ -7,12 +7,16 @@
 //!
 //! A synchronous submission skips the queue when its adapter has a free
 //! slot: the job is stored already claimed and delivered by the submission
-//! itself ([`deliver`]), through the same attempt-and-record path.
+//! itself ([`deliver`]), through the same attempt-and-record path. Other
+//! submissions hand their first message to the worker in memory
+//! ([`PreparedMessages`]), with the store as the fallback.
 
 mod message;
 mod poll;
+mod prepared;
 mod worker;
 
 pub use message::{build_message, submission_message};
+pub use prepared::PreparedMessages;
 pub(crate) use worker::deliver;
 pub use worker::{Workers, spawn_workers};

@@ -12,6 +12,7 @@ use crate::store::{AttemptResult, ClaimedJob};
 use crate::trace::TraceContext;
 use backon::{ExponentialBuilder, Retryable};
 use chrono::Utc;
+use raccordo_adapters::model::Operation;
 use raccordo_adapters::{
     AdapterHealth, DeliveryError, DeliveryRequest, FailureClass, NormalizedMessage,
 };
@@ -219,16 +220,29 @@ pub(super) async fn record(
 /// Runs one attempt of a job claimed from the outbox and records its result.
 async fn attempt(service: &PracticeService, instance: &AdapterInstance, job: ClaimedJob) {
     let config = service.config();
-    let (practice, attachments) = match service.store().delivery_payload(&job).await {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::error!(operation_id = %job.operation_id, error = %e, "cannot load the practice to deliver");
-            return;
+    // A first submission's message is usually still in memory; otherwise
+    // (a retry, a restart, evicted) it is built from the store.
+    let prepared = (job.attempt == 1 && job.operation == Operation::Submit)
+        .then(|| service.prepared().take(&job.practice_id))
+        .flatten();
+    let message = match prepared {
+        Some(mut message) => {
+            message.message_id = job.operation_id.clone();
+            message
         }
+        None => match service.store().delivery_payload(&job).await {
+            Ok((practice, attachments)) => {
+                let route = config.route(&job.tenant_id, &practice.service_code);
+                let mode = route.map_or(AttachmentMode::Inline, |r| r.attachments);
+                build_message(&job, &practice, attachments, mode)
+            }
+            Err(e) => {
+                tracing::error!(operation_id = %job.operation_id, error = %e, "cannot load the practice to deliver");
+                return;
+            }
+        },
     };
-    let route = config.route(&job.tenant_id, &practice.service_code);
-    let mode = route.map_or(AttachmentMode::Inline, |r| r.attachments);
-    let message = build_message(&job, &practice, attachments, mode);
+    let route = config.route(&job.tenant_id, &message.service_code);
     deliver(service, instance, job, message, route, false).await;
 }
 
