@@ -12,6 +12,25 @@ use serde::{Deserialize, Serialize};
 /// The value of [`NormalizedMessage::schema`] for this version.
 pub const SCHEMA_V1: &str = "raccordo.practice/v1";
 
+/// The top-level members of a serialized [`NormalizedMessage`], in
+/// document order (the XML form writes them in this order; templates see
+/// them by these names).
+pub const MESSAGE_FIELDS: [&str; 13] = [
+    "schema",
+    "message_id",
+    "operation",
+    "practice_id",
+    "tenant_id",
+    "service_code",
+    "applicant",
+    "submitter",
+    "channel",
+    "data",
+    "attachments",
+    "submitted_at",
+    "withdrawal_reason",
+];
+
 /// An attachment as carried in the message.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MessageAttachment {

@@ -25,21 +25,7 @@ use serde_json::{Map, Value};
 pub const NAMESPACE_V1: &str = "urn:raccordo:practice:v1";
 
 /// Top-level members in document order (the schema accepts any order).
-const ORDER: &[&str] = &[
-    "schema",
-    "message_id",
-    "operation",
-    "practice_id",
-    "tenant_id",
-    "service_code",
-    "applicant",
-    "submitter",
-    "channel",
-    "data",
-    "attachments",
-    "submitted_at",
-    "withdrawal_reason",
-];
+const ORDER: &[&str] = &crate::message::MESSAGE_FIELDS;
 
 /// Writes `message` as an XML document (UTF-8, with declaration).
 pub fn to_xml(message: &NormalizedMessage) -> Result<Vec<u8>, String> {

@@ -7,7 +7,7 @@
 //! break the document; `| safe` opts out where an engineer really means it.
 
 use crate::adapter::DeliveryRequest;
-use crate::message::NormalizedMessage;
+use crate::message::{MESSAGE_FIELDS, NormalizedMessage};
 use minijinja::value::{Object, Serde};
 use minijinja::{AutoEscape, Environment, Value};
 use std::sync::{Arc, OnceLock};
@@ -166,25 +166,17 @@ fn context(request: &DeliveryRequest) -> Value {
     })
 }
 
-/// The top-level names of a delivery's template context: the normalized
-/// message's fields as it serializes them, then `operation_id` and `route`.
-const CONTEXT_FIELDS: [&str; 15] = [
-    "schema",
-    "message_id",
-    "operation",
-    "practice_id",
-    "tenant_id",
-    "service_code",
-    "applicant",
-    "submitter",
-    "channel",
-    "data",
-    "attachments",
-    "submitted_at",
-    "withdrawal_reason",
-    "operation_id",
-    "route",
-];
+/// The names a delivery's template context adds to the message's own
+/// fields ([`MESSAGE_FIELDS`]).
+const EXTRA_FIELDS: [&str; 2] = ["operation_id", "route"];
+
+/// Where `name` sits among the context's fields, if it is one.
+fn field_index(name: &str) -> Option<usize> {
+    MESSAGE_FIELDS
+        .iter()
+        .chain(&EXTRA_FIELDS)
+        .position(|f| *f == name)
+}
 
 /// A delivery's template context, converted field by field when a template
 /// first reads it: a constant path, or a body naming three fields, does
@@ -194,10 +186,10 @@ const CONTEXT_FIELDS: [&str; 15] = [
 struct DeliveryContext {
     message: Arc<NormalizedMessage>,
     route_vars: Arc<serde_json::Map<String, serde_json::Value>>,
-    /// Each field of [`CONTEXT_FIELDS`] once converted; `None` for an
+    /// Each field (see [`field_index`]) once converted; `None` for an
     /// optional field the message does not carry (undefined, as when the
     /// message is serialized without it).
-    values: [OnceLock<Option<Value>>; CONTEXT_FIELDS.len()],
+    values: [OnceLock<Option<Value>>; MESSAGE_FIELDS.len() + EXTRA_FIELDS.len()],
 }
 
 impl DeliveryContext {
@@ -229,7 +221,7 @@ impl DeliveryContext {
 impl Object for DeliveryContext {
     fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
         let key = key.as_str()?;
-        let i = CONTEXT_FIELDS.iter().position(|f| *f == key)?;
+        let i = field_index(key)?;
         self.values[i].get_or_init(|| self.convert(key)).clone()
     }
 }
@@ -369,13 +361,10 @@ mod tests {
         let serialized = serde_json::to_value(&*request.message).unwrap();
         let serialized = serialized.as_object().unwrap();
         for key in serialized.keys() {
-            assert!(
-                CONTEXT_FIELDS.contains(&key.as_str()),
-                "{key} is not in the context"
-            );
+            assert!(field_index(key).is_some(), "{key} is not in the context");
         }
-        for field in CONTEXT_FIELDS {
-            let expected = match field {
+        for field in MESSAGE_FIELDS.iter().chain(&EXTRA_FIELDS) {
+            let expected = match *field {
                 "operation_id" => serde_json::json!(request.operation_id()),
                 "route" => serde_json::Value::Object((*request.route_vars).clone()),
                 other => serialized[other].clone(),
