@@ -64,7 +64,10 @@ fn the_suite_runs_every_scenario_and_writes_a_table() {
         row("bare-pass-through")[8].contains("vendor calls/op 1.0"),
         "{table}"
     );
-    assert!(row("bare-echo")[8].contains("vendor calls/op 0.0"), "{table}");
+    assert!(
+        row("bare-echo")[8].contains("vendor calls/op 0.0"),
+        "{table}"
+    );
     let store = row("300");
     let bytes_per_practice: f64 = store[2].parse().unwrap();
     assert!(bytes_per_practice > 0.0, "empty store?\n{table}");
