@@ -14,7 +14,7 @@ use clap::{Args, ValueEnum};
 use raccordo_proto::v1 as pb;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use tonic::codegen::tokio_stream::{self, Stream};
+use tonic::codegen::tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 /// What the hop does with a submission.
@@ -52,27 +52,13 @@ pub async fn serve(o: HopOptions) -> anyhow::Result<()> {
         url: format!("http://{}/pratiche", o.vendor),
     };
     let listener = tokio::net::TcpListener::bind(o.listen).await?;
-    // As in the hub: tonic ignores its TCP_NODELAY setting for a custom
-    // incoming stream.
-    let incoming = accepted_without_delay(listener);
+    let incoming = raccordo::server::accepted_without_delay(listener);
     tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(pb::practice_service_server::PracticeServiceServer::new(hop))
         .serve_with_incoming(incoming)
         .await?;
     Ok(())
-}
-
-/// Accepted connections with `TCP_NODELAY` set.
-fn accepted_without_delay(
-    listener: tokio::net::TcpListener,
-) -> impl Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use tokio_stream::StreamExt;
-    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
-        conn.inspect(|s| {
-            let _ = s.set_nodelay(true);
-        })
-    })
 }
 
 /// The hop's `PracticeService`: only `SubmitPractice` is served.

@@ -183,13 +183,13 @@ impl Hub {
     }
 }
 
-/// Waits until the hub at `addr` answers SERVING; fails at once if its
+/// Waits until the hub (or bare hop) at `addr` answers SERVING; fails at once if its
 /// process (`child`) exits first, say on a configuration error.
 async fn wait_healthy(addr: SocketAddr, mut child: Option<&mut Child>) -> anyhow::Result<Channel> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         if let Some(status) = child.as_mut().map(|c| c.try_wait()).transpose()?.flatten() {
-            anyhow::bail!("the hub exited before becoming healthy ({status})");
+            anyhow::bail!("the process under test exited before becoming healthy ({status})");
         }
         if let Ok(channel) = Channel::from_shared(format!("http://{addr}"))?
             .connect()
@@ -208,7 +208,7 @@ async fn wait_healthy(addr: SocketAddr, mut child: Option<&mut Child>) -> anyhow
         }
         anyhow::ensure!(
             Instant::now() < deadline,
-            "the hub did not become healthy within 120 s"
+            "the process under test did not become healthy within 120 s"
         );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }

@@ -254,51 +254,46 @@ async fn serve(
     };
     let app = crate::http::router(Arc::clone(&service), sink);
     let base_dir = service.config().base_dir.clone();
-    let (grpc, http) = match &service.config().hub.tls {
-        Some(tls) => {
-            let reload = tls.reload_interval;
-            let on = |alpn: &[&[u8]]| {
-                crate::tls::setup(tls, &base_dir, alpn)
-                    .map_err(|(key, reason)| anyhow::anyhow!("hub.tls.{key}: {reason}"))
-            };
-            let grpc_tls = on(&[b"h2"])?;
-            let http_tls = on(&[b"h2", b"http/1.1"])?;
-            let grpc_conns = crate::tls::accept(grpc_listener, grpc_tls, reload);
-            let http_addr = http_listener.local_addr()?;
-            let http_conns = crate::tls::accept(http_listener, http_tls, reload);
-            let incoming = tokio_stream::wrappers::ReceiverStream::new(grpc_conns)
-                .map(Ok::<_, std::io::Error>);
-            let listener = crate::tls::TlsListener {
-                connections: http_conns,
-                local_addr: http_addr,
-            };
-            (
-                tokio::spawn(grpc.serve_with_incoming_shutdown(incoming, grpc_stopped)),
+    let (grpc, http) =
+        match &service.config().hub.tls {
+            Some(tls) => {
+                let reload = tls.reload_interval;
+                let on = |alpn: &[&[u8]]| {
+                    crate::tls::setup(tls, &base_dir, alpn)
+                        .map_err(|(key, reason)| anyhow::anyhow!("hub.tls.{key}: {reason}"))
+                };
+                let grpc_tls = on(&[b"h2"])?;
+                let http_tls = on(&[b"h2", b"http/1.1"])?;
+                let grpc_conns = crate::tls::accept(grpc_listener, grpc_tls, reload);
+                let http_addr = http_listener.local_addr()?;
+                let http_conns = crate::tls::accept(http_listener, http_tls, reload);
+                let incoming = tokio_stream::wrappers::ReceiverStream::new(grpc_conns)
+                    .map(Ok::<_, std::io::Error>);
+                let listener = crate::tls::TlsListener {
+                    connections: http_conns,
+                    local_addr: http_addr,
+                };
+                (
+                    tokio::spawn(grpc.serve_with_incoming_shutdown(incoming, grpc_stopped)),
+                    tokio::spawn(async move {
+                        axum::serve(listener, app)
+                            .with_graceful_shutdown(http_stopped)
+                            .await
+                    }),
+                )
+            }
+            None => (
+                tokio::spawn(grpc.serve_with_incoming_shutdown(
+                    accepted_without_delay(grpc_listener),
+                    grpc_stopped,
+                )),
                 tokio::spawn(async move {
-                    axum::serve(listener, app)
+                    axum::serve(http_listener.tap_io(no_delay), app)
                         .with_graceful_shutdown(http_stopped)
                         .await
                 }),
-            )
-        }
-        None => (
-            tokio::spawn(grpc.serve_with_incoming_shutdown(
-                // tonic ignores its own TCP_NODELAY setting for a custom incoming
-                // stream; without it small replies wait for delayed ACKs (~40 ms).
-                tokio_stream::wrappers::TcpListenerStream::new(grpc_listener).map(|conn| {
-                    conn.inspect(|s| {
-                        let _ = s.set_nodelay(true);
-                    })
-                }),
-                grpc_stopped,
-            )),
-            tokio::spawn(async move {
-                axum::serve(http_listener.tap_io(no_delay), app)
-                    .with_graceful_shutdown(http_stopped)
-                    .await
-            }),
-        ),
-    };
+            ),
+        };
     let _ = stop.await;
     service.close_streams();
     let _ = stop_all.send(());
@@ -310,6 +305,20 @@ async fn serve(
     workers.shutdown(grace).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The connections `listener` accepts, with `TCP_NODELAY` set, for
+/// tonic's `serve_with_incoming`: tonic ignores its own `TCP_NODELAY`
+/// setting for a custom incoming stream, and without it small replies wait
+/// for the peer's delayed ACK (~40 ms).
+pub fn accepted_without_delay(
+    listener: tokio::net::TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
+        conn.inspect(|s| {
+            let _ = s.set_nodelay(true);
+        })
+    })
 }
 
 /// Small replies go out at once instead of waiting for the peer's delayed ACK.
