@@ -185,8 +185,9 @@ pub(super) fn policy(service: &PracticeService, job: &ClaimedJob) -> RetryPolicy
     }
 }
 
-/// Records how an attempt (or a poll) ended; retried, since the vendor
-/// answered and that must not be lost to a busy database. With
+/// Records how an attempt (or a poll) ended; retried while the store is
+/// transiently unavailable, since the vendor answered and that must not be
+/// lost to a busy database. With
 /// `read_back`, returns the practice as recorded.
 pub(super) async fn record(
     service: &PracticeService,
@@ -206,6 +207,9 @@ pub(super) async fn record(
                 .with_min_delay(Duration::from_millis(50))
                 .with_max_times(5),
         )
+        // Only a store that may answer later is asked again: a full disk or
+        // a defect would fail the same way five times.
+        .when(|e: &crate::store::StoreError| e.is_transient())
         .await
     {
         Ok(practice) => practice,

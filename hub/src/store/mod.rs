@@ -18,23 +18,64 @@ use raccordo_adapters::adapter::{InboundOutcome, InboundResult};
 use raccordo_adapters::model::{AdminStatus, Document, Operation};
 use raccordo_adapters::{DeliveryError, VendorReply};
 
-/// Store failures.
-#[derive(Debug, thiserror::Error)]
+/// Store failures, by class: callers answer each class differently (a
+/// conflict is the caller's, `Unavailable` is worth retrying, `Full` and
+/// `Corrupt` need an operator, `Internal` is a defect).
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
+    /// No such practice, delivery or record (in the caller's tenant).
     #[error("not found")]
     NotFound,
     /// The request conflicts with the practice's state (e.g. already concluded).
     #[error("{0}")]
     Conflict(String),
-    #[error("database error: {0}")]
-    Database(String),
-    #[error("corrupt row: {0}")]
+    /// The store cannot answer now (busy, locked, its queue full, its
+    /// connection lost): the same request can succeed later.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The disk or the database's quota is full: retrying does not help
+    /// until an operator frees space.
+    #[error("store full: {0}")]
+    Full(String),
+    /// Stored data fails its own checks, or the database file is damaged.
+    #[error("corrupt data: {0}")]
     Corrupt(String),
+    /// Anything else: a statement that should not fail did (a defect).
+    #[error("store error: {0}")]
+    Internal(String),
+}
+
+impl StoreError {
+    /// Whether the same operation may succeed if tried again later.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+
+    /// The same error, its message prefixed with what was being done.
+    pub fn context(self, doing: &str) -> Self {
+        match self {
+            StoreError::NotFound => StoreError::NotFound,
+            StoreError::Conflict(m) => StoreError::Conflict(format!("{doing}: {m}")),
+            StoreError::Unavailable(m) => StoreError::Unavailable(format!("{doing}: {m}")),
+            StoreError::Full(m) => StoreError::Full(format!("{doing}: {m}")),
+            StoreError::Corrupt(m) => StoreError::Corrupt(format!("{doing}: {m}")),
+            StoreError::Internal(m) => StoreError::Internal(format!("{doing}: {m}")),
+        }
+    }
 }
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
-        StoreError::Database(e.to_string())
+        use rusqlite::ErrorCode as C;
+        let message = e.to_string();
+        match e.sqlite_error_code() {
+            Some(C::DatabaseBusy | C::DatabaseLocked | C::CannotOpen | C::SystemIoFailure) => {
+                StoreError::Unavailable(message)
+            }
+            Some(C::DiskFull) => StoreError::Full(message),
+            Some(C::DatabaseCorrupt | C::NotADatabase) => StoreError::Corrupt(message),
+            _ => StoreError::Internal(message),
+        }
     }
 }
 

@@ -59,7 +59,7 @@ pub(crate) fn migrate_up_to(conn: &mut Connection, last: i64) -> Result<i64, Sto
     )?;
     let newest = MIGRATIONS.last().map_or(0, |m| m.0);
     if current > newest {
-        return Err(StoreError::Database(format!(
+        return Err(StoreError::Internal(format!(
             "the database is at schema version {current}, newer than this binary knows ({newest}): \
              run a newer raccordo"
         )));
@@ -67,7 +67,7 @@ pub(crate) fn migrate_up_to(conn: &mut Connection, last: i64) -> Result<i64, Sto
     for (version, name, sql) in MIGRATIONS.iter().filter(|m| m.0 > current && m.0 <= last) {
         let tx = conn.transaction()?;
         tx.execute_batch(sql).map_err(|e| {
-            StoreError::Database(format!("migration {version} ({name}) failed: {e}"))
+            StoreError::Internal(format!("migration {version} ({name}) failed: {e}"))
         })?;
         tx.execute(
             "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?1, ?2, datetime('now'))",

@@ -63,7 +63,7 @@ trait WriteCommand: Send {
     fn run(&mut self, conn: &Connection) -> bool;
     /// Answers the caller once the transaction's fate is known: the commit's
     /// error, if it failed, replaces a successful result.
-    fn answer(self: Box<Self>, commit_error: Option<String>);
+    fn answer(self: Box<Self>, commit_error: Option<StoreError>);
 }
 
 struct Write<F, R> {
@@ -80,18 +80,18 @@ where
     fn run(&mut self, conn: &Connection) -> bool {
         // A panicking operation must not take the writer thread down.
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.op)(conn)))
-            .unwrap_or_else(|_| Err(StoreError::Database("a store operation panicked".into())));
+            .unwrap_or_else(|_| Err(StoreError::Internal("a store operation panicked".into())));
         let ok = result.is_ok();
         self.result = Some(result);
         ok
     }
 
-    fn answer(self: Box<Self>, commit_error: Option<String>) {
+    fn answer(self: Box<Self>, commit_error: Option<StoreError>) {
         let result = match (self.result, commit_error) {
             (Some(Err(own)), _) => Err(own),
-            (_, Some(e)) => Err(StoreError::Database(e)),
+            (_, Some(e)) => Err(e),
             (Some(ok), None) => ok,
-            (None, None) => Err(StoreError::Database("the store command did not run".into())),
+            (None, None) => Err(StoreError::Internal("the store command did not run".into())),
         };
         let _ = self.reply.send(result);
     }
@@ -195,7 +195,7 @@ impl SqliteStore {
         let (writer, ready) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir).map_err(|e| {
-                    StoreError::Database(format!("cannot create {}: {e}", dir.display()))
+                    StoreError::Internal(format!("cannot create {}: {e}", dir.display()))
                 })?;
             }
             configure_sqlite();
@@ -208,13 +208,13 @@ impl SqliteStore {
             // every commit syncs the log (see `gathered_wal`).
             let conn = match synchronous {
                 Synchronous::Full => {
-                    gathered_wal::register().map_err(StoreError::Database)?;
+                    gathered_wal::register().map_err(StoreError::Internal)?;
                     Connection::open_with_flags_and_vfs(&path, flags, gathered_wal::NAME)
                 }
                 Synchronous::Normal => Connection::open_with_flags(&path, flags),
             };
             let mut conn = conn.map_err(|e| {
-                StoreError::Database(format!("cannot open {}: {e}", path.display()))
+                StoreError::Internal(format!("cannot open {}: {e}", path.display()))
             })?;
             conn.busy_timeout(std::time::Duration::from_secs(10))?;
             conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -245,12 +245,12 @@ impl SqliteStore {
                 .name("raccordo-store-writer".into())
                 .spawn(move || run_writer(conn, rx, metrics, bus))
                 .map_err(|e| {
-                    StoreError::Database(format!("cannot start the writer thread: {e}"))
+                    StoreError::Internal(format!("cannot start the writer thread: {e}"))
                 })?;
             Ok((tx, path))
         })
         .await
-        .map_err(|e| StoreError::Database(format!("store start panicked: {e}")))??;
+        .map_err(|e| StoreError::Internal(format!("store start panicked: {e}")))??;
         Ok(Self {
             writer,
             readers: Arc::new(ReaderPool {
@@ -290,13 +290,13 @@ impl SqliteStore {
         dry_run: bool,
     ) -> Result<u64, StoreError> {
         if !path.exists() {
-            return Err(StoreError::Database(format!(
+            return Err(StoreError::Internal(format!(
                 "{} does not exist",
                 path.display()
             )));
         }
         let mut conn = Connection::open(path)
-            .map_err(|e| StoreError::Database(format!("cannot open {}: {e}", path.display())))?;
+            .map_err(|e| StoreError::Internal(format!("cannot open {}: {e}", path.display())))?;
         conn.busy_timeout(std::time::Duration::from_secs(30))?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         purge::purge(&mut conn, tenant, before, dry_run)
@@ -315,9 +315,9 @@ impl SqliteStore {
         });
         self.writer
             .send(command)
-            .map_err(|_| StoreError::Database("the store writer has stopped".into()))?;
+            .map_err(|_| StoreError::Unavailable("the store writer has stopped".into()))?;
         rx.await
-            .map_err(|_| StoreError::Database("the store writer has stopped".into()))?
+            .map_err(|_| StoreError::Unavailable("the store writer has stopped".into()))?
     }
 
     /// Runs a point read (one practice by key: tens of microseconds) on a
@@ -345,7 +345,7 @@ impl SqliteStore {
             .slots
             .acquire()
             .await
-            .map_err(|_| StoreError::Database("the reader pool is closed".into()))?;
+            .map_err(|_| StoreError::Unavailable("the reader pool is closed".into()))?;
         let pool = Arc::clone(&self.readers);
         tokio::task::spawn_blocking(move || {
             let conn = pool.take()?;
@@ -354,7 +354,7 @@ impl SqliteStore {
             result
         })
         .await
-        .map_err(|e| StoreError::Database(format!("read task failed: {e}")))?
+        .map_err(|e| StoreError::Internal(format!("read task failed: {e}")))?
     }
 }
 
@@ -400,7 +400,7 @@ fn run_writer(
 
 /// Runs `batch` in one transaction and commits what succeeded; the error
 /// is the transaction's (nothing of the batch was stored).
-fn run_batch(conn: &Connection, batch: &mut [Box<dyn WriteCommand>]) -> Result<(), String> {
+fn run_batch(conn: &Connection, batch: &mut [Box<dyn WriteCommand>]) -> Result<(), StoreError> {
     // Cached like every other statement: parsing these per batch showed
     // up in profiles.
     let run = |sql: &str| -> rusqlite::Result<()> {
@@ -409,7 +409,8 @@ fn run_batch(conn: &Connection, batch: &mut [Box<dyn WriteCommand>]) -> Result<(
     };
     let mut left_out = vec![false; batch.len()];
     'transaction: loop {
-        run("BEGIN IMMEDIATE").map_err(|e| format!("cannot begin a transaction: {e}"))?;
+        run("BEGIN IMMEDIATE")
+            .map_err(|e| StoreError::from(e).context("cannot begin a transaction"))?;
         for (command, left_out) in batch.iter_mut().zip(left_out.iter_mut()) {
             if *left_out {
                 continue;
@@ -445,7 +446,7 @@ fn run_batch(conn: &Connection, batch: &mut [Box<dyn WriteCommand>]) -> Result<(
             .and_then(|()| run("COMMIT"))
             .map_err(|e| {
                 let _ = run("ROLLBACK");
-                format!("commit failed: {e}")
+                StoreError::from(e).context("commit failed")
             });
     }
 }
@@ -483,13 +484,13 @@ fn keep_plans(conn: &Connection) -> Result<(), StoreError> {
 
 fn open_read_only(path: &Path) -> Result<Connection, StoreError> {
     if !path.exists() {
-        return Err(StoreError::Database(format!(
+        return Err(StoreError::Internal(format!(
             "{} does not exist",
             path.display()
         )));
     }
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(|e| StoreError::Database(format!("cannot open {}: {e}", path.display())))?;
+        .map_err(|e| StoreError::Internal(format!("cannot open {}: {e}", path.display())))?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     Ok(conn)
 }
@@ -905,7 +906,7 @@ fn insert_job(
 /// The stored form of a practice's content, serialized by the caller's task
 /// rather than on the single writer thread.
 fn content_json(new: &NewPractice) -> Result<String, StoreError> {
-    serde_json::to_string(&new.content).map_err(|e| StoreError::Database(e.to_string()))
+    serde_json::to_string(&new.content).map_err(|e| StoreError::Internal(e.to_string()))
 }
 
 /// The events a new practice starts with (submitted, and its delivery's
@@ -2715,7 +2716,7 @@ mod tests {
                         if i == 20 {
                             // What SQLite does on SQLITE_FULL.
                             c.execute_batch("ROLLBACK")?;
-                            return Err(StoreError::Database("disk full".into()));
+                            return Err(StoreError::Full("disk full".into()));
                         }
                         c.execute("INSERT INTO scratch (x) VALUES (?1)", [i])?;
                         Ok(())
