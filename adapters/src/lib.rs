@@ -1,11 +1,10 @@
 //! Raccordo's adapters: how a canonical practice leaves the hub in a vendor's
 //! dialect and how the vendor's answer comes back as a canonical outcome.
 //!
-//! - [`model`]: the canonical types adapters see (applicant, statuses, outcome).
-//! - [`message`]: the **normalized message** (`raccordo.practice/v1`), the
-//!   vendor-facing form of a practice.
-//! - [`adapter`]: the [`Adapter`] trait every protocol implements, the
-//!   delivery request and reply, and the failure classes the hub acts on.
+//! - [`adapter`]: the [`Adapter`] trait every protocol implements; the data
+//!   it exchanges with the hub is the domain crate's adapter contract.
+//! - [`model`], [`message`]: the canonical types and the normalized message,
+//!   re-exported from the domain crate (`raccordo-domain`).
 //! - [`template`]: the request-body template engine shared by all adapters.
 //! - [`http`]: the HTTP transport shared by HTTP-based adapters (auth, TLS,
 //!   circuit breaker, rate limit, pacing headers).
@@ -21,15 +20,14 @@ pub mod adapter;
 pub mod amqp;
 pub mod file;
 pub mod http;
-pub mod message;
 pub mod message_xml;
-pub mod model;
 pub mod rest;
 pub mod soap;
 pub mod template;
 
-pub use adapter::{
-    Adapter, AdapterError, AdapterHealth, DeliveryError, DeliveryRequest, FailureClass, FollowUp,
-    InboundOutcome, InboundResult, PollOutcome, PollRequest, ResultSink, VendorReply,
+pub use adapter::Adapter;
+pub use raccordo_domain::{
+    AdapterError, AdapterHealth, DeliveryError, DeliveryRequest, FailureClass, FollowUp,
+    InboundOutcome, InboundResult, NormalizedMessage, PollOutcome, PollRequest, ResultSink,
+    VendorReply, message, model,
 };
-pub use message::NormalizedMessage;

@@ -1,4 +1,7 @@
-//! The contract between the hub and a protocol adapter.
+//! The contract between the hub and a protocol adapter: what a delivery
+//! carries, what a vendor's answer and failure mean, and how late results
+//! come back. The `Adapter` trait itself (which also mounts HTTP routes)
+//! lives in the adapters crate.
 //!
 //! The hub owns durability, retries, the state machine and the practice's
 //! events; an adapter owns one thing: turning a [`DeliveryRequest`] into a
@@ -185,59 +188,6 @@ impl AdapterError {
             key: key.into(),
             reason: reason.into(),
         }
-    }
-}
-
-/// One adapter instance: a configured connection to one vendor system.
-#[async_trait]
-pub trait Adapter: Send + Sync + 'static {
-    /// The adapter kind (`rest`, `soap`, …), for logs and status.
-    fn kind(&self) -> &'static str;
-
-    /// Whether this instance can forward `operation` (every adapter
-    /// supports `submit`; `withdraw` needs a configured vendor operation).
-    fn supports(&self, operation: Operation) -> bool;
-
-    /// Performs one delivery attempt. The hub retries according to the
-    /// returned [`FailureClass`]; the adapter never retries on its own.
-    async fn deliver(&self, request: DeliveryRequest) -> Result<VendorReply, DeliveryError>;
-
-    /// Starts the inbound side (callbacks, consumers, watchers), if any.
-    /// Results arrive later through `sink`.
-    async fn start_inbound(&self, _sink: Arc<dyn ResultSink>) -> Result<(), AdapterError> {
-        Ok(())
-    }
-
-    /// Polls a deferred result announced by [`VendorReply::follow_up`].
-    /// Errors are classified like deliveries: transient ones are polled
-    /// again later (within the wait), others end the delivery.
-    async fn poll(&self, request: PollRequest) -> Result<PollOutcome, DeliveryError> {
-        Err(DeliveryError::permanent(format!(
-            "the {} adapter cannot poll for results (operation {})",
-            self.kind(),
-            request.operation_id
-        )))
-    }
-
-    /// The request this instance would send for `request`, as text
-    /// (method, URL, headers with secrets redacted, body), without sending
-    /// it. `None` when the adapter cannot show it.
-    fn render(&self, _request: &DeliveryRequest) -> Option<Result<String, DeliveryError>> {
-        None
-    }
-
-    /// HTTP routes this instance serves on the hub's HTTP listener (vendor
-    /// callbacks, a published WSDL), mounted under `/callbacks/{instance}`.
-    /// Handlers apply results through `sink` and answer the vendor only
-    /// after it returned.
-    fn http_routes(&self, _sink: Arc<dyn ResultSink>) -> Option<axum::Router> {
-        None
-    }
-
-    /// The instance's state right now, for `/readyz`, `raccordo status` and
-    /// metrics. Cheap: called on every probe.
-    fn health(&self) -> AdapterHealth {
-        AdapterHealth::Up
     }
 }
 

@@ -5,9 +5,9 @@
 
 use super::practice::{EventDraft, EventKind, EventSource};
 use super::status::admin_transition_allowed;
+use crate::adapter::VendorReply;
+use crate::model::AdminStatus;
 use chrono::{DateTime, Duration, Utc};
-use raccordo_adapters::VendorReply;
-use raccordo_adapters::model::AdminStatus;
 
 /// What the plan needs to know about the practice.
 #[derive(Debug, Clone)]

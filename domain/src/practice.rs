@@ -1,11 +1,11 @@
 //! The practice as the hub stores it, and its events.
 
 use super::status::DeliveryStatus;
-use crate::config::Mode;
-use chrono::{DateTime, Utc};
-use raccordo_adapters::model::{
+use crate::mode::Mode;
+use crate::model::{
     AdminStatus, Applicant, ChannelInfo, Document, ExternalRef, Operation, Submitter,
 };
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 /// What the applicant submitted, besides attachments. Stored as one JSON

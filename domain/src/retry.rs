@@ -5,8 +5,8 @@
 //! loop itself is durable (the job table), so only the delay schedule is
 //! borrowed, not backon's in-memory loop.
 
+use crate::adapter::FailureClass;
 use backon::BackoffBuilder;
-use raccordo_adapters::FailureClass;
 use std::time::Duration;
 
 /// The retry schedule of a route.

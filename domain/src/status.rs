@@ -2,7 +2,7 @@
 //! transitions are allowed. Everything else is refused and recorded as an
 //! anomaly by the caller.
 
-use raccordo_adapters::model::AdminStatus;
+use crate::model::AdminStatus;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;

@@ -334,29 +334,7 @@ impl FieldType {
     }
 }
 
-/// How a submission is answered.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Mode {
-    /// Reply once the vendor answered (bounded by `deadline`).
-    Sync,
-    /// Reply once stored; deliver in the background.
-    #[default]
-    Deferred,
-    /// Wait up to `deadline` for the vendor, then reply with the current state.
-    Auto,
-}
-
-impl Mode {
-    /// The configuration spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Sync => "sync",
-            Self::Deferred => "deferred",
-            Self::Auto => "auto",
-        }
-    }
-}
+pub use raccordo_domain::mode::Mode;
 
 /// `[[routes]]`: (tenants, service) → adapter instance.
 #[derive(Debug, Clone, Deserialize)]

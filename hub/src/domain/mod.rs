@@ -1,9 +1,6 @@
-//! The canonical model's rules, free of transport and storage: identifiers,
-//! the two state machines, submission validation and the retry policy.
+//! The canonical model's rules live in the domain crate (`raccordo-domain`);
+//! they are re-exported here under their usual paths. Submission validation
+//! stays in the hub: it checks a practice against the configured catalogue.
 
-pub mod apply;
-pub mod identifiers;
-pub mod practice;
-pub mod retry;
-pub mod status;
+pub use raccordo_domain::{apply, identifiers, practice, retry, status};
 pub mod validate;

@@ -1,9 +1,6 @@
-//! The audit trail's hash chain: appending, verifying, exporting.
-//!
-//! Each record's hash is SHA-256 over the previous record's hash and the
-//! record's own fields, encoded as one JSON array (unambiguous, and easy to
-//! recompute with any tool). Chains are per tenant so one municipality's
-//! trail can be handed over and checked on its own.
+//! The audit trail in SQLite: appending, verifying, exporting. The chain
+//! itself (what is hashed, how records link) is defined in the domain crate
+//! (`raccordo_domain::audit`).
 
 use super::super::{AuditBreak, AuditRecord, StoreError};
 use super::{from_ms, ms};
@@ -11,37 +8,8 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::HashMap;
 
-/// `prev_hash` of a chain's first record.
-pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
-
-/// The chain name of records that name no tenant.
-pub const NO_TENANT: &str = "-";
-
-#[allow(clippy::too_many_arguments)]
-fn record_hash(
-    prev_hash: &str,
-    tenant_id: &str,
-    seq: i64,
-    recorded_at: i64,
-    actor: &str,
-    action: &str,
-    practice_id: Option<&str>,
-    detail: &str,
-) -> String {
-    // A tuple serializes as the JSON array the chain is defined over.
-    let canonical = serde_json::to_string(&(
-        prev_hash,
-        tenant_id,
-        seq,
-        recorded_at,
-        actor,
-        action,
-        practice_id,
-        detail,
-    ))
-    .expect("strings and integers always serialize");
-    raccordo_adapters::model::sha256_hex(canonical.as_bytes())
-}
+use raccordo_domain::audit::record_hash;
+pub use raccordo_domain::audit::{EventAudit, GENESIS, NO_TENANT};
 
 /// The next link of `tenant_id`'s chain: (its seq, the previous hash).
 fn next_link(conn: &Connection, tenant_id: &str) -> Result<(i64, String), StoreError> {
@@ -54,10 +22,7 @@ fn next_link(conn: &Connection, tenant_id: &str) -> Result<(i64, String), StoreE
             .query_row([tenant_id], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?,
     };
-    Ok(match head {
-        Some((seq, hash)) => (seq + 1, hash),
-        None => (1, GENESIS.to_string()),
-    })
+    Ok(raccordo_domain::audit::next_link(head))
 }
 
 /// Appends one record to `tenant_id`'s chain in `audit_log`, inside the
@@ -73,7 +38,7 @@ pub fn append(
 ) -> Result<(), StoreError> {
     let (seq, prev) = next_link(conn, tenant_id)?;
     let detail = serde_json::to_string(detail)
-        .map_err(|e| StoreError::Database(format!("audit detail: {e}")))?;
+        .map_err(|e| StoreError::Internal(format!("audit detail: {e}")))?;
     let mut record = Record {
         tenant_id: tenant_id.to_string(),
         seq,
@@ -108,26 +73,6 @@ fn insert_record(conn: &Connection, r: &Record) -> Result<(), StoreError> {
         r.hash
     ])?;
     Ok(())
-}
-
-/// What the audit trail keeps of a practice event (its `detail`): the
-/// event's own columns, so the record is recomputed from the event row.
-#[derive(serde::Serialize)]
-pub struct EventAudit<'a> {
-    pub sequence: i64,
-    pub source: &'a str,
-    pub from_status: Option<&'a str>,
-    pub to_status: Option<&'a str>,
-    pub from_delivery: Option<&'a str>,
-    pub to_delivery: Option<&'a str>,
-    pub reason: Option<&'a str>,
-    pub vendor_code: Option<&'a str>,
-}
-
-impl EventAudit<'_> {
-    fn to_json(&self) -> String {
-        serde_json::to_string(self).expect("strings and integers always serialize")
-    }
 }
 
 /// An event's place in its tenant's chain, stored on the event row.
@@ -407,44 +352,4 @@ pub fn keep_event_records(conn: &Connection, practice_id: &str) -> Result<(), St
         insert_record(conn, record)?;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The chain is defined (docs/security.md) as SHA-256 over a JSON array:
-    /// records written by earlier versions must keep verifying.
-    #[test]
-    fn a_record_hash_is_sha256_over_the_documented_json_array() {
-        let detail = r#"{"reason":"a \"quoted\" àccent"}"#;
-        let expected = serde_json::json!([
-            GENESIS,
-            "016024",
-            7,
-            1_700_000_000_000_i64,
-            "sportello",
-            "status_changed",
-            "p-1",
-            detail
-        ])
-        .to_string();
-        assert_eq!(
-            record_hash(
-                GENESIS,
-                "016024",
-                7,
-                1_700_000_000_000,
-                "sportello",
-                "status_changed",
-                Some("p-1"),
-                detail
-            ),
-            raccordo_adapters::model::sha256_hex(expected.as_bytes())
-        );
-        assert_eq!(
-            raccordo_adapters::model::sha256_hex(b"abc"),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
-    }
 }

@@ -48,7 +48,7 @@ fn start_with(
     limit: i32,
 ) -> Result<(), StoreError> {
     let mut conn = Connection::open(path)
-        .map_err(|e| StoreError::Database(format!("cannot open {}: {e}", path.display())))?;
+        .map_err(|e| StoreError::Internal(format!("cannot open {}: {e}", path.display())))?;
     conn.busy_timeout(std::time::Duration::from_secs(1))?;
     // Only this thread's explicit checkpoints, never one on its own.
     conn.pragma_update(None, "wal_autocheckpoint", 0)?;
@@ -83,7 +83,7 @@ fn start_with(
                 }
             }
         })
-        .map_err(|e| StoreError::Database(format!("cannot start the checkpoint thread: {e}")))?;
+        .map_err(|e| StoreError::Internal(format!("cannot start the checkpoint thread: {e}")))?;
     Ok(())
 }
 
