@@ -10,13 +10,14 @@
 mod schema;
 pub mod sqlite;
 
-use crate::domain::practice::{Event, EventDraft, NewPractice, Practice};
-use crate::domain::retry::RetryDecision;
+use crate::domain::practice::{Event, NewPractice, Practice};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use raccordo_adapters::adapter::{InboundOutcome, InboundResult};
 use raccordo_adapters::model::{AdminStatus, Document, Operation};
 use raccordo_adapters::{DeliveryError, VendorReply};
+pub use raccordo_domain::job::{AttemptResult, ClaimedJob, JobState};
+pub use raccordo_domain::plan::Withdrawal;
 
 /// Store failures, by class: callers answer each class differently (a
 /// conflict is the caller's, `Unavailable` is worth retrying, `Full` and
@@ -123,21 +124,6 @@ impl EventFilter {
     }
 }
 
-/// A delivery handed to a worker.
-#[derive(Debug, Clone)]
-pub struct ClaimedJob {
-    pub operation_id: String,
-    pub practice_id: String,
-    pub tenant_id: String,
-    pub adapter: String,
-    pub operation: Operation,
-    /// This attempt's number (1-based).
-    pub attempt: u32,
-    pub max_attempts: u32,
-    /// The trace context of the call that created the delivery.
-    pub traceparent: Option<String>,
-}
-
 /// What one claim took: polls and deliveries.
 #[derive(Debug, Default)]
 pub struct ClaimedWork {
@@ -158,17 +144,6 @@ pub struct ClaimedPoll {
     pub deadline: DateTime<Utc>,
 }
 
-/// How an attempt ended.
-#[derive(Debug, Clone)]
-pub enum AttemptResult {
-    /// The vendor accepted the request; its reply is applied.
-    Delivered(VendorReply),
-    /// The vendor refused the practice on its merits.
-    Rejected(DeliveryError),
-    /// The attempt failed; the policy already decided what comes next.
-    Failed(DeliveryError, RetryDecision),
-}
-
 /// A dead-lettered delivery.
 #[derive(Debug, Clone)]
 pub struct DeadLetter {
@@ -182,20 +157,6 @@ pub struct DeadLetter {
     pub last_error: Option<String>,
     pub failure_class: Option<String>,
     pub dead_lettered_at: DateTime<Utc>,
-}
-
-/// A withdrawal request.
-#[derive(Debug, Clone)]
-pub struct Withdrawal {
-    pub tenant_id: String,
-    pub practice_id: String,
-    pub reason: Option<String>,
-    /// The applicant, or the operator acting at the desk.
-    pub draft_actor: EventDraft,
-    /// Forward to this adapter, if the route supports withdrawals.
-    pub forward_to: Option<(String, u32)>,
-    /// The caller's W3C `traceparent`, continued by the forwarded delivery.
-    pub traceparent: Option<String>,
 }
 
 /// Durable state of the hub.

@@ -3,7 +3,7 @@
 //! (`raccordo_domain::audit`).
 
 use super::super::{AuditBreak, AuditRecord, StoreError};
-use super::{from_ms, ms};
+use super::rows::{from_ms, ms};
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::HashMap;

@@ -1,40 +1,14 @@
 //! Durable polling of deferred results (ModI `NONBLOCK_PULL_*`): the job
 //! row keeps the adapter's token, the number of polls and the deadline.
+//! Polling starts with the attempt the vendor accepted (the attempt's plan
+//! sets the token and the deadline); here are the claims and re-schedules.
 
-use super::{
-    CLAIMED_JOB_COLUMNS, append_events, apply_reply, from_ms, load_state, ms, read_claimed_job,
-};
-use crate::store::{ClaimedJob, ClaimedPoll, StoreError};
-use chrono::{DateTime, Duration, Utc};
+use super::changes::change;
+use super::rows::{CLAIMED_JOB_COLUMNS, from_ms, ms, read_claimed_job};
+use crate::store::{ClaimedPoll, StoreError};
+use chrono::{DateTime, Utc};
 use raccordo_adapters::{DeliveryError, VendorReply};
 use rusqlite::{Connection, params};
-
-/// The vendor accepted the request and named where to poll.
-pub(super) fn start(
-    conn: &Connection,
-    job: &ClaimedJob,
-    reply: &VendorReply,
-    now: DateTime<Utc>,
-) -> Result<(), StoreError> {
-    let Some(f) = &reply.follow_up else {
-        return Ok(());
-    };
-    let first = now + Duration::from_std(f.poll_after).unwrap_or_else(|_| Duration::hours(1));
-    let deadline = now + Duration::from_std(f.max_wait).unwrap_or_else(|_| Duration::days(365));
-    conn.prepare_cached(
-        "UPDATE jobs SET state = 'polling', follow_up = ?1, follow_up_polls = 0, follow_up_deadline = ?2,
-            next_attempt_at = ?3, last_error = NULL, failure_class = NULL, updated_at = ?4
-         WHERE operation_id = ?5",
-    )?
-    .execute(params![
-        f.token,
-        ms(deadline),
-        ms(first.min(deadline)),
-        ms(now),
-        job.operation_id
-    ])?;
-    Ok(())
-}
 
 pub(super) fn claim(
     conn: &Connection,
@@ -99,9 +73,13 @@ pub(super) fn reschedule(
     let Some(progress) = progress else {
         return Ok(());
     };
-    let mut st = load_state(conn, &poll.job.practice_id)?;
-    let mut drafts = Vec::new();
-    apply_reply(conn, &mut st, progress, &poll.job.adapter, now, &mut drafts)?;
-    append_events(conn, &mut st, drafts, now)?;
+    change(conn, &poll.job.practice_id, now, |state| {
+        Ok(raccordo_domain::plan::plan_report(
+            state,
+            progress,
+            &poll.job.adapter,
+            now,
+        ))
+    })?;
     Ok(())
 }

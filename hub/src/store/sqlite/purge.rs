@@ -1,7 +1,8 @@
 //! Removing concluded practices past their tenant's retention period.
 
 use super::super::StoreError;
-use super::{audit, ms};
+use super::audit;
+use super::rows::ms;
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, params};
 
