@@ -3,67 +3,9 @@
 use crate::support::*;
 use raccordo_proto::v1 as pb;
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
-
-const BIN: &str = env!("CARGO_BIN_EXE_raccordo");
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn serve(config: &Path, envs: &[(&str, String)]) -> Proc {
-    let mut cmd = Command::new(BIN);
-    cmd.args(["serve", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    Proc(cmd.spawn().expect("start raccordo"))
-}
-
-/// Reads the banner until the gRPC address appears.
-fn grpc_addr_from_banner(proc: &mut Proc) -> std::net::SocketAddr {
-    let stdout = proc.0.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(rest) = line.trim().strip_prefix("gRPC API") {
-                let url = rest
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or_default()
-                    .to_string();
-                let _ = tx.send(url.trim_start_matches("http://").to_string());
-            }
-        }
-    });
-    rx.recv_timeout(DEADLINE)
-        .expect("the hub printed where it listens")
-        .parse()
-        .unwrap()
-}
-
-async fn connect_retrying(addr: std::net::SocketAddr) -> tonic::transport::Channel {
-    eventually("the hub to accept connections", || async move {
-        tonic::transport::Channel::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-            .ok()
-    })
-    .await
-}
 
 #[tokio::test]
 async fn killed_with_deliveries_pending_every_practice_completes_once_at_the_vendor() {

@@ -13,7 +13,10 @@ use raccordo_proto::v1 as pb;
 use serde_json::{Value, json};
 use std::collections::VecDeque;
 use std::future::Future;
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tonic::transport::Channel;
@@ -22,7 +25,16 @@ use tonic::transport::Channel;
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
 /// Polls `check` until it yields `Some`, failing after [`DEADLINE`].
-pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    eventually_within(DEADLINE, what, check).await
+}
+
+/// Polls `check` until it yields `Some`, failing after `deadline`.
+pub async fn eventually_within<T, F, Fut>(deadline: Duration, what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -32,9 +44,76 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        assert!(start.elapsed() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The `raccordo` binary built with these tests.
+pub const BIN: &str = env!("CARGO_BIN_EXE_raccordo");
+
+/// A child process, killed (SIGKILL) and reaped when dropped.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `raccordo serve` on `config`, its logs (`RUST_LOG=warn`) on this
+/// process's stderr.
+pub fn serve(config: &Path, envs: &[(&str, String)]) -> Proc {
+    serve_logging_to(config, envs, Stdio::inherit())
+}
+
+/// `raccordo serve` on `config`, its logs (`RUST_LOG=warn`) to `stderr`.
+pub fn serve_logging_to(config: &Path, envs: &[(&str, String)], stderr: Stdio) -> Proc {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(stderr);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    Proc(cmd.spawn().expect("start raccordo"))
+}
+
+/// Reads the banner until the gRPC address appears.
+pub fn grpc_addr_from_banner(proc: &mut Proc) -> SocketAddr {
+    let stdout = proc.0.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(rest) = line.trim().strip_prefix("gRPC API") {
+                let url = rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                let _ = tx.send(url.trim_start_matches("http://").to_string());
+            }
+        }
+    });
+    rx.recv_timeout(DEADLINE)
+        .expect("the hub printed where it listens")
+        .parse()
+        .unwrap()
+}
+
+/// A channel to a hub that may still be starting.
+pub async fn connect_retrying(addr: SocketAddr) -> Channel {
+    eventually("the hub to accept connections", || async move {
+        Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .ok()
+    })
+    .await
 }
 
 /// One request the vendor received.
@@ -77,6 +156,28 @@ struct VendorState {
     script: Mutex<VecDeque<Answer>>,
     received: Mutex<Vec<Received>>,
     latency: Mutex<Duration>,
+    push: Mutex<Option<Push>>,
+    callbacks: Mutex<Callbacks>,
+}
+
+/// Results sent the ModI push way for requests under `prefix`.
+#[derive(Clone)]
+struct Push {
+    prefix: String,
+    secret: Vec<u8>,
+    delay: Duration,
+    client: reqwest::Client,
+}
+
+/// What became of the results a vendor pushed to the hub's callback.
+#[derive(Debug, Clone, Default)]
+pub struct Callbacks {
+    /// Answered 2xx (`applied` or `duplicate`).
+    pub accepted: usize,
+    /// Given up on: the hub kept not knowing the correlation id.
+    pub uncorrelated: usize,
+    /// Refused for another reason: (status, body).
+    pub refused: Vec<(u16, String)>,
 }
 
 /// A vendor back office: answers from its script, then approves with a
@@ -136,6 +237,28 @@ impl Vendor {
         self.state.received.lock().unwrap().clone()
     }
 
+    /// Answers every request whose path starts with `prefix` the ModI
+    /// push way (`NONBLOCK_PUSH_REST`): 202 with the operation id as
+    /// `X-Correlation-ID`, then, after `delay`, an approval POSTed to the
+    /// request's `X-ReplyTo`, signed with `secret`. Like a real vendor it
+    /// retries while the hub is unreachable or answers 5xx, and for a while
+    /// when the hub does not know the correlation id yet (the 202 may not
+    /// be stored); the body depends only on the operation id, so a
+    /// re-delivered request yields the same result.
+    pub fn push_results(&self, prefix: &str, secret: &[u8], delay: Duration) {
+        *self.state.push.lock().unwrap() = Some(Push {
+            prefix: prefix.to_string(),
+            secret: secret.to_vec(),
+            delay,
+            client: reqwest::Client::new(),
+        });
+    }
+
+    /// What became of the pushed results so far.
+    pub fn callbacks(&self) -> Callbacks {
+        self.state.callbacks.lock().unwrap().clone()
+    }
+
     /// Stops listening.
     pub fn stop(&self) {
         self.task.abort();
@@ -162,7 +285,7 @@ async fn handle(
         let mut received = state.received.lock().unwrap();
         received.push(Received {
             path: uri.path().to_string(),
-            idempotency_key: key,
+            idempotency_key: key.clone(),
             traceparent: headers
                 .get("traceparent")
                 .and_then(|v| v.to_str().ok())
@@ -171,6 +294,19 @@ async fn handle(
         });
         received.len()
     };
+    let push = state.push.lock().unwrap().clone();
+    if let Some(push) = push.filter(|p| uri.path().starts_with(&p.prefix)) {
+        let reply_to = headers
+            .get("x-replyto")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        tokio::spawn(push_result(Arc::clone(&state), push, reply_to, key.clone()));
+        let mut resp = StatusCode::ACCEPTED.into_response();
+        resp.headers_mut()
+            .insert("x-correlation-id", key.parse().unwrap());
+        return resp;
+    }
     let answer = state.script.lock().unwrap().pop_front().unwrap_or_else(|| {
         Answer::new(
             200,
@@ -195,6 +331,55 @@ async fn handle(
         );
     }
     resp
+}
+
+/// POSTs the approval of the operation `key` to `url`, retrying as a
+/// vendor would; records the outcome in the vendor's [`Callbacks`].
+async fn push_result(state: Arc<VendorState>, push: Push, url: String, key: String) {
+    // Long enough to outlive the restarts of a test; a purged practice's
+    // correlation id stays unknown forever.
+    const GIVE_UP: Duration = Duration::from_secs(120);
+    const UNKNOWN_FOR: Duration = Duration::from_secs(20);
+    tokio::time::sleep(push.delay).await;
+    let body = json!({"esito": "OK", "protocollo": {"numero": format!("P-{key}")}}).to_string();
+    let start = tokio::time::Instant::now();
+    loop {
+        let ts = chrono::Utc::now().timestamp().to_string();
+        let signature = raccordo_adapters::rest::callback::sign(&push.secret, &ts, body.as_bytes());
+        let sent = push
+            .client
+            .post(&url)
+            .header("content-type", "application/json")
+            .header("x-correlation-id", &key)
+            .header("x-timestamp", ts)
+            .header("x-signature", signature)
+            .body(body.clone())
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await;
+        match sent {
+            Ok(r) if r.status().is_success() => {
+                state.callbacks.lock().unwrap().accepted += 1;
+                return;
+            }
+            Ok(r) if r.status() == StatusCode::NOT_FOUND && start.elapsed() > UNKNOWN_FOR => {
+                state.callbacks.lock().unwrap().uncorrelated += 1;
+                return;
+            }
+            Ok(r) if r.status().is_client_error() && r.status() != StatusCode::NOT_FOUND => {
+                let status = r.status().as_u16();
+                let text = r.text().await.unwrap_or_default();
+                state.callbacks.lock().unwrap().refused.push((status, text));
+                return;
+            }
+            _ if start.elapsed() > GIVE_UP => {
+                let why = format!("no answer from the hub in {GIVE_UP:?}");
+                state.callbacks.lock().unwrap().refused.push((0, why));
+                return;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
 }
 
 /// A free loopback port (the listener is closed before returning).

@@ -121,12 +121,11 @@ async fn run(
         }
         let mut permits = vec![first];
         for _ in 1..(jobs.len() + polls.len()) {
-            // Only this loop takes permits, so the ones counted are still free.
-            permits.push(
-                Arc::clone(&slots)
-                    .try_acquire_owned()
-                    .expect("counted permit"),
-            );
+            // Synchronous submissions deliver inline with the same slots, so
+            // a permit counted free may have been taken since: wait for it
+            // (the work is claimed already, and the limit must hold).
+            let permit = Arc::clone(&slots).acquire_owned().await;
+            permits.push(permit.expect("semaphore is never closed"));
         }
         let mut permits = permits.into_iter();
         for (claimed, permit) in polls.into_iter().zip(permits.by_ref()) {

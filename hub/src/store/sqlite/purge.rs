@@ -4,7 +4,7 @@ use super::super::StoreError;
 use super::audit;
 use super::rows::ms;
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, TransactionBehavior, params};
 
 /// Practices removed per transaction: bounded so the hub's own writes
 /// (another process, same database) wait at most a few milliseconds.
@@ -31,7 +31,11 @@ pub fn purge(
     }
     let mut total = 0u64;
     loop {
-        let tx = conn.transaction()?;
+        // IMMEDIATE: the write lock is taken (waiting for the hub's writer
+        // under the busy timeout) before the first read. A deferred
+        // transaction that reads, then writes after the hub has committed
+        // fails at once with SQLITE_BUSY, which no busy timeout retries.
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let ids: Vec<String> = tx
             .prepare(
                 "SELECT id FROM practices WHERE tenant_id = ?1 AND concluded_at IS NOT NULL AND concluded_at < ?2
@@ -59,7 +63,7 @@ pub fn purge(
         tx.commit()?;
     }
     if total > 0 {
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         audit::append(
             &tx,
             tenant,
