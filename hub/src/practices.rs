@@ -57,6 +57,14 @@ impl From<StoreError> for HubError {
                 tracing::error!(error = %m, "stored data failed its integrity check");
                 HubError::DataLoss(m)
             }
+            // Nothing is stored until an operator frees space: said loudly
+            // in the log; the caller is told the hub cannot store now.
+            StoreError::Full(m) => {
+                tracing::error!(error = %m, "the practice store is full: free disk space");
+                HubError::Unavailable(
+                    "the practice store cannot accept changes now; retry later".into(),
+                )
+            }
             // Details go to the log; callers get a retryable, generic answer.
             other => {
                 tracing::error!(error = %other, "store failure");

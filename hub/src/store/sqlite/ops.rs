@@ -2,7 +2,8 @@
 //! instance, practices by status, practices past their legal deadline and
 //! the database's size.
 
-use super::rows::ms;
+use super::rows::{ms, parse};
+use crate::store::JobState;
 use crate::store::{AdapterBacklog, OpsSnapshot, PracticeCount, StoreError};
 use chrono::{DateTime, Utc};
 use rusqlite::Connection;
@@ -39,15 +40,15 @@ pub(super) fn snapshot(
             });
         }
         let entry = adapters.last_mut().expect("pushed above");
-        match (state.as_str(), ready) {
-            ("due", true) => {
+        match (parse::<JobState>("job state", &state)?, ready) {
+            (JobState::Due, true) => {
                 entry.due += count;
                 entry.oldest_due_age = Some(std::time::Duration::from_millis(
                     (now_ms - oldest).max(0) as u64,
                 ));
             }
-            ("due", false) => entry.scheduled += count,
-            ("in_flight", _) => entry.in_flight += count,
+            (JobState::Due, false) => entry.scheduled += count,
+            (JobState::InFlight, _) => entry.in_flight += count,
             _ => entry.dead += count,
         }
     }

@@ -4,7 +4,7 @@
 use crate::domain::practice::{
     DeliveryView, Event, EventKind, EventSource, Outcome, Practice, PracticeContent,
 };
-use crate::store::{ClaimedJob, DeadLetter, PracticeFilter, StoreError};
+use crate::store::{ClaimedJob, DeadLetter, JobState, PracticeFilter, StoreError};
 use chrono::{DateTime, Utc};
 use raccordo_adapters::model::{Document, DocumentMeta, ExternalRef, Operation, sha256_hex};
 use rusqlite::types::Value as SqlValue;
@@ -144,7 +144,12 @@ pub(super) fn practice_from_row(row: PracticeRow) -> Result<Practice, StoreError
     let delivery = match (row.delivery_status.as_deref(), row.current_operation_id) {
         (Some(status), Some(operation_id)) => {
             // A polled result shows its next poll.
-            let due = matches!(row.job_state.as_deref(), Some("due" | "polling"));
+            let job_state = row
+                .job_state
+                .as_deref()
+                .map(|s| parse::<JobState>("job state", s))
+                .transpose()?;
+            let due = matches!(job_state, Some(JobState::Due | JobState::Polling));
             Some(DeliveryView {
                 status: parse("delivery_status", status)?,
                 operation_id,
