@@ -313,3 +313,61 @@ async fn the_logs_of_a_full_run_carry_no_fiscal_code_in_clear() {
         assert!(found.is_none(), "{secret} in the logs: {found:?}");
     }
 }
+
+/// A second hub on the same SQLite file refuses to start and names the
+/// first; the first keeps serving.
+#[tokio::test]
+async fn a_second_hub_on_the_same_database_refuses_to_start() {
+    let vendor = Vendor::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let [first_grpc, second_grpc] = free_addrs().await;
+    let write_config = |name: &str, grpc: std::net::SocketAddr| {
+        let path = dir.path().join(name);
+        std::fs::write(
+            &path,
+            config_toml(&HubOptions {
+                grpc_listen: grpc.to_string(),
+                ..HubOptions::new(&vendor.url())
+            }),
+        )
+        .unwrap();
+        path
+    };
+    let first_config = write_config("first.toml", first_grpc);
+    let second_config = write_config("second.toml", second_grpc);
+
+    let mut first = serve(&first_config, &[]);
+    let addr = grpc_addr_from_banner(&mut first);
+    let mut client =
+        pb::practice_service_client::PracticeServiceClient::new(connect_retrying(addr).await);
+
+    let mut second = Proc(
+        Command::new(env!("CARGO_BIN_EXE_raccordo"))
+            .args(["serve", "--config"])
+            .arg(&second_config)
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the second hub"),
+    );
+    // A hub that wrongly starts would run until killed: wait for its exit
+    // with a deadline instead of forever.
+    let status = eventually("the second hub to exit", || {
+        let exited = second.0.try_wait().expect("poll the second hub");
+        async move { exited }
+    })
+    .await;
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut second.0.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "the second hub must not start");
+    assert!(
+        stderr.contains(&format!("pid {}", first.0.id())) && stderr.contains("PostgreSQL"),
+        "the refusal names the first hub and the way out: {stderr}"
+    );
+    // The first is undisturbed.
+    client
+        .submit_practice(tari_request("016024", "after-refusal"))
+        .await
+        .expect("the first hub still serves");
+}

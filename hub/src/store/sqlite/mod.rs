@@ -19,6 +19,7 @@ mod checkpoint;
 mod follow_up;
 mod gathered_wal;
 mod ops;
+mod ownership;
 mod page_cache;
 mod pending;
 mod purge;
@@ -61,6 +62,8 @@ use writer::{Write, WriteCommand, run_writer};
 pub struct SqliteStore {
     writer: mpsc::Sender<Box<dyn WriteCommand>>,
     readers: Arc<ReaderPool>,
+    /// This process is the database's only hub while any clone lives.
+    _ownership: Arc<ownership::Ownership>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -93,65 +96,67 @@ impl SqliteStore {
         bus: Option<EventBus>,
     ) -> Result<Self, StoreError> {
         let path = path.to_path_buf();
-        let (writer, ready) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir).map_err(|e| {
-                    StoreError::Internal(format!("cannot create {}: {e}", dir.display()))
-                })?;
-            }
-            configure_sqlite();
-            // Only the writer thread uses this connection: no mutex per call.
-            let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-                | OpenFlags::SQLITE_OPEN_CREATE
-                | OpenFlags::SQLITE_OPEN_NO_MUTEX
-                | OpenFlags::SQLITE_OPEN_URI;
-            // The log's frames in one write per commit; safe only when
-            // every commit syncs the log (see `gathered_wal`).
-            let conn = match synchronous {
-                Synchronous::Full => {
-                    gathered_wal::register().map_err(StoreError::Internal)?;
-                    Connection::open_with_flags_and_vfs(&path, flags, gathered_wal::NAME)
+        let (writer, ready, owned) =
+            tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir).map_err(|e| {
+                        StoreError::Internal(format!("cannot create {}: {e}", dir.display()))
+                    })?;
                 }
-                Synchronous::Normal => Connection::open_with_flags(&path, flags),
-            };
-            let mut conn = conn.map_err(|e| {
-                StoreError::Internal(format!("cannot open {}: {e}", path.display()))
-            })?;
-            conn.busy_timeout(std::time::Duration::from_secs(10))?;
-            conn.pragma_update(None, "journal_mode", "WAL")?;
-            conn.pragma_update(
-                None,
-                "synchronous",
-                match synchronous {
-                    Synchronous::Full => "FULL",
-                    Synchronous::Normal => "NORMAL",
-                },
-            )?;
-            conn.pragma_update(None, "foreign_keys", "ON")?;
-            conn.set_prepared_statement_cache_capacity(128);
-            keep_plans(&conn)?;
-            // A larger cache than SQLite's 2 MiB default: a group commit of
-            // hundreds of practices otherwise spills dirty pages to the WAL
-            // before its commit and re-reads index pages it just evicted.
-            conn.pragma_update(None, "cache_size", -16_384)?;
-            // Each command of a group commit runs in a savepoint, whose
-            // sub-journal keeps the original of every page it touches. On
-            // disk (the default past 64 KiB) that was five times the WAL's
-            // own writes: 100 `pwrite`s per practice instead of 20.
-            conn.pragma_update(None, "temp_store", "MEMORY")?;
-            schema::migrate(&mut conn)?;
-            checkpoint::start(&path, &mut conn)?;
-            let (tx, rx) = mpsc::channel::<Box<dyn WriteCommand>>();
-            std::thread::Builder::new()
-                .name("raccordo-store-writer".into())
-                .spawn(move || run_writer(conn, rx, metrics, bus))
-                .map_err(|e| {
-                    StoreError::Internal(format!("cannot start the writer thread: {e}"))
+                let owned = ownership::claim(&path)?;
+                configure_sqlite();
+                // Only the writer thread uses this connection: no mutex per call.
+                let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+                    | OpenFlags::SQLITE_OPEN_CREATE
+                    | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                    | OpenFlags::SQLITE_OPEN_URI;
+                // The log's frames in one write per commit; safe only when
+                // every commit syncs the log (see `gathered_wal`).
+                let conn = match synchronous {
+                    Synchronous::Full => {
+                        gathered_wal::register().map_err(StoreError::Internal)?;
+                        Connection::open_with_flags_and_vfs(&path, flags, gathered_wal::NAME)
+                    }
+                    Synchronous::Normal => Connection::open_with_flags(&path, flags),
+                };
+                let mut conn = conn.map_err(|e| {
+                    StoreError::Internal(format!("cannot open {}: {e}", path.display()))
                 })?;
-            Ok((tx, path))
-        })
-        .await
-        .map_err(|e| StoreError::Internal(format!("store start panicked: {e}")))??;
+                conn.busy_timeout(std::time::Duration::from_secs(10))?;
+                conn.pragma_update(None, "journal_mode", "WAL")?;
+                conn.pragma_update(
+                    None,
+                    "synchronous",
+                    match synchronous {
+                        Synchronous::Full => "FULL",
+                        Synchronous::Normal => "NORMAL",
+                    },
+                )?;
+                conn.pragma_update(None, "foreign_keys", "ON")?;
+                conn.set_prepared_statement_cache_capacity(128);
+                keep_plans(&conn)?;
+                // A larger cache than SQLite's 2 MiB default: a group commit of
+                // hundreds of practices otherwise spills dirty pages to the WAL
+                // before its commit and re-reads index pages it just evicted.
+                conn.pragma_update(None, "cache_size", -16_384)?;
+                // Each command of a group commit runs in a savepoint, whose
+                // sub-journal keeps the original of every page it touches. On
+                // disk (the default past 64 KiB) that was five times the WAL's
+                // own writes: 100 `pwrite`s per practice instead of 20.
+                conn.pragma_update(None, "temp_store", "MEMORY")?;
+                schema::migrate(&mut conn)?;
+                checkpoint::start(&path, &mut conn)?;
+                let (tx, rx) = mpsc::channel::<Box<dyn WriteCommand>>();
+                std::thread::Builder::new()
+                    .name("raccordo-store-writer".into())
+                    .spawn(move || run_writer(conn, rx, metrics, bus))
+                    .map_err(|e| {
+                        StoreError::Internal(format!("cannot start the writer thread: {e}"))
+                    })?;
+                Ok((tx, path, owned))
+            })
+            .await
+            .map_err(|e| StoreError::Internal(format!("store start panicked: {e}")))??;
         Ok(Self {
             writer,
             readers: Arc::new(ReaderPool {
@@ -159,6 +164,7 @@ impl SqliteStore {
                 idle: Mutex::new(Vec::new()),
                 slots: tokio::sync::Semaphore::new(readers.max(1) as usize),
             }),
+            _ownership: Arc::new(owned),
         })
     }
 
