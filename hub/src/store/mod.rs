@@ -7,6 +7,8 @@
 //! A PostgreSQL implementation (several hub instances) fits the same trait:
 //! job claiming is already expressed as leases on rows.
 
+#[cfg(test)]
+mod contract;
 mod schema;
 pub mod sqlite;
 

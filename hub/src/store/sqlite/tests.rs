@@ -3,7 +3,6 @@
 
 use super::*;
 use crate::config::Mode;
-use raccordo_adapters::adapter::Correlation;
 use raccordo_adapters::model::AdminStatus;
 use rusqlite::params_from_iter;
 
@@ -387,57 +386,6 @@ async fn the_log_is_checkpointed_into_the_database_by_its_own_thread() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-}
-
-#[tokio::test]
-async fn an_adapter_cannot_report_on_another_adapters_practice() {
-    use raccordo_adapters::model::ExternalRef;
-    let (_dir, store) = store().await;
-    let created = store
-        .insert_practice(new_practice("p-1", "k-1"), false)
-        .await
-        .unwrap();
-    let (InsertOutcome::Created, None) = created else {
-        panic!("a new practice")
-    };
-    let reply = VendorReply {
-        status: Some(AdminStatus::Registered),
-        external_refs: vec![ExternalRef {
-            kind: "protocol".into(),
-            value: "P-1".into(),
-            system: String::new(),
-            issued_at: None,
-        }],
-        ..Default::default()
-    };
-    let result = |adapter: &str, correlation: Correlation| InboundResult {
-        adapter: adapter.into(),
-        tenant_id: None,
-        correlation,
-        reply: reply.clone(),
-        receipt: None,
-    };
-    // Another vendor, even knowing the practice id, finds nothing.
-    let foreign = store
-        .apply_inbound(&result("anagrafe", Correlation::PracticeId("p-1".into())))
-        .await;
-    assert!(matches!(foreign, Err(StoreError::NotFound)), "{foreign:?}");
-    let outcome = store
-        .apply_inbound(&result("tributi", Correlation::PracticeId("p-1".into())))
-        .await
-        .unwrap();
-    assert_eq!(outcome, InboundOutcome::Applied);
-    // The reference the vendor gave is its own: only it can use it.
-    let by_ref = || Correlation::ExternalRef {
-        kind: "protocol".into(),
-        value: "P-1".into(),
-    };
-    let foreign = store.apply_inbound(&result("anagrafe", by_ref())).await;
-    assert!(matches!(foreign, Err(StoreError::NotFound)), "{foreign:?}");
-    store
-        .apply_inbound(&result("tributi", by_ref()))
-        .await
-        .unwrap();
 }
 
 #[tokio::test]
