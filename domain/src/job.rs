@@ -92,6 +92,8 @@ pub struct ClaimedJob {
     pub max_attempts: u32,
     /// The trace context of the call that created the delivery.
     pub traceparent: Option<String>,
+    /// The hub instance whose lease holds this attempt.
+    pub owner: String,
 }
 
 /// How an attempt ended.

@@ -143,9 +143,14 @@ const DELIVERY_TRANSITIONS: &[(DeliveryStatus, &[DeliveryStatus])] = {
             ],
         ),
         (D::Retrying, &[D::Sent, D::Cancelled, D::DeadLettered]),
-        (D::OutcomeUnknown, &[D::Sent, D::Cancelled, D::DeadLettered]),
+        // A late answer to an attempt whose lease ran out is still the
+        // vendor's answer to that operation id.
+        (
+            D::OutcomeUnknown,
+            &[D::Sent, D::Cancelled, D::DeadLettered, D::Acknowledged],
+        ),
         (D::Acknowledged, &[D::Queued]),
-        (D::DeadLettered, &[D::Queued, D::Cancelled]),
+        (D::DeadLettered, &[D::Queued, D::Cancelled, D::Acknowledged]),
         (D::Cancelled, &[D::Queued]),
     ]
 };
@@ -204,7 +209,7 @@ mod tests {
             .flat_map(|f| D::ALL.into_iter().map(move |t| (f, t)))
             .filter(|(f, t)| delivery_transition_allowed(*f, *t))
             .collect();
-        assert_eq!(allowed.len(), 16);
+        assert_eq!(allowed.len(), 18);
         assert!(delivery_transition_allowed(D::Sent, D::Acknowledged));
         assert!(delivery_transition_allowed(D::DeadLettered, D::Queued));
         assert!(!delivery_transition_allowed(D::Acknowledged, D::Sent));

@@ -8,7 +8,7 @@
 use crate::adapters::AdapterInstance;
 use crate::bus::EventBus;
 use crate::config::{Config, Mode, ServiceConfig};
-use crate::delivery::PreparedMessages;
+use crate::delivery::{Leases, PreparedMessages};
 use crate::domain::practice::{
     Event, EventDraft, EventKind, EventSource, NewPractice, Practice, PracticeContent,
 };
@@ -115,6 +115,8 @@ pub struct PracticeService {
     metrics: Arc<Metrics>,
     /// First deliveries handed to the workers in memory.
     prepared: PreparedMessages,
+    /// This instance's id and the leases of the attempts it runs.
+    leases: Arc<Leases>,
     /// Set when the hub stops: live streams end so shutdown is not held up.
     closing: watch::Sender<bool>,
 }
@@ -139,7 +141,9 @@ impl PracticeService {
         wakers: HashMap<String, Arc<Notify>>,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let leases = Arc::new(Leases::new(config.delivery.lease));
         Self {
+            leases,
             config,
             store,
             bus,
@@ -155,6 +159,11 @@ impl PracticeService {
     /// resume from their last sequence or cursor).
     pub fn close_streams(&self) {
         self.closing.send_replace(true);
+    }
+
+    /// This hub instance's id and the leases of the attempts it runs.
+    pub fn leases(&self) -> &Arc<Leases> {
+        &self.leases
     }
 
     /// First deliveries built at submission, for the workers.
@@ -324,12 +333,16 @@ impl PracticeService {
             .flatten();
         if let Some((instance, permit)) = inline {
             let mut message = crate::delivery::submission_message(&new, route.attachments);
-            let (outcome, job) = self.store.insert_practice_claimed(new).await?;
+            let (outcome, job) = self
+                .store
+                .insert_practice_claimed(new, self.leases.lease())
+                .await?;
             let (id, duplicate) = match (outcome, job) {
                 (InsertOutcome::Created, Some(job)) => {
                     let id = job.practice_id.clone();
                     message.message_id = job.operation_id.clone();
                     let this = Arc::clone(self);
+                    let held = self.leases.hold(&job.operation_id);
                     let (tenant, service) = (input.tenant_id.clone(), input.service_code.clone());
                     let span = tracing::info_span!("delivery", practice_id = %job.practice_id,
                         operation_id = %job.operation_id, adapter = %instance.name, attempt = 1,
@@ -343,7 +356,7 @@ impl PracticeService {
                                 &this, &instance, job, message, route, true,
                             )
                             .await;
-                            drop(permit);
+                            drop((permit, held));
                             recorded
                         }
                         .instrument(span),

@@ -99,10 +99,14 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
     )
     .await
     .with_context(|| format!("opening the store {}", db.display()))?;
-    let recovered = store.recover_in_flight().await?;
-    if recovered > 0 {
+    // One process owns the embedded database: every lease in it is a
+    // previous process's, so it ends now rather than after its expiry.
+    let expired = store.expire_all_leases().await?;
+    if !expired.is_empty() {
         tracing::warn!(
-            count = recovered,
+            due_again = expired.due_again,
+            dead_lettered = expired.dead_lettered,
+            polls = expired.polls,
             "deliveries interrupted by the last stop are re-sent with their operation ids"
         );
     }
@@ -168,7 +172,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
         grace,
         max_message,
     ));
-    tracing::info!(%grpc_addr, %http_addr, db = %db.display(), "raccordo hub ready");
+    tracing::info!(%grpc_addr, %http_addr, db = %db.display(), instance = %service.leases().owner(),
+        "raccordo hub ready");
     Ok(RunningHub {
         grpc_addr,
         http_addr,

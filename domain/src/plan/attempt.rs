@@ -203,6 +203,7 @@ mod tests {
             attempt: 2,
             max_attempts: 3,
             traceparent: None,
+            owner: "hub-a".into(),
         }
     }
 

@@ -221,6 +221,18 @@ pub fn check(cfg: &Config) -> Vec<ConfigIssue> {
                 .into(),
         );
     }
+    if cfg.delivery.lease < std::time::Duration::from_secs(1) {
+        add(
+            "delivery.lease".into(),
+            "must be at least 1s (it is renewed every third of it, through the database)".into(),
+        );
+    } else if cfg.delivery.lease > std::time::Duration::from_secs(3600) {
+        add(
+            "delivery.lease".into(),
+            "must be at most 1h (an attempt whose hub stopped waits this long to be sent again)"
+                .into(),
+        );
+    }
     if cfg.delivery.initial_backoff > cfg.delivery.max_backoff {
         add(
             "delivery.initial_backoff".into(),

@@ -189,6 +189,11 @@ pub struct DeliveryConfig {
     /// Safety net: how often workers look for due jobs without a wake-up.
     #[serde(default = "default_poll_interval", with = "humantime_serde")]
     pub poll_interval: Duration,
+    /// How long a claimed attempt holds without renewal: running attempts
+    /// are renewed every third of it; one whose lease runs out is sent
+    /// again (same operation id).
+    #[serde(default = "default_lease", with = "humantime_serde")]
+    pub lease: Duration,
 }
 
 impl Default for DeliveryConfig {
@@ -198,6 +203,7 @@ impl Default for DeliveryConfig {
             initial_backoff: default_initial_backoff(),
             max_backoff: default_max_backoff(),
             poll_interval: default_poll_interval(),
+            lease: default_lease(),
         }
     }
 }
@@ -437,6 +443,9 @@ fn default_max_backoff() -> Duration {
 }
 fn default_poll_interval() -> Duration {
     Duration::from_secs(1)
+}
+fn default_lease() -> Duration {
+    Duration::from_secs(30)
 }
 fn default_legal_term() -> u32 {
     30

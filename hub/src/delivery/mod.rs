@@ -4,6 +4,10 @@
 //! instance's concurrency), runs each attempt, and records the result with
 //! the retry policy's decision. Jobs are rows, so a restart resumes them;
 //! the operation id never changes, so vendors can discard duplicates.
+//! Every attempt runs under a lease of this hub instance ([`Leases`]),
+//! renewed while it runs: an attempt that ends without a result, or an
+//! instance that stops, leaves the job to lease expiry, which makes it due
+//! again.
 //!
 //! A synchronous submission skips the queue when its adapter has a free
 //! slot: the job is stored already claimed and delivered by the submission
@@ -11,11 +15,13 @@
 //! submissions hand their first message to the worker in memory
 //! ([`PreparedMessages`]), with the store as the fallback.
 
+mod lease;
 mod message;
 mod poll;
 mod prepared;
 mod worker;
 
+pub use lease::{Held, Leases, spawn_keeper};
 pub use message::{build_message, submission_message};
 pub use prepared::PreparedMessages;
 pub(crate) use worker::deliver;

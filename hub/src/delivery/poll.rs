@@ -23,6 +23,7 @@ pub(super) async fn poll_once(
     claimed: ClaimedPoll,
 ) {
     let job = &claimed.job;
+    let _held = service.leases().hold(&job.operation_id);
     let span = tracing::info_span!("poll", practice_id = %job.practice_id, operation_id = %job.operation_id,
         adapter = %instance.name, poll = claimed.polls + 1);
     let outcome = instance
@@ -89,8 +90,8 @@ pub(super) async fn poll_once(
         .reschedule_poll(&claimed, progress, token, next, error)
         .await
     {
-        // The job stays 'poll_in_flight' and is polled again after a restart.
+        // The poll is asked again when its lease runs out.
         tracing::error!(operation_id = %job.operation_id, error = %e,
-            "cannot record the poll; it is repeated at next start");
+            "cannot record the poll; it is repeated when its lease runs out");
     }
 }

@@ -27,6 +27,8 @@ use tracing::Instrument;
 pub struct Workers {
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
+    /// Renews this instance's leases and sweeps expired ones.
+    keeper: tokio::task::JoinHandle<()>,
 }
 
 impl std::fmt::Debug for Workers {
@@ -39,19 +41,24 @@ impl std::fmt::Debug for Workers {
 
 impl Workers {
     /// Stops claiming new jobs and waits up to `grace` for attempts in
-    /// flight. Attempts still running after that are resumed at next start
-    /// (as `OUTCOME_UNKNOWN`, same operation id).
+    /// flight, renewing their leases meanwhile. Attempts still running after
+    /// that are left to lease expiry (at the latest at next start): due
+    /// again as `OUTCOME_UNKNOWN`, same operation id.
     pub async fn shutdown(mut self, grace: Duration) {
         let _ = self.stop.send(true);
         let all = async { while self.tasks.join_next().await.is_some() {} };
         if tokio::time::timeout(grace, all).await.is_err() {
-            tracing::warn!("deliveries still in flight after {grace:?}; they resume at next start");
+            tracing::warn!(
+                "deliveries still in flight after {grace:?}; they are sent again when their leases run out"
+            );
             self.tasks.abort_all();
         }
+        self.keeper.abort();
     }
 }
 
-/// Starts one worker per adapter instance.
+/// Starts one worker per adapter instance, and the keeper of this
+/// instance's leases.
 pub fn spawn_workers(
     service: Arc<PracticeService>,
     adapters: &HashMap<String, AdapterInstance>,
@@ -68,7 +75,12 @@ pub fn spawn_workers(
             stop_rx.clone(),
         ));
     }
-    Workers { stop, tasks }
+    let keeper = super::spawn_keeper(Arc::clone(&service));
+    Workers {
+        stop,
+        tasks,
+        keeper,
+    }
 }
 
 async fn run(
@@ -165,7 +177,12 @@ async fn claim(
     adapter: &str,
     free: u32,
 ) -> (Vec<crate::store::ClaimedPoll>, Vec<ClaimedJob>) {
-    match service.store().claim_work(adapter, Utc::now(), free).await {
+    let lease = service.leases().lease();
+    match service
+        .store()
+        .claim_work(adapter, lease, Utc::now(), free)
+        .await
+    {
         Ok(work) => (work.polls, work.jobs),
         Err(e) => {
             tracing::error!(%adapter, error = %e, "cannot claim due work");
@@ -214,7 +231,7 @@ pub(super) async fn record(
         Ok(practice) => practice,
         Err(e) => {
             tracing::error!(operation_id = %job.operation_id, error = %e,
-                "cannot record the delivery result; it is resumed at next start");
+                "cannot record the delivery result; the job is due again when its lease runs out");
             None
         }
     }
@@ -222,6 +239,8 @@ pub(super) async fn record(
 
 /// Runs one attempt of a job claimed from the outbox and records its result.
 async fn attempt(service: &PracticeService, instance: &AdapterInstance, job: ClaimedJob) {
+    // Renewed while this runs, however it ends (a panic included).
+    let _held = service.leases().hold(&job.operation_id);
     let config = service.config();
     // A first submission's message is usually still in memory; otherwise
     // (a retry, a restart, evicted) it is built from the store.
@@ -240,7 +259,8 @@ async fn attempt(service: &PracticeService, instance: &AdapterInstance, job: Cla
                 build_message(&job, &practice, attachments, mode)
             }
             Err(e) => {
-                tracing::error!(operation_id = %job.operation_id, error = %e, "cannot load the practice to deliver");
+                tracing::error!(operation_id = %job.operation_id, error = %e,
+                    "cannot load the practice to deliver; the job is due again when its lease runs out");
                 return;
             }
         },

@@ -5,7 +5,8 @@
 //! scoped by tenant, and every change is one transaction that also appends
 //! the practice's events, so the event log and the state never disagree.
 //! A PostgreSQL implementation (several hub instances) fits the same trait:
-//! job claiming is already expressed as leases on rows.
+//! claimed work is held by a [`Lease`] of one hub instance, renewed while
+//! the attempt runs, and due again when the lease runs out.
 
 #[cfg(test)]
 mod contract;
@@ -126,6 +127,43 @@ impl EventFilter {
     }
 }
 
+/// A claim on work in flight: who holds it, and for how long without
+/// renewal. A hub instance renews the leases of the attempts it is running;
+/// when a lease runs out (its owner stopped, panicked or lost its database)
+/// [`Store::expire_leases`] makes the work due again.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    /// The hub instance (a fresh id per process).
+    pub owner: String,
+    /// How long a claim holds without renewal.
+    pub duration: std::time::Duration,
+}
+
+impl Lease {
+    /// When a lease taken or renewed at `now` runs out.
+    pub fn until(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        now + chrono::Duration::from_std(self.duration).unwrap_or(chrono::Duration::hours(1))
+    }
+}
+
+/// What an expiry sweep found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExpiredLeases {
+    /// Deliveries due again (`OUTCOME_UNKNOWN`, same operation id).
+    pub due_again: usize,
+    /// Deliveries on their last attempt, dead-lettered (`OUTCOME_UNKNOWN`).
+    pub dead_lettered: usize,
+    /// Polls due again (the vendor had accepted: nothing is re-sent).
+    pub polls: usize,
+}
+
+impl ExpiredLeases {
+    /// Nothing expired.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
 /// What one claim took: polls and deliveries.
 #[derive(Debug, Default)]
 pub struct ClaimedWork {
@@ -176,12 +214,13 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(InsertOutcome, Option<Practice>), StoreError>;
 
     /// Like [`insert_practice`](Self::insert_practice), with the first
-    /// delivery claimed in the same transaction (attempt 1, in flight) and
-    /// returned, for a caller that delivers it at once. No job is returned
-    /// for an idempotency key seen before.
+    /// delivery claimed under `lease` in the same transaction (attempt 1, in
+    /// flight) and returned, for a caller that delivers it at once. No job
+    /// is returned for an idempotency key seen before.
     async fn insert_practice_claimed(
         &self,
         practice: NewPractice,
+        lease: &Lease,
     ) -> Result<(InsertOutcome, Option<ClaimedJob>), StoreError>;
 
     /// One practice of `tenant_id`; document bytes only if `with_content`.
@@ -222,15 +261,35 @@ pub trait Store: Send + Sync + 'static {
     /// Claims up to `limit` pieces of work of `adapter` in one transaction:
     /// deferred results whose poll is due first (their vendors already
     /// accepted the work; a restart makes them due again), then due jobs,
-    /// marked in flight (delivery `SENT`). A [`VendorReply::follow_up`]
-    /// recorded by [`Store::finish_attempt`] keeps a job for polling instead
-    /// of finishing it.
+    /// marked in flight (delivery `SENT`), all under `lease` until
+    /// `now + lease.duration`. A [`VendorReply::follow_up`] recorded by
+    /// [`Store::finish_attempt`] keeps a job for polling instead of
+    /// finishing it.
     async fn claim_work(
         &self,
         adapter: &str,
+        lease: &Lease,
         now: DateTime<Utc>,
         limit: u32,
     ) -> Result<ClaimedWork, StoreError>;
+
+    /// Extends to `until`, in one statement, the leases `owner` still holds
+    /// on `operation_ids` (deliveries and polls in flight); returns those it
+    /// still held. One missing from the answer was lost: its lease ran out
+    /// and the work was made due again, or finished, or taken by another.
+    async fn renew_leases(
+        &self,
+        owner: &str,
+        operation_ids: &[String],
+        until: DateTime<Utc>,
+    ) -> Result<Vec<String>, StoreError>;
+
+    /// Ends every lease that ran out by `now`, in one transaction: a
+    /// delivery in flight becomes due at once with the same operation id,
+    /// its delivery `OUTCOME_UNKNOWN` (the vendor may have received it), or,
+    /// on its last attempt, dead-lettered; a poll in flight is simply due
+    /// again. Idempotent: every instance may sweep.
+    async fn expire_leases(&self, now: DateTime<Utc>) -> Result<ExpiredLeases, StoreError>;
 
     /// When the next job of `adapter` becomes due, if any is waiting.
     async fn next_due_at(&self, adapter: &str) -> Result<Option<DateTime<Utc>>, StoreError>;
@@ -243,6 +302,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Records how an attempt ended: job, delivery status, administrative
     /// status, outcome, documents, references and events, atomically.
+    ///
+    /// An attempt whose lease was lost (it ran out, and the job may be in
+    /// flight again elsewhere) still reports what the vendor said about
+    /// this operation id: a conclusive answer (delivered without a
+    /// follow-up, or rejected) is recorded and finishes the job unless it
+    /// is finished already; a failure or an acceptance for polling changes
+    /// nothing, since whoever holds the job now decides what comes next.
     ///
     /// With `read_back`, also returns the practice as recorded (attachment
     /// metadata only), read in the same transaction: what a synchronous
@@ -283,11 +349,6 @@ pub trait Store: Send + Sync + 'static {
 
     /// Puts a dead-lettered job back in the queue (same operation id).
     async fn replay(&self, operation_id: &str, actor: &str) -> Result<DeadLetter, StoreError>;
-
-    /// After a restart: jobs left in flight become due again and their
-    /// deliveries `OUTCOME_UNKNOWN` (the vendor may have received them).
-    /// Returns how many deliveries were recovered.
-    async fn recover_in_flight(&self) -> Result<usize, StoreError>;
 
     /// Whether the store answers (for readiness).
     async fn ping(&self) -> Result<(), StoreError>;

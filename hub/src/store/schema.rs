@@ -38,6 +38,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "ascending_listing_indexes",
         include_str!("../../migrations/0007_ascending_listing_indexes.sql"),
     ),
+    (
+        8,
+        "job_leases",
+        include_str!("../../migrations/0008_job_leases.sql"),
+    ),
 ];
 
 /// Applies pending migrations; returns the schema version.

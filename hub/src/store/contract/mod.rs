@@ -10,12 +10,13 @@
 
 mod events;
 mod inbound;
+mod leases;
 mod ops;
 mod outbox;
 mod practices;
 mod withdraw;
 
-use super::{AuditBreak, ClaimedJob, InsertOutcome, Store, StoreError};
+use super::{AuditBreak, ClaimedJob, InsertOutcome, Lease, Store, StoreError};
 use crate::config::Mode;
 use crate::domain::practice::{Event, NewPractice, Practice, PracticeContent};
 use chrono::{DateTime, SubsecRound, Utc};
@@ -73,6 +74,13 @@ macro_rules! store_contract {
                 withdraw::withdrawing_a_concluded_practice_conflicts,
                 ops::the_snapshot_counts_the_outbox_and_the_practices,
                 ops::audit_records_join_the_tenants_chain_without_events,
+                leases::a_claimed_job_is_not_claimable_by_another_owner_before_its_lease_runs_out,
+                leases::a_renewed_lease_holds_past_its_first_expiry,
+                leases::an_expired_lease_makes_the_delivery_outcome_unknown_once,
+                leases::a_lease_that_runs_out_on_the_last_attempt_dead_letters_it,
+                leases::a_synchronous_claim_is_leased_too,
+                leases::a_poll_whose_lease_runs_out_is_polled_again_without_resending,
+                leases::a_result_after_a_lost_lease_is_kept_only_if_it_concludes,
             }
         }
     };
@@ -100,6 +108,17 @@ pub(super) const OTHER_TENANT: &str = "016091";
 pub(super) const ADAPTER: &str = "tributi";
 pub(super) const OTHER_ADAPTER: &str = "anagrafe";
 pub(super) const APPLICANT: &str = "RSSMRA45D25F205N";
+
+/// The hub instance most cases claim as.
+pub(super) const OWNER: &str = "hub-a";
+
+/// A lease of [`OWNER`] for 30 seconds.
+pub(super) fn lease() -> Lease {
+    Lease {
+        owner: OWNER.into(),
+        duration: std::time::Duration::from_secs(30),
+    }
+}
 
 /// Now, as the store keeps time (milliseconds).
 pub(super) fn now() -> DateTime<Utc> {
@@ -161,7 +180,7 @@ pub(super) async fn insert(store: &Backend, new: NewPractice) {
 /// Claims the one due job of [`ADAPTER`].
 pub(super) async fn claim_one(store: &Backend) -> ClaimedJob {
     let work = store
-        .claim_work(ADAPTER, now() + chrono::Duration::minutes(1), 1)
+        .claim_work(ADAPTER, &lease(), now() + chrono::Duration::minutes(1), 1)
         .await
         .unwrap();
     assert!(work.polls.is_empty(), "{work:?}");

@@ -2,14 +2,14 @@
 //! planner reads, ask the domain's planner, persist its plan. No rule of
 //! the domain is decided here.
 
-use super::follow_up;
 use super::rows::{
     CLAIMED_JOB_COLUMNS, DEAD_LETTER_SQL, dead_letter, ms, parse, read_claimed_job,
     read_dead_letter,
 };
 use super::state::{self, Loaded};
+use super::{follow_up, leases};
 use crate::domain::practice::NewPractice;
-use crate::store::{ClaimedJob, ClaimedWork, DeadLetter, InsertOutcome, StoreError};
+use crate::store::{ClaimedJob, ClaimedWork, DeadLetter, InsertOutcome, Lease, StoreError};
 use chrono::{DateTime, Utc};
 use raccordo_adapters::adapter::{Correlation, InboundOutcome, InboundResult};
 use raccordo_domain::job::AttemptResult;
@@ -29,15 +29,16 @@ pub(super) fn content_json(new: &NewPractice) -> Result<String, StoreError> {
 }
 
 /// Stores a new practice with its outbox job and first events, or finds the
-/// earlier practice with the same idempotency key. With `claim`, the job is
-/// stored as attempt 1 in flight and returned, for the caller to deliver at
-/// once (a synchronous route): no separate claim transaction.
+/// earlier practice with the same idempotency key. With a `lease`, the job
+/// is stored as attempt 1 in flight under it and returned, for the caller to
+/// deliver at once (a synchronous route): no separate claim transaction.
 pub(super) fn insert_new(
     conn: &Connection,
     new: &NewPractice,
     content: &str,
-    claim: bool,
+    lease: Option<&Lease>,
 ) -> Result<(InsertOutcome, Option<ClaimedJob>), StoreError> {
+    let claim = lease.is_some();
     if let Some((id, hash)) = conn
         .prepare_cached(
             "SELECT id, content_hash FROM practices WHERE tenant_id = ?1 AND idempotency_key = ?2",
@@ -108,34 +109,43 @@ pub(super) fn insert_new(
         stored_sequence: first_events,
         state: plan.state.clone(),
     };
-    let job = plan.new_job.clone().filter(|_| claim).map(|j| ClaimedJob {
-        operation_id: j.operation_id,
-        practice_id: new.id.clone(),
-        tenant_id: new.tenant_id.clone(),
-        adapter: j.adapter,
-        operation: j.operation,
-        attempt: j.attempts,
-        max_attempts: j.max_attempts,
-        traceparent: j.traceparent,
-    });
+    let job = plan
+        .new_job
+        .clone()
+        .zip(lease)
+        .map(|(j, lease)| ClaimedJob {
+            operation_id: j.operation_id,
+            practice_id: new.id.clone(),
+            tenant_id: new.tenant_id.clone(),
+            adapter: j.adapter,
+            operation: j.operation,
+            attempt: j.attempts,
+            max_attempts: j.max_attempts,
+            traceparent: j.traceparent,
+            owner: lease.owner.clone(),
+        });
     state::persist(conn, &mut loaded, plan, new.received_at)?;
+    if let (Some(job), Some(lease)) = (&job, lease) {
+        leases::take(conn, &job.operation_id, lease, Utc::now())?;
+    }
     Ok((InsertOutcome::Created, job))
 }
 
-/// Claims up to `limit` pieces of work of `adapter`: due polls first, then
-/// due jobs, marked in flight (delivery `SENT`).
+/// Claims up to `limit` pieces of work of `adapter` under `lease`: due
+/// polls first, then due jobs, marked in flight (delivery `SENT`).
 pub(super) fn claim_work(
     conn: &Connection,
     adapter: &str,
+    lease: &Lease,
     now: DateTime<Utc>,
     limit: u32,
 ) -> Result<ClaimedWork, StoreError> {
-    let polls = follow_up::claim(conn, adapter, now, limit)?;
+    let polls = follow_up::claim(conn, adapter, lease, now, limit)?;
     let left = limit - polls.len() as u32;
     let jobs = if left == 0 {
         Vec::new()
     } else {
-        claim_due(conn, adapter, now, left)?
+        claim_due(conn, adapter, lease, now, left)?
     };
     Ok(ClaimedWork { polls, jobs })
 }
@@ -143,18 +153,23 @@ pub(super) fn claim_work(
 fn claim_due(
     conn: &Connection,
     adapter: &str,
+    lease: &Lease,
     now: DateTime<Utc>,
     limit: u32,
 ) -> Result<Vec<ClaimedJob>, StoreError> {
     let rows = conn
         .prepare_cached(&format!(
-            "UPDATE jobs SET state = 'in_flight', attempts = attempts + 1, updated_at = ?1
+            "UPDATE jobs SET state = 'in_flight', attempts = attempts + 1, updated_at = ?1,
+                lease_owner = ?4, lease_expires_at = ?5
              WHERE operation_id IN (
                 SELECT operation_id FROM jobs WHERE adapter = ?2 AND state = 'due' AND next_attempt_at <= ?1
                 ORDER BY next_attempt_at LIMIT ?3)
              RETURNING {CLAIMED_JOB_COLUMNS}"
         ))?
-        .query_map(params![ms(now), adapter, limit as i64], read_claimed_job)?
+        .query_map(
+            params![ms(now), adapter, limit as i64, lease.owner, ms(lease.until(now))],
+            read_claimed_job,
+        )?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let mut jobs = Vec::with_capacity(rows.len());
     for row in rows {
@@ -180,13 +195,17 @@ pub(super) fn change(
     Ok(loaded)
 }
 
-/// Records how attempt `job` ended.
+/// Records how attempt `job` ended (an attempt whose lease was lost only
+/// in part: see [`leases::record_result`]).
 pub(super) fn finish_attempt(
     conn: &Connection,
     job: &ClaimedJob,
     result: &AttemptResult,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
+    if !leases::record_result(conn, job, result)? {
+        return Ok(());
+    }
     change(conn, &job.practice_id, now, |state| {
         Ok(plan::plan_attempt(state, job, result, now))
     })?;
@@ -256,36 +275,6 @@ pub(super) fn replay(
         .prepare_cached(&format!("{DEAD_LETTER_SQL} WHERE j.operation_id = ?1"))?
         .query_row([operation_id], read_dead_letter)?;
     dead_letter(dl)
-}
-
-/// After a restart: jobs left in flight become due again and their
-/// deliveries `OUTCOME_UNKNOWN`; interrupted polls are simply asked again.
-pub(super) fn recover_in_flight(
-    conn: &Connection,
-    now: DateTime<Utc>,
-) -> Result<usize, StoreError> {
-    let rows: Vec<(String, String, String)> = conn
-        .prepare_cached(
-            "SELECT operation_id, practice_id, adapter FROM jobs WHERE state = 'in_flight'",
-        )?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-        .collect::<rusqlite::Result<_>>()?;
-    conn.prepare_cached(
-        "UPDATE jobs SET state = 'polling', next_attempt_at = ?1, updated_at = ?1 WHERE state = 'poll_in_flight'",
-    )?
-    .execute([ms(now)])?;
-    for (op, practice_id, adapter) in &rows {
-        change(conn, practice_id, now, |state| {
-            Ok(plan::plan_outcome_unknown(
-                state,
-                op,
-                adapter,
-                "the hub stopped during the attempt: re-sending with the same operation id",
-                now,
-            ))
-        })?;
-    }
-    Ok(rows.len())
 }
 
 /// Applies a result that arrived after the delivery. A vendor reports only

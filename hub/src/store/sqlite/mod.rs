@@ -18,6 +18,7 @@ mod changes;
 mod checkpoint;
 mod follow_up;
 mod gathered_wal;
+mod leases;
 mod ops;
 mod ownership;
 mod page_cache;
@@ -33,8 +34,8 @@ mod writer;
 use super::schema;
 use super::{
     AttemptResult, AuditBreak, AuditEntry, AuditRecord, ClaimedJob, ClaimedPoll, ClaimedWork,
-    DeadLetter, EventFilter, InsertOutcome, OpsSnapshot, PracticeFilter, Store, StoreError,
-    Withdrawal,
+    DeadLetter, EventFilter, ExpiredLeases, InsertOutcome, Lease, OpsSnapshot, PracticeFilter,
+    Store, StoreError, Withdrawal,
 };
 use crate::bus::EventBus;
 use crate::config::Synchronous;
@@ -209,6 +210,14 @@ impl SqliteStore {
         purge::purge(&mut conn, tenant, before, dry_run)
     }
 
+    /// Ends every lease in the database at once, whatever its expiry: the
+    /// embedded store has one process as its only owner, so at start every
+    /// lease left is a dead process's (see [`Store::expire_leases`]).
+    pub async fn expire_all_leases(&self) -> Result<ExpiredLeases, StoreError> {
+        self.write(|conn| leases::expire(conn, Utc::now(), DateTime::<Utc>::MAX_UTC))
+            .await
+    }
+
     /// Runs `op` in the writer's next transaction; answers after the commit.
     async fn write<R: Send + 'static>(
         &self,
@@ -293,7 +302,7 @@ impl Store for SqliteStore {
     ) -> Result<(InsertOutcome, Option<Practice>), StoreError> {
         let content = changes::content_json(&new)?;
         self.write(move |conn| {
-            let (outcome, _) = changes::insert_new(conn, &new, &content, false)?;
+            let (outcome, _) = changes::insert_new(conn, &new, &content, None)?;
             let created = matches!(outcome, InsertOutcome::Created);
             let stored = read_back_if(created && read_back, conn, &new.tenant_id, &new.id)?;
             Ok((outcome, stored))
@@ -304,9 +313,11 @@ impl Store for SqliteStore {
     async fn insert_practice_claimed(
         &self,
         new: NewPractice,
+        lease: &Lease,
     ) -> Result<(InsertOutcome, Option<ClaimedJob>), StoreError> {
         let content = changes::content_json(&new)?;
-        self.write(move |conn| changes::insert_new(conn, &new, &content, true))
+        let lease = lease.clone();
+        self.write(move |conn| changes::insert_new(conn, &new, &content, Some(&lease)))
             .await
     }
 
@@ -404,12 +415,33 @@ impl Store for SqliteStore {
     async fn claim_work(
         &self,
         adapter: &str,
+        lease: &Lease,
         now: DateTime<Utc>,
         limit: u32,
     ) -> Result<ClaimedWork, StoreError> {
-        let adapter = adapter.to_string();
-        self.write(move |conn| changes::claim_work(conn, &adapter, now, limit))
+        let (adapter, lease) = (adapter.to_string(), lease.clone());
+        self.write(move |conn| changes::claim_work(conn, &adapter, &lease, now, limit))
             .await
+    }
+
+    async fn renew_leases(
+        &self,
+        owner: &str,
+        operation_ids: &[String],
+        until: DateTime<Utc>,
+    ) -> Result<Vec<String>, StoreError> {
+        if operation_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids = serde_json::to_string(operation_ids)
+            .map_err(|e| StoreError::Internal(e.to_string()))?;
+        let owner = owner.to_string();
+        self.write(move |conn| leases::renew(conn, &owner, &ids, until))
+            .await
+    }
+
+    async fn expire_leases(&self, now: DateTime<Utc>) -> Result<ExpiredLeases, StoreError> {
+        self.write(move |conn| leases::expire(conn, now, now)).await
     }
 
     async fn next_due_at(&self, adapter: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
@@ -506,11 +538,6 @@ impl Store for SqliteStore {
     async fn replay(&self, operation_id: &str, actor: &str) -> Result<DeadLetter, StoreError> {
         let (operation_id, actor) = (operation_id.to_string(), actor.to_string());
         self.write(move |conn| changes::replay(conn, &operation_id, &actor, Utc::now()))
-            .await
-    }
-
-    async fn recover_in_flight(&self) -> Result<usize, StoreError> {
-        self.write(|conn| changes::recover_in_flight(conn, Utc::now()))
             .await
     }
 

@@ -27,7 +27,10 @@ pub(super) fn parse<T: FromStr<Err = String>>(what: &str, v: &str) -> Result<T, 
 /// The columns a claim returns first, in this order, for
 /// [`read_claimed_job`]; a claim of polls returns its own after them.
 pub(super) const CLAIMED_JOB_COLUMNS: &str =
-    "operation_id, practice_id, tenant_id, adapter, operation, attempts, max_attempts, traceparent";
+    "operation_id, practice_id, tenant_id, adapter, operation, attempts,
+    max_attempts, traceparent, lease_owner";
+/// How many columns [`CLAIMED_JOB_COLUMNS`] names.
+pub(super) const CLAIMED_JOB_COLUMN_COUNT: usize = 9;
 
 /// A claimed job as its claim returned it, before its operation is parsed.
 pub(super) struct ClaimedJobRow {
@@ -39,6 +42,7 @@ pub(super) struct ClaimedJobRow {
     pub(super) attempt: i64,
     pub(super) max_attempts: i64,
     pub(super) traceparent: Option<String>,
+    pub(super) owner: Option<String>,
 }
 
 /// Reads the [`CLAIMED_JOB_COLUMNS`] at the start of a claim's row.
@@ -52,6 +56,7 @@ pub(super) fn read_claimed_job(r: &Row<'_>) -> rusqlite::Result<ClaimedJobRow> {
         attempt: r.get(5)?,
         max_attempts: r.get(6)?,
         traceparent: r.get(7)?,
+        owner: r.get(8)?,
     })
 }
 
@@ -66,6 +71,7 @@ impl ClaimedJobRow {
             attempt: self.attempt as u32,
             max_attempts: self.max_attempts as u32,
             traceparent: self.traceparent,
+            owner: self.owner.unwrap_or_default(),
         })
     }
 }
