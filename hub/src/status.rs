@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 #[derive(Debug, Clone, Serialize)]
 pub struct HubStatus {
     pub version: &'static str,
+    /// This process's id, the owner of its delivery leases.
+    pub instance_id: String,
     pub uptime_seconds: f64,
     /// The store answers and no adapter instance is down.
     pub ready: bool,
@@ -98,6 +100,7 @@ pub async fn hub_status(service: &PracticeService, with_backlog: bool) -> HubSta
         .collect();
     HubStatus {
         version: env!("CARGO_PKG_VERSION"),
+        instance_id: service.leases().owner().to_string(),
         uptime_seconds: service.metrics().uptime().as_secs_f64(),
         ready,
         store: store_state,

@@ -139,6 +139,10 @@ fn check_names_the_file_and_the_key_of_each_problem() {
         .replace(
             "tenants = [\"016024\", \"028060\"]\nservice = \"CERT\"",
             "tenants = [\"016024\", \"999999\"]\nservice = \"CERT\"",
+        )
+        .replace(
+            "poll_interval = \"100ms\"",
+            "poll_interval = \"100ms\"\nlease = \"100ms\"",
         );
     let (ok, err) = check(&broken);
     assert!(!ok);
@@ -147,6 +151,7 @@ fn check_names_the_file_and_the_key_of_each_problem() {
         "adapters.vendor.base_url",
         "services.CERT.fields[0].pattern",
         "routes[0].tenants: '999999' is not declared under [tenants]",
+        "delivery.lease: must be at least 1s",
     ] {
         assert!(err.contains(needle), "missing «{needle}» in:\n{err}");
     }

@@ -241,7 +241,8 @@ pub fn hub_status(s: &pb::HubStatus, as_json: bool) {
         println!(
             "{}",
             json!({
-                "version": s.version, "uptime_seconds": s.uptime_seconds, "ready": s.ready,
+                "version": s.version, "instance_id": s.instance_id,
+                "uptime_seconds": s.uptime_seconds, "ready": s.ready,
                 "store": {"state": s.store_state, "reason": s.store_reason},
                 "adapters": adapters,
             })
@@ -254,6 +255,7 @@ pub fn hub_status(s: &pb::HubStatus, as_json: bool) {
         humantime::format_duration(std::time::Duration::from_secs(s.uptime_seconds as u64)),
         if s.ready { "READY" } else { "NOT READY" }
     );
+    println!("instance   {}", s.instance_id);
     if s.store_reason.is_empty() {
         println!("store      {}", s.store_state);
     } else {

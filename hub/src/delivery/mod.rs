@@ -19,6 +19,8 @@ mod lease;
 mod message;
 mod poll;
 mod prepared;
+#[cfg(test)]
+mod tests;
 mod worker;
 
 pub use lease::{Held, Leases, spawn_keeper};

@@ -405,6 +405,7 @@ impl pb::delivery_admin_service_server::DeliveryAdminService for Api {
         let s = crate::status::hub_status(&self.service, true).await;
         Ok(Response::new(pb::HubStatus {
             version: s.version.to_string(),
+            instance_id: s.instance_id,
             uptime_seconds: s.uptime_seconds,
             ready: s.ready,
             store_state: s.store.state.to_string(),

@@ -276,7 +276,8 @@ pub trait Store: Send + Sync + 'static {
     /// Extends to `until`, in one statement, the leases `owner` still holds
     /// on `operation_ids` (deliveries and polls in flight); returns those it
     /// still held. One missing from the answer was lost: its lease ran out
-    /// and the work was made due again, or finished, or taken by another.
+    /// (a lease past its expiry is lost even before a sweep ends it), or the
+    /// work finished, or another instance holds it now.
     async fn renew_leases(
         &self,
         owner: &str,

@@ -1,0 +1,322 @@
+//! The worker's paths that end an attempt without recording its result:
+//! each leaves the job to lease expiry, which makes it due again.
+
+use super::spawn_workers;
+use crate::adapters::AdapterInstance;
+use crate::bus::EventBus;
+use crate::config::{Mode, Synchronous};
+use crate::domain::practice::{NewPractice, PracticeContent};
+use crate::domain::status::DeliveryStatus;
+use crate::metrics::Metrics;
+use crate::practices::PracticeService;
+use crate::store::sqlite::SqliteStore;
+use crate::store::{InsertOutcome, Store};
+use async_trait::async_trait;
+use chrono::{SubsecRound, Utc};
+use raccordo_adapters::model::{AdminStatus, Applicant, ChannelInfo, Operation, Person, Subject};
+use raccordo_adapters::{Adapter, DeliveryError, DeliveryRequest, VendorReply};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{Notify, Semaphore};
+
+const TENANT: &str = "016024";
+const ADAPTER: &str = "tributi";
+
+/// What the test adapter does on each attempt (by attempt number).
+#[derive(Clone, Copy, Debug)]
+enum Act {
+    Panic,
+    Approve,
+    Fail,
+    /// Waits for [`Scripted::release`], then approves.
+    Stall,
+}
+
+/// An adapter following a script; records every (operation id, attempt).
+struct Scripted {
+    script: fn(u32) -> Act,
+    calls: Mutex<Vec<(String, u32)>>,
+    release: Notify,
+}
+
+#[async_trait]
+impl Adapter for Scripted {
+    fn kind(&self) -> &'static str {
+        "scripted"
+    }
+
+    fn supports(&self, operation: Operation) -> bool {
+        operation == Operation::Submit
+    }
+
+    async fn deliver(&self, request: DeliveryRequest) -> Result<VendorReply, DeliveryError> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push((request.message.message_id.clone(), request.attempt));
+        let approve = || VendorReply {
+            status: Some(AdminStatus::Approved),
+            ..Default::default()
+        };
+        match (self.script)(request.attempt) {
+            Act::Panic => panic!("the adapter has a bug"),
+            Act::Approve => Ok(approve()),
+            Act::Fail => Err(DeliveryError::transient("503")),
+            Act::Stall => {
+                self.release.notified().await;
+                Ok(approve())
+            }
+        }
+    }
+}
+
+/// A hub's delivery side on a real SQLite store: the service, its
+/// workers (once started), and the adapter.
+struct Harness {
+    _dir: tempfile::TempDir,
+    db: std::path::PathBuf,
+    service: Arc<PracticeService>,
+    adapter: Arc<Scripted>,
+    adapters: HashMap<String, AdapterInstance>,
+    wakers: HashMap<String, Arc<Notify>>,
+    workers: Option<super::Workers>,
+}
+
+async fn harness(lease: &str, script: fn(u32) -> Act) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = dir.path().join("raccordo.toml");
+    std::fs::write(
+        &toml,
+        format!(
+            "[delivery]\nlease = \"{lease}\"\npoll_interval = \"50ms\"\n\
+             initial_backoff = \"50ms\"\nmax_backoff = \"100ms\"\n"
+        ),
+    )
+    .unwrap();
+    let config = Arc::new(crate::config::load(&toml).unwrap());
+    let db = dir.path().join("hub.db");
+    let store: Arc<dyn Store> = Arc::new(
+        SqliteStore::open(&db, Synchronous::Normal, 2)
+            .await
+            .unwrap(),
+    );
+    let adapter = Arc::new(Scripted {
+        script,
+        calls: Mutex::default(),
+        release: Notify::new(),
+    });
+    let instance = AdapterInstance {
+        name: ADAPTER.into(),
+        adapter: Arc::clone(&adapter) as Arc<dyn Adapter>,
+        max_concurrency: 4,
+        slots: Arc::new(Semaphore::new(4)),
+    };
+    let adapters = HashMap::from([(ADAPTER.to_string(), instance)]);
+    let wakers = HashMap::from([(ADAPTER.to_string(), Arc::new(Notify::new()))]);
+    let service = Arc::new(PracticeService::new(
+        config,
+        store,
+        EventBus::new(),
+        adapters.clone(),
+        wakers.clone(),
+        Arc::new(Metrics::new()),
+    ));
+    Harness {
+        _dir: dir,
+        db,
+        service,
+        adapter,
+        adapters,
+        wakers,
+        workers: None,
+    }
+}
+
+impl Harness {
+    fn start(&mut self) {
+        let workers = spawn_workers(Arc::clone(&self.service), &self.adapters, &self.wakers);
+        self.workers = Some(workers);
+    }
+
+    fn store(&self) -> &Arc<dyn Store> {
+        self.service.store()
+    }
+
+    async fn submit(&self, id: &str, max_attempts: u32) {
+        let new = NewPractice {
+            id: id.into(),
+            tenant_id: TENANT.into(),
+            service_code: "TARI".into(),
+            idempotency_key: format!("k-{id}"),
+            content_hash: "h".into(),
+            content: PracticeContent {
+                applicant: Applicant {
+                    subject: Subject::Person(Person {
+                        fiscal_code: "RSSMRA45D25F205N".into(),
+                        given_name: "Mario".into(),
+                        family_name: "Rossi".into(),
+                    }),
+                    contacts: Default::default(),
+                },
+                submitter: None,
+                channel: ChannelInfo::default(),
+                data: Default::default(),
+            },
+            attachments: Vec::new(),
+            mode: Mode::Deferred,
+            received_at: Utc::now().trunc_subsecs(3),
+            legal_term_days: 30,
+            adapter: ADAPTER.into(),
+            max_attempts,
+            traceparent: None,
+        };
+        let (outcome, _) = self.store().insert_practice(new, false).await.unwrap();
+        assert!(matches!(outcome, InsertOutcome::Created));
+    }
+
+    fn calls(&self) -> Vec<(String, u32)> {
+        self.adapter.calls.lock().unwrap().clone()
+    }
+
+    async fn delivery_trail(&self, id: &str) -> Vec<DeliveryStatus> {
+        let events = self.store().practice_events(TENANT, id, 0).await.unwrap();
+        events.into_iter().filter_map(|e| e.to_delivery).collect()
+    }
+
+    async fn status(&self, id: &str) -> AdminStatus {
+        self.store()
+            .get_practice(TENANT, id, false)
+            .await
+            .unwrap()
+            .status
+    }
+}
+
+/// Waits for `check` to hold, for 15 seconds at most.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    while !check().await {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_attempt_whose_adapter_panics_is_sent_again_when_its_lease_runs_out() {
+    let mut hub = harness("1s", |attempt| {
+        if attempt == 1 {
+            Act::Panic
+        } else {
+            Act::Approve
+        }
+    })
+    .await;
+    hub.submit("p-1", 3).await;
+    hub.start();
+    eventually("the practice approved", || async {
+        hub.status("p-1").await == AdminStatus::Approved
+    })
+    .await;
+    let calls = hub.calls();
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert_eq!(calls[0].0, calls[1].0, "the same operation id");
+    assert_eq!((calls[0].1, calls[1].1), (1, 2));
+    assert_eq!(
+        hub.delivery_trail("p-1").await,
+        [
+            DeliveryStatus::Queued,
+            DeliveryStatus::Sent,
+            DeliveryStatus::OutcomeUnknown,
+            DeliveryStatus::Sent,
+            DeliveryStatus::Acknowledged
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_payload_that_cannot_be_loaded_ends_in_the_dead_letters_not_in_flight() {
+    let mut hub = harness("1s", |_| Act::Approve).await;
+    // Stored, then unreadable: every attempt fails before the adapter.
+    hub.submit("p-1", 2).await;
+    let conn = rusqlite::Connection::open(&hub.db).unwrap();
+    conn.busy_timeout(Duration::from_secs(10)).unwrap();
+    conn.execute("UPDATE practices SET content = '{' WHERE id = 'p-1'", [])
+        .unwrap();
+    hub.start();
+    eventually("the delivery dead-lettered", || async {
+        !hub.store().dead_letters(None, 10).await.unwrap().is_empty()
+    })
+    .await;
+    let dead = hub.store().dead_letters(None, 10).await.unwrap();
+    assert_eq!(
+        (dead[0].attempts, dead[0].failure_class.as_deref()),
+        (2, Some("outcome_unknown"))
+    );
+    assert!(hub.calls().is_empty(), "the adapter was never called");
+    let snapshot = hub.store().ops_snapshot(Utc::now()).await.unwrap();
+    assert_eq!(
+        snapshot.adapters[0].in_flight, 0,
+        "nothing is stuck in flight"
+    );
+}
+
+#[tokio::test]
+async fn a_slow_attempt_whose_lease_is_lost_still_records_the_vendors_answer() {
+    // A long lease, renewed while the attempt runs.
+    let mut hub = harness(
+        "30s",
+        |attempt| if attempt == 1 { Act::Stall } else { Act::Fail },
+    )
+    .await;
+    hub.submit("p-1", 2).await;
+    hub.start();
+    eventually("the first attempt running", || async {
+        hub.calls().len() == 1
+    })
+    .await;
+    // Its renewals do not get through for a while (as when the database is
+    // out of reach): the lease runs out, and a sweep ends it.
+    let conn = rusqlite::Connection::open(&hub.db).unwrap();
+    conn.busy_timeout(Duration::from_secs(10)).unwrap();
+    conn.execute("UPDATE jobs SET lease_expires_at = 0", [])
+        .unwrap();
+    let expired = hub.store().expire_leases(Utc::now()).await.unwrap();
+    assert_eq!(expired.due_again, 1);
+    // The job is sent again (same operation id) and fails for good...
+    eventually("the second attempt dead-lettered", || async {
+        !hub.store().dead_letters(None, 10).await.unwrap().is_empty()
+    })
+    .await;
+    // ...then the slow first attempt's answer arrives: it is the vendor's
+    // answer to this operation id, and it stands.
+    hub.adapter.release.notify_one();
+    eventually("the practice approved", || async {
+        hub.status("p-1").await == AdminStatus::Approved
+    })
+    .await;
+    let calls = hub.calls();
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert_eq!(calls[0].0, calls[1].0, "the same operation id");
+    assert!(hub.store().dead_letters(None, 10).await.unwrap().is_empty());
+    let trail = hub.delivery_trail("p-1").await;
+    assert_eq!(
+        trail,
+        [
+            DeliveryStatus::Queued,
+            DeliveryStatus::Sent,
+            DeliveryStatus::OutcomeUnknown,
+            DeliveryStatus::Sent,
+            DeliveryStatus::DeadLettered,
+            DeliveryStatus::Acknowledged
+        ]
+    );
+    assert!(hub.service.leases().running().is_empty());
+}
