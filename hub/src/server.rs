@@ -99,8 +99,9 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
     )
     .await
     .with_context(|| format!("opening the store {}", db.display()))?;
-    // One process owns the embedded database: every lease in it is a
-    // previous process's, so it ends now rather than after its expiry.
+    // One process owns the embedded database (its lock is held now): every
+    // lease in it is a previous process's, so it ends now rather than after
+    // its expiry.
     let expired = store.expire_all_leases().await?;
     if !expired.is_empty() {
         tracing::warn!(

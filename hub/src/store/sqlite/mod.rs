@@ -211,8 +211,9 @@ impl SqliteStore {
     }
 
     /// Ends every lease in the database at once, whatever its expiry: the
-    /// embedded store has one process as its only owner, so at start every
-    /// lease left is a dead process's (see [`Store::expire_leases`]).
+    /// embedded store has one process as its only owner (the lock beside the
+    /// file), so at start every lease left is a dead process's (see
+    /// [`Store::expire_leases`]).
     pub async fn expire_all_leases(&self) -> Result<ExpiredLeases, StoreError> {
         self.write(|conn| leases::expire(conn, Utc::now(), DateTime::<Utc>::MAX_UTC))
             .await
