@@ -22,33 +22,6 @@ pub fn plan_claim(state: PracticeState, job: &ClaimedJob) -> Plan {
     plan
 }
 
-/// The attempt `operation_id` of `adapter` may have reached the vendor but
-/// its result is unknown (its worker stopped, or lost its lease): the
-/// delivery is `OUTCOME_UNKNOWN` and the job due again, same operation id.
-pub fn plan_outcome_unknown(
-    state: PracticeState,
-    operation_id: &str,
-    adapter: &str,
-    reason: &str,
-    now: DateTime<Utc>,
-) -> Plan {
-    let mut plan = Plan::from_state(state);
-    let mut job = JobUpdate::to(operation_id, JobState::Due);
-    job.next_attempt_at = Some(now);
-    plan.job = Some(job);
-    if plan.state.is_current(operation_id) {
-        let draft = EventDraft::delivery(
-            EventSource::Hub,
-            adapter,
-            None,
-            DeliveryStatus::OutcomeUnknown,
-        )
-        .reason(reason);
-        plan.move_delivery(DeliveryStatus::OutcomeUnknown, draft);
-    }
-    plan
-}
-
 /// How attempt `job` ended with `result`: the job's next state, the
 /// delivery's status, and (for a submission) the vendor's answer applied.
 pub fn plan_attempt(
@@ -388,28 +361,5 @@ mod tests {
         assert_eq!(update.poll.unwrap().deadline, now + Duration::seconds(60));
         // Still SENT: the outcome is not in yet.
         assert_eq!(plan.state.delivery_status, Some(DeliveryStatus::Sent));
-    }
-
-    #[test]
-    fn an_interrupted_attempt_is_due_again_with_its_operation_id() {
-        let now = Utc::now();
-        let plan = plan_outcome_unknown(
-            state(AdminStatus::Submitted, DeliveryStatus::Sent),
-            "op-1",
-            "tributi",
-            "the hub stopped during the attempt",
-            now,
-        );
-        let update = plan.job.unwrap();
-        assert_eq!(
-            (update.operation_id.as_str(), update.state),
-            ("op-1", JobState::Due)
-        );
-        assert_eq!(update.next_attempt_at, Some(now));
-        assert_eq!(
-            plan.state.delivery_status,
-            Some(DeliveryStatus::OutcomeUnknown)
-        );
-        assert_eq!(plan.events.len(), 1);
     }
 }

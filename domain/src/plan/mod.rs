@@ -9,7 +9,7 @@ mod inbound;
 mod submission;
 mod withdrawal;
 
-pub use attempt::{plan_attempt, plan_claim, plan_outcome_unknown};
+pub use attempt::{plan_attempt, plan_claim};
 pub use inbound::{Correlated, pick_correlated, plan_report};
 pub use submission::plan_submission;
 pub use withdrawal::{JobSnapshot, Withdrawal, plan_replay, plan_withdrawal};
