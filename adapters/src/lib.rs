@@ -16,6 +16,8 @@
 //!   `NONBLOCK_PUSH_SOAP`; WS-Security, hardened XML).
 //! - [`message_xml`]: the normalized message as XML.
 
+#![forbid(unsafe_code)]
+
 pub mod adapter;
 pub mod amqp;
 pub mod file;

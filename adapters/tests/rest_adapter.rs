@@ -67,8 +67,11 @@ async fn bearer_token_from_a_file_and_the_operation_id_are_sent() {
 #[tokio::test]
 async fn basic_auth_from_the_environment() {
     let (url, seen) = server(StatusCode::OK, r#"{"esito":"OK"}"#, Duration::ZERO).await;
+    #[allow(unsafe_code)] // setting a variable is unsafe since edition 2024
     // SAFETY: this test owns the variable's unique name; no other thread reads it.
-    unsafe { std::env::set_var("RACCORDO_TEST_BASIC_PW", "p&ss<w>") };
+    unsafe {
+        std::env::set_var("RACCORDO_TEST_BASIC_PW", "p&ss<w>")
+    };
     let extra = r#""auth": {"type": "basic", "username": "hub", "password_env": "RACCORDO_TEST_BASIC_PW"},"#;
     let adapter = RestAdapter::build("v", config(&url, extra), std::path::Path::new(".")).unwrap();
     adapter.deliver(request()).await.unwrap();

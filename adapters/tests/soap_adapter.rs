@@ -189,8 +189,11 @@ const PASSWORD: &str = "p&ss<wörd>\"'";
 
 #[tokio::test]
 async fn soap11_certificate_with_a_digest_token_the_server_verifies() {
+    #[allow(unsafe_code)] // setting a variable is unsafe since edition 2024
     // SAFETY: unique variable name, read only by this test.
-    unsafe { std::env::set_var("RACCORDO_TEST_SOAP_PW_11", PASSWORD) };
+    unsafe {
+        std::env::set_var("RACCORDO_TEST_SOAP_PW_11", PASSWORD)
+    };
     let handler: Handler = Arc::new(|headers, body| {
         let action_ok = headers.get("soapaction").and_then(|v| v.to_str().ok())
             == Some("\"urn:anagrafe:certificati:v1:richiestaCertificato\"");
@@ -260,8 +263,11 @@ async fn soap11_certificate_with_a_digest_token_the_server_verifies() {
 
 #[tokio::test]
 async fn soap12_with_a_text_password_holding_xml_special_characters() {
+    #[allow(unsafe_code)] // setting a variable is unsafe since edition 2024
     // SAFETY: unique variable name, read only by this test.
-    unsafe { std::env::set_var("RACCORDO_TEST_SOAP_PW_12", PASSWORD) };
+    unsafe {
+        std::env::set_var("RACCORDO_TEST_SOAP_PW_12", PASSWORD)
+    };
     let handler: Handler = Arc::new(|headers, body| {
         let ct = headers["content-type"]
             .to_str()
@@ -598,8 +604,11 @@ fn vendor_token(user: &str, password: &str) -> String {
 
 #[tokio::test]
 async fn push_pattern_reply_to_header_wsdl_and_callback_applied_once() {
+    #[allow(unsafe_code)] // setting a variable is unsafe since edition 2024
     // SAFETY: unique variable name, read only by this test.
-    unsafe { std::env::set_var("RACCORDO_TEST_SOAP_CB_PW", "callback-s3cret&<>") };
+    unsafe {
+        std::env::set_var("RACCORDO_TEST_SOAP_CB_PW", "callback-s3cret&<>")
+    };
     let (url, seen) = server(ok("push_ack.xml")).await;
     let hub = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let hub_url = format!("http://{}", hub.local_addr().unwrap());

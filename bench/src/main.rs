@@ -6,6 +6,8 @@
 //! of requests in flight, alternates scenarios over several runs, and prints
 //! the medians as a Markdown table. See `docs/performance.md`.
 
+#![forbid(unsafe_code)]
+
 mod fanout;
 mod hop;
 mod hub;

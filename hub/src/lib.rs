@@ -8,6 +8,8 @@
 //! ([`bus`]) that watchers follow live. `docs/architecture.md` follows one
 //! practice through these modules.
 
+#![forbid(unsafe_code)]
+
 pub mod adapters;
 pub mod bus;
 pub mod cli;

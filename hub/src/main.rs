@@ -1,5 +1,7 @@
 //! The `raccordo` binary: see `raccordo --help`.
 
+#![forbid(unsafe_code)]
+
 use clap::Parser;
 use raccordo::cli::{Cli, run};
 

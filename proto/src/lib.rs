@@ -4,6 +4,7 @@
 //! compiles them (with protox, no system `protoc`) and exposes the descriptor
 //! set that server reflection serves.
 
+#![forbid(unsafe_code)]
 #![allow(clippy::all, missing_docs)]
 
 /// The `raccordo.v1` package.

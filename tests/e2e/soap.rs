@@ -158,8 +158,11 @@ deadline = "5s"
 }
 
 async fn start(endpoint: &str) -> TestHub {
+    #[allow(unsafe_code)] // setting a variable is unsafe since edition 2024
     // SAFETY: every test in this module sets the same value.
-    unsafe { std::env::set_var("RACCORDO_E2E_SOAP_PASSWORD", "Anagrafe&Bergamo<2026>") };
+    unsafe {
+        std::env::set_var("RACCORDO_E2E_SOAP_PASSWORD", "Anagrafe&Bergamo<2026>")
+    };
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("raccordo.toml");
     std::fs::write(&path, config(endpoint)).unwrap();

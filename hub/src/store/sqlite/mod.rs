@@ -17,11 +17,9 @@ mod audit;
 mod changes;
 mod checkpoint;
 mod follow_up;
-mod gathered_wal;
 mod leases;
 mod ops;
 mod ownership;
-mod page_cache;
 mod pending;
 mod purge;
 mod readers;
@@ -105,21 +103,12 @@ impl SqliteStore {
                     })?;
                 }
                 let owned = ownership::claim(&path)?;
-                configure_sqlite();
                 // Only the writer thread uses this connection: no mutex per call.
                 let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
                     | OpenFlags::SQLITE_OPEN_CREATE
                     | OpenFlags::SQLITE_OPEN_NO_MUTEX
                     | OpenFlags::SQLITE_OPEN_URI;
-                // The log's frames in one write per commit; safe only when
-                // every commit syncs the log (see `gathered_wal`).
-                let conn = match synchronous {
-                    Synchronous::Full => {
-                        gathered_wal::register().map_err(StoreError::Internal)?;
-                        Connection::open_with_flags_and_vfs(&path, flags, gathered_wal::NAME)
-                    }
-                    Synchronous::Normal => Connection::open_with_flags(&path, flags),
-                };
+                let conn = Connection::open_with_flags(&path, flags);
                 let mut conn = conn.map_err(|e| {
                     StoreError::Internal(format!("cannot open {}: {e}", path.display()))
                 })?;
@@ -273,25 +262,6 @@ impl SqliteStore {
         .await
         .map_err(|e| StoreError::Internal(format!("read task failed: {e}")))?
     }
-}
-
-/// Configures SQLite before the first connection initializes the library
-/// (later, each setting changes nothing and the defaults stay):
-/// - memory statistics off: they take a process-wide mutex around every
-///   allocation (a few per cent of the writer's time), and we never read
-///   them;
-/// - the page cache without full scans at commit (see `page_cache`).
-fn configure_sqlite() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        // SAFETY: sqlite3_config is only allowed before sqlite3_initialize;
-        // called later it changes nothing and returns SQLITE_MISUSE, which
-        // is harmless here. SQLITE_CONFIG_MEMSTATUS takes one int.
-        unsafe {
-            rusqlite::ffi::sqlite3_config(rusqlite::ffi::SQLITE_CONFIG_MEMSTATUS, 0);
-        }
-        page_cache::install();
-    });
 }
 
 #[async_trait]
