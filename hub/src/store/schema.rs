@@ -43,6 +43,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "job_leases",
         include_str!("../../migrations/0008_job_leases.sql"),
     ),
+    (
+        9,
+        "correlation_purge_indexes",
+        include_str!("../../migrations/0009_correlation_purge_indexes.sql"),
+    ),
 ];
 
 /// Applies pending migrations; returns the schema version.
