@@ -179,7 +179,7 @@ impl SqliteStore {
 
     /// Removes `tenant`'s practices concluded before `before` from the
     /// database at `path` (see [`purge::purge`]). Safe while the hub runs:
-    /// it waits for the hub's transactions and works in small batches.
+    /// it holds the write lock a few milliseconds at a time.
     pub fn purge_concluded(
         path: &Path,
         tenant: &str,
@@ -192,11 +192,11 @@ impl SqliteStore {
                 path.display()
             )));
         }
-        let mut conn = Connection::open(path)
+        let conn = Connection::open(path)
             .map_err(|e| StoreError::Internal(format!("cannot open {}: {e}", path.display())))?;
-        conn.busy_timeout(std::time::Duration::from_secs(30))?;
+        conn.busy_timeout(purge::BUSY_TIMEOUT)?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        purge::purge(&mut conn, tenant, before, dry_run)
+        purge::purge(&conn, tenant, before, dry_run)
     }
 
     /// Ends every lease in the database at once, whatever its expiry: the

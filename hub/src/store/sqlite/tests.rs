@@ -18,7 +18,7 @@ async fn store() -> (tempfile::TempDir, SqliteStore) {
     (dir, store)
 }
 
-fn new_practice(id: &str, key: &str) -> NewPractice {
+pub(super) fn new_practice(id: &str, key: &str) -> NewPractice {
     use crate::domain::practice::PracticeContent;
     use raccordo_adapters::model::{Applicant, ChannelInfo, Person, Subject};
     NewPractice {
