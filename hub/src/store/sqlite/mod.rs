@@ -21,6 +21,8 @@ mod leases;
 mod ops;
 mod ownership;
 mod pending;
+#[cfg(test)]
+mod plans;
 mod purge;
 mod readers;
 mod rows;
@@ -109,6 +111,8 @@ impl SqliteStore {
                     | OpenFlags::SQLITE_OPEN_NO_MUTEX
                     | OpenFlags::SQLITE_OPEN_URI;
                 let conn = Connection::open_with_flags(&path, flags);
+                #[cfg(test)]
+                let conn = conn.map(plans::watched);
                 let mut conn = conn.map_err(|e| {
                     StoreError::Internal(format!("cannot open {}: {e}", path.display()))
                 })?;
@@ -194,6 +198,8 @@ impl SqliteStore {
         }
         let conn = Connection::open(path)
             .map_err(|e| StoreError::Internal(format!("cannot open {}: {e}", path.display())))?;
+        #[cfg(test)]
+        let conn = plans::watched(conn);
         conn.busy_timeout(purge::BUSY_TIMEOUT)?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         purge::purge(&conn, tenant, before, dry_run)

@@ -25,6 +25,8 @@ impl ReaderPool {
                 | OpenFlags::SQLITE_OPEN_NO_MUTEX
                 | OpenFlags::SQLITE_OPEN_URI,
         )?;
+        #[cfg(test)]
+        let conn = super::plans::watched(conn);
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.set_prepared_statement_cache_capacity(64);
         // 8 MiB instead of SQLite's 2: a folder listing at 1,000,000
