@@ -114,9 +114,13 @@ mod tests {
                 .execute("INSERT INTO t (id, pad) VALUES (?1, zeroblob(6000))", [i])
                 .unwrap();
         }
+        // A log that never restarted would hold all ~2,000 pages. The bound
+        // leaves room for catch-ups the background thread's own checkpoint
+        // made busy (each commit past the limit tries again), which on a
+        // loaded machine can take a few dozen commits.
         let pages = wal_pages(&db);
         assert!(
-            pages < 200,
+            pages < 600,
             "the log grew to {pages} pages; it should restart soon after 100"
         );
         let rows: i64 = writer
