@@ -16,7 +16,8 @@ use crate::domain::status::DeliveryStatus;
 use crate::domain::validate::{self, AttachmentInput, Violation, Violations};
 use crate::metrics::{Metrics, SubmissionLabels};
 use crate::store::{
-    DeadLetter, EventFilter, InsertOutcome, PracticeFilter, Store, StoreError, Withdrawal,
+    DeadLetter, EventFilter, InsertOutcome, PracticeFilter, Store, StoreError, WRITE_QUEUE_FULL,
+    Withdrawal,
 };
 use crate::trace;
 use chrono::{SubsecRound, Utc};
@@ -41,6 +42,9 @@ pub enum HubError {
     FailedPrecondition(String),
     #[error("{0}")]
     Unavailable(String),
+    /// The hub is too busy to take the call now; worth retrying shortly.
+    #[error("{0}")]
+    Busy(String),
     /// Stored data that fails its integrity check.
     #[error("{0}")]
     DataLoss(String),
@@ -64,6 +68,16 @@ impl From<StoreError> for HubError {
                 HubError::Unavailable(
                     "the practice store cannot accept changes now; retry later".into(),
                 )
+            }
+            // Transient: the caller is told to come back shortly. A full
+            // write queue is the hub protecting itself, not a fault.
+            StoreError::Unavailable(m) if m.ends_with(WRITE_QUEUE_FULL) => {
+                tracing::debug!(reason = %m, "write refused");
+                HubError::Busy(WRITE_QUEUE_FULL.into())
+            }
+            StoreError::Unavailable(m) => {
+                tracing::warn!(error = %m, "store unavailable");
+                HubError::Busy("the practice store is temporarily unavailable; retry".into())
             }
             // Details go to the log; callers get a retryable, generic answer.
             other => {

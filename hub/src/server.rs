@@ -98,7 +98,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
         Some(bus.clone()),
     )
     .await
-    .with_context(|| format!("opening the store {}", db.display()))?;
+    .with_context(|| format!("opening the store {}", db.display()))?
+    .with_write_queue(config.store.write_queue);
     // One process owns the embedded database (its lock is held now): every
     // lease in it is a previous process's, so it ends now rather than after
     // its expiry.
