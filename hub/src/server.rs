@@ -238,8 +238,14 @@ async fn serve(
             tonic_health::pb::FILE_DESCRIPTOR_SET,
         ],
     );
+    let config = service.config();
     let grpc = tonic::transport::Server::builder()
         .layer(rpc_metrics)
+        // Before authentication: shedding load must cost less than the
+        // work it saves (verifying a token is not free).
+        .layer(crate::grpc::admission::AdmissionLayer::new(
+            config.hub.max_calls_in_progress,
+        ))
         .layer(crate::trace::TraceContextLayer)
         .layer(auth_layer)
         .add_service(health_service)
@@ -248,6 +254,7 @@ async fn serve(
         .add_service(crate::grpc::watch::PracticeServer::new(
             api.clone(),
             max_message,
+            config.hub.max_watch_streams_per_client,
         ))
         .add_service(pb::catalog_service_server::CatalogServiceServer::new(
             api.clone(),
