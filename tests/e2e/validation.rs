@@ -141,7 +141,10 @@ async fn a_large_attachment_is_checked_stored_and_sent_intact() {
 
     let p = hub.submit(with("big-right", &sha)).await;
     assert_eq!(p.status, pb::AdministrativeStatus::Approved as i32);
-    let sent = vendor.received().pop().expect("the vendor got the practice");
+    let sent = vendor
+        .received()
+        .pop()
+        .expect("the vendor got the practice");
     let attachment = &sent.body["attachments"][0];
     assert_eq!(attachment["sha256"], sha.to_ascii_lowercase());
     let bytes = base64::engine::general_purpose::STANDARD
