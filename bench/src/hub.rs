@@ -27,6 +27,8 @@ pub fn write_config(
 grpc_listen = "{grpc}"
 http_listen = "{http}"
 data_dir = "data"
+# The fanout subscribers are one client (anonymous): room for all of them.
+max_watch_streams_per_client = 1000000
 
 [tenants."{TENANT}"]
 name = "Comune di Bergamo"

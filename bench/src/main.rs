@@ -12,6 +12,7 @@ mod fanout;
 mod hop;
 mod hub;
 mod load;
+mod overload;
 mod procfs;
 mod report;
 mod scenarios;
@@ -63,11 +64,15 @@ pub struct Options {
     /// HTTP/2 connections the `fanout` subscribers share.
     #[arg(long, default_value_t = 16)]
     pub connections: usize,
+    /// The `overload` scenario offers this many times the rate the hub
+    /// sustains.
+    #[arg(long, default_value_t = 4.0)]
+    pub overload_factor: f64,
     /// Scenarios to run (comma-separated): ceiling, bare-echo,
-    /// bare-pass-through, sync, deferred, reads, fanout, growth.
+    /// bare-pass-through, sync, overload, deferred, reads, fanout, growth.
     #[arg(
         long,
-        default_value = "ceiling,bare-echo,bare-pass-through,sync,deferred,reads,fanout,growth",
+        default_value = "ceiling,bare-echo,bare-pass-through,sync,overload,deferred,reads,fanout,growth",
         value_delimiter = ','
     )]
     pub scenarios: Vec<String>,

@@ -16,11 +16,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Every scenario `--scenarios` accepts.
-pub const SCENARIOS: [&str; 8] = [
+pub const SCENARIOS: [&str; 9] = [
     "ceiling",
     "bare-echo",
     "bare-pass-through",
     "sync",
+    "overload",
     "deferred",
     "reads",
     "fanout",
@@ -84,6 +85,10 @@ pub async fn run_suite(o: &Options) -> anyhow::Result<String> {
                         submit(o, &vendor, bin.as_deref(), name, None, &mut footprint).await?;
                     record(&mut results, name, row);
                 }
+                "overload" => {
+                    let row = crate::overload::overload(o, &vendor, bin.as_deref()).await?;
+                    record(&mut results, name, row);
+                }
                 "reads" => {
                     let store = &stores[&o.store_size];
                     let row = reads(o, &vendor, bin.as_deref(), store, &mut footprint).await?;
@@ -140,6 +145,15 @@ pub async fn run_suite(o: &Options) -> anyhow::Result<String> {
         }
     );
     out.push_str(&table(&results));
+    if selected("overload") {
+        out.push_str(&format!(
+            "\n`overload`: `SubmitPractice` on the `sync` route at a fixed arrival rate of {} × \
+             what the hub sustained closed-loop just before (`sustainable/s`); ops/s, p50 and \
+             p99 are the admitted requests' (from their scheduled start), hub CPU per answered \
+             request, RSS sampled at the start, middle and end of the window.\n",
+            o.overload_factor
+        ));
+    }
     if selected("fanout") {
         out.push_str(&format!(
             "\n`fanout`: {} `WatchPractices` subscribers (tenant-wide, live) on {} connections \
@@ -322,7 +336,7 @@ async fn submit(
 
 /// One `SubmitPractice` to `service`, counted in `acked` once answered; a
 /// `SYNC` reply must carry the vendor's approval.
-async fn submit_one(
+pub(crate) async fn submit_one(
     mut client: pb::practice_service_client::PracticeServiceClient<tonic::transport::Channel>,
     service: &'static str,
     i: u64,

@@ -16,7 +16,7 @@ fn the_suite_runs_every_scenario_and_writes_a_table() {
             "--in-flight",
             "4",
             "--scenarios",
-            "ceiling,bare-echo,bare-pass-through,sync,deferred,reads,fanout,growth",
+            "ceiling,bare-echo,bare-pass-through,sync,overload,deferred,reads,fanout,growth",
             // One small store serves both `reads` and `growth`.
             "--store-size",
             "300",
@@ -47,6 +47,7 @@ fn the_suite_runs_every_scenario_and_writes_a_table() {
         "bare-echo",
         "bare-pass-through",
         "sync",
+        "overload",
         "deferred",
         "reads",
         "fanout",

@@ -20,6 +20,7 @@ pub mod grpc;
 pub mod http;
 pub mod inbound;
 pub mod metrics;
+pub mod offload;
 pub mod practices;
 pub mod security;
 pub mod server;

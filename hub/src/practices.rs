@@ -7,7 +7,7 @@
 
 use crate::adapters::AdapterInstance;
 use crate::bus::EventBus;
-use crate::config::{Config, Mode, ServiceConfig};
+use crate::config::{AttachmentMode, Config, Mode, ServiceConfig};
 use crate::delivery::{Leases, PreparedMessages};
 use crate::domain::practice::{
     Event, EventDraft, EventKind, EventSource, NewPractice, Practice, PracticeContent,
@@ -16,12 +16,15 @@ use crate::domain::status::DeliveryStatus;
 use crate::domain::validate::{self, AttachmentInput, Violation, Violations};
 use crate::metrics::{Metrics, SubmissionLabels};
 use crate::store::{
-    DeadLetter, EventFilter, InsertOutcome, PracticeFilter, Store, StoreError, Withdrawal,
+    DeadLetter, EventFilter, InsertOutcome, PracticeFilter, Store, StoreError, WRITE_QUEUE_FULL,
+    Withdrawal,
 };
 use crate::trace;
 use chrono::{SubsecRound, Utc};
-use raccordo_adapters::AdapterHealth;
-use raccordo_adapters::model::{AdminStatus, Applicant, Document, Operation, Submitter};
+use raccordo_adapters::model::{
+    AdminStatus, Applicant, Document, DocumentMeta, Operation, Submitter,
+};
+use raccordo_adapters::{AdapterHealth, NormalizedMessage};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,6 +44,9 @@ pub enum HubError {
     FailedPrecondition(String),
     #[error("{0}")]
     Unavailable(String),
+    /// The hub is too busy to take the call now; worth retrying shortly.
+    #[error("{0}")]
+    Busy(String),
     /// Stored data that fails its integrity check.
     #[error("{0}")]
     DataLoss(String),
@@ -65,6 +71,16 @@ impl From<StoreError> for HubError {
                     "the practice store cannot accept changes now; retry later".into(),
                 )
             }
+            // Transient: the caller is told to come back shortly. A full
+            // write queue is the hub protecting itself, not a fault.
+            StoreError::Unavailable(m) if m.ends_with(WRITE_QUEUE_FULL) => {
+                tracing::debug!(reason = %m, "write refused");
+                HubError::Busy(WRITE_QUEUE_FULL.into())
+            }
+            StoreError::Unavailable(m) => {
+                tracing::warn!(error = %m, "store unavailable");
+                HubError::Busy("the practice store is temporarily unavailable; retry".into())
+            }
             // Details go to the log; callers get a retryable, generic answer.
             other => {
                 tracing::error!(error = %other, "store failure");
@@ -72,6 +88,20 @@ impl From<StoreError> for HubError {
             }
         }
     }
+}
+
+/// `new` and the message of its first delivery, whose attachments are
+/// base64-encoded off the async workers when they are large.
+async fn message_of(new: NewPractice, mode: AttachmentMode) -> (NewPractice, NormalizedMessage) {
+    let bytes = match mode {
+        AttachmentMode::Inline => new.attachments.iter().map(|a| a.content.len()).sum(),
+        AttachmentMode::Reference => 0,
+    };
+    crate::offload::cpu(bytes, move || {
+        let message = crate::delivery::submission_message(&new, mode);
+        (new, message)
+    })
+    .await
 }
 
 /// A submission as received, before validation.
@@ -237,9 +267,22 @@ impl PracticeService {
 
     async fn submit_validated(
         self: &Arc<Self>,
-        input: SubmitInput,
+        mut input: SubmitInput,
         trace: trace::TraceContext,
     ) -> Result<Submitted, HubError> {
+        // Each attachment hashed once (off the async workers when large):
+        // validation checks the declared hashes, the documents keep them.
+        let attachments = std::mem::take(&mut input.attachments);
+        let bytes = attachments.iter().map(|a| a.content.len()).sum();
+        let (attachments, digests) = crate::offload::cpu(bytes, move || {
+            let digests: Vec<String> = attachments
+                .iter()
+                .map(|a| raccordo_adapters::model::sha256_hex(&a.content))
+                .collect();
+            (attachments, digests)
+        })
+        .await;
+        input.attachments = attachments;
         let mut v = Violations::default();
         validate::check_tenant_and_key(&mut v, &input.tenant_id, &input.idempotency_key);
         let tenant_valid = v.0.iter().all(|x| x.field != "tenant_id");
@@ -272,7 +315,7 @@ impl PracticeService {
         if let Some(service) = service {
             validate::check_form(&mut v, &input.data, &service.fields, &self.config.limits);
         }
-        validate::check_attachments(&mut v, &input.attachments, &self.config.limits);
+        validate::check_attachments(&mut v, &input.attachments, &digests, &self.config.limits);
         if input.channel.kind == raccordo_adapters::model::ChannelKind::Desk
             && input.channel.operator_id.is_empty()
         {
@@ -302,7 +345,16 @@ impl PracticeService {
         let attachments: Vec<Document> = input
             .attachments
             .into_iter()
-            .map(|a| Document::new(a.name, a.media_type, a.content))
+            .zip(digests)
+            .map(|(a, sha256)| Document {
+                meta: DocumentMeta {
+                    name: a.name,
+                    media_type: a.media_type,
+                    size_bytes: a.content.len() as u64,
+                    sha256,
+                },
+                content: a.content,
+            })
             .collect();
         let content_hash = content_hash(&input.service_code, &content, &attachments);
         let id = uuid::Uuid::now_v7().to_string();
@@ -332,7 +384,7 @@ impl PracticeService {
             .then(|| self.inline_slot(&route.adapter))
             .flatten();
         if let Some((instance, permit)) = inline {
-            let mut message = crate::delivery::submission_message(&new, route.attachments);
+            let (new, mut message) = message_of(new, route.attachments).await;
             let (outcome, job) = self
                 .store
                 .insert_practice_claimed(new, self.leases.lease())
@@ -380,7 +432,7 @@ impl PracticeService {
         // Subscribe before the insert: no event of this practice can be missed.
         let deferred = route.mode == Mode::Deferred;
         let mut events_rx = (!deferred).then(|| self.bus.subscribe());
-        let message = crate::delivery::submission_message(&new, route.attachments);
+        let (new, message) = message_of(new, route.attachments).await;
         // A deferred submission is answered with the practice as stored,
         // read in the insert's own transaction.
         let (id, duplicate) = match self.store.insert_practice(new, deferred).await? {

@@ -98,7 +98,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
         Some(bus.clone()),
     )
     .await
-    .with_context(|| format!("opening the store {}", db.display()))?;
+    .with_context(|| format!("opening the store {}", db.display()))?
+    .with_write_queue(config.store.write_queue);
     // One process owns the embedded database (its lock is held now): every
     // lease in it is a previous process's, so it ends now rather than after
     // its expiry.
@@ -237,8 +238,14 @@ async fn serve(
             tonic_health::pb::FILE_DESCRIPTOR_SET,
         ],
     );
+    let config = service.config();
     let grpc = tonic::transport::Server::builder()
         .layer(rpc_metrics)
+        // Before authentication: shedding load must cost less than the
+        // work it saves (verifying a token is not free).
+        .layer(crate::grpc::admission::AdmissionLayer::new(
+            config.hub.max_calls_in_progress,
+        ))
         .layer(crate::trace::TraceContextLayer)
         .layer(auth_layer)
         .add_service(health_service)
@@ -247,6 +254,7 @@ async fn serve(
         .add_service(crate::grpc::watch::PracticeServer::new(
             api.clone(),
             max_message,
+            config.hub.max_watch_streams_per_client,
         ))
         .add_service(pb::catalog_service_server::CatalogServiceServer::new(
             api.clone(),

@@ -6,6 +6,7 @@ mod crash;
 mod delivery;
 mod file_drop;
 mod operations;
+mod overload;
 mod practice_api;
 mod process;
 mod rest_modi;

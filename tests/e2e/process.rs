@@ -129,8 +129,8 @@ fn check_names_the_file_and_the_key_of_each_problem() {
     );
 
     // References to things that do not exist, a bad URL, a bad pattern.
-    let broken = good
-        .replace(
+    let broken =
+        good.replace(
             "adapter = \"vendor\"\nmode = \"deferred\"",
             "adapter = \"vendr\"\nmode = \"deferred\"",
         )
@@ -143,7 +143,11 @@ fn check_names_the_file_and_the_key_of_each_problem() {
         .replace(
             "poll_interval = \"100ms\"",
             "poll_interval = \"100ms\"\nlease = \"100ms\"",
-        );
+        )
+        .replace(
+            "shutdown_grace = \"2s\"",
+            "shutdown_grace = \"2s\"\nmax_calls_in_progress = 0\nmax_watch_streams_per_client = 0",
+        ) + "\n[store]\nwrite_queue = 0\n";
     let (ok, err) = check(&broken);
     assert!(!ok);
     for needle in [
@@ -152,6 +156,9 @@ fn check_names_the_file_and_the_key_of_each_problem() {
         "services.CERT.fields[0].pattern",
         "routes[0].tenants: '999999' is not declared under [tenants]",
         "delivery.lease: must be at least 1s",
+        "hub.max_calls_in_progress: must be at least 1",
+        "hub.max_watch_streams_per_client: must be at least 1",
+        "store.write_queue: must be at least 1",
     ] {
         assert!(err.contains(needle), "missing «{needle}» in:\n{err}");
     }

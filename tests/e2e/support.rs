@@ -151,13 +151,16 @@ impl Answer {
     }
 }
 
-#[derive(Default)]
 struct VendorState {
     script: Mutex<VecDeque<Answer>>,
     received: Mutex<Vec<Received>>,
     latency: Mutex<Duration>,
     push: Mutex<Option<Push>>,
     callbacks: Mutex<Callbacks>,
+    /// Closed: requests wait until it opens (see [`Vendor::hold`]).
+    gate: tokio::sync::watch::Sender<bool>,
+    /// Requests waiting at the closed gate.
+    held: std::sync::atomic::AtomicUsize,
 }
 
 /// Results sent the ModI push way for requests under `prefix`.
@@ -178,6 +181,20 @@ pub struct Callbacks {
     pub uncorrelated: usize,
     /// Refused for another reason: (status, body).
     pub refused: Vec<(u16, String)>,
+}
+
+impl Default for VendorState {
+    fn default() -> Self {
+        Self {
+            script: Mutex::default(),
+            received: Mutex::default(),
+            latency: Mutex::default(),
+            gate: tokio::sync::watch::Sender::new(true),
+            held: std::sync::atomic::AtomicUsize::new(0),
+            push: Mutex::default(),
+            callbacks: Mutex::default(),
+        }
+    }
 }
 
 /// A vendor back office: answers from its script, then approves with a
@@ -232,6 +249,22 @@ impl Vendor {
         *self.state.latency.lock().unwrap() = d;
     }
 
+    /// Holds every request from now on until [`release`](Self::release):
+    /// calls stay in progress for as long as a test needs, without sleeps.
+    pub fn hold(&self) {
+        self.state.gate.send_replace(false);
+    }
+
+    /// Requests waiting in [`hold`](Self::hold).
+    pub fn held(&self) -> usize {
+        self.state.held.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Answers the held requests and every later one.
+    pub fn release(&self) {
+        self.state.gate.send_replace(true);
+    }
+
     /// Every request so far.
     pub fn received(&self) -> Vec<Received> {
         self.state.received.lock().unwrap().clone()
@@ -271,6 +304,13 @@ async fn handle(
     headers: HeaderMap,
     body: String,
 ) -> Response {
+    let mut gate = state.gate.subscribe();
+    if !*gate.borrow_and_update() {
+        use std::sync::atomic::Ordering::SeqCst;
+        state.held.fetch_add(1, SeqCst);
+        let _ = gate.wait_for(|open| *open).await;
+        state.held.fetch_sub(1, SeqCst);
+    }
     let latency = *state.latency.lock().unwrap();
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
@@ -419,6 +459,8 @@ pub struct HubOptions {
     pub grpc_listen: String,
     /// TOML appended to the configuration (clients, security, …).
     pub extra_toml: String,
+    /// TOML lines added to `[hub]`.
+    pub hub_toml: String,
     /// Files written beside the configuration before it loads.
     pub files: Vec<(String, String)>,
 }
@@ -432,6 +474,7 @@ impl HubOptions {
             max_concurrency: 8,
             grpc_listen: "127.0.0.1:0".into(),
             extra_toml: String::new(),
+            hub_toml: String::new(),
             files: Vec::new(),
         }
     }
@@ -447,6 +490,7 @@ grpc_listen = "{grpc}"
 http_listen = "127.0.0.1:0"
 data_dir = "data"
 shutdown_grace = "2s"
+{hub_extra}
 
 [delivery]
 max_attempts = {attempts}
@@ -525,6 +569,7 @@ deadline = "400ms"
         attempts = o.max_attempts,
         url = o.vendor_url,
         concurrency = o.max_concurrency,
+        hub_extra = o.hub_toml,
     )
 }
 

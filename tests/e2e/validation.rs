@@ -104,3 +104,52 @@ async fn every_validation_error_names_its_field() {
     );
     hub.stop().await;
 }
+
+#[tokio::test]
+async fn a_large_attachment_is_checked_stored_and_sent_intact() {
+    use base64::Engine;
+    use sha2::{Digest, Sha256};
+    let vendor = Vendor::start().await;
+    let mut hub = start_hub(HubOptions::new(&vendor.url())).await;
+    // Above the size from which hashing and base64 leave the async workers.
+    let content: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let sha: String = Sha256::digest(&content)
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect();
+    let with = |key: &str, sha256: &str| {
+        let mut r = cert_request("016024", key);
+        r.attachments = vec![pb::Attachment {
+            name: "planimetria.pdf".into(),
+            media_type: "application/pdf".into(),
+            sha256: sha256.into(),
+            content: content.clone(),
+            ..Default::default()
+        }];
+        r
+    };
+
+    let mut wrong = sha.clone();
+    wrong.replace_range(0..1, if sha.starts_with('0') { "1" } else { "0" });
+    let err = hub
+        .practices
+        .submit_practice(with("big-wrong", &wrong))
+        .await
+        .unwrap_err();
+    let fields: Vec<String> = violations(&err).into_iter().map(|(f, _)| f).collect();
+    assert_eq!(fields, ["attachments[0].sha256"]);
+
+    let p = hub.submit(with("big-right", &sha)).await;
+    assert_eq!(p.status, pb::AdministrativeStatus::Approved as i32);
+    let sent = vendor
+        .received()
+        .pop()
+        .expect("the vendor got the practice");
+    let attachment = &sent.body["attachments"][0];
+    assert_eq!(attachment["sha256"], sha.to_ascii_lowercase());
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(attachment["content_base64"].as_str().unwrap())
+        .unwrap();
+    assert!(bytes == content, "the vendor got other bytes");
+    hub.stop().await;
+}

@@ -58,6 +58,10 @@ impl std::fmt::Debug for RestAdapter {
     }
 }
 
+/// Reply bytes from which mapping a reply leaves the async workers (the
+/// hub's threshold for attachments, `offload::BLOCKING_FROM_BYTES`).
+const LARGE_REPLY_BYTES: usize = 64 * 1024;
+
 impl RestAdapter {
     /// Builds an instance: compiles templates, reads secrets and prepares
     /// the HTTP client. `config_dir` resolves relative paths. Errors name
@@ -284,6 +288,26 @@ impl Inner {
         err
     }
 
+    /// [`response::map_success`]: on a blocking thread for a large reply,
+    /// whose documents are base64-decoded and hashed (milliseconds of one
+    /// core for a few MiB, which would stall an async worker); inline for
+    /// the usual small one, where a hand-off costs more than the work.
+    async fn map_final(&self, body: Vec<u8>) -> Result<Mapped, DeliveryError> {
+        if body.len() < LARGE_REPLY_BYTES {
+            return response::map_success(&self.config.response, &body, &self.name);
+        }
+        let (mapping, name) = (self.config.response.clone(), self.name.clone());
+        match tokio::task::spawn_blocking(move || response::map_success(&mapping, &body, &name))
+            .await
+        {
+            Ok(mapped) => mapped,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => Err(DeliveryError::transient(format!(
+                "reading the vendor's reply was cancelled: {e}"
+            ))),
+        }
+    }
+
     /// An intermediate report (a 202 body, a "still working" poll). The
     /// vendor has the work, so a report the mapping cannot read is logged
     /// and skipped rather than failing the delivery.
@@ -313,7 +337,6 @@ impl Inner {
             .unwrap_or_else(|| self.base.clone());
         let reply = self.transport.send(built).await?;
         let status = reply.status.as_u16();
-        let mapping = &self.config.response;
         match (self.config.pattern, status) {
             (Pattern::Push, 202) => {
                 // ModI: the provider names the exchange; vendors that adopt
@@ -351,7 +374,7 @@ impl Inner {
                 Ok(ack)
             }
             (_, 200..=299) => {
-                let mapped = response::map_success(mapping, &reply.body, &self.name)?;
+                let mapped = self.map_final(reply.body).await?;
                 self.complete(mapped, &url).await
             }
             _ => Err(self.classify(&reply)),
@@ -363,7 +386,6 @@ impl Inner {
             DeliveryError::permanent(format!("stored status URL is not valid: {e}"))
         })?;
         let reply = self.get(status_url.clone()).await?;
-        let mapping = &self.config.response;
         match reply.status.as_u16() {
             // 303 is ModI's "done"; some servers answer 302 or 301.
             301..=303 => {
@@ -375,7 +397,7 @@ impl Inner {
                 if !result.status.is_success() {
                     return Err(self.classify(&result));
                 }
-                let mapped = response::map_success(mapping, &result.body, &self.name)?;
+                let mapped = self.map_final(result.body).await?;
                 Ok(PollOutcome::Done(self.complete(mapped, &result_url).await?))
             }
             200..=299 => {

@@ -54,6 +54,21 @@ pub fn check(cfg: &Config) -> Vec<ConfigIssue> {
     let mut issues = Vec::new();
     let mut add = |key: String, reason: String| issues.push(ConfigIssue { key, reason });
 
+    for (key, value) in [
+        ("hub.max_calls_in_progress", cfg.hub.max_calls_in_progress),
+        (
+            "hub.max_watch_streams_per_client",
+            cfg.hub.max_watch_streams_per_client,
+        ),
+        ("store.write_queue", cfg.store.write_queue),
+    ] {
+        if value == 0 {
+            add(
+                key.into(),
+                "must be at least 1 (0 would refuse every call)".into(),
+            );
+        }
+    }
     for code in cfg.tenants.keys() {
         if !is_istat_code(code) {
             add(

@@ -93,6 +93,15 @@ pub struct HubConfig {
     /// How long a clean shutdown waits for deliveries in flight.
     #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// API calls in progress at once (watch streams, health and reflection
+    /// apart); a call beyond it is refused at once with `UNAVAILABLE` and a
+    /// retry hint instead of queueing.
+    #[serde(default = "default_max_calls_in_progress")]
+    pub max_calls_in_progress: usize,
+    /// `WatchPractice` and `WatchPractices` streams one client may keep open
+    /// at once.
+    #[serde(default = "default_max_watch_streams_per_client")]
+    pub max_watch_streams_per_client: usize,
 }
 
 impl Default for HubConfig {
@@ -102,6 +111,8 @@ impl Default for HubConfig {
             http_listen: default_http_listen(),
             data_dir: default_data_dir(),
             shutdown_grace: default_shutdown_grace(),
+            max_calls_in_progress: default_max_calls_in_progress(),
+            max_watch_streams_per_client: default_max_watch_streams_per_client(),
             tls: None,
             allow_plaintext: false,
         }
@@ -124,6 +135,10 @@ pub struct StoreConfig {
     /// connection).
     #[serde(default = "default_readers")]
     pub read_connections: u32,
+    /// Writes waiting for (or running in) the writer's transactions; past
+    /// it a new write fails at once with `UNAVAILABLE` instead of queueing.
+    #[serde(default = "default_write_queue")]
+    pub write_queue: usize,
 }
 
 impl Default for StoreConfig {
@@ -132,6 +147,7 @@ impl Default for StoreConfig {
             file: default_db_file(),
             synchronous: Synchronous::Full,
             read_connections: default_readers(),
+            write_queue: default_write_queue(),
         }
     }
 }
@@ -413,6 +429,18 @@ fn default_data_dir() -> PathBuf {
 }
 fn default_shutdown_grace() -> Duration {
     Duration::from_secs(10)
+}
+/// 128 per core: two cores saturate at about 32 fast calls in flight, and
+/// the rest of the room is for synchronous calls waiting on slow vendors
+/// (they hold a slot but no CPU).
+fn default_max_calls_in_progress() -> usize {
+    128 * std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+fn default_max_watch_streams_per_client() -> usize {
+    1024
+}
+fn default_write_queue() -> usize {
+    crate::store::sqlite::DEFAULT_WRITE_QUEUE
 }
 fn default_db_file() -> String {
     "raccordo.db".into()

@@ -256,7 +256,13 @@ async fn attempt(service: &PracticeService, instance: &AdapterInstance, job: Cla
             Ok((practice, attachments)) => {
                 let route = config.route(&job.tenant_id, &practice.service_code);
                 let mode = route.map_or(AttachmentMode::Inline, |r| r.attachments);
-                build_message(&job, &practice, attachments, mode)
+                // Base64 of large attachments off the async workers.
+                let bytes = attachments.iter().map(|a| a.content.len()).sum();
+                let job = job.clone();
+                crate::offload::cpu(bytes, move || {
+                    build_message(&job, &practice, attachments, mode)
+                })
+                .await
             }
             Err(e) => {
                 tracing::error!(operation_id = %job.operation_id, error = %e,

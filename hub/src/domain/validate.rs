@@ -195,8 +195,15 @@ pub struct AttachmentInput {
     pub content: Vec<u8>,
 }
 
-/// Validates attachments: count, sizes, names, declared hashes.
-pub fn check_attachments(v: &mut Violations, attachments: &[AttachmentInput], limits: &Limits) {
+/// Validates attachments: count, sizes, names, declared hashes against
+/// `digests` (the lower-case hex SHA-256 of each attachment, in order,
+/// computed once by the caller, which keeps them for the stored documents).
+pub fn check_attachments(
+    v: &mut Violations,
+    attachments: &[AttachmentInput],
+    digests: &[String],
+    limits: &Limits,
+) {
     if attachments.len() > limits.max_attachments {
         v.add(
             "attachments",
@@ -239,8 +246,8 @@ pub fn check_attachments(v: &mut Violations, attachments: &[AttachmentInput], li
             );
         }
         if !a.sha256.is_empty() {
-            let actual = raccordo_adapters::model::sha256_hex(&a.content);
-            if !a.sha256.eq_ignore_ascii_case(&actual) {
+            let actual = digests.get(i).map_or("", String::as_str);
+            if !a.sha256.eq_ignore_ascii_case(actual) {
                 v.add(format!("{path}.sha256"), "does not match the content");
             }
         }
@@ -329,15 +336,16 @@ mod tests {
             content: content.to_vec(),
         };
         let mut v = Violations::default();
-        check_attachments(
-            &mut v,
-            &[
-                a("../x", b"ok", ""),
-                a("big.txt", b"12345", ""),
-                a("h.txt", b"ab", "00"),
-            ],
-            &limits,
-        );
+        let attachments = [
+            a("../x", b"ok", ""),
+            a("big.txt", b"12345", ""),
+            a("h.txt", b"ab", "00"),
+        ];
+        let digests: Vec<_> = attachments
+            .iter()
+            .map(|a| raccordo_adapters::model::sha256_hex(&a.content))
+            .collect();
+        check_attachments(&mut v, &attachments, &digests, &limits);
         let got: Vec<_> = v.0.iter().map(|x| x.field.as_str()).collect();
         assert_eq!(
             got,

@@ -1,5 +1,6 @@
 //! The gRPC face: decode, call the practice service, encode. Nothing else.
 
+pub mod admission;
 pub mod convert;
 pub mod error;
 pub mod metrics_layer;

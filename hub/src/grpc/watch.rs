@@ -19,6 +19,7 @@ use prost::Message;
 use prost::bytes::{BufMut, Bytes};
 use raccordo_proto::v1 as pb;
 use raccordo_proto::v1::practice_service_server::PracticeServiceServer;
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::marker::PhantomData;
 use std::pin::Pin;
@@ -31,8 +32,8 @@ use tonic::codegen::{Body, BoxFuture, Service, StdError};
 use tonic::server::{Grpc, NamedService, ServerStreamingService};
 use tonic::{Request, Response, Status};
 
-const WATCH_PRACTICE: &str = "/raccordo.v1.PracticeService/WatchPractice";
-const WATCH_PRACTICES: &str = "/raccordo.v1.PracticeService/WatchPractices";
+pub(super) const WATCH_PRACTICE: &str = "/raccordo.v1.PracticeService/WatchPractice";
+pub(super) const WATCH_PRACTICES: &str = "/raccordo.v1.PracticeService/WatchPractices";
 
 /// `raccordo.v1.PracticeService`: the watch methods send events encoded
 /// once for all streams, the other methods are the generated server's.
@@ -41,18 +42,21 @@ pub struct PracticeServer {
     api: Api,
     generated: PracticeServiceServer<Api>,
     encoded: Arc<EncodedEvents>,
+    streams: Arc<StreamSlots>,
     max_decoding_message_size: usize,
 }
 
 impl PracticeServer {
     /// The service over `api`, refusing requests larger than
-    /// `max_decoding_message_size` bytes.
-    pub fn new(api: Api, max_decoding_message_size: usize) -> Self {
+    /// `max_decoding_message_size` bytes and a client's watch streams
+    /// beyond `max_streams_per_client`.
+    pub fn new(api: Api, max_decoding_message_size: usize, max_streams_per_client: usize) -> Self {
         Self {
             generated: PracticeServiceServer::new(api.clone())
                 .max_decoding_message_size(max_decoding_message_size),
             api,
             encoded: Arc::new(EncodedEvents::new()),
+            streams: Arc::new(StreamSlots::new(max_streams_per_client)),
             max_decoding_message_size,
         }
     }
@@ -68,6 +72,7 @@ impl PracticeServer {
         Watch {
             api: self.api.clone(),
             encoded: Arc::clone(&self.encoded),
+            streams: Arc::clone(&self.streams),
         }
     }
 }
@@ -110,17 +115,89 @@ where
 struct Watch {
     api: Api,
     encoded: Arc<EncodedEvents>,
+    streams: Arc<StreamSlots>,
 }
 
 type EncodedStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<EncodedEvent, Status>> + Send>>;
 
 impl Watch {
-    fn stream(self, rx: EventReceiver) -> EncodedStream {
+    /// The stream sending `rx`'s events; it holds the client's `slot` and
+    /// gives it back when it ends or the client goes away.
+    fn stream(self, rx: EventReceiver, slot: StreamSlot) -> EncodedStream {
         let encoded = self.encoded;
-        Box::pin(ReceiverStream::new(rx).map(move |r| match r {
-            Ok(e) => Ok(encoded.encode(&e)),
-            Err(e) => Err(Status::from(e)),
+        Box::pin(ReceiverStream::new(rx).map(move |r| {
+            let _held = &slot;
+            match r {
+                Ok(e) => Ok(encoded.encode(&e)),
+                Err(e) => Err(Status::from(e)),
+            }
         }))
+    }
+
+    /// A stream slot of the request's caller (RESOURCE_EXHAUSTED when it
+    /// has none left); taken before any other work on the call.
+    fn slot<T>(&self, request: &Request<T>) -> Result<StreamSlot, Status> {
+        let caller = crate::security::caller(request)?;
+        self.streams.take(&caller.client)
+    }
+}
+
+/// Watch streams open per client, against `hub.max_watch_streams_per_client`.
+/// Clients are named as the security layer names them (every caller of a
+/// hub without `[clients]` is `anonymous`).
+#[derive(Debug)]
+struct StreamSlots {
+    limit: usize,
+    open: Mutex<HashMap<String, usize>>,
+}
+
+impl StreamSlots {
+    fn new(limit: usize) -> Self {
+        Self {
+            limit: limit.max(1),
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn take(self: &Arc<Self>, client: &str) -> Result<StreamSlot, Status> {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = open.entry(client.to_string()).or_insert(0);
+        if *count >= self.limit {
+            tracing::warn!(%client, limit = self.limit, "watch stream refused: the client has too many open");
+            return Err(Status::resource_exhausted(format!(
+                "client '{client}' already has {} watch streams open \
+                 (hub.max_watch_streams_per_client): close one first",
+                self.limit
+            )));
+        }
+        *count += 1;
+        Ok(StreamSlot {
+            slots: Arc::clone(self),
+            client: client.to_string(),
+        })
+    }
+}
+
+/// One open watch stream of a client; dropping it frees the slot.
+struct StreamSlot {
+    slots: Arc<StreamSlots>,
+    client: String,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .slots
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = open.get_mut(&self.client) {
+            *count -= 1;
+            // No entry left behind per client that ever watched.
+            if *count == 0 {
+                open.remove(&self.client);
+            }
+        }
     }
 }
 
@@ -132,8 +209,9 @@ impl ServerStreamingService<pb::WatchPracticeRequest> for Watch {
     fn call(&mut self, request: Request<pb::WatchPracticeRequest>) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
+            let slot = this.slot(&request)?;
             let rx = this.api.practice_events(request).await?;
-            Ok(Response::new(this.stream(rx)))
+            Ok(Response::new(this.stream(rx, slot)))
         })
     }
 }
@@ -146,8 +224,9 @@ impl ServerStreamingService<pb::WatchPracticesRequest> for Watch {
     fn call(&mut self, request: Request<pb::WatchPracticesRequest>) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
+            let slot = this.slot(&request)?;
             let rx = this.api.folder_events(request).await?;
-            Ok(Response::new(this.stream(rx)))
+            Ok(Response::new(this.stream(rx, slot)))
         })
     }
 }

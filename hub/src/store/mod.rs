@@ -68,6 +68,10 @@ impl StoreError {
     }
 }
 
+/// The message of the [`StoreError::Unavailable`] a write gets when the
+/// writer's queue is full (`store.write_queue`).
+pub const WRITE_QUEUE_FULL: &str = "the store's write queue is full";
+
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
         use rusqlite::ErrorCode as C;

@@ -54,14 +54,20 @@ use rows::{
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OpenFlags, params};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use tokio::sync::oneshot;
-use writer::{Write, WriteCommand, run_writer};
+pub use writer::DEFAULT_WRITE_QUEUE;
+use writer::{QueueSlot, Write, WriteCommand, run_writer};
 
 /// The SQLite implementation of [`Store`].
 #[derive(Clone)]
 pub struct SqliteStore {
     writer: mpsc::Sender<Box<dyn WriteCommand>>,
+    /// Writes queued or running (see [`QueueSlot`]).
+    queued: Arc<AtomicUsize>,
+    /// `store.write_queue`: past it, new work is refused at once.
+    capacity: usize,
     readers: Arc<ReaderPool>,
     /// This process is the database's only hub while any clone lives.
     _ownership: Arc<ownership::Ownership>,
@@ -153,6 +159,8 @@ impl SqliteStore {
             .map_err(|e| StoreError::Internal(format!("store start panicked: {e}")))??;
         Ok(Self {
             writer,
+            queued: Arc::new(AtomicUsize::new(0)),
+            capacity: DEFAULT_WRITE_QUEUE,
             readers: Arc::new(ReaderPool {
                 path: ready,
                 idle: Mutex::new(Vec::new()),
@@ -210,20 +218,57 @@ impl SqliteStore {
     /// file), so at start every lease left is a dead process's (see
     /// [`Store::expire_leases`]).
     pub async fn expire_all_leases(&self) -> Result<ExpiredLeases, StoreError> {
-        self.write(|conn| leases::expire(conn, Utc::now(), DateTime::<Utc>::MAX_UTC))
+        self.write_owed(|conn| leases::expire(conn, Utc::now(), DateTime::<Utc>::MAX_UTC))
             .await
     }
 
+    /// The store with room for `capacity` writes queued or running
+    /// (`store.write_queue`); new work beyond it fails at once with
+    /// [`StoreError::Unavailable`] instead of waiting in a queue that
+    /// grows without end.
+    pub fn with_write_queue(mut self, capacity: usize) -> Self {
+        self.capacity = capacity.max(1);
+        self
+    }
+
     /// Runs `op` in the writer's next transaction; answers after the commit.
+    /// New work (a submission, a withdrawal, a callback): refused when the
+    /// queue is full.
     async fn write<R: Send + 'static>(
         &self,
         op: impl Fn(&Connection) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        if self.queued.fetch_add(1, Ordering::Relaxed) >= self.capacity {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            return Err(StoreError::Unavailable(super::WRITE_QUEUE_FULL.into()));
+        }
+        self.send(op, QueueSlot(Arc::clone(&self.queued))).await
+    }
+
+    /// [`write`](Self::write) for work the hub already owes (recording a
+    /// vendor's answer, claiming due jobs): never refused, since losing it
+    /// would lose an accepted delivery. It still takes a slot, so it leaves
+    /// less room for new work; it is bounded by the adapters'
+    /// `max_concurrency`, not by the callers.
+    async fn write_owed<R: Send + 'static>(
+        &self,
+        op: impl Fn(&Connection) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        self.send(op, QueueSlot(Arc::clone(&self.queued))).await
+    }
+
+    async fn send<R: Send + 'static>(
+        &self,
+        op: impl Fn(&Connection) -> Result<R, StoreError> + Send + 'static,
+        slot: QueueSlot,
     ) -> Result<R, StoreError> {
         let (reply, rx) = oneshot::channel();
         let command = Box::new(Write {
             op,
             result: None,
             reply,
+            slot,
         });
         self.writer
             .send(command)
@@ -397,7 +442,7 @@ impl Store for SqliteStore {
         limit: u32,
     ) -> Result<ClaimedWork, StoreError> {
         let (adapter, lease) = (adapter.to_string(), lease.clone());
-        self.write(move |conn| changes::claim_work(conn, &adapter, &lease, now, limit))
+        self.write_owed(move |conn| changes::claim_work(conn, &adapter, &lease, now, limit))
             .await
     }
 
@@ -413,12 +458,13 @@ impl Store for SqliteStore {
         let ids = serde_json::to_string(operation_ids)
             .map_err(|e| StoreError::Internal(e.to_string()))?;
         let owner = owner.to_string();
-        self.write(move |conn| leases::renew(conn, &owner, &ids, until))
+        self.write_owed(move |conn| leases::renew(conn, &owner, &ids, until))
             .await
     }
 
     async fn expire_leases(&self, now: DateTime<Utc>) -> Result<ExpiredLeases, StoreError> {
-        self.write(move |conn| leases::expire(conn, now, now)).await
+        self.write_owed(move |conn| leases::expire(conn, now, now))
+            .await
     }
 
     async fn next_due_at(&self, adapter: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
@@ -452,7 +498,7 @@ impl Store for SqliteStore {
         read_back: bool,
     ) -> Result<Option<Practice>, StoreError> {
         let job = job.clone();
-        self.write(move |conn| {
+        self.write_owed(move |conn| {
             changes::finish_attempt(conn, &job, &result, Utc::now())?;
             read_back_if(read_back, conn, &job.tenant_id, &job.practice_id)
         })
@@ -468,7 +514,7 @@ impl Store for SqliteStore {
         error: Option<raccordo_adapters::DeliveryError>,
     ) -> Result<(), StoreError> {
         let poll = poll.clone();
-        self.write(move |conn| {
+        self.write_owed(move |conn| {
             follow_up::reschedule(
                 conn,
                 &poll,

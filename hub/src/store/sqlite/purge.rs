@@ -179,10 +179,12 @@ mod tests {
     async fn purge_and_the_hubs_writer_both_progress_on_one_database() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("raccordo.db");
+        const OLD: usize = 3_000;
+        // Every seeding insert is queued at once: room for all of them.
         let store = SqliteStore::open(&path, Synchronous::Full, 2)
             .await
-            .unwrap();
-        const OLD: usize = 3_000;
+            .unwrap()
+            .with_write_queue(2 * OLD);
         let mut seeding = tokio::task::JoinSet::new();
         for i in 0..OLD {
             let store = store.clone();

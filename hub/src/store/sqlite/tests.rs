@@ -479,3 +479,91 @@ async fn a_panicking_command_does_not_stop_the_writer() {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_write_queue_refuses_new_work_at_once() {
+    let (_dir, store) = store().await;
+    let store = store.with_write_queue(2);
+    // A command that holds the writer until the test lets it go.
+    let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+    let (entered, mut writer_busy) = tokio::sync::mpsc::unbounded_channel();
+    let blocker = tokio::spawn({
+        let (store, gate) = (store.clone(), Arc::clone(&gate));
+        async move {
+            store
+                .write(move |_c| {
+                    let _ = entered.send(());
+                    let (open, cv) = &*gate;
+                    let guard = open.lock().unwrap();
+                    drop(cv.wait_while(guard, |open| !*open).unwrap());
+                    Ok(())
+                })
+                .await
+        }
+    });
+    let deadline = std::time::Duration::from_secs(10);
+    tokio::time::timeout(deadline, writer_busy.recv())
+        .await
+        .expect("the writer took the blocking command");
+    // One more fills the queue (the running command holds a slot).
+    let queued = tokio::spawn({
+        let store = store.clone();
+        async move {
+            store
+                .write(|c| Ok(c.execute("INSERT INTO scratch (x) VALUES (1)", [])?))
+                .await
+        }
+    });
+    let filled = tokio::time::timeout(deadline, async {
+        while store.queued.load(Ordering::Relaxed) < 2 {
+            tokio::task::yield_now().await;
+        }
+    });
+    filled.await.expect("the second write was queued");
+
+    let refused = store.write(|c| Ok(c.execute("INSERT INTO scratch (x) VALUES (2)", [])?));
+    let refused = tokio::time::timeout(std::time::Duration::from_secs(1), refused)
+        .await
+        .expect("refused at once, not queued")
+        .unwrap_err();
+    assert!(
+        matches!(&refused, StoreError::Unavailable(m) if m.contains("write queue is full")),
+        "{refused:?}"
+    );
+    // Work the hub owes still gets in.
+    let owed = tokio::spawn({
+        let store = store.clone();
+        async move {
+            store
+                .write_owed(|c| Ok(c.execute("INSERT INTO scratch (x) VALUES (3)", [])?))
+                .await
+        }
+    });
+
+    {
+        let (open, cv) = &*gate;
+        *open.lock().unwrap() = true;
+        cv.notify_all();
+    }
+    blocker.await.unwrap().unwrap();
+    queued.await.unwrap().unwrap();
+    owed.await.unwrap().unwrap();
+    assert_eq!(
+        store.queued.load(Ordering::Relaxed),
+        0,
+        "every slot given back"
+    );
+    store
+        .write(|c| Ok(c.execute("INSERT INTO scratch (x) VALUES (4)", [])?))
+        .await
+        .expect("room again once the writer caught up");
+    let rows: Vec<i64> = store
+        .read(|c| {
+            let mut s = c.prepare("SELECT x FROM scratch ORDER BY x")?;
+            let rows = s.query_map([], |r| r.get(0))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+        .unwrap();
+    assert_eq!(rows, vec![1, 3, 4], "the refused write stored nothing");
+}

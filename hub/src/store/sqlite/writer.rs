@@ -5,11 +5,26 @@ use crate::bus::EventBus;
 use crate::metrics::StoreMetrics;
 use crate::store::StoreError;
 use rusqlite::Connection;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, mpsc};
 use tokio::sync::oneshot;
 
 /// Commands the writer runs in one transaction at most.
 pub(super) const MAX_BATCH: usize = 512;
+
+/// Default of `store.write_queue`: four of the writer's transactions.
+pub const DEFAULT_WRITE_QUEUE: usize = 4 * MAX_BATCH;
+
+/// Writes queued or running, against the queue's capacity. A slot is held
+/// by its command and given back when the command is answered, so a caller
+/// that stops waiting does not free a slot its command still takes.
+pub(super) struct QueueSlot(pub(super) Arc<AtomicUsize>);
+
+impl Drop for QueueSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// A write waiting for the writer thread. It runs inside a transaction
 /// shared with other commands and may run again from the start when
@@ -27,6 +42,7 @@ pub(super) struct Write<F, R> {
     pub(super) op: F,
     pub(super) result: Option<Result<R, StoreError>>,
     pub(super) reply: oneshot::Sender<Result<R, StoreError>>,
+    pub(super) slot: QueueSlot,
 }
 
 impl<F, R> WriteCommand for Write<F, R>
@@ -44,13 +60,21 @@ where
     }
 
     fn answer(self: Box<Self>, commit_error: Option<StoreError>) {
-        let result = match (self.result, commit_error) {
+        let Write {
+            result,
+            reply,
+            slot,
+            ..
+        } = *self;
+        // Free before the caller hears back: it may write again at once.
+        drop(slot);
+        let result = match (result, commit_error) {
             (Some(Err(own)), _) => Err(own),
             (_, Some(e)) => Err(e),
             (Some(ok), None) => ok,
             (None, None) => Err(StoreError::Internal("the store command did not run".into())),
         };
-        let _ = self.reply.send(result);
+        let _ = reply.send(result);
     }
 }
 
