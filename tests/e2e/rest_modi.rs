@@ -523,9 +523,11 @@ async fn a_pull_that_never_finishes_ends_outcome_unknown_within_the_maximum_wait
     );
     vendor.on("/stato/1", vec![json_reply(200, json!({}))]);
     let vaddr = vendor.start().await;
-    // One attempt: when the wait ends there is nothing left to retry.
+    // One attempt: when the wait ends there is nothing left to retry. The
+    // wait leaves room for several polls 50-100 ms apart even on a loaded
+    // machine (the test asserts at least two).
     let mut hub = start(
-        &config(free_addr().await, 1, &pull_adapter(vaddr, "400ms")),
+        &config(free_addr().await, 1, &pull_adapter(vaddr, "1500ms")),
         &[],
     )
     .await;
