@@ -229,6 +229,16 @@ async fn an_attempt_whose_adapter_panics_is_sent_again_when_its_lease_runs_out()
     assert_eq!(calls.len(), 2, "{calls:?}");
     assert_eq!(calls[0].0, calls[1].0, "the same operation id");
     assert_eq!((calls[0].1, calls[1].1), (1, 2));
+    // The panicking attempt gave its in-flight count back.
+    let gauge = hub
+        .service
+        .metrics()
+        .deliveries_in_flight
+        .get_or_create(&crate::metrics::AdapterLabels {
+            adapter: ADAPTER.into(),
+        })
+        .get();
+    assert_eq!(gauge, 0, "deliveries in flight after both attempts ended");
     assert_eq!(
         hub.delivery_trail("p-1").await,
         [

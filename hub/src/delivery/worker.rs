@@ -303,14 +303,15 @@ pub(crate) async fn deliver(
     let adapter_labels = AdapterLabels {
         adapter: instance.name.clone(),
     };
-    let in_flight = metrics
-        .deliveries_in_flight
-        .get_or_create(&adapter_labels)
-        .clone();
-    in_flight.inc();
+    let in_flight = InFlight::counted(
+        metrics
+            .deliveries_in_flight
+            .get_or_create(&adapter_labels)
+            .clone(),
+    );
     let started = std::time::Instant::now();
     let outcome = instance.adapter.deliver(request).await;
-    in_flight.dec();
+    drop(in_flight);
     metrics
         .delivery_duration
         .get_or_create(&adapter_labels)
@@ -352,4 +353,21 @@ pub(crate) async fn deliver(
             elapsed_ms = started.elapsed().as_millis() as u64, "delivery failed");
     }
     record(service, &job, result, read_back).await
+}
+
+/// One delivery counted in the in-flight gauge for as long as it lives:
+/// an adapter that panics (its task unwinds) still gives its count back.
+struct InFlight(prometheus_client::metrics::gauge::Gauge);
+
+impl InFlight {
+    fn counted(gauge: prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
