@@ -299,8 +299,9 @@ impl PracticeService {
                     v.add(
                         "service_code",
                         format!(
-                            "'{}' is not offered by tenant {}",
-                            input.service_code, input.tenant_id
+                            "{} is not offered by tenant {}",
+                            validate::quote(&input.service_code),
+                            input.tenant_id
                         ),
                     );
                 }

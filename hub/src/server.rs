@@ -241,6 +241,9 @@ async fn serve(
     let config = service.config();
     let grpc = tonic::transport::Server::builder()
         .layer(rpc_metrics)
+        // Inside the metrics: a request that does not decode is counted as
+        // the INVALID_ARGUMENT its caller receives.
+        .layer(crate::grpc::malformed::MalformedLayer)
         // Before authentication: shedding load must cost less than the
         // work it saves (verifying a token is not free).
         .layer(crate::grpc::admission::AdmissionLayer::new(

@@ -34,6 +34,51 @@ impl Violations {
     }
 }
 
+/// How many characters of a caller's value an error message quotes.
+pub const QUOTED_CHARS: usize = 64;
+
+/// The longest field path or reason an error reports, in characters.
+pub const MAX_REPORTED_CHARS: usize = 256;
+
+/// A caller's value as an error message quotes it: its first
+/// [`QUOTED_CHARS`] characters, escaped (control characters and quotes
+/// become `\n`, `\u{0}`, …), in single quotes, with an ellipsis if cut.
+/// Errors must not grow with the input: a 1 MB value in a message makes
+/// the reply too large for the caller to read.
+pub fn quote(value: &str) -> String {
+    format!("'{}'", cut(value))
+}
+
+/// [`quote`] without the quotes: for caller-chosen names in field paths.
+pub fn cut(value: &str) -> String {
+    let mut out = String::new();
+    for c in value.chars().take(QUOTED_CHARS) {
+        out.extend(c.escape_debug());
+    }
+    if value.chars().nth(QUOTED_CHARS).is_some() {
+        out.push('…');
+    }
+    out
+}
+
+/// `text` cut to [`MAX_REPORTED_CHARS`] characters (with an ellipsis), its
+/// control characters escaped: for field paths and reasons, which may carry
+/// caller-chosen names (form keys).
+pub fn bounded(text: &str) -> String {
+    let mut out = String::new();
+    for c in text.chars().take(MAX_REPORTED_CHARS) {
+        if c.is_control() {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    if text.chars().nth(MAX_REPORTED_CHARS).is_some() {
+        out.push('…');
+    }
+    out
+}
+
 /// Validates the identity fields of a submission.
 pub fn check_tenant_and_key(v: &mut Violations, tenant_id: &str, idempotency_key: &str) {
     if !is_istat_code(tenant_id) {
@@ -134,7 +179,10 @@ pub fn check_form(
     }
     for name in data.keys() {
         if !fields.iter().any(|f| &f.name == name) {
-            v.add(format!("data.{name}"), "is not a field of this service");
+            v.add(
+                format!("data.{}", cut(name)),
+                "is not a field of this service",
+            );
         }
     }
 }
@@ -185,6 +233,31 @@ fn check_value(value: &Value, field: &FieldConfig) -> Result<(), String> {
     }
 }
 
+/// Why `name` is not a safe plain file name: adapters use it as a file
+/// name on vendors' systems, where `..`, separators or control characters
+/// would escape or corrupt the target directory.
+fn check_file_name(name: &str) -> Result<(), String> {
+    if name.len() > 255 {
+        return Err(format!(
+            "is {} bytes, more than the limit of 255",
+            name.len()
+        ));
+    }
+    if name == "." || name == ".." {
+        return Err(format!("must be a file name, not {}", quote(name)));
+    }
+    if name.contains(['/', '\\']) {
+        return Err("must be a plain file name, without / or \\".into());
+    }
+    if name.contains(char::is_control) {
+        return Err("must not contain control characters".into());
+    }
+    if name.trim() != name {
+        return Err("must not start or end with spaces".into());
+    }
+    Ok(())
+}
+
 /// An attachment as submitted.
 #[derive(Debug, Clone)]
 pub struct AttachmentInput {
@@ -215,15 +288,20 @@ pub fn check_attachments(
         );
     }
     let mut total = 0usize;
+    let mut seen = std::collections::HashMap::new();
     for (i, a) in attachments.iter().enumerate() {
         let path = format!("attachments[{i}]");
         total += a.content.len();
         if a.name.trim().is_empty() {
             v.add(format!("{path}.name"), "is required");
-        } else if a.name.len() > 255 || a.name.contains(['/', '\\', '\0']) {
+        } else if let Err(reason) = check_file_name(&a.name) {
+            v.add(format!("{path}.name"), reason);
+        } else if let Some(first) = seen.insert(a.name.as_str(), i) {
+            // Adapters write attachments by name (file drop, SOAP
+            // multipart): a second one would replace the first.
             v.add(
                 format!("{path}.name"),
-                "must be a plain file name of at most 255 bytes",
+                format!("is also the name of attachments[{first}]"),
             );
         }
         if a.media_type.trim().is_empty() {
@@ -321,6 +399,26 @@ mod tests {
             &Limits::default(),
         );
         assert!(v.is_empty(), "{v:?}");
+    }
+
+    #[test]
+    fn unsafe_file_names_are_refused() {
+        for name in [
+            ".",
+            "..",
+            "a/b",
+            "a\\b",
+            "a\0b",
+            "a\nb",
+            " a",
+            "a ",
+            &"x".repeat(256),
+        ] {
+            assert!(check_file_name(name).is_err(), "{name:?}");
+        }
+        for name in ["a.pdf", "..a", "pianta piano terra.pdf", &"x".repeat(255)] {
+            assert!(check_file_name(name).is_ok(), "{name:?}");
+        }
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! Conversions between the wire types (`raccordo.v1`) and the domain.
 
+use super::error::invalid;
 use crate::config::{Mode, ServiceConfig};
 use crate::domain::practice::{DeliveryView, Event, EventKind, EventSource, Practice};
 use crate::domain::status::DeliveryStatus;
-use crate::domain::validate::AttachmentInput;
-use crate::practices::{CatalogEntry, SubmitInput};
+use crate::domain::validate::{AttachmentInput, Violations, cut};
+use crate::practices::{CatalogEntry, HubError, SubmitInput};
 use crate::store::DeadLetter;
 use chrono::{DateTime, Utc};
 use prost_types::{Struct, Timestamp, value::Kind};
@@ -14,10 +15,30 @@ use raccordo_adapters::model::{
 };
 use raccordo_proto::v1 as pb;
 use serde_json::{Map, Number, Value};
+use tonic::Status;
 
-/// Timestamp → chrono.
+/// Timestamp → chrono (`None` outside the range protobuf allows: years
+/// 0001 to 9999, nanoseconds 0 to 999,999,999).
 pub fn from_timestamp(t: &Timestamp) -> Option<DateTime<Utc>> {
-    DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32)
+    const MIN: i64 = -62_135_596_800; // 0001-01-01T00:00:00Z
+    const MAX: i64 = 253_402_300_799; // 9999-12-31T23:59:59Z
+    if !(MIN..=MAX).contains(&t.seconds) || !(0..1_000_000_000).contains(&t.nanos) {
+        return None;
+    }
+    DateTime::from_timestamp(t.seconds, t.nanos as u32)
+}
+
+/// An optional request timestamp: refused, naming `field`, when out of range.
+pub fn timestamp(field: &str, t: Option<&Timestamp>) -> Result<Option<DateTime<Utc>>, Status> {
+    t.map(|t| {
+        from_timestamp(t).ok_or_else(|| {
+            invalid(
+                field,
+                "must be between 0001-01-01 and 9999-12-31, with nanos from 0 to 999999999",
+            )
+        })
+    })
+    .transpose()
 }
 
 /// chrono → Timestamp.
@@ -142,10 +163,55 @@ pub fn applicant_pb(a: &Applicant) -> pb::Applicant {
     }
 }
 
-/// The wire submission → the domain input (validation happens later).
-pub fn submit_input(r: pb::SubmitPracticeRequest) -> SubmitInput {
+/// What the domain types cannot carry: an enum value outside the declared
+/// set, a number that is not finite (JSON has no NaN: it would arrive as
+/// a missing value). Reported before the rest of validation.
+fn wire_violations(r: &pb::SubmitPracticeRequest) -> Violations {
+    let mut v = Violations::default();
+    if let Some(c) = &r.channel
+        && pb::Channel::try_from(c.channel).is_err()
+    {
+        v.add(
+            "channel.channel",
+            format!("{} is not a value of Channel (ONLINE, DESK)", c.channel),
+        );
+    }
+    if let Some(d) = &r.data {
+        for (k, value) in &d.fields {
+            non_finite(&mut v, &format!("data.{}", cut(k)), value);
+        }
+    }
+    v
+}
+
+fn non_finite(v: &mut Violations, path: &str, value: &prost_types::Value) {
+    match &value.kind {
+        Some(Kind::NumberValue(n)) if !n.is_finite() => {
+            v.add(path, "must be a finite number");
+        }
+        Some(Kind::StructValue(s)) => {
+            for (k, value) in &s.fields {
+                non_finite(v, &format!("{path}.{}", cut(k)), value);
+            }
+        }
+        Some(Kind::ListValue(l)) => {
+            for (i, value) in l.values.iter().enumerate() {
+                non_finite(v, &format!("{path}[{i}]"), value);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The wire submission → the domain input (the domain validates it; what
+/// only the wire can get wrong is refused here).
+pub fn submit_input(r: pb::SubmitPracticeRequest) -> Result<SubmitInput, Status> {
+    let wrong = wire_violations(&r);
+    if !wrong.is_empty() {
+        return Err(HubError::Invalid(wrong.0).into());
+    }
     let channel = r.channel.unwrap_or_default();
-    SubmitInput {
+    Ok(SubmitInput {
         tenant_id: r.tenant_id.trim().to_string(),
         service_code: r.service_code.trim().to_string(),
         applicant: r.applicant.and_then(applicant),
@@ -175,7 +241,7 @@ pub fn submit_input(r: pb::SubmitPracticeRequest) -> SubmitInput {
             })
             .collect(),
         idempotency_key: r.idempotency_key,
-    }
+    })
 }
 
 /// Administrative status → wire enum.

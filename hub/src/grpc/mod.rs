@@ -3,11 +3,13 @@
 pub mod admission;
 pub mod convert;
 pub mod error;
+pub mod malformed;
 pub mod metrics_layer;
 pub mod watch;
 
 use crate::domain::identifiers::is_istat_code;
 use crate::domain::practice::Event;
+use crate::domain::validate::quote;
 use crate::practices::{HubError, PracticeService};
 use crate::security::{Caller, caller};
 use crate::store::{AuditEntry, EventFilter, PracticeFilter};
@@ -124,11 +126,11 @@ impl Api {
         let caller = caller(&request)?;
         let r = request.into_inner();
         let tenant_id = self.scoped_tenant(&caller, &r.tenant_id)?;
-        let id = non_empty("practice_id", &r.practice_id)?;
+        let id = identifier("practice_id", &r.practice_id)?;
         self.check_visible(&caller, &tenant_id, &id).await?;
         Ok(self
             .service
-            .watch(tenant_id, id, r.from_sequence as i64)
+            .watch(tenant_id, id, position("from_sequence", r.from_sequence)?)
             .await?)
     }
 
@@ -143,13 +145,13 @@ impl Api {
         let filter = EventFilter {
             tenant_id: self.scoped_tenant(&caller, &r.tenant_id)?,
             applicant_id: self
-                .confined_applicant(&caller, opt(&r.applicant_id))?
+                .confined_applicant(&caller, optional("applicant_id", &r.applicant_id)?)?
                 .map(|a| a.to_ascii_uppercase()),
-            service_code: opt(&r.service_code),
+            service_code: optional("service_code", &r.service_code)?,
         };
         Ok(self
             .service
-            .watch_many(filter, r.after_cursor as i64)
+            .watch_many(filter, position("after_cursor", r.after_cursor)?)
             .await?)
     }
 }
@@ -171,16 +173,50 @@ fn tenant(t: &str) -> Result<String, Status> {
     }
 }
 
-fn non_empty(field: &str, v: &str) -> Result<String, Status> {
-    match v.trim() {
-        "" => Err(invalid(field, "is required")),
-        v => Ok(v.to_string()),
-    }
+/// The longest identifier (practice id, service code, operation id,
+/// applicant filter, operator id) a request may carry, in characters.
+pub const MAX_IDENTIFIER_CHARS: usize = 128;
+
+/// The longest withdrawal reason, in characters.
+pub const MAX_REASON_CHARS: usize = 2000;
+
+/// The longest page token, in characters (the hub's own are under 100).
+const MAX_PAGE_TOKEN_CHARS: usize = 1024;
+
+/// A required identifier: not blank, bounded, no control characters.
+fn identifier(field: &str, v: &str) -> Result<String, Status> {
+    optional(field, v)?.ok_or_else(|| invalid(field, "is required"))
 }
 
-fn opt(v: &str) -> Option<String> {
+/// An optional identifier (`None` when blank), checked as [`identifier`].
+fn optional(field: &str, v: &str) -> Result<Option<String>, Status> {
     let v = v.trim();
-    (!v.is_empty()).then(|| v.to_string())
+    free_text(field, v, MAX_IDENTIFIER_CHARS)?;
+    Ok((!v.is_empty()).then(|| v.to_string()))
+}
+
+/// Text of at most `max` characters without control characters (NUL
+/// bytes, line breaks: they forge log lines and break vendor formats).
+fn free_text(field: &str, v: &str, max: usize) -> Result<(), Status> {
+    if v.chars().nth(max).is_some() {
+        return Err(invalid(
+            field,
+            &format!(
+                "is {} characters, more than the limit of {max}",
+                v.chars().count()
+            ),
+        ));
+    }
+    if v.contains(|c: char| c.is_control() && c != '\n' && c != '\t') {
+        return Err(invalid(field, "must not contain control characters"));
+    }
+    Ok(())
+}
+
+/// A sequence or cursor the store can hold (a signed 64-bit integer):
+/// larger values would wrap to negative ones and mean "from the start".
+fn position(field: &str, v: u64) -> Result<i64, Status> {
+    i64::try_from(v).map_err(|_| invalid(field, &format!("must be at most {}", i64::MAX)))
 }
 
 fn event_stream(rx: EventReceiver) -> EventStream {
@@ -194,7 +230,7 @@ impl pb::practice_service_server::PracticeService for Api {
         request: Request<pb::SubmitPracticeRequest>,
     ) -> Result<Response<pb::SubmitPracticeResponse>, Status> {
         let caller = caller(&request)?;
-        let mut input = submit_input(request.into_inner());
+        let mut input = submit_input(request.into_inner())?;
         if is_istat_code(&input.tenant_id)
             && let Err(status) = caller.check_tenant(&input.tenant_id)
         {
@@ -233,7 +269,7 @@ impl pb::practice_service_server::PracticeService for Api {
         let caller = caller(&request)?;
         let r = request.into_inner();
         let tenant_id = self.scoped_tenant(&caller, &r.tenant_id)?;
-        let id = non_empty("practice_id", &r.practice_id)?;
+        let id = identifier("practice_id", &r.practice_id)?;
         let practice = self.service.get(&tenant_id, &id, r.include_content).await?;
         if !caller.may_see_applicant(practice.content.applicant.id()) {
             self.audit_denied(
@@ -262,12 +298,22 @@ impl pb::practice_service_server::PracticeService for Api {
         let r = request.into_inner();
         let filter = PracticeFilter {
             tenant_id: self.scoped_tenant(&caller, &r.tenant_id)?,
-            applicant_id: self.confined_applicant(&caller, opt(&r.applicant_id))?,
-            service_code: opt(&r.service_code),
-            status: status_from_pb(r.status),
-            submitted_from: r.submitted_from.as_ref().and_then(from_timestamp),
-            submitted_to: r.submitted_to.as_ref().and_then(from_timestamp),
+            applicant_id: self
+                .confined_applicant(&caller, optional("applicant_id", &r.applicant_id)?)?,
+            service_code: optional("service_code", &r.service_code)?,
+            status: match r.status {
+                0 => None,
+                v => Some(status_from_pb(v).ok_or_else(|| {
+                    invalid(
+                        "status",
+                        &format!("{v} is not a value of AdministrativeStatus"),
+                    )
+                })?),
+            },
+            submitted_from: timestamp("submitted_from", r.submitted_from.as_ref())?,
+            submitted_to: timestamp("submitted_to", r.submitted_to.as_ref())?,
         };
+        free_text("page_token", &r.page_token, MAX_PAGE_TOKEN_CHARS)?;
         let (practices, next) = self
             .service
             .list(filter, r.page_size, &r.page_token)
@@ -309,12 +355,18 @@ impl pb::practice_service_server::PracticeService for Api {
         let caller = caller(&request)?;
         let r = request.into_inner();
         let tenant_id = self.scoped_tenant(&caller, &r.tenant_id)?;
-        let id = non_empty("practice_id", &r.practice_id)?;
+        let id = identifier("practice_id", &r.practice_id)?;
         self.check_visible(&caller, &tenant_id, &id).await?;
-        let operator = caller.operator_id.clone().or_else(|| opt(&r.operator_id));
+        let operator = match &caller.operator_id {
+            Some(o) => Some(o.clone()),
+            None => optional("operator_id", &r.operator_id)?,
+        };
+        let reason = r.reason.trim();
+        free_text("reason", reason, MAX_REASON_CHARS)?;
+        let reason = (!reason.is_empty()).then(|| reason.to_string());
         let practice = self
             .service
-            .withdraw(&tenant_id, &id, opt(&r.reason), operator)
+            .withdraw(&tenant_id, &id, reason, operator)
             .await?;
         Ok(Response::new(practice_pb(&practice, &[])))
     }
@@ -341,7 +393,7 @@ impl pb::catalog_service_server::CatalogService for Api {
         let caller = caller(&request)?;
         let r = request.into_inner();
         let tenant_id = self.scoped_tenant(&caller, &r.tenant_id)?;
-        let code = non_empty("service_code", &r.service_code)?;
+        let code = identifier("service_code", &r.service_code)?;
         let entry = self
             .service
             .catalog(&tenant_id)?
@@ -349,7 +401,8 @@ impl pb::catalog_service_server::CatalogService for Api {
             .find(|s| s.code == code)
             .ok_or_else(|| {
                 Status::not_found(format!(
-                    "service '{code}' is not offered by tenant {tenant_id}"
+                    "service {} is not offered by tenant {tenant_id}",
+                    quote(&code)
                 ))
             })?;
         Ok(Response::new(service_pb(&entry)))
@@ -364,7 +417,7 @@ impl pb::delivery_admin_service_server::DeliveryAdminService for Api {
     ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
         let caller = caller(&request)?;
         let r = request.into_inner();
-        let tenant_id = match opt(&r.tenant_id) {
+        let tenant_id = match optional("tenant_id", &r.tenant_id)? {
             Some(t) => Some(self.scoped_tenant(&caller, &t)?),
             None => {
                 caller.check_all_tenants()?;
@@ -390,7 +443,8 @@ impl pb::delivery_admin_service_server::DeliveryAdminService for Api {
         // is for operators of the whole hub.
         caller.check_all_tenants()?;
         let r = request.into_inner();
-        let op = non_empty("operation_id", &r.operation_id)?;
+        let op = identifier("operation_id", &r.operation_id)?;
+        free_text("operator_id", r.operator_id.trim(), MAX_IDENTIFIER_CHARS)?;
         let operator = match r.operator_id.trim() {
             "" if caller.role.is_some() => caller.client.clone(),
             given => given.to_string(),

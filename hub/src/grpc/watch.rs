@@ -35,29 +35,40 @@ use tonic::{Request, Response, Status};
 pub(super) const WATCH_PRACTICE: &str = "/raccordo.v1.PracticeService/WatchPractice";
 pub(super) const WATCH_PRACTICES: &str = "/raccordo.v1.PracticeService/WatchPractices";
 
+const SUBMIT_PRACTICE: &str = "/raccordo.v1.PracticeService/SubmitPractice";
+
+/// The largest request of every method but `SubmitPractice` (gRPC's usual
+/// default): none of them carries more than a few identifiers, and a
+/// larger limit only lets a caller make the hub buffer and parse more.
+pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+
 /// `raccordo.v1.PracticeService`: the watch methods send events encoded
 /// once for all streams, the other methods are the generated server's.
 #[derive(Debug, Clone)]
 pub struct PracticeServer {
     api: Api,
+    /// Every method but `SubmitPractice`, with [`MAX_REQUEST_BYTES`].
     generated: PracticeServiceServer<Api>,
+    /// `SubmitPractice`, with room for the largest attachments allowed.
+    submit: PracticeServiceServer<Api>,
     encoded: Arc<EncodedEvents>,
     streams: Arc<StreamSlots>,
-    max_decoding_message_size: usize,
 }
 
 impl PracticeServer {
-    /// The service over `api`, refusing requests larger than
-    /// `max_decoding_message_size` bytes and a client's watch streams
-    /// beyond `max_streams_per_client`.
-    pub fn new(api: Api, max_decoding_message_size: usize, max_streams_per_client: usize) -> Self {
+    /// The service over `api`, refusing `SubmitPractice` requests larger
+    /// than `max_submit_bytes`, other requests larger than
+    /// [`MAX_REQUEST_BYTES`], and a client's watch streams beyond
+    /// `max_streams_per_client`.
+    pub fn new(api: Api, max_submit_bytes: usize, max_streams_per_client: usize) -> Self {
         Self {
             generated: PracticeServiceServer::new(api.clone())
-                .max_decoding_message_size(max_decoding_message_size),
+                .max_decoding_message_size(MAX_REQUEST_BYTES),
+            submit: PracticeServiceServer::new(api.clone())
+                .max_decoding_message_size(max_submit_bytes),
             api,
             encoded: Arc::new(EncodedEvents::new()),
             streams: Arc::new(StreamSlots::new(max_streams_per_client)),
-            max_decoding_message_size,
         }
     }
 
@@ -65,7 +76,7 @@ impl PracticeServer {
     /// with the generated server's limits (and, like it, no compression).
     fn grpc<U: Message + Default + Send + 'static>(&self) -> Grpc<PreEncoded<U>> {
         Grpc::new(PreEncoded(PhantomData))
-            .apply_max_message_size_config(Some(self.max_decoding_message_size), None)
+            .apply_max_message_size_config(Some(MAX_REQUEST_BYTES), None)
     }
 
     fn watch(&self) -> Watch {
@@ -104,6 +115,7 @@ where
                 let (mut grpc, method) = (self.grpc::<pb::WatchPracticesRequest>(), self.watch());
                 Box::pin(async move { Ok(grpc.server_streaming(method, req).await) })
             }
+            SUBMIT_PRACTICE => self.submit.call(req),
             _ => self.generated.call(req),
         }
     }
@@ -339,10 +351,9 @@ impl<U: Message + Default> Decoder for RequestDecoder<U> {
     type Error = Status;
 
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
-        // INTERNAL, as tonic's own prost codec answers a malformed message.
         U::decode(src)
             .map(Some)
-            .map_err(|e| Status::internal(e.to_string()))
+            .map_err(|e| super::malformed::malformed(&e.to_string()))
     }
 }
 
