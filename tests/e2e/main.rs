@@ -5,6 +5,7 @@ mod amqp;
 mod crash;
 mod delivery;
 mod file_drop;
+mod hostile;
 mod operations;
 mod overload;
 mod practice_api;

@@ -26,16 +26,18 @@ pub const MAX_MESSAGE_CHARS: usize = 1024;
 const DECODE_ERROR: &str = "failed to decode Protobuf message: ";
 
 /// `INVALID_ARGUMENT` for a request that does not decode, from prost's
-/// description (`Msg.field: Msg.field: reason`): the field is the path of
-/// the innermost field named.
+/// description (`Inner.field: Outer.field: reason`, innermost first): the
+/// field is the path from the request down to the innermost field named.
 pub fn malformed(description: &str) -> Status {
     let description = description
         .strip_prefix(DECODE_ERROR)
         .unwrap_or(description);
     let mut parts: Vec<&str> = description.split(": ").collect();
     let reason = parts.pop().unwrap_or_default();
+    // prost lists the fields innermost first.
     let field = parts
         .iter()
+        .rev()
         .filter_map(|p| p.split_once('.').map(|(_, field)| field))
         .collect::<Vec<_>>()
         .join(".");
@@ -128,7 +130,7 @@ mod tests {
     #[test]
     fn a_decode_error_names_the_innermost_field() {
         let s = malformed(
-            "failed to decode Protobuf message: SubmitPracticeRequest.applicant: Applicant.person: Person.fiscal_code: invalid string value: data is not UTF-8 encoded",
+            "failed to decode Protobuf message: Person.fiscal_code: Applicant.person: SubmitPracticeRequest.applicant: invalid string value: data is not UTF-8 encoded",
         );
         assert_eq!(s.code(), Code::InvalidArgument);
         let v = s.get_details_bad_request().unwrap().field_violations;
@@ -145,6 +147,19 @@ mod tests {
         let s = malformed("failed to decode Protobuf message: buffer underflow");
         let v = s.get_details_bad_request().unwrap().field_violations;
         assert_eq!(v[0].field, "(request)");
+    }
+
+    #[test]
+    fn prost_lists_nested_fields_innermost_first() {
+        use prost::Message;
+        // applicant (3) { person (1) { fiscal_code (1): 0xff } }
+        let bytes = [0x1a, 0x05, 0x0a, 0x03, 0x0a, 0x01, 0xff];
+        let e = raccordo_proto::v1::SubmitPracticeRequest::decode(&bytes[..]).unwrap_err();
+        let v = malformed(&e.to_string())
+            .get_details_bad_request()
+            .unwrap()
+            .field_violations;
+        assert_eq!(v[0].field, "applicant.person.fiscal_code", "{e}");
     }
 
     #[test]
