@@ -20,7 +20,7 @@ const MB: usize = 1 << 20;
 
 /// One hostile call.
 enum Call {
-    Submit(pb::SubmitPracticeRequest),
+    Submit(Box<pb::SubmitPracticeRequest>),
     Get(pb::GetPracticeRequest),
     List(pb::ListPracticesRequest),
     Watch(pb::WatchPracticeRequest),
@@ -57,7 +57,7 @@ fn invalid(name: &'static str, call: Call, field: &'static str) -> Row {
 fn submit(edit: impl FnOnce(&mut pb::SubmitPracticeRequest)) -> Call {
     let mut r = tari_request(T, "hostile");
     edit(&mut r);
-    Call::Submit(r)
+    Call::Submit(Box::new(r))
 }
 
 fn number(n: f64) -> prost_types::Value {
@@ -623,7 +623,7 @@ async fn run(hub: &TestHub, call: Call) -> Result<(), Status> {
         hub.admin.clone(),
     );
     match call {
-        Call::Submit(r) => practices.submit_practice(r).await.map(drop),
+        Call::Submit(r) => practices.submit_practice(*r).await.map(drop),
         Call::Get(r) => practices.get_practice(r).await.map(drop),
         Call::List(r) => practices.list_practices(r).await.map(drop),
         Call::Watch(r) => practices.watch_practice(r).await.map(drop),
