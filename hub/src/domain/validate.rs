@@ -37,8 +37,10 @@ impl Violations {
 /// How many characters of a caller's value an error message quotes.
 pub const QUOTED_CHARS: usize = 64;
 
-/// The longest field path or reason an error reports, in characters.
-pub const MAX_REPORTED_CHARS: usize = 256;
+/// The longest field path or reason an error reports, in bytes: twenty of
+/// each, with the message, stay well under the 8 KiB of details clients
+/// read without trouble.
+pub const MAX_REPORTED_BYTES: usize = 128;
 
 /// A caller's value as an error message quotes it: its first
 /// [`QUOTED_CHARS`] characters, escaped (control characters and quotes
@@ -61,22 +63,35 @@ pub fn cut(value: &str) -> String {
     out
 }
 
-/// `text` cut to [`MAX_REPORTED_CHARS`] characters (with an ellipsis), its
-/// control characters escaped: for field paths and reasons, which may carry
-/// caller-chosen names (form keys).
+/// `text` with its control characters escaped, cut to
+/// [`MAX_REPORTED_BYTES`] (with an ellipsis): for field paths and reasons,
+/// which may carry caller-chosen names (form keys).
 pub fn bounded(text: &str) -> String {
-    let mut out = String::new();
-    for c in text.chars().take(MAX_REPORTED_CHARS) {
+    let mut escaped = String::new();
+    for c in text.chars() {
         if c.is_control() {
-            out.extend(c.escape_debug());
+            escaped.extend(c.escape_debug());
         } else {
-            out.push(c);
+            escaped.push(c);
+        }
+        if escaped.len() > MAX_REPORTED_BYTES {
+            break;
         }
     }
-    if text.chars().nth(MAX_REPORTED_CHARS).is_some() {
-        out.push('…');
+    cut_to_bytes(&escaped, MAX_REPORTED_BYTES)
+}
+
+/// `text` cut at a character boundary to at most `max` bytes, with an
+/// ellipsis when cut.
+pub fn cut_to_bytes(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
     }
-    out
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
 }
 
 /// Validates the identity fields of a submission.

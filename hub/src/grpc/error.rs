@@ -1,7 +1,7 @@
 //! Domain errors → gRPC status, in one place.
 
-use super::malformed::MAX_MESSAGE_CHARS;
-use crate::domain::validate::{Violation, bounded};
+use super::malformed::MAX_MESSAGE_BYTES;
+use crate::domain::validate::{Violation, bounded, cut_to_bytes};
 use crate::practices::HubError;
 use std::time::Duration;
 use tonic::{Code, Status};
@@ -52,10 +52,11 @@ fn invalid_request(violations: &[Violation]) -> Status {
         summary.push_str(&format!("{field}: {description}"));
         details.add_bad_request_violation(field, description);
     }
-    if summary.chars().count() > MAX_MESSAGE_CHARS {
-        summary = summary.chars().take(MAX_MESSAGE_CHARS).collect::<String>() + "…";
-    }
-    Status::with_error_details(Code::InvalidArgument, summary, details)
+    Status::with_error_details(
+        Code::InvalidArgument,
+        cut_to_bytes(&summary, MAX_MESSAGE_BYTES),
+        details,
+    )
 }
 
 /// A required request field that is missing or malformed.
@@ -95,7 +96,7 @@ mod tests {
         let violations: Vec<Violation> = (0..5000)
             .map(|i| Violation {
                 field: format!("data.{}", "k".repeat(10_000 + i)),
-                description: "x".repeat(100_000),
+                description: "è\u{0}".repeat(100_000),
             })
             .collect();
         let status = Status::from(HubError::Invalid(violations));

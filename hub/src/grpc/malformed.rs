@@ -7,19 +7,19 @@
 //! retry of the same bytes. The fault is the request's: [`MalformedLayer`]
 //! turns those answers into `INVALID_ARGUMENT` naming the field prost was
 //! decoding, for every method of every service at once. It also cuts any
-//! status message longer than [`MAX_MESSAGE_CHARS`]: a message that echoes
+//! status message longer than [`MAX_MESSAGE_BYTES`]: a message that echoes
 //! a huge input makes standard clients fail with `RESOURCE_EXHAUSTED`
 //! instead of showing the real error.
 
-use crate::domain::validate::bounded;
+use crate::domain::validate::{bounded, cut_to_bytes};
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-/// The longest status message the hub sends, in characters.
-pub const MAX_MESSAGE_CHARS: usize = 1024;
+/// The longest status message the hub sends, in bytes.
+pub const MAX_MESSAGE_BYTES: usize = 1024;
 
 /// How prost's `DecodeError` starts when displayed (tonic's codec puts it
 /// in the status message as it is).
@@ -111,11 +111,10 @@ fn rewrite(headers: &http::HeaderMap) -> Option<Status> {
     if status.code() == Code::Internal && status.message().starts_with(DECODE_ERROR) {
         return Some(malformed(status.message()));
     }
-    if status.message().chars().count() > MAX_MESSAGE_CHARS {
-        let message: String = status.message().chars().take(MAX_MESSAGE_CHARS).collect();
+    if status.message().len() > MAX_MESSAGE_BYTES {
         return Some(Status::with_details_and_metadata(
             status.code(),
-            format!("{message}…"),
+            cut_to_bytes(status.message(), MAX_MESSAGE_BYTES),
             status.details().to_vec().into(),
             status.metadata().clone(),
         ));
@@ -159,7 +158,8 @@ mod tests {
             .get_details_bad_request()
             .unwrap()
             .field_violations;
-        assert_eq!(v[0].field, "applicant.person.fiscal_code", "{e}");
+        // prost names the oneof, not its case.
+        assert_eq!(v[0].field, "applicant.subject.fiscal_code", "{e}");
     }
 
     #[test]
