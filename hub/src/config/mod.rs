@@ -119,10 +119,18 @@ impl Default for HubConfig {
     }
 }
 
-/// `[store]`: the embedded SQLite database.
+/// `[store]`: where the hub keeps its state. `kind = "sqlite"` (the
+/// default: one embedded file, one hub) or `"postgres"` (a database server
+/// that several hub instances can share, `[store.postgres]`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
+    /// Which backend.
+    #[serde(default)]
+    pub kind: StoreKind,
+    /// The PostgreSQL connection, read when `kind = "postgres"`.
+    #[serde(default)]
+    pub postgres: Option<PostgresConfig>,
     /// File name inside `hub.data_dir`.
     #[serde(default = "default_db_file")]
     pub file: String,
@@ -144,10 +152,131 @@ pub struct StoreConfig {
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
+            kind: StoreKind::Sqlite,
+            postgres: None,
             file: default_db_file(),
             synchronous: Synchronous::Full,
             read_connections: default_readers(),
             write_queue: default_write_queue(),
+        }
+    }
+}
+
+/// `store.kind`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreKind {
+    /// The embedded SQLite file in `hub.data_dir`.
+    #[default]
+    Sqlite,
+    /// A PostgreSQL database (`[store.postgres]`).
+    Postgres,
+}
+
+/// `[store.postgres]`. The connection URL carries a password, so it is
+/// never written in the configuration: it comes from an environment
+/// variable (`url_env`) or a file (`url_file`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// Refused when present: only here to name the key in the error.
+    #[serde(default)]
+    pub url: Option<serde::de::IgnoredAny>,
+    /// The environment variable holding the URL (default
+    /// `RACCORDO_DATABASE_URL`), used when `url_file` is not set.
+    #[serde(default)]
+    pub url_env: Option<String>,
+    /// A file holding the URL (relative to the configuration file).
+    #[serde(default)]
+    pub url_file: Option<PathBuf>,
+    /// Connections in the pool of this hub instance.
+    #[serde(default = "default_pg_pool_size")]
+    pub pool_size: u32,
+    /// A statement running longer is cancelled by the server (0: no limit).
+    #[serde(default = "default_pg_statement_timeout", with = "humantime_serde")]
+    pub statement_timeout: Duration,
+    /// How long to wait for a connection from the pool (or a new one).
+    #[serde(default = "default_pg_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// TLS to the database: `disable`, `require` (encrypted, the server's
+    /// certificate not checked) or `verify-full` (checked against
+    /// `ca_file` and the host name).
+    #[serde(default)]
+    pub tls: PgTlsMode,
+    /// PEM file of the CA(s) that sign the server's certificate
+    /// (`verify-full`; relative to the configuration file).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+/// The default variable of the PostgreSQL URL.
+pub const DEFAULT_DATABASE_URL_ENV: &str = "RACCORDO_DATABASE_URL";
+
+fn default_pg_pool_size() -> u32 {
+    16
+}
+
+fn default_pg_statement_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_pg_connect_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// `store.postgres.tls`, like libpq's `sslmode`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PgTlsMode {
+    /// Plain text (loopback, or a private network).
+    #[default]
+    Disable,
+    /// Encrypted; the server's certificate is not checked.
+    Require,
+    /// Encrypted; the certificate is checked against `ca_file` and the host.
+    VerifyFull,
+}
+
+impl PostgresConfig {
+    /// The connection URL, from `url_file` or the environment variable;
+    /// the error names the key and the reason.
+    pub fn connection_url(&self, base_dir: &std::path::Path) -> Result<String, (String, String)> {
+        if self.url.is_some() {
+            return Err((
+                "url".into(),
+                "a connection URL carries the database password and is never written in the \
+                 configuration: put it in an environment variable (url_env, default \
+                 RACCORDO_DATABASE_URL) or a file (url_file)"
+                    .into(),
+            ));
+        }
+        if let Some(file) = &self.url_file {
+            if self.url_env.is_some() {
+                return Err((
+                    "url_file".into(),
+                    "set either url_file or url_env, not both".into(),
+                ));
+            }
+            let path = base_dir.join(file);
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                (
+                    "url_file".into(),
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            let url = text.trim().to_string();
+            if url.is_empty() {
+                return Err(("url_file".into(), format!("{} is empty", path.display())));
+            }
+            return Ok(url);
+        }
+        let var = self.url_env.as_deref().unwrap_or(DEFAULT_DATABASE_URL_ENV);
+        match std::env::var(var) {
+            Ok(url) if !url.trim().is_empty() => Ok(url.trim().to_string()),
+            _ => Err((
+                "url_env".into(),
+                format!("the environment variable {var} is not set (it holds the connection URL)"),
+            )),
         }
     }
 }

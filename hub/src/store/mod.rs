@@ -10,6 +10,7 @@
 
 #[cfg(test)]
 mod contract;
+pub mod postgres;
 mod schema;
 pub mod sqlite;
 

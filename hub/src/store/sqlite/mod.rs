@@ -25,7 +25,7 @@ mod pending;
 mod plans;
 mod purge;
 mod readers;
-mod rows;
+pub(crate) mod rows;
 mod state;
 #[cfg(test)]
 mod tests;

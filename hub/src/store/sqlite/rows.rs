@@ -11,38 +11,38 @@ use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, Row, params_from_iter};
 use std::str::FromStr;
 
-pub(super) fn ms(t: DateTime<Utc>) -> i64 {
+pub(crate) fn ms(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
 }
 
-pub(super) fn from_ms(v: i64) -> DateTime<Utc> {
+pub(crate) fn from_ms(v: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(v).unwrap_or_default()
 }
 
-pub(super) fn parse<T: FromStr<Err = String>>(what: &str, v: &str) -> Result<T, StoreError> {
+pub(crate) fn parse<T: FromStr<Err = String>>(what: &str, v: &str) -> Result<T, StoreError> {
     v.parse()
         .map_err(|e: String| StoreError::Corrupt(format!("{what}: {e}")))
 }
 
 /// The columns a claim returns first, in this order, for
 /// [`read_claimed_job`]; a claim of polls returns its own after them.
-pub(super) const CLAIMED_JOB_COLUMNS: &str =
+pub(crate) const CLAIMED_JOB_COLUMNS: &str =
     "operation_id, practice_id, tenant_id, adapter, operation, attempts,
     max_attempts, traceparent, lease_owner";
 /// How many columns [`CLAIMED_JOB_COLUMNS`] names.
-pub(super) const CLAIMED_JOB_COLUMN_COUNT: usize = 9;
+pub(crate) const CLAIMED_JOB_COLUMN_COUNT: usize = 9;
 
 /// A claimed job as its claim returned it, before its operation is parsed.
-pub(super) struct ClaimedJobRow {
-    pub(super) operation_id: String,
-    pub(super) practice_id: String,
-    pub(super) tenant_id: String,
-    pub(super) adapter: String,
-    pub(super) operation: String,
-    pub(super) attempt: i64,
-    pub(super) max_attempts: i64,
-    pub(super) traceparent: Option<String>,
-    pub(super) owner: Option<String>,
+pub(crate) struct ClaimedJobRow {
+    pub(crate) operation_id: String,
+    pub(crate) practice_id: String,
+    pub(crate) tenant_id: String,
+    pub(crate) adapter: String,
+    pub(crate) operation: String,
+    pub(crate) attempt: i64,
+    pub(crate) max_attempts: i64,
+    pub(crate) traceparent: Option<String>,
+    pub(crate) owner: Option<String>,
 }
 
 /// Reads the [`CLAIMED_JOB_COLUMNS`] at the start of a claim's row.
@@ -61,7 +61,7 @@ pub(super) fn read_claimed_job(r: &Row<'_>) -> rusqlite::Result<ClaimedJobRow> {
 }
 
 impl ClaimedJobRow {
-    pub(super) fn into_job(self) -> Result<ClaimedJob, StoreError> {
+    pub(crate) fn into_job(self) -> Result<ClaimedJob, StoreError> {
         Ok(ClaimedJob {
             operation: parse("operation", &self.operation)?,
             operation_id: self.operation_id,
@@ -78,40 +78,40 @@ impl ClaimedJobRow {
 
 /// The columns every practice read selects, in the order
 /// [`read_practice_row`] reads them.
-pub(super) const PRACTICE_COLUMNS: &str = "p.id, p.tenant_id, p.service_code, p.idempotency_key, p.content, p.status, p.mode,
+pub(crate) const PRACTICE_COLUMNS: &str = "p.id, p.tenant_id, p.service_code, p.idempotency_key, p.content, p.status, p.mode,
     p.delivery_status, p.current_operation_id, p.outcome_status, p.outcome_reason, p.outcome_vendor_code,
     p.received_at, p.legal_deadline, p.concluded_at,
     j.adapter AS job_adapter, j.operation AS job_operation, j.attempts AS job_attempts,
     j.next_attempt_at AS job_next_attempt_at, j.state AS job_state, j.last_error AS job_last_error,
     j.failure_class AS job_failure_class";
 
-pub(super) const PRACTICE_FROM: &str =
+pub(crate) const PRACTICE_FROM: &str =
     "FROM practices p LEFT JOIN jobs j ON j.operation_id = p.current_operation_id";
 
 /// A practice row as read, before parsing (rusqlite rows borrow the statement).
-pub(super) struct PracticeRow {
-    id: String,
-    tenant_id: String,
-    service_code: String,
-    idempotency_key: String,
-    content: String,
-    status: String,
-    mode: String,
-    delivery_status: Option<String>,
-    current_operation_id: Option<String>,
-    outcome_status: Option<String>,
-    outcome_reason: Option<String>,
-    outcome_vendor_code: Option<String>,
-    received_at: i64,
-    legal_deadline: Option<i64>,
-    concluded_at: Option<i64>,
-    job_adapter: Option<String>,
-    job_operation: Option<String>,
-    job_attempts: Option<i64>,
-    job_next_attempt_at: Option<i64>,
-    job_state: Option<String>,
-    job_last_error: Option<String>,
-    job_failure_class: Option<String>,
+pub(crate) struct PracticeRow {
+    pub(crate) id: String,
+    pub(crate) tenant_id: String,
+    pub(crate) service_code: String,
+    pub(crate) idempotency_key: String,
+    pub(crate) content: String,
+    pub(crate) status: String,
+    pub(crate) mode: String,
+    pub(crate) delivery_status: Option<String>,
+    pub(crate) current_operation_id: Option<String>,
+    pub(crate) outcome_status: Option<String>,
+    pub(crate) outcome_reason: Option<String>,
+    pub(crate) outcome_vendor_code: Option<String>,
+    pub(crate) received_at: i64,
+    pub(crate) legal_deadline: Option<i64>,
+    pub(crate) concluded_at: Option<i64>,
+    pub(crate) job_adapter: Option<String>,
+    pub(crate) job_operation: Option<String>,
+    pub(crate) job_attempts: Option<i64>,
+    pub(crate) job_next_attempt_at: Option<i64>,
+    pub(crate) job_state: Option<String>,
+    pub(crate) job_last_error: Option<String>,
+    pub(crate) job_failure_class: Option<String>,
 }
 
 /// Reads the columns of [`PRACTICE_COLUMNS`] by position: looking columns up
@@ -144,7 +144,7 @@ pub(super) fn read_practice_row(r: &Row<'_>) -> rusqlite::Result<PracticeRow> {
     })
 }
 
-pub(super) fn practice_from_row(row: PracticeRow) -> Result<Practice, StoreError> {
+pub(crate) fn practice_from_row(row: PracticeRow) -> Result<Practice, StoreError> {
     let content: PracticeContent = serde_json::from_str(&row.content)
         .map_err(|e| StoreError::Corrupt(format!("practice content: {e}")))?;
     let delivery = match (row.delivery_status.as_deref(), row.current_operation_id) {
@@ -207,7 +207,7 @@ pub(super) fn practice_from_row(row: PracticeRow) -> Result<Practice, StoreError
 }
 
 /// An event row as read, before parsing.
-pub(super) type EventRow = (
+pub(crate) type EventRow = (
     i64,
     String,
     String,
@@ -224,7 +224,7 @@ pub(super) type EventRow = (
     String,
 );
 
-pub(super) const EVENT_COLUMNS: &str = "cursor, practice_id, tenant_id, service_code, applicant_id, sequence, occurred_at,
+pub(crate) const EVENT_COLUMNS: &str = "cursor, practice_id, tenant_id, service_code, applicant_id, sequence, occurred_at,
     recorded_at, source, kind, from_status, to_status, from_delivery, to_delivery, reason, vendor_code, actor";
 
 pub(super) fn read_event_row(r: &Row<'_>) -> rusqlite::Result<EventRow> {
@@ -246,7 +246,7 @@ pub(super) fn read_event_row(r: &Row<'_>) -> rusqlite::Result<EventRow> {
     ))
 }
 
-pub(super) fn event_from_row(row: EventRow) -> Result<Event, StoreError> {
+pub(crate) fn event_from_row(row: EventRow) -> Result<Event, StoreError> {
     let (
         cursor,
         practice_id,
@@ -499,7 +499,7 @@ pub(super) fn read_back_if(
         .transpose()
 }
 
-pub(super) const DEAD_LETTER_SQL: &str =
+pub(crate) const DEAD_LETTER_SQL: &str =
     "SELECT j.operation_id, j.practice_id, j.tenant_id, p.service_code, j.adapter,
     j.operation, j.attempts, j.last_error, j.failure_class, j.updated_at
     FROM jobs j JOIN practices p ON p.id = j.practice_id";
@@ -522,7 +522,7 @@ pub(super) fn read_dead_letter(r: &Row<'_>) -> rusqlite::Result<(DeadLetter, Str
     ))
 }
 
-pub(super) fn dead_letter(
+pub(crate) fn dead_letter(
     (mut dl, operation): (DeadLetter, String),
 ) -> Result<DeadLetter, StoreError> {
     dl.operation = parse("operation", &operation)?;

@@ -1,0 +1,267 @@
+//! Loading what planners read of a practice (its row locked), and
+//! persisting the plan they return: the only place the PostgreSQL store
+//! writes a practice's change.
+
+use super::tx::{Pending, Tx, col};
+use crate::domain::practice::{Event, EventDraft};
+use crate::store::StoreError;
+use crate::store::sqlite::rows::{from_ms, ms, parse};
+use chrono::{DateTime, Utc};
+use raccordo_domain::plan::{ErrorChange, JobUpdate, NewJob, OutcomeChange, Plan, PracticeState};
+use raccordo_domain::status::DeliveryStatus;
+
+/// A practice as loaded for a change (see the SQLite store's `Loaded`).
+#[derive(Debug)]
+pub(super) struct Loaded {
+    pub id: String,
+    pub tenant_id: String,
+    pub service_code: String,
+    pub applicant_id: String,
+    /// The sequence of its last event (events appended since included).
+    pub last_sequence: i64,
+    /// `last_sequence` as the row holds it.
+    pub stored_sequence: i64,
+    pub state: PracticeState,
+}
+
+/// Loads practice `practice_id` for a change and locks its row until the
+/// transaction ends: every change of one practice, from any instance, runs
+/// after the one before it. `FOR NO KEY UPDATE` is the lock an UPDATE of
+/// the row takes anyway; unlike `FOR UPDATE` it lets other transactions
+/// insert rows that reference the practice (their foreign-key check).
+pub(super) async fn load(tx: &Tx, practice_id: &str) -> Result<Loaded, StoreError> {
+    let row = tx
+        .query_opt(
+            "SELECT id, tenant_id, service_code, applicant_id, status, delivery_status, current_operation_id,
+                    last_sequence, legal_term_days
+             FROM practices WHERE id = $1 FOR NO KEY UPDATE",
+            &[&practice_id],
+        )
+        .await?
+        .ok_or(StoreError::NotFound)?;
+    let last_sequence: i64 = col(&row, 7)?;
+    let delivery: Option<String> = col(&row, 5)?;
+    Ok(Loaded {
+        id: col(&row, 0)?,
+        tenant_id: col(&row, 1)?,
+        service_code: col(&row, 2)?,
+        applicant_id: col(&row, 3)?,
+        last_sequence,
+        stored_sequence: last_sequence,
+        state: PracticeState {
+            status: parse("status", col::<&str>(&row, 4)?)?,
+            delivery_status: delivery
+                .as_deref()
+                .map(|s| parse("delivery_status", s))
+                .transpose()?,
+            current_operation_id: col(&row, 6)?,
+            legal_term_days: col::<i64>(&row, 8)? as u32,
+        },
+    })
+}
+
+/// Persists `plan` for the practice `loaded`, inside `tx`: the job's
+/// change, a new job, references, documents, the events (linked into the
+/// audit chain and given their cursors when the transaction ends) and the
+/// practice's changed columns.
+pub(super) async fn persist(
+    tx: &mut Tx,
+    loaded: &mut Loaded,
+    plan: Plan,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    if let Some(job) = &plan.job {
+        update_job(tx, job, now).await?;
+    }
+    if let Some(job) = &plan.new_job {
+        insert_job(tx, loaded, job, now).await?;
+    }
+    for r in &plan.references {
+        tx.execute(
+            "INSERT INTO external_refs (practice_id, tenant_id, kind, value, system, issued_at)
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+            &[
+                &loaded.id,
+                &loaded.tenant_id,
+                &r.kind,
+                &r.value,
+                &r.system,
+                &r.issued_at.map(ms),
+            ],
+        )
+        .await?;
+    }
+    for doc in &plan.documents {
+        // The same document reported twice (a re-sent result) is stored
+        // once; the practice's row lock orders concurrent reports.
+        tx.execute(
+            "INSERT INTO documents (practice_id, tenant_id, role, position, name, media_type, size_bytes, sha256, content)
+             SELECT $1, $2, 'outcome', COALESCE(MAX(position), -1) + 1, $3, $4, $5, $6, $7
+             FROM documents WHERE practice_id = $1 AND role = 'outcome'
+             HAVING NOT EXISTS (SELECT 1 FROM documents WHERE practice_id = $1 AND role = 'outcome' AND sha256 = $6)",
+            &[
+                &loaded.id,
+                &loaded.tenant_id,
+                &doc.meta.name,
+                &doc.meta.media_type,
+                &(doc.meta.size_bytes as i64),
+                &doc.meta.sha256,
+                &doc.content,
+            ],
+        )
+        .await?;
+    }
+    append_events(tx, loaded, plan.events, now);
+    save_practice(tx, loaded, plan.state, plan.outcome).await
+}
+
+/// Writes the practice's columns that the plan changed, in one statement.
+async fn save_practice(
+    tx: &Tx,
+    loaded: &mut Loaded,
+    after: PracticeState,
+    outcome: Option<OutcomeChange>,
+) -> Result<(), StoreError> {
+    let unchanged = after == loaded.state && loaded.last_sequence == loaded.stored_sequence;
+    if unchanged && outcome.is_none() {
+        return Ok(());
+    }
+    let delivery = after.delivery_status.map(DeliveryStatus::as_str);
+    match outcome {
+        None if after.status == loaded.state.status => {
+            tx.execute(
+                "UPDATE practices SET delivery_status = $1, current_operation_id = $2, last_sequence = $3
+                 WHERE id = $4",
+                &[
+                    &delivery,
+                    &after.current_operation_id,
+                    &loaded.last_sequence,
+                    &loaded.id,
+                ],
+            )
+            .await?
+        }
+        outcome => {
+            let outcome = outcome.unwrap_or_default();
+            tx.execute(
+                "UPDATE practices SET status = $1, delivery_status = $2, current_operation_id = $3,
+                    last_sequence = $4,
+                    legal_deadline = COALESCE($5, legal_deadline),
+                    concluded_at = COALESCE($6, concluded_at),
+                    outcome_status = CASE WHEN $7 THEN $1 ELSE outcome_status END,
+                    outcome_reason = CASE WHEN $7 THEN $8 ELSE outcome_reason END,
+                    outcome_vendor_code = CASE WHEN $7 THEN $9 ELSE outcome_vendor_code END
+                 WHERE id = $10",
+                &[
+                    &after.status.as_str(),
+                    &delivery,
+                    &after.current_operation_id,
+                    &loaded.last_sequence,
+                    &outcome.legal_deadline.map(ms),
+                    &outcome.concluded_at.map(ms),
+                    &outcome.terminal,
+                    &outcome.reason,
+                    &outcome.vendor_code,
+                    &loaded.id,
+                ],
+            )
+            .await?
+        }
+    };
+    loaded.state = after;
+    loaded.stored_sequence = loaded.last_sequence;
+    Ok(())
+}
+
+async fn update_job(tx: &Tx, job: &JobUpdate, now: DateTime<Utc>) -> Result<(), StoreError> {
+    // 0: keep the error, 1: clear it, 2: set it.
+    let (error_change, reason, class): (i64, Option<&str>, Option<&str>) = match &job.error {
+        ErrorChange::Keep => (0, None, None),
+        ErrorChange::Clear => (1, None, None),
+        ErrorChange::Set { reason, class } => (2, Some(reason.as_str()), Some(class.as_str())),
+    };
+    tx.execute(
+        "UPDATE jobs SET state = $1, next_attempt_at = COALESCE($2, next_attempt_at),
+            last_error = CASE $3::BIGINT WHEN 0 THEN last_error WHEN 1 THEN NULL ELSE $4 END,
+            failure_class = CASE $3::BIGINT WHEN 0 THEN failure_class WHEN 1 THEN NULL ELSE $5 END,
+            attempts = CASE WHEN $6 THEN 0 ELSE attempts END,
+            follow_up = COALESCE($7, follow_up),
+            follow_up_polls = CASE WHEN $7::TEXT IS NULL THEN follow_up_polls ELSE 0 END,
+            follow_up_deadline = COALESCE($8, follow_up_deadline),
+            updated_at = $9
+         WHERE operation_id = $10",
+        &[
+            &job.state.as_str(),
+            &job.next_attempt_at.map(ms),
+            &error_change,
+            &reason,
+            &class,
+            &job.reset_attempts,
+            &job.poll.as_ref().map(|p| p.token.as_str()),
+            &job.poll.as_ref().map(|p| ms(p.deadline)),
+            &ms(now),
+            &job.operation_id,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+async fn insert_job(
+    tx: &Tx,
+    loaded: &Loaded,
+    job: &NewJob,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO jobs (operation_id, practice_id, tenant_id, adapter, operation, state, attempts,
+            max_attempts, next_attempt_at, created_at, updated_at, traceparent)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11)",
+        &[
+            &job.operation_id,
+            &loaded.id,
+            &loaded.tenant_id,
+            &job.adapter,
+            &job.operation.as_str(),
+            &job.state.as_str(),
+            &(job.attempts as i64),
+            &(job.max_attempts as i64),
+            &ms(job.next_attempt_at),
+            &ms(now),
+            &job.traceparent,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Queues events with the next sequence numbers; they are written, linked
+/// and given cursors when the transaction ends.
+fn append_events(tx: &mut Tx, loaded: &mut Loaded, drafts: Vec<EventDraft>, now: DateTime<Utc>) {
+    // As stored (milliseconds): a live watcher and one replaying from the
+    // store must see the same event.
+    let now = from_ms(ms(now));
+    for d in drafts {
+        loaded.last_sequence += 1;
+        let occurred = from_ms(ms(d.occurred_at.unwrap_or(now)));
+        tx.pending.push(Pending::Event(Event {
+            cursor: 0,
+            practice_id: loaded.id.clone(),
+            tenant_id: loaded.tenant_id.clone(),
+            service_code: loaded.service_code.clone(),
+            applicant_id: loaded.applicant_id.clone(),
+            sequence: loaded.last_sequence,
+            occurred_at: occurred,
+            recorded_at: now,
+            source: d.source,
+            kind: d.kind,
+            from_status: d.from_status,
+            to_status: d.to_status,
+            from_delivery: d.from_delivery,
+            to_delivery: d.to_delivery,
+            reason: d.reason,
+            vendor_code: d.vendor_code,
+            actor: d.actor,
+        }));
+    }
+}

@@ -1,0 +1,399 @@
+//! The PostgreSQL store against a real server (scripts/ensure-postgres):
+//! what several hub instances sharing one database rely on. Each test works
+//! in a schema of its own, dropped at the end, so tests run in parallel.
+
+use super::*;
+use crate::config::Mode;
+use raccordo_adapters::VendorReply;
+use std::collections::HashSet;
+
+/// The test database (`RACCORDO_TEST_DATABASE_URL`, default the one
+/// scripts/ensure-postgres makes).
+pub(crate) fn test_url() -> String {
+    std::env::var("RACCORDO_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/raccordo_test".into())
+}
+
+/// A schema of its own for one test, dropped when the test ends (also
+/// when it fails).
+pub(crate) struct Schema {
+    pub(crate) name: String,
+}
+
+impl Schema {
+    pub(crate) async fn new() -> Self {
+        let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+        let (client, conn) = tokio_postgres::connect(&test_url(), tokio_postgres::NoTls)
+            .await
+            .expect("PostgreSQL for the tests: run scripts/ensure-postgres");
+        tokio::spawn(conn);
+        client
+            .batch_execute(&format!("CREATE SCHEMA {name}"))
+            .await
+            .unwrap();
+        Self { name }
+    }
+
+    /// A store (a hub instance) working in this schema.
+    pub(crate) async fn store(&self, bus: Option<EventBus>) -> PgStore {
+        let opts = PgOptions {
+            pool_size: 8,
+            search_path: Some(self.name.clone()),
+            ..Default::default()
+        };
+        PgStore::open(&test_url(), &opts, None, bus).await.unwrap()
+    }
+}
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        let sql = format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name);
+        // Drop runs inside the test's runtime: clean up from a thread.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok((client, conn)) =
+                    tokio_postgres::connect(&test_url(), tokio_postgres::NoTls).await
+                {
+                    tokio::spawn(conn);
+                    let _ = client.batch_execute(&sql).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+fn new_practice(id: &str, key: &str) -> NewPractice {
+    use crate::domain::practice::PracticeContent;
+    use raccordo_adapters::model::{Applicant, ChannelInfo, Person, Subject};
+    NewPractice {
+        id: id.into(),
+        tenant_id: "016024".into(),
+        service_code: "TARI".into(),
+        idempotency_key: key.into(),
+        content_hash: "h".into(),
+        content: PracticeContent {
+            applicant: Applicant {
+                subject: Subject::Person(Person {
+                    fiscal_code: "RSSMRA45D25F205N".into(),
+                    given_name: "Mario".into(),
+                    family_name: "Rossi".into(),
+                }),
+                contacts: Default::default(),
+            },
+            submitter: None,
+            channel: ChannelInfo::default(),
+            data: Default::default(),
+        },
+        attachments: vec![Document::new("a.pdf", "application/pdf", b"%PDF".to_vec())],
+        mode: Mode::Deferred,
+        received_at: Utc::now(),
+        legal_term_days: 30,
+        adapter: "tributi".into(),
+        max_attempts: 3,
+        traceparent: None,
+    }
+}
+
+fn tenant() -> EventFilter {
+    EventFilter {
+        tenant_id: "016024".into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_practice_is_stored_read_back_and_delivered() {
+    let schema = Schema::new().await;
+    let store = schema.store(None).await;
+    let (outcome, stored) = store
+        .insert_practice(new_practice("p1", "k1"), true)
+        .await
+        .unwrap();
+    assert!(matches!(outcome, InsertOutcome::Created));
+    let stored = stored.expect("read back");
+    assert_eq!(stored.attachments.len(), 1);
+    assert!(stored.attachments[0].content.is_empty(), "metadata only");
+    let work = store.claim_work("tributi", Utc::now(), 10).await.unwrap();
+    assert_eq!(work.jobs.len(), 1);
+    let (practice, docs) = store.delivery_payload(&work.jobs[0]).await.unwrap();
+    assert_eq!(practice.id, "p1");
+    assert_eq!(docs[0].content, b"%PDF");
+    let done = store
+        .finish_attempt(
+            &work.jobs[0],
+            AttemptResult::Delivered(VendorReply::default()),
+            true,
+        )
+        .await
+        .unwrap()
+        .expect("read back");
+    assert_eq!(done.id, "p1");
+    let events = store.practice_events("016024", "p1", 0).await.unwrap();
+    assert!(events.len() >= 3, "{events:?}");
+    let sequences: Vec<i64> = events.iter().map(|e| e.sequence).collect();
+    assert_eq!(sequences, (1..=events.len() as i64).collect::<Vec<_>>());
+    assert_eq!(
+        store.last_cursor().await.unwrap(),
+        events.last().unwrap().cursor
+    );
+    let missing = store.get_practice("016025", "p1", false).await;
+    assert!(matches!(missing, Err(StoreError::NotFound)), "{missing:?}");
+}
+
+/// Two instances receive the same submission at once: one stores it, the
+/// other answers with it.
+#[tokio::test]
+async fn concurrent_duplicates_resolve_to_the_practice_that_won() {
+    let schema = Schema::new().await;
+    let (a, b) = (schema.store(None).await, schema.store(None).await);
+    for round in 0..10 {
+        let key = format!("k-{round}");
+        let (first, second) = tokio::join!(
+            a.insert_practice(new_practice(&format!("a-{round}"), &key), false),
+            b.insert_practice(new_practice(&format!("b-{round}"), &key), false),
+        );
+        let outcomes = [first.unwrap().0, second.unwrap().0];
+        let created = outcomes
+            .iter()
+            .filter(|o| matches!(o, InsertOutcome::Created))
+            .count();
+        assert_eq!(created, 1, "round {round}: {outcomes:?}");
+        let winner = a
+            .list_practices(
+                &PracticeFilter {
+                    tenant_id: "016024".into(),
+                    ..Default::default()
+                },
+                None,
+                100,
+            )
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|p| p.idempotency_key == key)
+            .expect("stored once")
+            .id;
+        for o in &outcomes {
+            if let InsertOutcome::Existing { id, same_content } = o {
+                assert_eq!(*id, winner);
+                assert!(same_content);
+            }
+        }
+    }
+    let events = a.events_after(&tenant(), 0, 1000).await.unwrap();
+    assert_eq!(events.len(), 10 * 2, "the losers wrote nothing");
+}
+
+/// Two instances claim the same adapter's queue at once: every job is
+/// claimed exactly once.
+#[tokio::test]
+async fn claims_from_two_instances_never_take_the_same_job() {
+    let schema = Schema::new().await;
+    let (a, b) = (schema.store(None).await, schema.store(None).await);
+    for i in 0..40 {
+        a.insert_practice(new_practice(&format!("p-{i:02}"), &format!("k-{i}")), false)
+            .await
+            .unwrap();
+    }
+    let claim = |s: PgStore| async move {
+        let mut mine = Vec::new();
+        loop {
+            let work = s.claim_work("tributi", Utc::now(), 3).await.unwrap();
+            if work.jobs.is_empty() {
+                return mine;
+            }
+            mine.extend(work.jobs.into_iter().map(|j| j.operation_id));
+        }
+    };
+    let (from_a, from_b) = tokio::join!(
+        tokio::spawn(claim(a.clone())),
+        tokio::spawn(claim(b.clone()))
+    );
+    let (from_a, from_b) = (from_a.unwrap(), from_b.unwrap());
+    let all: HashSet<&String> = from_a.iter().chain(&from_b).collect();
+    assert_eq!(all.len(), from_a.len() + from_b.len(), "claimed twice");
+    assert_eq!(all.len(), 40, "every job claimed");
+}
+
+/// Cursors follow commit order: a watcher reading "after my last cursor"
+/// while two instances write sees every event, none skipped.
+#[tokio::test]
+async fn a_watcher_skips_no_event_while_two_instances_write() {
+    let schema = Schema::new().await;
+    let (a, b) = (schema.store(None).await, schema.store(None).await);
+    let watcher = schema.store(None).await;
+    let writers: Vec<_> = [a, b]
+        .into_iter()
+        .enumerate()
+        .map(|(w, s)| {
+            tokio::spawn(async move {
+                let mut tasks = tokio::task::JoinSet::new();
+                for i in 0..30 {
+                    let s = s.clone();
+                    tasks.spawn(async move {
+                        let id = format!("w{w}-{i:02}");
+                        s.insert_practice(new_practice(&id, &id), false)
+                            .await
+                            .unwrap();
+                    });
+                }
+                tasks.join_all().await;
+            })
+        })
+        .collect();
+    let expected = 2 * 30 * 2;
+    let mut seen = Vec::new();
+    let mut cursor = 0;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while seen.len() < expected {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "saw {} of {expected}",
+            seen.len()
+        );
+        for e in watcher.events_after(&tenant(), cursor, 7).await.unwrap() {
+            cursor = e.cursor;
+            seen.push(e.cursor);
+        }
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    let stored: Vec<i64> = watcher
+        .events_after(&tenant(), 0, 1000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.cursor)
+        .collect();
+    assert_eq!(seen, stored, "the watcher saw every stored event, in order");
+    assert_eq!(stored, (1..=expected as i64).collect::<Vec<_>>(), "no gaps");
+}
+
+/// Concurrent writers of two instances (events and refused calls) extend
+/// one audit chain per tenant; an edited event breaks it.
+#[tokio::test]
+async fn concurrent_writers_extend_one_audit_chain() {
+    let schema = Schema::new().await;
+    let (a, b) = (schema.store(None).await, schema.store(None).await);
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let s = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.spawn(async move {
+            let id = format!("p-{i:02}");
+            s.insert_practice(new_practice(&id, &id), false)
+                .await
+                .unwrap();
+            s.record_audit(AuditEntry {
+                tenant_id: Some("016024".into()),
+                actor: "intruder".into(),
+                action: "call_denied".into(),
+                practice_id: None,
+                detail: serde_json::json!({ "i": i }),
+            })
+            .await
+            .unwrap();
+        });
+    }
+    tasks.join_all().await;
+    let (checked, breaks) = a.verify_audit(None).await.unwrap();
+    assert!(breaks.is_empty(), "{breaks:?}");
+    assert_eq!(checked, 20 * 2 + 20);
+    // Edited afterwards, the chain breaks at that record.
+    let client = pool::connection(&a.inner.pool).await.unwrap();
+    client
+        .execute(
+            "UPDATE events SET reason = 'edited' WHERE audit_seq = 7 AND tenant_id = '016024'",
+            &[],
+        )
+        .await
+        .unwrap();
+    client
+        .execute(
+            "UPDATE audit_log SET detail = '{}' WHERE seq = 7 AND tenant_id = '016024'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (_, breaks) = a.verify_audit(Some("016024")).await.unwrap();
+    assert_eq!(breaks.len(), 1, "{breaks:?}");
+    assert_eq!(breaks[0].seq, 7);
+}
+
+/// Events are published after their commit, in cursor order, as stored.
+#[tokio::test]
+async fn committed_events_are_published_in_cursor_order() {
+    let schema = Schema::new().await;
+    let bus = EventBus::new();
+    let mut live = bus.subscribe();
+    let store = schema.store(Some(bus)).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let store = store.clone();
+        tasks.spawn(async move {
+            let id = format!("p-{i:02}");
+            store.insert_practice(new_practice(&id, &id), false).await
+        });
+    }
+    tasks.join_all().await;
+    // A duplicate id fails and publishes nothing.
+    let dup = store
+        .insert_practice(new_practice("p-00", "other"), false)
+        .await;
+    assert!(matches!(dup, Err(StoreError::Internal(_))), "{dup:?}");
+    let stored = store.events_after(&tenant(), 0, 1000).await.unwrap();
+    assert_eq!(stored.len(), 40);
+    for expected in &stored {
+        let published = live.try_recv().expect("every stored event is published");
+        assert_eq!(*published, *expected, "published once, in order, as stored");
+    }
+    assert!(live.try_recv().is_err(), "nothing else is published");
+}
+
+/// Server errors keep their class: a statement cancelled by the timeout is
+/// worth retrying.
+#[tokio::test]
+async fn a_statement_timeout_is_unavailable() {
+    let schema = Schema::new().await;
+    let opts = PgOptions {
+        statement_timeout: std::time::Duration::from_millis(50),
+        search_path: Some(schema.name.clone()),
+        ..Default::default()
+    };
+    let store = PgStore::open(&test_url(), &opts, None, None).await.unwrap();
+    let client = pool::connection(&store.inner.pool).await.unwrap();
+    let e = pool::from_pg(client.execute("SELECT pg_sleep(1)", &[]).await.unwrap_err());
+    assert!(matches!(e, StoreError::Unavailable(_)), "{e:?}");
+    assert!(e.is_transient());
+    let unreachable = PgStore::open(
+        "postgres://postgres@127.0.0.1:1/raccordo_test",
+        &PgOptions::default(),
+        None,
+        None,
+    )
+    .await;
+    assert!(
+        matches!(unreachable, Err(StoreError::Unavailable(_))),
+        "{unreachable:?}"
+    );
+}
+
+/// Instances starting together migrate once; the others wait and find
+/// the schema current.
+#[tokio::test]
+async fn instances_starting_together_migrate_once() {
+    let schema = Schema::new().await;
+    let stores = futures::future::join_all((0..4).map(|_| schema.store(None))).await;
+    let client = pool::connection(&stores[0].inner.pool).await.unwrap();
+    let applied: i64 = client
+        .query_one("SELECT COUNT(*) FROM schema_migrations", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(applied, 1);
+}
