@@ -1,7 +1,8 @@
 //! What operators watch, read in one snapshot (see the SQLite store's `ops`).
 
 use super::tx::{Tx, col};
-use crate::store::sqlite::rows::ms;
+use crate::store::JobState;
+use crate::store::sqlite::rows::{ms, parse};
 use crate::store::{AdapterBacklog, OpsSnapshot, PracticeCount, StoreError};
 use chrono::{DateTime, Utc};
 
@@ -26,15 +27,15 @@ pub(super) async fn snapshot(tx: &Tx, now: DateTime<Utc>) -> Result<OpsSnapshot,
             });
         }
         let entry = adapters.last_mut().expect("pushed above");
-        match (state, ready) {
-            ("due", true) => {
+        match (parse::<JobState>("job state", state)?, ready) {
+            (JobState::Due, true) => {
                 entry.due += count;
                 entry.oldest_due_age = Some(std::time::Duration::from_millis(
                     (now_ms - oldest).max(0) as u64,
                 ));
             }
-            ("due", false) => entry.scheduled += count,
-            ("in_flight", _) => entry.in_flight += count,
+            (JobState::Due, false) => entry.scheduled += count,
+            (JobState::InFlight, _) => entry.in_flight += count,
             _ => entry.dead += count,
         }
     }

@@ -73,10 +73,15 @@ pub fn build(url: &str, opts: &PgOptions) -> Result<Pool, (String, String)> {
         return Err(("pool_size".into(), "must be at least 1".into()));
     }
     pg.connect_timeout(opts.connect_timeout);
-    let mut settings = format!(
+    // Added to what the URL's own `options` set (a search_path, say).
+    let mut settings = pg
+        .get_options()
+        .map(|o| format!("{o} "))
+        .unwrap_or_default();
+    settings.push_str(&format!(
         "-c statement_timeout={}",
         opts.statement_timeout.as_millis()
-    );
+    ));
     if let Some(path) = &opts.search_path {
         settings.push_str(&format!(" -c search_path={path}"));
     }

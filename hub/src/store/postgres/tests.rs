@@ -397,3 +397,45 @@ async fn instances_starting_together_migrate_once() {
         .get(0);
     assert_eq!(applied, 1);
 }
+
+/// `tls = "require"` encrypts the connection (the local server has TLS on,
+/// as Debian's packaging sets it up); `verify-full` refuses a certificate
+/// that does not name the host it connects to.
+#[tokio::test]
+async fn tls_require_encrypts_and_verify_full_checks_the_name() {
+    let schema = Schema::new().await;
+    let opts = PgOptions {
+        tls: crate::config::PgTlsMode::Require,
+        search_path: Some(schema.name.clone()),
+        ..Default::default()
+    };
+    let store = PgStore::open(&test_url(), &opts, None, None).await.unwrap();
+    let client = pool::connection(&store.inner.pool).await.unwrap();
+    let encrypted: bool = client
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(encrypted);
+    store
+        .insert_practice(new_practice("p1", "k1"), false)
+        .await
+        .unwrap();
+
+    let cert: String = client
+        .query_one("SHOW ssl_cert_file", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let opts = PgOptions {
+        tls: crate::config::PgTlsMode::VerifyFull,
+        // The server's own certificate as the CA: it names a host, not 127.0.0.1.
+        ca_file: Some(cert.into()),
+        ..Default::default()
+    };
+    let refused = PgStore::connect(&test_url(), &opts, None, None).await;
+    assert!(refused.is_err(), "{refused:?}");
+}
