@@ -2,6 +2,7 @@
 
 use crate::adapters::{self, AdapterInstance};
 use crate::bus::EventBus;
+use crate::config::StoreKind;
 use crate::config::{self, Config};
 use crate::delivery::{Workers, spawn_workers};
 use crate::grpc::Api;
@@ -9,6 +10,7 @@ use crate::grpc::metrics_layer::RpcMetricsLayer;
 use crate::metrics::Metrics;
 use crate::practices::PracticeService;
 use crate::store::Store;
+use crate::store::postgres::{PgOptions, PgStore};
 use crate::store::sqlite::SqliteStore;
 use anyhow::Context;
 use axum::serve::ListenerExt;
@@ -90,20 +92,39 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
     // The store publishes every committed event on the bus, in commit order.
     let bus = EventBus::new();
     bus.spawn_logger();
-    let store = SqliteStore::open_observed(
-        &db,
-        config.store.synchronous,
-        config.store.read_connections,
-        Some(metrics.store()),
-        Some(bus.clone()),
-    )
-    .await
-    .with_context(|| format!("opening the store {}", db.display()))?
-    .with_write_queue(config.store.write_queue);
-    // One process owns the embedded database (its lock is held now): every
-    // lease in it is a previous process's, so it ends now rather than after
-    // its expiry.
-    let expired = store.expire_all_leases().await?;
+    let (store, expired): (Arc<dyn Store>, _) = match config.store.kind {
+        StoreKind::Sqlite => {
+            let store = SqliteStore::open_observed(
+                &db,
+                config.store.synchronous,
+                config.store.read_connections,
+                Some(metrics.store()),
+                Some(bus.clone()),
+            )
+            .await
+            .with_context(|| format!("opening the store {}", db.display()))?
+            .with_write_queue(config.store.write_queue);
+            // One process owns the embedded database (its lock is held now):
+            // every lease in it is a previous process's, so it ends now
+            // rather than after its expiry.
+            let expired = store.expire_all_leases().await?;
+            (Arc::new(store), expired)
+        }
+        StoreKind::Postgres => {
+            let pg = config.store.postgres();
+            let url = pg
+                .connection_url(&config.base_dir)
+                .map_err(|(key, reason)| anyhow::anyhow!("store.postgres.{key}: {reason}"))?;
+            let opts = PgOptions::from_config(&pg, &config.base_dir);
+            let store = PgStore::open(&url, &opts, Some(metrics.store()), Some(bus.clone()))
+                .await
+                .context("opening the PostgreSQL store")?;
+            // Other instances may hold live leases in a shared database:
+            // only those that ran out end now, the rest when they do.
+            let expired = store.expire_leases(chrono::Utc::now()).await?;
+            (Arc::new(store), expired)
+        }
+    };
     if !expired.is_empty() {
         tracing::warn!(
             due_again = expired.due_again,
@@ -112,7 +133,6 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
             "deliveries interrupted by the last stop are re-sent with their operation ids"
         );
     }
-    let store: Arc<dyn Store> = Arc::new(store);
 
     let mut instances: HashMap<String, AdapterInstance> = HashMap::new();
     let mut wakers: HashMap<String, Arc<Notify>> = HashMap::new();

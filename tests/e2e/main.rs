@@ -8,6 +8,7 @@ mod file_drop;
 mod hostile;
 mod operations;
 mod overload;
+mod postgres;
 mod practice_api;
 mod process;
 mod rest_modi;

@@ -265,7 +265,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Practice { server, command } => client::practice(&server, command).await,
         Command::Dlq { server, command } => client::dlq(&server, command).await,
         Command::Status { server } => client::status(&server).await,
-        Command::Audit { command } => audit(command),
+        Command::Audit { command } => audit(command).await,
         Command::Purge { config, dry_run } => purge(&config, dry_run),
         Command::Route {
             command:
@@ -286,13 +286,41 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn audit(command: AuditCommand) -> anyhow::Result<()> {
+/// Refuses a command that works on the SQLite file when the store is
+/// PostgreSQL, saying so.
+fn sqlite_only(cfg: &crate::config::Config, command: &str) -> anyhow::Result<()> {
+    if cfg.store.kind == crate::config::StoreKind::Postgres {
+        anyhow::bail!(
+            "{}: store.kind is postgres, and `raccordo {command}` works on the SQLite store only \
+             for now",
+            cfg.source.display()
+        );
+    }
+    Ok(())
+}
+
+async fn audit(command: AuditCommand) -> anyhow::Result<()> {
     use crate::store::sqlite::SqliteStore;
     match command {
         AuditCommand::Verify { config, tenant } => {
             let cfg = crate::config::load(&config)?;
-            let (checked, breaks) =
-                SqliteStore::verify_audit(&cfg.database_path(), tenant.as_deref())?;
+            let (checked, breaks) = match cfg.store.kind {
+                crate::config::StoreKind::Sqlite => {
+                    SqliteStore::verify_audit(&cfg.database_path(), tenant.as_deref())?
+                }
+                crate::config::StoreKind::Postgres => {
+                    use crate::store::postgres::{PgOptions, PgStore};
+                    let pg = cfg.store.postgres();
+                    let url = pg.connection_url(&cfg.base_dir).map_err(|(key, reason)| {
+                        anyhow::anyhow!("{}: store.postgres.{key}: {reason}", cfg.source.display())
+                    })?;
+                    let opts = PgOptions::from_config(&pg, &cfg.base_dir);
+                    PgStore::connect(&url, &opts, None, None)
+                        .await?
+                        .verify_audit(tenant.as_deref())
+                        .await?
+                }
+            };
             if breaks.is_empty() {
                 println!("audit trail intact: {checked} record(s) verified");
                 return Ok(());
@@ -312,6 +340,7 @@ fn audit(command: AuditCommand) -> anyhow::Result<()> {
             to,
         } => {
             let cfg = crate::config::load(&config)?;
+            sqlite_only(&cfg, "audit export")?;
             let from = from.as_deref().map(parse_instant).transpose()?;
             let to = to.as_deref().map(parse_instant).transpose()?;
             let records = SqliteStore::export_audit(
@@ -330,6 +359,7 @@ fn audit(command: AuditCommand) -> anyhow::Result<()> {
 
 fn purge(config: &std::path::Path, dry_run: bool) -> anyhow::Result<()> {
     let cfg = crate::config::load(config)?;
+    sqlite_only(&cfg, "purge")?;
     let db = cfg.database_path();
     let mut any = false;
     for (tenant, t) in &cfg.tenants {

@@ -40,6 +40,22 @@ pub fn warnings(cfg: &Config) -> Vec<ConfigIssue> {
             }
         }
     }
+    if cfg.store.kind == super::StoreKind::Postgres {
+        let pg = cfg.store.postgres();
+        if pg.tls == super::PgTlsMode::Require {
+            out.push(ConfigIssue {
+                key: "store.postgres.tls".into(),
+                reason: "require encrypts but does not check the server's certificate: \
+                         use verify-full with ca_file where the network is not trusted"
+                    .into(),
+            });
+        }
+    } else if cfg.store.postgres.is_some() {
+        out.push(ConfigIssue {
+            key: "store.postgres".into(),
+            reason: "set, but store.kind is sqlite: it is ignored".into(),
+        });
+    }
     if cfg.clients.is_empty() && cfg.security.allow_anonymous == Some(true) {
         out.push(ConfigIssue {
             key: "security.allow_anonymous".into(),
@@ -138,6 +154,16 @@ pub fn check(cfg: &Config) -> Vec<ConfigIssue> {
                 cfg.hub.grpc_listen
             ),
         );
+    }
+    if cfg.store.kind == super::StoreKind::Postgres {
+        let pg = cfg.store.postgres();
+        let checked = pg.connection_url(&cfg.base_dir).and_then(|url| {
+            let opts = crate::store::postgres::PgOptions::from_config(&pg, &cfg.base_dir);
+            crate::store::postgres::pool::build(&url, &opts).map(drop)
+        });
+        if let Err((key, reason)) = checked {
+            add(format!("store.postgres.{key}"), reason);
+        }
     }
     for (name, adapter) in &cfg.adapters {
         if let Err(e) = crate::adapters::build(name, adapter, &cfg.base_dir) {

@@ -209,6 +209,28 @@ pub struct PostgresConfig {
     pub ca_file: Option<PathBuf>,
 }
 
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            url_env: None,
+            url_file: None,
+            pool_size: default_pg_pool_size(),
+            statement_timeout: default_pg_statement_timeout(),
+            connect_timeout: default_pg_connect_timeout(),
+            tls: PgTlsMode::Disable,
+            ca_file: None,
+        }
+    }
+}
+
+impl StoreConfig {
+    /// `[store.postgres]`, its defaults when the table is absent.
+    pub fn postgres(&self) -> PostgresConfig {
+        self.postgres.clone().unwrap_or_default()
+    }
+}
+
 /// The default variable of the PostgreSQL URL.
 pub const DEFAULT_DATABASE_URL_ENV: &str = "RACCORDO_DATABASE_URL";
 

@@ -113,14 +113,29 @@ impl PgStore {
         metrics: Option<StoreMetrics>,
         bus: Option<EventBus>,
     ) -> Result<Self, StoreError> {
+        let store = Self::connect(url, opts, metrics, bus).await?;
+        migrations::migrate(&pool::connection(&store.inner.pool).await?).await?;
+        Ok(store)
+    }
+
+    /// Connects without migrating: for commands that only read (`raccordo
+    /// audit verify`).
+    pub async fn connect(
+        url: &str,
+        opts: &PgOptions,
+        metrics: Option<StoreMetrics>,
+        bus: Option<EventBus>,
+    ) -> Result<Self, StoreError> {
         let pool = pool::build(url, opts).map_err(|(key, reason)| {
             StoreError::Internal(format!("store.postgres.{key}: {reason}"))
         })?;
-        let client = pool::connection(&pool)
-            .await
-            .map_err(|e| e.context("cannot connect to PostgreSQL"))?;
-        migrations::migrate(&client).await?;
-        drop(client);
+        // The first connection now: a wrong URL or a server down shows at
+        // start, not at the first request.
+        drop(
+            pool::connection(&pool)
+                .await
+                .map_err(|e| e.context("cannot connect to PostgreSQL"))?,
+        );
         Ok(Self {
             inner: Arc::new(Inner {
                 pool,
