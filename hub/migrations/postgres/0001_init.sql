@@ -1,5 +1,5 @@
 -- The PostgreSQL store: the same logical schema as SQLite's migrations
--- 0001-0007, with PostgreSQL types. Timestamps stay BIGINT Unix
+-- 0001-0009, with PostgreSQL types. Timestamps stay BIGINT Unix
 -- milliseconds, as in SQLite, so both backends map rows the same way.
 
 -- Practices: one row per submission, with its current state.
@@ -56,8 +56,9 @@ CREATE TABLE external_refs (
     issued_at   BIGINT,
     PRIMARY KEY (practice_id, kind, value)
 );
-CREATE INDEX external_refs_lookup ON external_refs (tenant_id, kind, value);
-CREATE INDEX external_refs_by_value ON external_refs (kind, value, system);
+-- A vendor's result correlated by its own reference is looked up within the
+-- references the receiving adapter recorded (system).
+CREATE INDEX external_refs_by_system ON external_refs (system, kind, value);
 
 -- Every change of every practice; append-only. The cursor is handed out by
 -- event_cursor below, not by a sequence: see there.
@@ -118,10 +119,16 @@ CREATE TABLE jobs (
     follow_up          TEXT,                        -- opaque to the hub (a status URL)
     follow_up_polls    BIGINT NOT NULL DEFAULT 0,
     follow_up_deadline BIGINT,                      -- Unix milliseconds
-    traceparent        TEXT
+    traceparent        TEXT,
+    -- Who runs a job in flight (a hub instance's id) and until when its
+    -- claim holds without renewal; NULL when the job is not in flight.
+    lease_owner        TEXT,
+    lease_expires_at   BIGINT
 );
 CREATE INDEX jobs_due ON jobs (adapter, state, next_attempt_at);
 CREATE INDEX jobs_by_practice ON jobs (practice_id);
+CREATE INDEX jobs_by_lease ON jobs (lease_expires_at) WHERE lease_expires_at IS NOT NULL;
+CREATE INDEX jobs_dead ON jobs (updated_at) WHERE state = 'dead';
 
 -- Results that arrived through an inbound channel, keyed by what makes each
 -- distinct: a redelivered result finds its receipt here and changes nothing.
@@ -133,6 +140,7 @@ CREATE TABLE inbound_receipts (
     received_at BIGINT NOT NULL,
     PRIMARY KEY (adapter, receipt)
 );
+CREATE INDEX inbound_receipts_by_practice ON inbound_receipts (practice_id);
 
 -- The audit trail besides events: refused calls, purges, records of purged
 -- events; per tenant, each record carrying the hash of the one before it.

@@ -225,3 +225,40 @@ store_contract!(sqlite, || async {
         _keep: Box::new(dir),
     }
 });
+
+store_contract!(postgres, || async {
+    use crate::store::postgres::{PgOptions, PgStore};
+    let schema = crate::store::postgres::tests::Schema::new().await;
+    let store = schema.store(None).await;
+    let search_path = schema.name.clone();
+    crate::store::contract::Backend {
+        store: Arc::new(store),
+        // The contract verifies from synchronous code: on a thread of its
+        // own, with a runtime and a connection of its own.
+        verify_audit: Box::new(move || {
+            let search_path = search_path.clone();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    let opts = PgOptions {
+                        search_path: Some(search_path),
+                        ..Default::default()
+                    };
+                    let url = crate::store::postgres::tests::test_url();
+                    PgStore::connect(&url, &opts, None, None)
+                        .await
+                        .unwrap()
+                        .verify_audit(None)
+                        .await
+                        .unwrap()
+                })
+            })
+            .join()
+            .unwrap()
+        }),
+        _keep: Box::new(schema),
+    }
+});

@@ -2,13 +2,13 @@
 //! row locked), ask the domain's planner, persist its plan. No rule of the
 //! domain is decided here.
 
-use super::follow_up;
 use super::rows::{claimed_job, dead_letter_row};
 use super::state::{self, Loaded};
 use super::tx::{Tx, col};
+use super::{follow_up, leases};
 use crate::domain::practice::NewPractice;
 use crate::store::sqlite::rows::{CLAIMED_JOB_COLUMNS, DEAD_LETTER_SQL, ms, parse};
-use crate::store::{ClaimedJob, ClaimedWork, DeadLetter, InsertOutcome, StoreError};
+use crate::store::{ClaimedJob, ClaimedWork, DeadLetter, InsertOutcome, Lease, StoreError};
 use chrono::{DateTime, Utc};
 use raccordo_adapters::adapter::{Correlation, InboundOutcome, InboundResult};
 use raccordo_domain::job::AttemptResult;
@@ -33,14 +33,15 @@ async fn existing(tx: &Tx, new: &NewPractice) -> Result<Option<InsertOutcome>, S
 
 /// Stores a new practice with its outbox job and first events, or finds the
 /// earlier practice with the same idempotency key (also one that another
-/// instance is storing at this moment). With `claim`, the job is stored as
-/// attempt 1 in flight and returned.
+/// instance is storing at this moment). With a `lease`, the job is stored
+/// as attempt 1 in flight under it and returned.
 pub(super) async fn insert_new(
     tx: &mut Tx,
     new: &NewPractice,
     content: &str,
-    claim: bool,
+    lease: Option<&Lease>,
 ) -> Result<(InsertOutcome, Option<ClaimedJob>), StoreError> {
+    let claim = lease.is_some();
     if let Some(found) = existing(tx, new).await? {
         return Ok((found, None));
     }
@@ -110,17 +111,25 @@ pub(super) async fn insert_new(
         stored_sequence: first_events,
         state: plan.state.clone(),
     };
-    let job = plan.new_job.clone().filter(|_| claim).map(|j| ClaimedJob {
-        operation_id: j.operation_id,
-        practice_id: new.id.clone(),
-        tenant_id: new.tenant_id.clone(),
-        adapter: j.adapter,
-        operation: j.operation,
-        attempt: j.attempts,
-        max_attempts: j.max_attempts,
-        traceparent: j.traceparent,
-    });
+    let job = plan
+        .new_job
+        .clone()
+        .zip(lease)
+        .map(|(j, lease)| ClaimedJob {
+            operation_id: j.operation_id,
+            practice_id: new.id.clone(),
+            tenant_id: new.tenant_id.clone(),
+            adapter: j.adapter,
+            operation: j.operation,
+            attempt: j.attempts,
+            max_attempts: j.max_attempts,
+            traceparent: j.traceparent,
+            owner: lease.owner.clone(),
+        });
     state::persist(tx, &mut loaded, plan, new.received_at).await?;
+    if let (Some(job), Some(lease)) = (&job, lease) {
+        leases::take(tx, &job.operation_id, lease, Utc::now()).await?;
+    }
     Ok((InsertOutcome::Created, job))
 }
 
@@ -129,15 +138,16 @@ pub(super) async fn insert_new(
 pub(super) async fn claim_work(
     tx: &mut Tx,
     adapter: &str,
+    lease: &Lease,
     now: DateTime<Utc>,
     limit: u32,
 ) -> Result<ClaimedWork, StoreError> {
-    let polls = follow_up::claim(tx, adapter, now, limit).await?;
+    let polls = follow_up::claim(tx, adapter, lease, now, limit).await?;
     let left = limit - polls.len() as u32;
     let jobs = if left == 0 {
         Vec::new()
     } else {
-        claim_due(tx, adapter, now, left).await?
+        claim_due(tx, adapter, lease, now, left).await?
     };
     Ok(ClaimedWork { polls, jobs })
 }
@@ -145,19 +155,27 @@ pub(super) async fn claim_work(
 async fn claim_due(
     tx: &mut Tx,
     adapter: &str,
+    lease: &Lease,
     now: DateTime<Utc>,
     limit: u32,
 ) -> Result<Vec<ClaimedJob>, StoreError> {
     let rows = tx
         .query(
             &format!(
-                "UPDATE jobs SET state = 'in_flight', attempts = attempts + 1, updated_at = $1
+                "UPDATE jobs SET state = 'in_flight', attempts = attempts + 1, updated_at = $1,
+                    lease_owner = $4, lease_expires_at = $5
                  WHERE operation_id IN (
                     SELECT operation_id FROM jobs WHERE adapter = $2 AND state = 'due' AND next_attempt_at <= $1
                     ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED)
                  RETURNING {CLAIMED_JOB_COLUMNS}"
             ),
-            &[&ms(now), &adapter, &(limit as i64)],
+            &[
+                &ms(now),
+                &adapter,
+                &(limit as i64),
+                &lease.owner,
+                &ms(lease.until(now)),
+            ],
         )
         .await?;
     let mut jobs = Vec::with_capacity(rows.len());
@@ -188,18 +206,22 @@ pub(super) async fn change(
     Ok(loaded)
 }
 
-/// Records how attempt `job` ended.
+/// Records how attempt `job` ended (one whose lease was lost only in
+/// part: see [`leases::record_result`]). The practice is locked before the
+/// job is read: a job changes only under its practice's lock, or by a
+/// statement that checks its lease.
 pub(super) async fn finish_attempt(
     tx: &mut Tx,
     job: &ClaimedJob,
     result: &AttemptResult,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    change(tx, &job.practice_id, now, |state| {
-        Ok(plan::plan_attempt(state, job, result, now))
-    })
-    .await?;
-    Ok(())
+    let mut loaded = state::load(tx, &job.practice_id).await?;
+    if !leases::record_result(tx, job, result).await? {
+        return Ok(());
+    }
+    let plan = plan::plan_attempt(loaded.state.clone(), job, result, now);
+    state::persist(tx, &mut loaded, plan, now).await
 }
 
 /// The job `operation_id` as planners read it, with its practice.
@@ -273,41 +295,6 @@ pub(super) async fn replay(
         )
         .await?;
     dead_letter_row(&row)
-}
-
-/// After a restart: jobs left in flight become due again and their
-/// deliveries `OUTCOME_UNKNOWN`; interrupted polls are simply asked again.
-pub(super) async fn recover_in_flight(
-    tx: &mut Tx,
-    now: DateTime<Utc>,
-) -> Result<usize, StoreError> {
-    let rows = tx
-        .query(
-            "SELECT operation_id, practice_id, adapter FROM jobs WHERE state = 'in_flight'
-             ORDER BY practice_id",
-            &[],
-        )
-        .await?;
-    tx.execute(
-        "UPDATE jobs SET state = 'polling', next_attempt_at = $1, updated_at = $1 WHERE state = 'poll_in_flight'",
-        &[&ms(now)],
-    )
-    .await?;
-    for row in &rows {
-        let (op, practice_id, adapter): (&str, &str, &str) =
-            (col(row, 0)?, col(row, 1)?, col(row, 2)?);
-        change(tx, practice_id, now, |state| {
-            Ok(plan::plan_outcome_unknown(
-                state,
-                op,
-                adapter,
-                "the hub stopped during the attempt: re-sending with the same operation id",
-                now,
-            ))
-        })
-        .await?;
-    }
-    Ok(rows.len())
 }
 
 /// Applies a result that arrived after the delivery; every lookup is

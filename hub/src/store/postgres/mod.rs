@@ -19,20 +19,22 @@
 mod audit;
 mod changes;
 mod follow_up;
+mod leases;
 mod migrations;
 mod ops;
 pub mod pool;
 mod rows;
 mod state;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 mod tx;
 
 pub use pool::PgOptions;
 
 use super::{
     AttemptResult, AuditBreak, AuditEntry, ClaimedJob, ClaimedPoll, ClaimedWork, DeadLetter,
-    EventFilter, InsertOutcome, OpsSnapshot, PracticeFilter, Store, StoreError, Withdrawal,
+    EventFilter, ExpiredLeases, InsertOutcome, Lease, OpsSnapshot, PracticeFilter, Store,
+    StoreError, Withdrawal,
 };
 use crate::bus::EventBus;
 use crate::domain::practice::{Event, NewPractice, Practice};
@@ -197,7 +199,7 @@ impl Store for PgStore {
         let content =
             serde_json::to_string(&new.content).map_err(|e| StoreError::Internal(e.to_string()))?;
         in_tx!(self, WRITE, |tx| {
-            let (outcome, _) = changes::insert_new(&mut tx, &new, &content, false).await?;
+            let (outcome, _) = changes::insert_new(&mut tx, &new, &content, None).await?;
             let stored = if read_back && matches!(outcome, InsertOutcome::Created) {
                 Some(rows::get_practice(&tx, &new.tenant_id, &new.id, false).await?)
             } else {
@@ -210,11 +212,15 @@ impl Store for PgStore {
     async fn insert_practice_claimed(
         &self,
         new: NewPractice,
+        lease: &Lease,
     ) -> Result<(InsertOutcome, Option<ClaimedJob>), StoreError> {
         let content =
             serde_json::to_string(&new.content).map_err(|e| StoreError::Internal(e.to_string()))?;
         in_tx!(self, WRITE, |tx| changes::insert_new(
-            &mut tx, &new, &content, true
+            &mut tx,
+            &new,
+            &content,
+            Some(lease)
         )
         .await)
     }
@@ -309,13 +315,36 @@ impl Store for PgStore {
     async fn claim_work(
         &self,
         adapter: &str,
+        lease: &Lease,
         now: DateTime<Utc>,
         limit: u32,
     ) -> Result<ClaimedWork, StoreError> {
         in_tx!(self, WRITE, |tx| changes::claim_work(
-            &mut tx, adapter, now, limit
+            &mut tx, adapter, lease, now, limit
         )
         .await)
+    }
+
+    async fn renew_leases(
+        &self,
+        owner: &str,
+        operation_ids: &[String],
+        until: DateTime<Utc>,
+    ) -> Result<Vec<String>, StoreError> {
+        if operation_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        in_tx!(self, WRITE, |tx| leases::renew(
+            &tx,
+            owner,
+            operation_ids,
+            until
+        )
+        .await)
+    }
+
+    async fn expire_leases(&self, now: DateTime<Utc>) -> Result<ExpiredLeases, StoreError> {
+        in_tx!(self, WRITE, |tx| leases::expire(&mut tx, now).await)
     }
 
     async fn next_due_at(&self, adapter: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
@@ -419,14 +448,6 @@ impl Store for PgStore {
             &mut tx,
             operation_id,
             actor,
-            Utc::now()
-        )
-        .await)
-    }
-
-    async fn recover_in_flight(&self) -> Result<usize, StoreError> {
-        in_tx!(self, WRITE, |tx| changes::recover_in_flight(
-            &mut tx,
             Utc::now()
         )
         .await)

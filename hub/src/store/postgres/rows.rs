@@ -23,6 +23,7 @@ pub(super) fn claimed_job(r: &Row) -> Result<ClaimedJob, StoreError> {
         attempt: col(r, 5)?,
         max_attempts: col(r, 6)?,
         traceparent: col(r, 7)?,
+        owner: col(r, 8)?,
     }
     .into_job()
 }

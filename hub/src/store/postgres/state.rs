@@ -188,7 +188,9 @@ async fn update_job(tx: &Tx, job: &JobUpdate, now: DateTime<Utc>) -> Result<(), 
             follow_up = COALESCE($7, follow_up),
             follow_up_polls = CASE WHEN $7::TEXT IS NULL THEN follow_up_polls ELSE 0 END,
             follow_up_deadline = COALESCE($8, follow_up_deadline),
-            updated_at = $9
+            updated_at = $9,
+            lease_owner = CASE WHEN $1 IN ('in_flight', 'poll_in_flight') THEN lease_owner END,
+            lease_expires_at = CASE WHEN $1 IN ('in_flight', 'poll_in_flight') THEN lease_expires_at END
          WHERE operation_id = $10",
         &[
             &job.state.as_str(),

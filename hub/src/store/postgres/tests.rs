@@ -99,6 +99,13 @@ fn new_practice(id: &str, key: &str) -> NewPractice {
     }
 }
 
+fn lease(owner: &str) -> Lease {
+    Lease {
+        owner: owner.into(),
+        duration: std::time::Duration::from_secs(30),
+    }
+}
+
 fn tenant() -> EventFilter {
     EventFilter {
         tenant_id: "016024".into(),
@@ -118,7 +125,10 @@ async fn a_practice_is_stored_read_back_and_delivered() {
     let stored = stored.expect("read back");
     assert_eq!(stored.attachments.len(), 1);
     assert!(stored.attachments[0].content.is_empty(), "metadata only");
-    let work = store.claim_work("tributi", Utc::now(), 10).await.unwrap();
+    let work = store
+        .claim_work("tributi", &lease("hub-a"), Utc::now(), 10)
+        .await
+        .unwrap();
     assert_eq!(work.jobs.len(), 1);
     let (practice, docs) = store.delivery_payload(&work.jobs[0]).await.unwrap();
     assert_eq!(practice.id, "p1");
@@ -200,10 +210,13 @@ async fn claims_from_two_instances_never_take_the_same_job() {
             .await
             .unwrap();
     }
-    let claim = |s: PgStore| async move {
+    let claim = |s: PgStore, owner: &'static str| async move {
         let mut mine = Vec::new();
         loop {
-            let work = s.claim_work("tributi", Utc::now(), 3).await.unwrap();
+            let work = s
+                .claim_work("tributi", &lease(owner), Utc::now(), 3)
+                .await
+                .unwrap();
             if work.jobs.is_empty() {
                 return mine;
             }
@@ -211,8 +224,8 @@ async fn claims_from_two_instances_never_take_the_same_job() {
         }
     };
     let (from_a, from_b) = tokio::join!(
-        tokio::spawn(claim(a.clone())),
-        tokio::spawn(claim(b.clone()))
+        tokio::spawn(claim(a.clone(), "hub-a")),
+        tokio::spawn(claim(b.clone(), "hub-b"))
     );
     let (from_a, from_b) = (from_a.unwrap(), from_b.unwrap());
     let all: HashSet<&String> = from_a.iter().chain(&from_b).collect();
@@ -438,4 +451,46 @@ async fn tls_require_encrypts_and_verify_full_checks_the_name() {
     };
     let refused = PgStore::connect(&test_url(), &opts, None, None).await;
     assert!(refused.is_err(), "{refused:?}");
+}
+
+/// Every instance sweeps expired leases; two sweeping at once end each
+/// lease once, so each delivery gets one OUTCOME_UNKNOWN, not two.
+#[tokio::test]
+async fn concurrent_sweeps_end_each_lease_once() {
+    let schema = Schema::new().await;
+    let (a, b) = (schema.store(None).await, schema.store(None).await);
+    for i in 0..20 {
+        let id = format!("p-{i:02}");
+        a.insert_practice(new_practice(&id, &id), false)
+            .await
+            .unwrap();
+    }
+    let short = Lease {
+        owner: "hub-gone".into(),
+        duration: std::time::Duration::from_millis(1),
+    };
+    let claimed = a
+        .claim_work("tributi", &short, Utc::now(), 20)
+        .await
+        .unwrap();
+    assert_eq!(claimed.jobs.len(), 20);
+    let later = Utc::now() + chrono::Duration::seconds(1);
+    let (x, y) = tokio::join!(a.expire_leases(later), b.expire_leases(later));
+    let (x, y) = (x.unwrap(), y.unwrap());
+    assert_eq!(x.due_again + y.due_again, 20, "{x:?} {y:?}");
+    for i in 0..20 {
+        let events = a
+            .practice_events("016024", &format!("p-{i:02}"), 0)
+            .await
+            .unwrap();
+        let unknown = events
+            .iter()
+            .filter(|e| {
+                e.to_delivery == Some(raccordo_domain::status::DeliveryStatus::OutcomeUnknown)
+            })
+            .count();
+        assert_eq!(unknown, 1, "{events:?}");
+    }
+    let (_, breaks) = a.verify_audit(None).await.unwrap();
+    assert!(breaks.is_empty(), "{breaks:?}");
 }
