@@ -7,8 +7,9 @@ use raccordo_proto::v1 as pb;
 use std::process::Command;
 
 fn database_url() -> String {
-    std::env::var("RACCORDO_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/raccordo_test".into())
+    std::env::var("RACCORDO_TEST_DATABASE_URL").unwrap_or_else(|_| {
+        "postgres://raccordo_test:raccordo_test@127.0.0.1:5432/raccordo_test".into()
+    })
 }
 
 /// A schema for one test, dropped at the end; `url` works in it.

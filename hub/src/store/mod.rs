@@ -1,7 +1,8 @@
 //! Durable state: practices, documents, events and the delivery outbox.
 //!
 //! [`Store`] is what the rest of the hub calls; [`sqlite::SqliteStore`] is the
-//! embedded default. Every operation that reads or changes a practice is
+//! embedded default, [`postgres::PgStore`] the database several hub
+//! instances share. Every operation that reads or changes a practice is
 //! scoped by tenant, and every change is one transaction that also appends
 //! the practice's events, so the event log and the state never disagree.
 //! A PostgreSQL implementation (several hub instances) fits the same trait:

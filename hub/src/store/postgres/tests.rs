@@ -10,8 +10,9 @@ use std::collections::HashSet;
 /// The test database (`RACCORDO_TEST_DATABASE_URL`, default the one
 /// scripts/ensure-postgres makes).
 pub(crate) fn test_url() -> String {
-    std::env::var("RACCORDO_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/raccordo_test".into())
+    std::env::var("RACCORDO_TEST_DATABASE_URL").unwrap_or_else(|_| {
+        "postgres://raccordo_test:raccordo_test@127.0.0.1:5432/raccordo_test".into()
+    })
 }
 
 /// A schema of its own for one test, dropped when the test ends (also
