@@ -74,7 +74,7 @@ impl From<StoreError> for HubError {
             // Transient: the caller is told to come back shortly. A full
             // write queue is the hub protecting itself, not a fault.
             StoreError::Unavailable(m) if m.ends_with(WRITE_QUEUE_FULL) => {
-                tracing::debug!(reason = %m, "write refused");
+                tracing::debug!("write refused: the store's write queue is full");
                 HubError::Busy(WRITE_QUEUE_FULL.into())
             }
             StoreError::Unavailable(m) => {
