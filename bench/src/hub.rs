@@ -18,7 +18,22 @@ pub fn write_config(
     grpc: SocketAddr,
     http: SocketAddr,
 ) -> anyhow::Result<PathBuf> {
-    let path = dir.join("bench.toml");
+    write_config_as(dir, "bench.toml", "data", "", vendor, grpc, http)
+}
+
+/// Writes the bench configuration as `dir/file`, with the hub's data in
+/// `dir/data_dir` and `store` (TOML: a `[store]` table, or nothing for the
+/// embedded default) appended.
+pub fn write_config_as(
+    dir: &Path,
+    file: &str,
+    data_dir: &str,
+    store: &str,
+    vendor: SocketAddr,
+    grpc: SocketAddr,
+    http: SocketAddr,
+) -> anyhow::Result<PathBuf> {
+    let path = dir.join(file);
     std::fs::write(
         &path,
         format!(
@@ -26,7 +41,7 @@ pub fn write_config(
 [hub]
 grpc_listen = "{grpc}"
 http_listen = "{http}"
-data_dir = "data"
+data_dir = "{data_dir}"
 # The fanout subscribers are one client (anonymous): room for all of them.
 max_watch_streams_per_client = 1000000
 
@@ -70,7 +85,7 @@ tenants = ["{TENANT}"]
 service = "DEFERRED"
 adapter = "vendor"
 mode = "deferred"
-"#
+{store}"#
         ),
     )?;
     Ok(path)
@@ -237,10 +252,20 @@ pub fn submission(service: &str, key: u64, fiscal_code: &str) -> pb::SubmitPract
             contacts: None,
         }),
         data: Some(data),
-        idempotency_key: format!("bench-{}-{key}", std::process::id()),
+        // Unique across invocations too: a PostgreSQL database outlives runs.
+        idempotency_key: format!("bench-{}-{key}", *RUN),
         ..Default::default()
     }
 }
+
+/// This invocation's part of every idempotency key: the process id and the
+/// start time, so no two invocations share keys.
+static RUN: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    format!("{}-{started}", std::process::id())
+});
 
 /// A valid codice fiscale derived from `n` (varies the digits, recomputes the check).
 pub fn fiscal_code(n: u64) -> String {

@@ -8,6 +8,7 @@
 
 #![forbid(unsafe_code)]
 
+mod deploy;
 mod fanout;
 mod hop;
 mod hub;
@@ -82,6 +83,24 @@ pub struct Options {
     /// Run the hub inside this process (no separate CPU/RSS figures).
     #[arg(long)]
     pub in_process: bool,
+    /// The store the hubs use: `sqlite` (each hub its own embedded file) or
+    /// `postgres` (one fresh schema per scenario run in `--database-url`,
+    /// shared by `--instances` hubs).
+    #[arg(long, default_value = "sqlite", value_parser = ["sqlite", "postgres"])]
+    pub store: String,
+    /// Hub instances sharing the store (PostgreSQL only); the load goes to
+    /// them in turn.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
+    pub instances: u16,
+    /// The PostgreSQL database for `--store postgres` (its user needs
+    /// CREATE on it: each run works in a schema of its own, dropped after).
+    #[arg(
+        long,
+        env = "RACCORDO_BENCH_DATABASE_URL",
+        default_value = "postgres://raccordo_test:raccordo_test@127.0.0.1:5432/raccordo_test",
+        hide_default_value = true
+    )]
+    pub database_url: String,
     /// Also write the Markdown table to this file.
     #[arg(long)]
     pub out: Option<PathBuf>,

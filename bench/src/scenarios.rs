@@ -1,6 +1,7 @@
 //! The scenarios and the suite that alternates them.
 
 use crate::Options;
+use crate::deploy::{Client, Deployment};
 use crate::fanout::fanout;
 use crate::hub::{self, Hub, TENANT, fiscal_code, submission};
 use crate::load;
@@ -28,6 +29,16 @@ pub const SCENARIOS: [&str; 9] = [
     "growth",
 ];
 
+/// The scenarios that run on `--store postgres` (the others seed or watch
+/// one embedded store).
+const ON_POSTGRES: [&str; 5] = [
+    "ceiling",
+    "bare-echo",
+    "bare-pass-through",
+    "sync",
+    "deferred",
+];
+
 /// The scenarios `growth` runs on each store size.
 const GROWTH: [&str; 3] = ["sync", "deferred", "reads"];
 
@@ -39,6 +50,24 @@ pub async fn run_suite(o: &Options) -> anyhow::Result<String> {
         .find(|s| !SCENARIOS.contains(&s.as_str()))
     {
         anyhow::bail!("unknown scenario '{unknown}' ({})", SCENARIOS.join(", "));
+    }
+    if o.store == "postgres" {
+        if let Some(other) = o
+            .scenarios
+            .iter()
+            .find(|s| !ON_POSTGRES.contains(&s.as_str()))
+        {
+            anyhow::bail!(
+                "--store postgres runs {}; '{other}' runs on SQLite only",
+                ON_POSTGRES.join(", ")
+            );
+        }
+    } else {
+        anyhow::ensure!(
+            o.instances == 1,
+            "--instances {} needs --store postgres (an SQLite file has one hub)",
+            o.instances
+        );
     }
     let selected = |name: &str| o.scenarios.iter().any(|s| s == name);
     let vendor = Vendor::start().await?;
@@ -133,11 +162,16 @@ pub async fn run_suite(o: &Options) -> anyhow::Result<String> {
     }
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let mut out = format!(
-        "Raccordo benchmark — {cpus} CPUs, {} in flight, {} runs of {:?} after {:?} warm-up, medians; hub {}\n\n",
+        "Raccordo benchmark — {cpus} CPUs, {} in flight, {} runs of {:?} after {:?} warm-up, medians; store {}; hub {}\n\n",
         o.in_flight,
         o.runs,
         o.duration,
         o.warmup,
+        match (o.store.as_str(), o.instances) {
+            ("postgres", 1) => "PostgreSQL, one hub".to_string(),
+            ("postgres", n) => format!("PostgreSQL, {n} hubs sharing it, load in turn"),
+            _ => "SQLite".to_string(),
+        },
         if bin.is_some() {
             "as a separate process"
         } else {
@@ -255,25 +289,26 @@ async fn submit(
         Some(s) => s.fresh_copy()?,
         None => tempfile::tempdir()?,
     };
-    let (grpc, http) = hub::listen_addrs();
-    let config = hub::write_config(dir.path(), vendor.addr, grpc, http)?;
-    let hub = Hub::start(&config, grpc, bin, &o.hub_log).await?;
+    let hubs = Deployment::start(o, vendor, bin, dir.path()).await?;
     match store {
-        Some(s) => footprint.seeded_store_started(&hub, s.len()),
-        None => footprint.empty_store_started(&hub).await,
+        Some(s) => footprint.seeded_store_started(hubs.first(), s.len()),
+        None => footprint.empty_store_started(hubs.first()).await,
     }
     let served_before = vendor.served();
-    let cpu_before = hub.pid.and_then(procfs::cpu_seconds);
+    let cpu_before = hubs.hub_cpu_seconds();
+    let db_cpu_before = hubs.database_cpu_seconds();
     // The harness (gRPC client and vendor) shares the machine: its CPU per
     // practice says how much of the machine was left for the hub.
     let own_cpu_before = procfs::cpu_seconds(std::process::id());
     let acked = Arc::new(AtomicU64::new(0));
-    let client = pb::practice_service_client::PracticeServiceClient::new(hub.channel.clone())
-        .max_decoding_message_size(64 << 20);
+    let clients = hubs.clients();
     let acked_in = Arc::clone(&acked);
     let load_started = Instant::now();
+    // Several instances: each request goes to the next one in turn, as a
+    // round-robin load balancer would send it.
     let w = load::run(o.in_flight, o.warmup, o.duration, move |i| {
-        submit_one(client.clone(), service, i, Arc::clone(&acked_in))
+        let client = clients[i as usize % clients.len()].clone();
+        submit_one(client, service, i, Arc::clone(&acked_in))
     })
     .await;
     let load_time = load_started.elapsed();
@@ -302,17 +337,21 @@ async fn submit(
     if store.is_some() {
         notes.push((
             "healthy ms".into(),
-            hub.time_to_healthy.as_secs_f64() * 1000.0,
+            hubs.first().time_to_healthy.as_secs_f64() * 1000.0,
         ));
     }
-    let cpu_after = hub.pid.and_then(procfs::cpu_seconds);
+    let cpu_after = hubs.hub_cpu_seconds();
+    let db_cpu_after = hubs.database_cpu_seconds();
     let own_cpu_after = procfs::cpu_seconds(std::process::id());
-    let peak = hub.pid.and_then(procfs::rss_mib).map(|r| r.1);
-    let separate_process = hub.pid.is_some();
-    hub.stop().await;
-    let acked_so_far = acked.load(Ordering::Relaxed).max(1) as f64;
+    let peak = hubs.peak_rss_mib();
+    let separate_process = cpu_after.is_some();
+    hubs.stop().await;
+    let acked_total = acked.load(Ordering::Relaxed).max(1) as f64;
+    if let (Some(a), Some(b)) = (db_cpu_before, db_cpu_after) {
+        notes.push(("database CPU µs/op".into(), (b - a) * 1e6 / acked_total));
+    }
     if let (Some(a), Some(b), true) = (own_cpu_before, own_cpu_after, separate_process) {
-        notes.push(("harness CPU µs/op".into(), (b - a) * 1e6 / acked_so_far));
+        notes.push(("harness CPU µs/op".into(), (b - a) * 1e6 / acked_total));
     }
     if service == "DEFERRED"
         && store.is_none()
@@ -320,7 +359,6 @@ async fn submit(
     {
         footprint.deferred_peak_mib.push(peak);
     }
-    let acked_total = acked.load(Ordering::Relaxed).max(1) as f64;
     Ok(Row {
         rate: w.rate(),
         p50_ms: w.ms(0.5),
@@ -337,7 +375,7 @@ async fn submit(
 /// One `SubmitPractice` to `service`, counted in `acked` once answered; a
 /// `SYNC` reply must carry the vendor's approval.
 pub(crate) async fn submit_one(
-    mut client: pb::practice_service_client::PracticeServiceClient<tonic::transport::Channel>,
+    mut client: Client,
     service: &'static str,
     i: u64,
     acked: Arc<AtomicU64>,
