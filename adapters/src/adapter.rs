@@ -58,4 +58,10 @@ pub trait Adapter: Send + Sync + 'static {
     fn health(&self) -> AdapterHealth {
         AdapterHealth::Up
     }
+
+    /// How many hub instances send to this vendor now (alive in the
+    /// cluster, this one included; 1 for a hub alone). Limits set for the
+    /// vendor as a whole (a request rate) are divided by it. Told at every
+    /// heartbeat of the hub.
+    fn share(&self, _instances: u32) {}
 }

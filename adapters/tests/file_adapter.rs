@@ -34,6 +34,10 @@ struct Sink {
     known: HashSet<String>,
     receipts: Mutex<HashSet<String>>,
     applied: Mutex<Vec<InboundResult>>,
+    /// Another hub instance scans (the singleton is not this one's).
+    not_mine: std::sync::atomic::AtomicBool,
+    /// The singletons asked for, in order.
+    asked: Mutex<Vec<String>>,
 }
 
 #[async_trait]
@@ -52,6 +56,11 @@ impl ResultSink for Sink {
         }
         self.applied.lock().unwrap().push(r);
         Ok(InboundOutcome::Applied)
+    }
+
+    async fn holds(&self, name: &str) -> bool {
+        self.asked.lock().unwrap().push(name.to_string());
+        !self.not_mine.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
@@ -469,4 +478,39 @@ async fn a_missing_inbox_is_a_transient_failure_with_the_reason() {
         .await
         .unwrap();
     assert_eq!(adapter.health().state(), "up");
+}
+
+/// With several hub instances on one folder, only the holder of the
+/// folder's scan singleton reads it; the others leave the files alone
+/// until the turn is theirs.
+#[tokio::test]
+async fn only_the_holder_of_the_scan_singleton_reads_the_folder() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), json!({}), json!({}));
+    let adapter = FileAdapter::build("tributi", cfg, Path::new(".")).unwrap();
+    let sink = Arc::new(Sink {
+        known: ["p0001".to_string()].into_iter().collect(),
+        ..Default::default()
+    });
+    sink.not_mine.store(true, Ordering::SeqCst);
+    let outbox = dir.path().join("outbox");
+    std::fs::write(outbox.join("notte.csv"), "ID;ESITO;MOTIVO\np0001;OK;bene\n").unwrap();
+    adapter.start_inbound(sink.clone()).await.unwrap();
+    // Asked twice: a whole round passed in which it would have scanned.
+    let asked = eventually("the scan singleton asked for twice", || {
+        let asked = sink.asked.lock().unwrap().clone();
+        (asked.len() >= 2).then_some(asked)
+    })
+    .await;
+    assert!(asked.iter().all(|a| a == "file-scan:tributi"), "{asked:?}");
+    assert_eq!(sink.applied(), 0, "another instance scans");
+    assert_eq!(files(&outbox), ["notte.csv"], "left in place");
+    // The turn becomes this instance's (its holder died): it reads the file.
+    sink.not_mine.store(false, Ordering::SeqCst);
+    eventually("the file processed", || {
+        (!files(&outbox.join("processed")).is_empty()).then_some(())
+    })
+    .await;
+    assert_eq!(sink.applied(), 1);
 }

@@ -292,4 +292,11 @@ pub enum InboundError {
 pub trait ResultSink: Send + Sync + 'static {
     /// Applies a result; at most once per distinct receipt.
     async fn apply(&self, result: InboundResult) -> Result<InboundOutcome, InboundError>;
+
+    /// Whether this hub instance runs the singleton `name` now: inbound
+    /// work that must run on one instance of a cluster at a time (scanning
+    /// a shared folder), asked before each run. A hub alone always does.
+    async fn holds(&self, _name: &str) -> bool {
+        true
+    }
 }

@@ -15,6 +15,13 @@
 //!
 //! If the hub cannot store a row right now the file stays where it is and is
 //! retried at the next scan.
+//!
+//! Several hub instances sharing one database see the same folder: only the
+//! holder of the singleton `file-scan:<instance>` scans it (the hub says
+//! which, [`ResultSink::holds`]); the others watch and ask again at each
+//! wake-up, and one of them takes over when the holder stops. Reading a
+//! file twice would still be harmless (step 2); this spares the vendor's
+//! share the double work and the races on moving files.
 
 use super::config::{InboundCompletion, InboundConfig};
 use super::fsio::{self, FsError};
@@ -74,11 +81,18 @@ impl Inbound {
         let wake = Arc::new(Notify::new());
         let mut watcher = None;
         let mut quiet: HashMap<PathBuf, (u64, SystemTime, Instant)> = HashMap::new();
+        let turn = format!("file-scan:{}", self.name);
         loop {
             if watcher.is_none() {
                 watcher = watch(&self.config.folder, Arc::clone(&wake));
             }
-            let recheck = self.scan(&mut quiet).await;
+            // Another hub instance scans: look again at the next wake-up.
+            let recheck = if self.sink.holds(&turn).await {
+                self.scan(&mut quiet).await
+            } else {
+                quiet.clear();
+                None
+            };
             let wait = recheck.map_or(self.config.scan_interval, |r| {
                 r.min(self.config.scan_interval)
             });

@@ -2,6 +2,11 @@
 //! the pauses the vendor asks for (`Retry-After` on 429/503,
 //! `X-RateLimit-Remaining: 0` with `X-RateLimit-Reset`). Concurrency is
 //! bounded separately, by the hub's worker slots.
+//!
+//! The configured rate is the vendor's, for every hub instance sending to
+//! it: with `n` instances alive ([`Limiter::share`]) each paces at `1/n` of
+//! the rate and of the burst (at least one request, else none could ever
+//! leave).
 
 use super::config::RateLimitConfig;
 use std::sync::{Arc, Mutex};
@@ -15,10 +20,21 @@ struct Bucket {
     refilled: Instant,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct State {
     bucket: Option<Bucket>,
     paused_until: Option<Instant>,
+    /// Hub instances sharing the rate (this one included).
+    instances: u32,
+}
+
+impl State {
+    /// This instance's (rate per second, bucket size) of `rate`.
+    fn share_of(&self, rate: &RateLimitConfig) -> (f64, f64) {
+        let n = f64::from(self.instances.max(1));
+        let burst = (f64::from(rate.burst.max(1)) / n).max(1.0);
+        (rate.per_second / n, burst)
+    }
 }
 
 /// The pacing state of one adapter instance.
@@ -44,6 +60,7 @@ impl Limiter {
             state: Arc::new(Mutex::new(State {
                 bucket,
                 paused_until: None,
+                instances: 1,
             })),
         }
     }
@@ -58,9 +75,8 @@ impl Limiter {
                 .paused_until
                 .map_or(Duration::ZERO, |u| u.saturating_duration_since(now));
             let mut token_wait = Duration::ZERO;
-            if let (Some(rate), Some(bucket)) = (&self.rate, state.bucket.as_mut()) {
-                let per_sec = rate.per_second;
-                let burst = f64::from(rate.burst.max(1));
+            let share = self.rate.as_ref().map(|r| state.share_of(r));
+            if let (Some((per_sec, burst)), Some(bucket)) = (share, state.bucket.as_mut()) {
                 let elapsed = now.duration_since(bucket.refilled).as_secs_f64();
                 bucket.tokens = (bucket.tokens + elapsed * per_sec).min(burst);
                 bucket.refilled = now;
@@ -81,6 +97,27 @@ impl Limiter {
             tokio::time::sleep(wait).await;
         }
         Ok(())
+    }
+
+    /// Paces at `1 / instances` of the rate and the burst from now on (the
+    /// hub instances alive, this one included). Tokens beyond the new
+    /// bucket size are dropped at once.
+    pub fn share(&self, instances: u32) {
+        let Some(rate) = &self.rate else { return };
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        // Refilled at the old share up to now, the new one from now on.
+        let (per_sec, cap) = state.share_of(rate);
+        let now = Instant::now();
+        if let Some(bucket) = state.bucket.as_mut() {
+            let elapsed = now.duration_since(bucket.refilled).as_secs_f64();
+            bucket.tokens = (bucket.tokens + elapsed * per_sec).min(cap);
+            bucket.refilled = now;
+        }
+        state.instances = instances.max(1);
+        let (_, cap) = state.share_of(rate);
+        if let Some(bucket) = state.bucket.as_mut() {
+            bucket.tokens = bucket.tokens.min(cap);
+        }
     }
 
     /// No request leaves before `d` from now (the vendor asked for it).
@@ -112,6 +149,46 @@ mod tests {
         }
         // Two from the burst, then one every 50 ms.
         assert!(start.elapsed() >= Duration::from_millis(95));
+    }
+
+    /// Requests that may leave at once (nothing waits: `max_wait` is zero),
+    /// and the wait the next one would need.
+    async fn immediate(l: &Limiter) -> (usize, Duration) {
+        let mut n = 0;
+        loop {
+            match l.acquire().await {
+                Ok(()) => n += 1,
+                Err(wait) => return (n, wait),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn instances_share_the_rate_and_the_burst() {
+        let rate = RateLimitConfig {
+            per_second: 10.0,
+            burst: 4,
+        };
+        let alone = Limiter::new(Some(rate.clone()), Duration::ZERO);
+        let (sent, wait) = immediate(&alone).await;
+        assert_eq!(sent, 4, "the whole burst");
+        assert!(wait <= Duration::from_millis(100), "{wait:?}");
+
+        let one_of_two = Limiter::new(Some(rate.clone()), Duration::ZERO);
+        one_of_two.share(2);
+        let (sent, wait) = immediate(&one_of_two).await;
+        assert_eq!(sent, 2, "half the burst");
+        // Half the rate: a token every 200 ms.
+        assert!(wait > Duration::from_millis(150), "{wait:?}");
+
+        // More instances than the burst: one request each, not none.
+        let one_of_six = Limiter::new(Some(rate), Duration::ZERO);
+        one_of_six.share(6);
+        assert_eq!(immediate(&one_of_six).await.0, 1);
+        // Alone again: the full rate from now on.
+        one_of_six.share(1);
+        let (_, wait) = immediate(&one_of_six).await;
+        assert!(wait <= Duration::from_millis(100), "{wait:?}");
     }
 
     #[tokio::test]

@@ -187,6 +187,12 @@ impl Transport {
         &self.client
     }
 
+    /// Paces at `1 / instances` of the configured rate limit: the vendor's
+    /// limit holds for all the hub instances that send to it.
+    pub fn share(&self, instances: u32) {
+        self.limiter.share(instances);
+    }
+
     /// The credentials in use (for token metrics).
     pub fn auth(&self) -> &Authenticator {
         &self.auth

@@ -533,4 +533,8 @@ impl Adapter for RestAdapter {
     fn health(&self) -> AdapterHealth {
         self.inner.transport.health()
     }
+
+    fn share(&self, instances: u32) {
+        self.inner.transport.share(instances);
+    }
 }

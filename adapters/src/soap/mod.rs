@@ -716,6 +716,10 @@ impl Adapter for SoapAdapter {
     fn health(&self) -> AdapterHealth {
         self.inner.transport.health()
     }
+
+    fn share(&self, instances: u32) {
+        self.inner.transport.share(instances);
+    }
 }
 
 #[cfg(test)]
