@@ -380,63 +380,73 @@ impl PracticeService {
         };
         // A synchronous route with a free delivery slot delivers inline:
         // the job is stored already claimed, so no worker hand-off, no claim
-        // transaction and no read-back of what was just written.
+        // transaction and no read-back of what was just written. The slot
+        // is this instance's; the store also counts the adapter's work in
+        // flight on the other instances, and if the cluster is at the
+        // adapter's limit it stores the job due instead, for a worker.
         let inline = (route.mode == Mode::Sync)
             .then(|| self.inline_slot(&route.adapter))
             .flatten();
-        if let Some((instance, permit)) = inline {
-            let (new, mut message) = message_of(new, route.attachments).await;
-            let (outcome, job) = self
-                .store
-                .insert_practice_claimed(new, self.leases.lease())
-                .await?;
-            let (id, duplicate) = match (outcome, job) {
-                (InsertOutcome::Created, Some(job)) => {
-                    let id = job.practice_id.clone();
-                    message.message_id = job.operation_id.clone();
-                    let this = Arc::clone(self);
-                    let held = self.leases.hold(&job.operation_id);
-                    let (tenant, service) = (input.tenant_id.clone(), input.service_code.clone());
-                    let span = tracing::info_span!("delivery", practice_id = %job.practice_id,
-                        operation_id = %job.operation_id, adapter = %instance.name, attempt = 1,
-                        trace_id = trace.trace_id());
-                    // Its own task: the attempt and its record complete even
-                    // if the caller goes away or the route deadline passes.
-                    let attempt = tokio::spawn(
-                        async move {
-                            let route = this.config.route(&tenant, &service);
-                            let recorded = crate::delivery::deliver(
-                                &this, &instance, job, message, route, true,
-                            )
-                            .await;
-                            drop((permit, held));
-                            recorded
-                        }
-                        .instrument(span),
-                    );
-                    // Past the deadline (or if recording failed) the answer
-                    // is the practice as stored so far.
-                    if let Ok(Ok(Some(practice))) =
-                        tokio::time::timeout(route.deadline, attempt).await
-                    {
-                        return Ok(Submitted {
-                            practice,
-                            duplicate: false,
-                        });
-                    }
-                    (id, false)
-                }
-                (outcome, _) => existing(outcome, &input.tenant_id, &input.idempotency_key)?,
-            };
-            return self.reply(&input.tenant_id, id, duplicate).await;
-        }
         // Subscribe before the insert: no event of this practice can be missed.
         let deferred = route.mode == Mode::Deferred;
         let mut events_rx = (!deferred).then(|| self.bus.subscribe());
-        let (new, message) = message_of(new, route.attachments).await;
-        // A deferred submission is answered with the practice as stored,
-        // read in the insert's own transaction.
-        let (id, duplicate) = match self.store.insert_practice(new, deferred).await? {
+        let (new, mut message) = message_of(new, route.attachments).await;
+        let inserted = match inline {
+            Some((instance, permit)) => {
+                let max_in_flight = u32::try_from(instance.max_concurrency).unwrap_or(u32::MAX);
+                match self
+                    .store
+                    .insert_practice_claimed(new, self.leases.lease(), max_in_flight)
+                    .await?
+                {
+                    (InsertOutcome::Created, Some(job)) => {
+                        drop(events_rx);
+                        let id = job.practice_id.clone();
+                        message.message_id = job.operation_id.clone();
+                        let this = Arc::clone(self);
+                        let held = self.leases.hold(&job.operation_id);
+                        let (tenant, service) =
+                            (input.tenant_id.clone(), input.service_code.clone());
+                        let span = tracing::info_span!("delivery", practice_id = %job.practice_id,
+                            operation_id = %job.operation_id, adapter = %instance.name, attempt = 1,
+                            trace_id = trace.trace_id());
+                        // Its own task: the attempt and its record complete
+                        // even if the caller goes away or the route deadline
+                        // passes.
+                        let attempt = tokio::spawn(
+                            async move {
+                                let route = this.config.route(&tenant, &service);
+                                let recorded = crate::delivery::deliver(
+                                    &this, &instance, job, message, route, true,
+                                )
+                                .await;
+                                drop((permit, held));
+                                recorded
+                            }
+                            .instrument(span),
+                        );
+                        // Past the deadline (or if recording failed) the
+                        // answer is the practice as stored so far.
+                        if let Ok(Ok(Some(practice))) =
+                            tokio::time::timeout(route.deadline, attempt).await
+                        {
+                            return Ok(Submitted {
+                                practice,
+                                duplicate: false,
+                            });
+                        }
+                        return self.reply(&input.tenant_id, id, false).await;
+                    }
+                    // Stored due (the cluster is at the adapter's limit), or
+                    // a key seen before: answered like a routed submission.
+                    (outcome, _) => (outcome, None),
+                }
+            }
+            // A deferred submission is answered with the practice as stored,
+            // read in the insert's own transaction.
+            None => self.store.insert_practice(new, deferred).await?,
+        };
+        let (id, duplicate) = match inserted {
             (InsertOutcome::Created, stored) => {
                 self.prepared.put(message);
                 self.wake(&route.adapter);

@@ -330,3 +330,70 @@ async fn a_slow_attempt_whose_lease_is_lost_still_records_the_vendors_answer() {
     );
     assert!(hub.service.leases().running().is_empty());
 }
+
+/// Another hub instance runs three of the adapter's four slots: this hub's
+/// worker takes only the one left, and the rest once the other instance's
+/// attempts end (nothing wakes it then: it looks again by itself).
+#[tokio::test]
+async fn the_worker_leaves_the_slots_another_instance_holds() {
+    let mut hub = harness("30s", |_| Act::Stall).await;
+    for i in 1..=6 {
+        hub.submit(&format!("p-{i}"), 3).await;
+    }
+    let other = crate::store::Lease {
+        owner: "hub-other".into(),
+        duration: Duration::from_secs(30),
+    };
+    let theirs = hub
+        .store()
+        .claim_work(ADAPTER, &other, Utc::now(), 3, 4)
+        .await
+        .unwrap()
+        .jobs;
+    assert_eq!(theirs.len(), 3);
+    hub.start();
+    eventually("the worker's first attempt", || async {
+        !hub.calls().is_empty()
+    })
+    .await;
+    // Claims are atomic: what the worker claimed is in flight already.
+    let backlog = |hub: &Harness| {
+        let store = Arc::clone(hub.store());
+        async move {
+            store
+                .ops_snapshot(Utc::now())
+                .await
+                .unwrap()
+                .adapters
+                .first()
+                .cloned()
+                .unwrap_or_default()
+        }
+    };
+    let now = backlog(&hub).await;
+    assert_eq!((now.in_flight, now.due), (4, 2), "{now:?}");
+    // The other instance's attempts end.
+    for job in &theirs {
+        let approved = crate::store::AttemptResult::Delivered(VendorReply::default());
+        hub.store()
+            .finish_attempt(job, approved, false)
+            .await
+            .unwrap();
+    }
+    eventually("the worker's three attempts", || async {
+        hub.calls().len() == 3
+    })
+    .await;
+    eventually("every practice approved", || async {
+        hub.adapter.release.notify_waiters();
+        let mut all = true;
+        for i in 4..=6 {
+            all &= hub.status(&format!("p-{i}")).await == AdminStatus::Approved;
+        }
+        all
+    })
+    .await;
+    assert_eq!(hub.calls().len(), 3, "{:?}", hub.calls());
+    let after = backlog(&hub).await;
+    assert_eq!((after.in_flight, after.due), (0, 0), "{after:?}");
+}

@@ -110,15 +110,18 @@ async fn run(
         // A vendor behind an open circuit breaker is left alone: its jobs
         // wait in the outbox without spending attempts.
         let down = matches!(instance.adapter.health(), AdapterHealth::Down(_));
-        let (polls, jobs) = if down {
-            (Vec::new(), Vec::new())
+        let (polls, jobs, saturated) = if down {
+            (Vec::new(), Vec::new(), false)
         } else {
-            claim(&service, &instance.name, free).await
+            claim(&service, &instance, free).await
         };
         if jobs.is_empty() && polls.is_empty() {
             drop(first);
+            // With the cluster at the adapter's limit, what frees a slot may
+            // be another instance's attempt ending, which wakes no one here:
+            // look again after the poll interval.
             let sleep = match service.store().next_due_at(&instance.name).await {
-                Ok(Some(at)) if !down => (at - Utc::now())
+                Ok(Some(at)) if !down && !saturated => (at - Utc::now())
                     .to_std()
                     .unwrap_or(Duration::ZERO)
                     .min(poll),
@@ -171,22 +174,26 @@ async fn run(
 }
 
 /// Claims due polls first (their vendors already accepted the work), then
-/// due deliveries, together at most `free`, in one transaction.
+/// due deliveries, together at most `free`, in one transaction. The store
+/// also holds the adapter's `max_concurrency` for the whole cluster: with
+/// other instances running its work, fewer may be claimed.
 async fn claim(
     service: &PracticeService,
-    adapter: &str,
+    instance: &AdapterInstance,
     free: u32,
-) -> (Vec<crate::store::ClaimedPoll>, Vec<ClaimedJob>) {
+) -> (Vec<crate::store::ClaimedPoll>, Vec<ClaimedJob>, bool) {
     let lease = service.leases().lease();
+    let adapter = &instance.name;
+    let max_in_flight = u32::try_from(instance.max_concurrency).unwrap_or(u32::MAX);
     match service
         .store()
-        .claim_work(adapter, lease, Utc::now(), free)
+        .claim_work(adapter, lease, Utc::now(), free, max_in_flight)
         .await
     {
-        Ok(work) => (work.polls, work.jobs),
+        Ok(work) => (work.polls, work.jobs, work.saturated),
         Err(e) => {
             tracing::error!(%adapter, error = %e, "cannot claim due work");
-            (Vec::new(), Vec::new())
+            (Vec::new(), Vec::new(), false)
         }
     }
 }

@@ -175,6 +175,10 @@ impl ExpiredLeases {
 pub struct ClaimedWork {
     pub polls: Vec<ClaimedPoll>,
     pub jobs: Vec<ClaimedJob>,
+    /// The adapter's work in flight in the whole cluster is at its
+    /// `max_in_flight`: nothing more may be claimed until some ends (on
+    /// any instance), whatever is due.
+    pub saturated: bool,
 }
 
 /// A deferred result due for a poll (ModI `NONBLOCK_PULL_*`).
@@ -222,11 +226,17 @@ pub trait Store: Send + Sync + 'static {
     /// Like [`insert_practice`](Self::insert_practice), with the first
     /// delivery claimed under `lease` in the same transaction (attempt 1, in
     /// flight) and returned, for a caller that delivers it at once. No job
-    /// is returned for an idempotency key seen before.
+    /// is returned for an idempotency key seen before, nor when the
+    /// practice's adapter already has `max_in_flight` pieces of work in
+    /// flight under live leases, whoever holds them (see
+    /// [`Store::claim_work`]): the practice is then stored with its job due,
+    /// exactly as [`insert_practice`](Self::insert_practice) stores it, for
+    /// a worker to deliver.
     async fn insert_practice_claimed(
         &self,
         practice: NewPractice,
         lease: &Lease,
+        max_in_flight: u32,
     ) -> Result<(InsertOutcome, Option<ClaimedJob>), StoreError>;
 
     /// One practice of `tenant_id`; document bytes only if `with_content`.
@@ -271,12 +281,20 @@ pub trait Store: Send + Sync + 'static {
     /// `now + lease.duration`. A [`VendorReply::follow_up`] recorded by
     /// [`Store::finish_attempt`] keeps a job for polling instead of
     /// finishing it.
+    ///
+    /// `max_in_flight` is the adapter's limit for the whole cluster: the
+    /// work of `adapter` in flight under a lease that has not run out by
+    /// `now`, whichever instance holds it, counts against it, and no more
+    /// than `max_in_flight` minus that is claimed. Claims of one adapter
+    /// (and claimed insertions) are serialized, so two instances never
+    /// both take the same free slots.
     async fn claim_work(
         &self,
         adapter: &str,
         lease: &Lease,
         now: DateTime<Utc>,
         limit: u32,
+        max_in_flight: u32,
     ) -> Result<ClaimedWork, StoreError>;
 
     /// Extends to `until`, in one statement, the leases `owner` still holds
@@ -297,6 +315,31 @@ pub trait Store: Send + Sync + 'static {
     /// on its last attempt, dead-lettered; a poll in flight is simply due
     /// again. Idempotent: every instance may sweep.
     async fn expire_leases(&self, now: DateTime<Utc>) -> Result<ExpiredLeases, StoreError>;
+
+    /// Takes or keeps the singleton `name` (work that must run on one
+    /// instance of the cluster at a time) for `owner` until `until`: taken
+    /// if free or if its holder's lease ran out by `now`, renewed if
+    /// `owner` holds it. Returns whether `owner` holds it now. Renewing
+    /// with `until` ≤ `now` releases it (another instance may take it at
+    /// once).
+    async fn hold_singleton(
+        &self,
+        name: &str,
+        owner: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
+    /// Records that hub instance `owner` is alive until `until` (a
+    /// heartbeat) and returns how many instances are alive at `now`, this
+    /// one included: limits shared by the cluster (an adapter's rate) are
+    /// divided by it. `until` ≤ `now` says goodbye.
+    async fn heartbeat(
+        &self,
+        owner: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<u32, StoreError>;
 
     /// When the next job of `adapter` becomes due, if any is waiting.
     async fn next_due_at(&self, adapter: &str) -> Result<Option<DateTime<Utc>>, StoreError>;

@@ -48,6 +48,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "correlation_purge_indexes",
         include_str!("../../migrations/0009_correlation_purge_indexes.sql"),
     ),
+    (
+        10,
+        "cluster",
+        include_str!("../../migrations/0010_cluster.sql"),
+    ),
 ];
 
 /// Applies pending migrations; returns the schema version.

@@ -28,7 +28,11 @@ fn due_again(n: usize) -> ExpiredLeases {
 
 /// Claims the one due job of [`ADAPTER`] at `at` under `lease`.
 async fn claim_at(b: &Backend, lease: &Lease, at: DateTime<Utc>) -> Option<ClaimedJob> {
-    let mut jobs = b.claim_work(ADAPTER, lease, at, 10).await.unwrap().jobs;
+    let mut jobs = b
+        .claim_work(ADAPTER, lease, at, 10, MAX_IN_FLIGHT)
+        .await
+        .unwrap()
+        .jobs;
     assert!(jobs.len() <= 1, "{jobs:?}");
     jobs.pop()
 }
@@ -177,7 +181,7 @@ pub(super) async fn a_lease_that_runs_out_on_the_last_attempt_dead_letters_it(b:
 
 pub(super) async fn a_synchronous_claim_is_leased_too(b: &Backend) {
     let (_, job) = b
-        .insert_practice_claimed(practice("p-1"), &lease())
+        .insert_practice_claimed(practice("p-1"), &lease(), MAX_IN_FLIGHT)
         .await
         .unwrap();
     let job = job.expect("claimed");
@@ -221,7 +225,7 @@ pub(super) async fn a_poll_whose_lease_runs_out_is_polled_again_without_resendin
         .unwrap();
     let t = now() + Duration::seconds(2);
     let poll = b
-        .claim_work(ADAPTER, &lease(), t, 10)
+        .claim_work(ADAPTER, &lease(), t, 10, MAX_IN_FLIGHT)
         .await
         .unwrap()
         .polls
@@ -245,7 +249,7 @@ pub(super) async fn a_poll_whose_lease_runs_out_is_polled_again_without_resendin
     let held = t + Duration::seconds(45);
     assert!(b.expire_leases(held).await.unwrap().is_empty());
     let other = b
-        .claim_work(ADAPTER, &other_lease(), held, 10)
+        .claim_work(ADAPTER, &other_lease(), held, 10, MAX_IN_FLIGHT)
         .await
         .unwrap();
     assert!(other.polls.is_empty(), "held");
@@ -273,7 +277,7 @@ pub(super) async fn a_poll_whose_lease_runs_out_is_polled_again_without_resendin
     .await
     .unwrap();
     let again = b
-        .claim_work(ADAPTER, &other_lease(), after, 10)
+        .claim_work(ADAPTER, &other_lease(), after, 10, MAX_IN_FLIGHT)
         .await
         .unwrap();
     assert!(again.jobs.is_empty(), "nothing is re-sent");

@@ -8,6 +8,7 @@
 //! never by message. Backend mechanics (group commit, rollback,
 //! checkpointing) are tested next to the backend instead.
 
+mod cluster;
 mod events;
 mod inbound;
 mod leases;
@@ -81,6 +82,10 @@ macro_rules! store_contract {
                 leases::a_synchronous_claim_is_leased_too,
                 leases::a_poll_whose_lease_runs_out_is_polled_again_without_resending,
                 leases::a_result_after_a_lost_lease_is_kept_only_if_it_concludes,
+                cluster::claims_stay_within_the_adapters_limit_across_instances,
+                cluster::a_synchronous_claim_counts_against_the_limit,
+                cluster::a_singleton_has_one_holder_until_its_lease_runs_out,
+                cluster::heartbeats_count_the_instances_alive,
             }
         }
     };
@@ -108,6 +113,10 @@ pub(super) const OTHER_TENANT: &str = "016091";
 pub(super) const ADAPTER: &str = "tributi";
 pub(super) const OTHER_ADAPTER: &str = "anagrafe";
 pub(super) const APPLICANT: &str = "RSSMRA45D25F205N";
+
+/// The adapter's limit on work in flight in most cases: more than any
+/// case claims, so that only the cases about the limit meet it.
+pub(super) const MAX_IN_FLIGHT: u32 = 100;
 
 /// The hub instance most cases claim as.
 pub(super) const OWNER: &str = "hub-a";
@@ -180,7 +189,13 @@ pub(super) async fn insert(store: &Backend, new: NewPractice) {
 /// Claims the one due job of [`ADAPTER`].
 pub(super) async fn claim_one(store: &Backend) -> ClaimedJob {
     let work = store
-        .claim_work(ADAPTER, &lease(), now() + chrono::Duration::minutes(1), 1)
+        .claim_work(
+            ADAPTER,
+            &lease(),
+            now() + chrono::Duration::minutes(1),
+            1,
+            MAX_IN_FLIGHT,
+        )
         .await
         .unwrap();
     assert!(work.polls.is_empty(), "{work:?}");

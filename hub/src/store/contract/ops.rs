@@ -23,7 +23,7 @@ pub(super) async fn the_snapshot_counts_the_outbox_and_the_practices(b: &Backend
         .await;
     }
     let mut jobs = b
-        .claim_work(ADAPTER, &lease(), now(), 3)
+        .claim_work(ADAPTER, &lease(), now(), 3, MAX_IN_FLIGHT)
         .await
         .unwrap()
         .jobs

@@ -62,12 +62,18 @@ pub(super) async fn claims_take_due_jobs_earliest_first_up_to_the_limit(b: &Back
     .await;
     assert_eq!(b.next_due_at(ADAPTER).await.unwrap(), Some(at(10)));
 
-    let nothing = b.claim_work(ADAPTER, &lease(), at(5), 10).await.unwrap();
+    let nothing = b
+        .claim_work(ADAPTER, &lease(), at(5), 10, MAX_IN_FLIGHT)
+        .await
+        .unwrap();
     assert!(
         nothing.jobs.is_empty() && nothing.polls.is_empty(),
         "none due yet"
     );
-    let work = b.claim_work(ADAPTER, &lease(), at(25), 10).await.unwrap();
+    let work = b
+        .claim_work(ADAPTER, &lease(), at(25), 10, MAX_IN_FLIGHT)
+        .await
+        .unwrap();
     let ids: Vec<&str> = work.jobs.iter().map(|j| j.practice_id.as_str()).collect();
     assert_eq!(ids, ["p-1", "p-2"], "only what is due, earliest first");
     let job = &work.jobs[0];
@@ -89,12 +95,15 @@ pub(super) async fn claims_take_due_jobs_earliest_first_up_to_the_limit(b: &Back
     );
     // Claimed jobs are not claimed twice; the limit bounds a claim.
     assert_eq!(b.next_due_at(ADAPTER).await.unwrap(), Some(at(30)));
-    let later = b.claim_work(ADAPTER, &lease(), at(60), 10).await.unwrap();
+    let later = b
+        .claim_work(ADAPTER, &lease(), at(60), 10, MAX_IN_FLIGHT)
+        .await
+        .unwrap();
     let ids: Vec<&str> = later.jobs.iter().map(|j| j.practice_id.as_str()).collect();
     assert_eq!(ids, ["p-3"]);
     assert_eq!(b.next_due_at(ADAPTER).await.unwrap(), None);
     let theirs = b
-        .claim_work(OTHER_ADAPTER, &lease(), at(60), 1)
+        .claim_work(OTHER_ADAPTER, &lease(), at(60), 1, MAX_IN_FLIGHT)
         .await
         .unwrap();
     assert_eq!(theirs.jobs.len(), 1, "each adapter claims its own");
@@ -102,7 +111,13 @@ pub(super) async fn claims_take_due_jobs_earliest_first_up_to_the_limit(b: &Back
     insert(b, practice("p-4")).await;
     insert(b, practice("p-5")).await;
     let one = b
-        .claim_work(ADAPTER, &lease(), now() + Duration::minutes(1), 1)
+        .claim_work(
+            ADAPTER,
+            &lease(),
+            now() + Duration::minutes(1),
+            1,
+            MAX_IN_FLIGHT,
+        )
         .await
         .unwrap();
     assert_eq!(one.jobs.len(), 1);
@@ -139,19 +154,28 @@ pub(super) async fn due_polls_are_claimed_before_deliveries(b: &Backend) {
         DeliveryStatus::Sent,
         "the result is awaited"
     );
-    let early = b.claim_work(ADAPTER, &lease(), now(), 10).await.unwrap();
+    let early = b
+        .claim_work(ADAPTER, &lease(), now(), 10, MAX_IN_FLIGHT)
+        .await
+        .unwrap();
     assert!(early.polls.is_empty() && early.jobs.is_empty(), "{early:?}");
     // A new submission is due, and so is the poll: the poll comes first.
     insert(b, practice("p-2")).await;
     let later = now() + Duration::minutes(2);
-    let work = b.claim_work(ADAPTER, &lease(), later, 1).await.unwrap();
+    let work = b
+        .claim_work(ADAPTER, &lease(), later, 1, MAX_IN_FLIGHT)
+        .await
+        .unwrap();
     assert!(work.jobs.is_empty(), "the limit is spent on the poll");
     let [poll] = <[ClaimedPoll; 1]>::try_from(work.polls).expect("one poll");
     assert_eq!(poll.job.operation_id, job.operation_id);
     assert_eq!(poll.job.attempt, 1, "the attempt that was accepted");
     assert_eq!((poll.token.as_str(), poll.polls), ("status/1", 0));
     assert!(poll.deadline > now() + Duration::minutes(50));
-    let work = b.claim_work(ADAPTER, &lease(), later, 10).await.unwrap();
+    let work = b
+        .claim_work(ADAPTER, &lease(), later, 10, MAX_IN_FLIGHT)
+        .await
+        .unwrap();
     assert!(
         work.polls.is_empty(),
         "a poll in flight is not claimed again"
@@ -168,6 +192,7 @@ pub(super) async fn a_synchronous_submission_is_stored_claimed(b: &Backend) {
                 ..practice("p-1")
             },
             &lease(),
+            MAX_IN_FLIGHT,
         )
         .await
         .unwrap();
@@ -180,7 +205,13 @@ pub(super) async fn a_synchronous_submission_is_stored_claimed(b: &Backend) {
     assert_eq!(delivery_of(&p1).operation_id, job.operation_id);
     assert_eq!(delivery_trail(b, "p-1").await, [DeliveryStatus::Sent]);
     let work = b
-        .claim_work(ADAPTER, &lease(), now() + Duration::minutes(1), 10)
+        .claim_work(
+            ADAPTER,
+            &lease(),
+            now() + Duration::minutes(1),
+            10,
+            MAX_IN_FLIGHT,
+        )
         .await
         .unwrap();
     assert!(work.jobs.is_empty(), "already in flight");
@@ -248,7 +279,13 @@ pub(super) async fn a_delivered_attempt_records_status_references_and_documents(
         ]
     );
     let later = b
-        .claim_work(ADAPTER, &lease(), now() + Duration::days(1), 10)
+        .claim_work(
+            ADAPTER,
+            &lease(),
+            now() + Duration::days(1),
+            10,
+            MAX_IN_FLIGHT,
+        )
         .await
         .unwrap();
     assert!(
@@ -278,7 +315,13 @@ pub(super) async fn a_rejection_concludes_the_practice(b: &Backend) {
     );
     assert_eq!(outcome.vendor_code.as_deref(), Some("E42"));
     let later = b
-        .claim_work(ADAPTER, &lease(), now() + Duration::days(1), 10)
+        .claim_work(
+            ADAPTER,
+            &lease(),
+            now() + Duration::days(1),
+            10,
+            MAX_IN_FLIGHT,
+        )
         .await
         .unwrap();
     assert!(later.jobs.is_empty());
@@ -303,12 +346,18 @@ pub(super) async fn a_failure_with_attempts_left_is_due_again_later(b: &Backend)
     assert!(next <= now() + Duration::seconds(61), "{next}");
     assert_eq!(b.next_due_at(ADAPTER).await.unwrap(), Some(next));
     let early = b
-        .claim_work(ADAPTER, &lease(), next - Duration::seconds(1), 10)
+        .claim_work(
+            ADAPTER,
+            &lease(),
+            next - Duration::seconds(1),
+            10,
+            MAX_IN_FLIGHT,
+        )
         .await
         .unwrap();
     assert!(early.jobs.is_empty(), "not before the delay");
     let second = b
-        .claim_work(ADAPTER, &lease(), next, 10)
+        .claim_work(ADAPTER, &lease(), next, 10, MAX_IN_FLIGHT)
         .await
         .unwrap()
         .jobs;
@@ -364,7 +413,13 @@ pub(super) async fn a_failure_without_attempts_left_is_dead_lettered(b: &Backend
     assert_eq!(delivery_of(&p1).status, DeliveryStatus::DeadLettered);
     assert_eq!(p1.status, AdminStatus::Submitted);
     let later = b
-        .claim_work(ADAPTER, &lease(), now() + Duration::days(1), 10)
+        .claim_work(
+            ADAPTER,
+            &lease(),
+            now() + Duration::days(1),
+            10,
+            MAX_IN_FLIGHT,
+        )
         .await
         .unwrap();
     assert!(later.jobs.is_empty(), "a dead letter is not claimed");
@@ -446,7 +501,13 @@ pub(super) async fn a_pending_poll_applies_progress_and_waits(b: &Backend) {
     let job = claim_one(b).await;
     accept_for_polling(b, &job, "status/1").await;
     let poll = b
-        .claim_work(ADAPTER, &lease(), now() + Duration::minutes(2), 1)
+        .claim_work(
+            ADAPTER,
+            &lease(),
+            now() + Duration::minutes(2),
+            1,
+            MAX_IN_FLIGHT,
+        )
         .await
         .unwrap()
         .polls
@@ -462,12 +523,18 @@ pub(super) async fn a_pending_poll_applies_progress_and_waits(b: &Backend) {
         .unwrap();
     assert_eq!(get(b, "p-1").await.status, AdminStatus::InProgress);
     let early = b
-        .claim_work(ADAPTER, &lease(), next - Duration::seconds(1), 10)
+        .claim_work(
+            ADAPTER,
+            &lease(),
+            next - Duration::seconds(1),
+            10,
+            MAX_IN_FLIGHT,
+        )
         .await
         .unwrap();
     assert!(early.polls.is_empty(), "not before the next poll");
     let poll = b
-        .claim_work(ADAPTER, &lease(), next, 10)
+        .claim_work(ADAPTER, &lease(), next, 10, MAX_IN_FLIGHT)
         .await
         .unwrap()
         .polls
@@ -482,7 +549,13 @@ pub(super) async fn a_pending_poll_applies_progress_and_waits(b: &Backend) {
     let p1 = get(b, "p-1").await;
     assert_eq!(delivery_of(&p1).failure_class.as_deref(), Some("transient"));
     let poll = b
-        .claim_work(ADAPTER, &lease(), next + Duration::hours(1), 10)
+        .claim_work(
+            ADAPTER,
+            &lease(),
+            next + Duration::hours(1),
+            10,
+            MAX_IN_FLIGHT,
+        )
         .await
         .unwrap()
         .polls
@@ -504,7 +577,13 @@ pub(super) async fn a_pending_poll_applies_progress_and_waits(b: &Backend) {
     assert_eq!(p1.status, AdminStatus::Approved);
     assert_eq!(delivery_of(&p1).status, DeliveryStatus::Acknowledged);
     let after = b
-        .claim_work(ADAPTER, &lease(), now() + Duration::days(1), 10)
+        .claim_work(
+            ADAPTER,
+            &lease(),
+            now() + Duration::days(1),
+            10,
+            MAX_IN_FLIGHT,
+        )
         .await
         .unwrap();
     assert!(after.polls.is_empty() && after.jobs.is_empty());

@@ -117,13 +117,19 @@ pub(super) async fn a_reused_idempotency_key_finds_the_first_practice(b: &Backen
         "{outcome:?}"
     );
     // Claimed insertion answers the same and claims nothing.
-    let (outcome, job) = b.insert_practice_claimed(changed, &lease()).await.unwrap();
+    let (outcome, job) = b
+        .insert_practice_claimed(changed, &lease(), MAX_IN_FLIGHT)
+        .await
+        .unwrap();
     assert!(
         matches!(&outcome, InsertOutcome::Existing { id, same_content: false } if id == "p-1"),
         "{outcome:?}"
     );
     assert!(job.is_none());
-    let (outcome, job) = b.insert_practice_claimed(again, &lease()).await.unwrap();
+    let (outcome, job) = b
+        .insert_practice_claimed(again, &lease(), MAX_IN_FLIGHT)
+        .await
+        .unwrap();
     assert!(
         matches!(
             &outcome,

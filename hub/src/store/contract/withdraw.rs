@@ -39,7 +39,13 @@ pub(super) async fn withdrawing_a_never_sent_practice_cancels_its_delivery(b: &B
     );
     assert_eq!(p1.delivery.unwrap().status, DeliveryStatus::Cancelled);
     let later = b
-        .claim_work(ADAPTER, &lease(), now() + chrono::Duration::days(1), 10)
+        .claim_work(
+            ADAPTER,
+            &lease(),
+            now() + chrono::Duration::days(1),
+            10,
+            MAX_IN_FLIGHT,
+        )
         .await
         .unwrap();
     assert!(later.jobs.is_empty(), "nothing is sent");
@@ -73,7 +79,13 @@ pub(super) async fn withdrawing_a_maybe_sent_practice_forwards_the_withdrawal(b:
         [DeliveryStatus::Cancelled, DeliveryStatus::Queued]
     );
     let work = b
-        .claim_work(ADAPTER, &lease(), now() + chrono::Duration::days(1), 10)
+        .claim_work(
+            ADAPTER,
+            &lease(),
+            now() + chrono::Duration::days(1),
+            10,
+            MAX_IN_FLIGHT,
+        )
         .await
         .unwrap();
     assert_eq!(

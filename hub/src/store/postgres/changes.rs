@@ -5,7 +5,7 @@
 use super::rows::{claimed_job, dead_letter_row};
 use super::state::{self, Loaded};
 use super::tx::{Tx, col};
-use super::{follow_up, leases};
+use super::{cluster, follow_up, leases};
 use crate::domain::practice::NewPractice;
 use crate::store::sqlite::rows::{CLAIMED_JOB_COLUMNS, DEAD_LETTER_SQL, ms, parse};
 use crate::store::{ClaimedJob, ClaimedWork, DeadLetter, InsertOutcome, Lease, StoreError};
@@ -33,18 +33,27 @@ async fn existing(tx: &Tx, new: &NewPractice) -> Result<Option<InsertOutcome>, S
 
 /// Stores a new practice with its outbox job and first events, or finds the
 /// earlier practice with the same idempotency key (also one that another
-/// instance is storing at this moment). With a `lease`, the job is stored
-/// as attempt 1 in flight under it and returned.
+/// instance is storing at this moment). With a `lease` and a free slot
+/// among the adapter's `max_in_flight` (see `cluster::free_slots`), the job
+/// is stored as attempt 1 in flight under it and returned; without a free
+/// slot it is stored due.
 pub(super) async fn insert_new(
     tx: &mut Tx,
     new: &NewPractice,
     content: &str,
-    lease: Option<&Lease>,
+    lease: Option<(&Lease, u32)>,
 ) -> Result<(InsertOutcome, Option<ClaimedJob>), StoreError> {
-    let claim = lease.is_some();
     if let Some(found) = existing(tx, new).await? {
         return Ok((found, None));
     }
+    let lease = match lease {
+        Some((lease, max_in_flight)) => {
+            let free = cluster::free_slots(tx, &new.adapter, Utc::now(), 1, max_in_flight).await?;
+            (free > 0).then_some(lease)
+        }
+        None => None,
+    };
+    let claim = lease.is_some();
     let operation_id = uuid::Uuid::now_v7().to_string();
     let plan = plan::plan_submission(new, &operation_id, claim);
     let applicant_id = new.content.applicant.id().to_ascii_uppercase();
@@ -133,7 +142,8 @@ pub(super) async fn insert_new(
     Ok((InsertOutcome::Created, job))
 }
 
-/// Claims up to `limit` pieces of work of `adapter`: due polls first, then
+/// Claims up to `limit` pieces of work of `adapter`, within what its
+/// `max_in_flight` leaves free in the whole cluster: due polls first, then
 /// due jobs. Rows another instance is claiming are skipped, not waited for.
 pub(super) async fn claim_work(
     tx: &mut Tx,
@@ -141,7 +151,16 @@ pub(super) async fn claim_work(
     lease: &Lease,
     now: DateTime<Utc>,
     limit: u32,
+    max_in_flight: u32,
 ) -> Result<ClaimedWork, StoreError> {
+    let wanted = limit;
+    let limit = cluster::free_slots(tx, adapter, now, limit, max_in_flight).await?;
+    if limit == 0 {
+        return Ok(ClaimedWork {
+            saturated: wanted > 0,
+            ..Default::default()
+        });
+    }
     let polls = follow_up::claim(tx, adapter, lease, now, limit).await?;
     let left = limit - polls.len() as u32;
     let jobs = if left == 0 {
@@ -149,7 +168,11 @@ pub(super) async fn claim_work(
     } else {
         claim_due(tx, adapter, lease, now, left).await?
     };
-    Ok(ClaimedWork { polls, jobs })
+    Ok(ClaimedWork {
+        polls,
+        jobs,
+        saturated: false,
+    })
 }
 
 async fn claim_due(

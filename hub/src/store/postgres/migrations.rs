@@ -7,11 +7,18 @@ use crate::store::StoreError;
 use deadpool_postgres::Object;
 
 /// (version, name, SQL). Append only: never edit a released migration.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../../../migrations/postgres/0001_init.sql"),
-)];
+pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "init",
+        include_str!("../../../migrations/postgres/0001_init.sql"),
+    ),
+    (
+        2,
+        "cluster",
+        include_str!("../../../migrations/postgres/0002_cluster.sql"),
+    ),
+];
 
 /// The advisory lock's first key ("RACC"); the second is the schema's,
 /// so databases with one hub schema each do not wait on each other.

@@ -6,7 +6,9 @@
 //! - a practice's changes are serialized by its row lock;
 //! - a duplicate submission (same tenant and idempotency key) waits for the
 //!   first on the unique index and resolves to it (`Existing`);
-//! - claims skip rows another instance is claiming (`SKIP LOCKED`);
+//! - claims skip rows another instance is claiming (`SKIP LOCKED`), and
+//!   the claims of one adapter take its advisory lock first, so its
+//!   `max_concurrency` counts the work in flight on every instance;
 //! - event cursors are taken from one counter row at the end of the
 //!   transaction, so cursor order is commit order (see `tx`);
 //! - each tenant's audit chain is extended under its head row's lock.
@@ -18,6 +20,7 @@
 
 mod audit;
 mod changes;
+mod cluster;
 mod follow_up;
 mod leases;
 mod migrations;
@@ -213,6 +216,7 @@ impl Store for PgStore {
         &self,
         new: NewPractice,
         lease: &Lease,
+        max_in_flight: u32,
     ) -> Result<(InsertOutcome, Option<ClaimedJob>), StoreError> {
         let content =
             serde_json::to_string(&new.content).map_err(|e| StoreError::Internal(e.to_string()))?;
@@ -220,7 +224,7 @@ impl Store for PgStore {
             &mut tx,
             &new,
             &content,
-            Some(lease)
+            Some((lease, max_in_flight))
         )
         .await)
     }
@@ -318,9 +322,15 @@ impl Store for PgStore {
         lease: &Lease,
         now: DateTime<Utc>,
         limit: u32,
+        max_in_flight: u32,
     ) -> Result<ClaimedWork, StoreError> {
         in_tx!(self, WRITE, |tx| changes::claim_work(
-            &mut tx, adapter, lease, now, limit
+            &mut tx,
+            adapter,
+            lease,
+            now,
+            limit,
+            max_in_flight
         )
         .await)
     }
@@ -345,6 +355,29 @@ impl Store for PgStore {
 
     async fn expire_leases(&self, now: DateTime<Utc>) -> Result<ExpiredLeases, StoreError> {
         in_tx!(self, WRITE, |tx| leases::expire(&mut tx, now).await)
+    }
+
+    async fn hold_singleton(
+        &self,
+        name: &str,
+        owner: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        in_tx!(self, WRITE, |tx| cluster::hold_singleton(
+            &tx, name, owner, now, until
+        )
+        .await)
+    }
+
+    async fn heartbeat(
+        &self,
+        owner: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<u32, StoreError> {
+        in_tx!(self, WRITE, |tx| cluster::heartbeat(&tx, owner, now, until)
+            .await)
     }
 
     async fn next_due_at(&self, adapter: &str) -> Result<Option<DateTime<Utc>>, StoreError> {

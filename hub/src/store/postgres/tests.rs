@@ -127,7 +127,7 @@ async fn a_practice_is_stored_read_back_and_delivered() {
     assert_eq!(stored.attachments.len(), 1);
     assert!(stored.attachments[0].content.is_empty(), "metadata only");
     let work = store
-        .claim_work("tributi", &lease("hub-a"), Utc::now(), 10)
+        .claim_work("tributi", &lease("hub-a"), Utc::now(), 10, 100)
         .await
         .unwrap();
     assert_eq!(work.jobs.len(), 1);
@@ -215,7 +215,7 @@ async fn claims_from_two_instances_never_take_the_same_job() {
         let mut mine = Vec::new();
         loop {
             let work = s
-                .claim_work("tributi", &lease(owner), Utc::now(), 3)
+                .claim_work("tributi", &lease(owner), Utc::now(), 3, 100)
                 .await
                 .unwrap();
             if work.jobs.is_empty() {
@@ -409,7 +409,7 @@ async fn instances_starting_together_migrate_once() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(applied, 1);
+    assert_eq!(applied, migrations::MIGRATIONS.len() as i64);
 }
 
 /// `tls = "require"` encrypts the connection (the local server has TLS on,
@@ -471,7 +471,7 @@ async fn concurrent_sweeps_end_each_lease_once() {
         duration: std::time::Duration::from_millis(1),
     };
     let claimed = a
-        .claim_work("tributi", &short, Utc::now(), 20)
+        .claim_work("tributi", &short, Utc::now(), 20, 100)
         .await
         .unwrap();
     assert_eq!(claimed.jobs.len(), 20);
@@ -494,4 +494,151 @@ async fn concurrent_sweeps_end_each_lease_once() {
     }
     let (_, breaks) = a.verify_audit(None).await.unwrap();
     assert!(breaks.is_empty(), "{breaks:?}");
+}
+
+/// Three instances claim one adapter's queue at once, by workers and by
+/// synchronous submissions, with `max_concurrency` 2: never more than two
+/// attempts are in flight in the whole cluster, and every job is delivered.
+#[tokio::test]
+async fn three_instances_never_exceed_the_adapters_limit() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    const MAX: u32 = 2;
+    let schema = Schema::new().await;
+    let stores = [
+        schema.store(None).await,
+        schema.store(None).await,
+        schema.store(None).await,
+    ];
+    for i in 0..30 {
+        let id = format!("p-{i:02}");
+        stores[0]
+            .insert_practice(new_practice(&id, &id), false)
+            .await
+            .unwrap();
+    }
+    // Attempts held by the tasks below: raised only after a claim committed
+    // and lowered before its result is recorded, so it is never above what
+    // the store itself counts in flight.
+    let held = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (n, store) in stores.iter().enumerate() {
+        let (store, held, most) = (store.clone(), Arc::clone(&held), Arc::clone(&most));
+        tasks.spawn(async move {
+            let owner = format!("hub-{n}");
+            let mut delivered = 0;
+            let mut sync = 0;
+            loop {
+                // The first rounds also make a synchronous submission, which
+                // tries to claim its own delivery with the insert.
+                let mut jobs = Vec::new();
+                if sync < 5 {
+                    sync += 1;
+                    let id = format!("s-{n}-{sync}");
+                    let (_, job) = store
+                        .insert_practice_claimed(new_practice(&id, &id), &lease(&owner), MAX)
+                        .await
+                        .unwrap();
+                    jobs.extend(job);
+                }
+                let work = store
+                    .claim_work("tributi", &lease(&owner), Utc::now(), MAX, MAX)
+                    .await
+                    .unwrap();
+                jobs.extend(work.jobs);
+                if jobs.is_empty() {
+                    if !work.saturated && sync == 5 {
+                        break; // nothing due, and no more submissions
+                    }
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+                let now_held = held.fetch_add(jobs.len(), Ordering::SeqCst) + jobs.len();
+                most.fetch_max(now_held, Ordering::SeqCst);
+                let snapshot = store.ops_snapshot(Utc::now()).await.unwrap();
+                let in_flight = snapshot.adapters.first().map_or(0, |a| a.in_flight);
+                assert!(in_flight <= i64::from(MAX), "{in_flight} in flight");
+                for job in jobs {
+                    held.fetch_sub(1, Ordering::SeqCst);
+                    let done = AttemptResult::Delivered(VendorReply::default());
+                    store.finish_attempt(&job, done, false).await.unwrap();
+                    delivered += 1;
+                }
+            }
+            delivered
+        });
+    }
+    let delivered: usize = tasks.join_all().await.into_iter().sum();
+    let most = most.load(Ordering::SeqCst);
+    assert!(most <= MAX as usize, "{most} attempts held at once");
+    let snapshot = stores[0].ops_snapshot(Utc::now()).await.unwrap();
+    assert!(
+        snapshot.adapters.is_empty(),
+        "nothing due or in flight: {snapshot:?}"
+    );
+    assert_eq!(delivered, 30 + 15, "every job delivered once");
+}
+
+/// Three instances want one singleton at once: one gets it. When it stops
+/// renewing, its lease runs out and exactly one of the others takes over.
+#[tokio::test]
+async fn a_singleton_moves_when_its_holder_stops() {
+    let schema = Schema::new().await;
+    let stores = [
+        schema.store(None).await,
+        schema.store(None).await,
+        schema.store(None).await,
+    ];
+    let t = Utc::now();
+    let at = move |s: i64| t + chrono::Duration::seconds(s);
+    let round = |from: i64, owners: Vec<usize>| {
+        let stores = stores.clone();
+        async move {
+            let mut tasks = tokio::task::JoinSet::new();
+            for n in owners {
+                let store = stores[n].clone();
+                tasks.spawn(async move {
+                    let held = store
+                        .hold_singleton(
+                            "file-scan:anagrafe",
+                            &format!("hub-{n}"),
+                            at(from),
+                            at(from + 30),
+                        )
+                        .await
+                        .unwrap();
+                    held.then_some(n)
+                });
+            }
+            tasks
+                .join_all()
+                .await
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+        }
+    };
+    let first = round(0, vec![0, 1, 2]).await;
+    let [holder] = <[usize; 1]>::try_from(first.clone()).expect("one holder");
+    // The holder renews; the others keep asking: nothing moves.
+    assert_eq!(round(20, vec![0, 1, 2]).await, [holder]);
+    // The holder stops (no more renewals); before its lease runs out
+    // nobody takes it, after it one of the others does.
+    let others: Vec<usize> = (0..3).filter(|n| *n != holder).collect();
+    assert!(round(45, others.clone()).await.is_empty());
+    let next = round(51, others).await;
+    assert_eq!(next.len(), 1, "{next:?}");
+    assert_ne!(next[0], holder);
+    // The three heartbeats are counted by every instance.
+    for (n, store) in stores.iter().enumerate() {
+        store
+            .heartbeat(&format!("hub-{n}"), Utc::now(), at(600))
+            .await
+            .unwrap();
+    }
+    let live = stores[0]
+        .heartbeat("hub-0", Utc::now(), at(600))
+        .await
+        .unwrap();
+    assert_eq!(live, 3);
 }

@@ -7,7 +7,7 @@ use super::rows::{
     read_dead_letter,
 };
 use super::state::{self, Loaded};
-use super::{follow_up, leases};
+use super::{cluster, follow_up, leases};
 use crate::domain::practice::NewPractice;
 use crate::store::{ClaimedJob, ClaimedWork, DeadLetter, InsertOutcome, Lease, StoreError};
 use chrono::{DateTime, Utc};
@@ -36,9 +36,8 @@ pub(super) fn insert_new(
     conn: &Connection,
     new: &NewPractice,
     content: &str,
-    lease: Option<&Lease>,
+    lease: Option<(&Lease, u32)>,
 ) -> Result<(InsertOutcome, Option<ClaimedJob>), StoreError> {
-    let claim = lease.is_some();
     if let Some((id, hash)) = conn
         .prepare_cached(
             "SELECT id, content_hash FROM practices WHERE tenant_id = ?1 AND idempotency_key = ?2",
@@ -54,6 +53,15 @@ pub(super) fn insert_new(
         };
         return Ok((existing, None));
     }
+    // Claimed only within the adapter's limit; otherwise stored due.
+    let lease = match lease {
+        Some((lease, max_in_flight)) => {
+            let free = cluster::free_slots(conn, &new.adapter, Utc::now(), 1, max_in_flight)?;
+            (free > 0).then_some(lease)
+        }
+        None => None,
+    };
+    let claim = lease.is_some();
     let operation_id = uuid::Uuid::now_v7().to_string();
     let plan = plan::plan_submission(new, &operation_id, claim);
     let applicant_id = new.content.applicant.id().to_ascii_uppercase();
@@ -139,7 +147,16 @@ pub(super) fn claim_work(
     lease: &Lease,
     now: DateTime<Utc>,
     limit: u32,
+    max_in_flight: u32,
 ) -> Result<ClaimedWork, StoreError> {
+    let wanted = limit;
+    let limit = cluster::free_slots(conn, adapter, now, limit, max_in_flight)?;
+    if limit == 0 {
+        return Ok(ClaimedWork {
+            saturated: wanted > 0,
+            ..Default::default()
+        });
+    }
     let polls = follow_up::claim(conn, adapter, lease, now, limit)?;
     let left = limit - polls.len() as u32;
     let jobs = if left == 0 {
@@ -147,7 +164,11 @@ pub(super) fn claim_work(
     } else {
         claim_due(conn, adapter, lease, now, left)?
     };
-    Ok(ClaimedWork { polls, jobs })
+    Ok(ClaimedWork {
+        polls,
+        jobs,
+        saturated: false,
+    })
 }
 
 fn claim_due(

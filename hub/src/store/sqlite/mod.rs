@@ -16,6 +16,7 @@
 mod audit;
 mod changes;
 mod checkpoint;
+mod cluster;
 mod follow_up;
 mod leases;
 mod ops;
@@ -216,10 +217,14 @@ impl SqliteStore {
     /// Ends every lease in the database at once, whatever its expiry: the
     /// embedded store has one process as its only owner (the lock beside the
     /// file), so at start every lease left is a dead process's (see
-    /// [`Store::expire_leases`]).
+    /// [`Store::expire_leases`]). Singletons and heartbeats left are a dead
+    /// process's too: forgotten, so this one takes them at once.
     pub async fn expire_all_leases(&self) -> Result<ExpiredLeases, StoreError> {
-        self.write_owed(|conn| leases::expire(conn, Utc::now(), DateTime::<Utc>::MAX_UTC))
-            .await
+        self.write_owed(|conn| {
+            cluster::forget_instances(conn)?;
+            leases::expire(conn, Utc::now(), DateTime::<Utc>::MAX_UTC)
+        })
+        .await
     }
 
     /// The store with room for `capacity` writes queued or running
@@ -336,11 +341,14 @@ impl Store for SqliteStore {
         &self,
         new: NewPractice,
         lease: &Lease,
+        max_in_flight: u32,
     ) -> Result<(InsertOutcome, Option<ClaimedJob>), StoreError> {
         let content = changes::content_json(&new)?;
         let lease = lease.clone();
-        self.write(move |conn| changes::insert_new(conn, &new, &content, Some(&lease)))
-            .await
+        self.write(move |conn| {
+            changes::insert_new(conn, &new, &content, Some((&lease, max_in_flight)))
+        })
+        .await
     }
 
     async fn get_practice(
@@ -440,10 +448,13 @@ impl Store for SqliteStore {
         lease: &Lease,
         now: DateTime<Utc>,
         limit: u32,
+        max_in_flight: u32,
     ) -> Result<ClaimedWork, StoreError> {
         let (adapter, lease) = (adapter.to_string(), lease.clone());
-        self.write_owed(move |conn| changes::claim_work(conn, &adapter, &lease, now, limit))
-            .await
+        self.write_owed(move |conn| {
+            changes::claim_work(conn, &adapter, &lease, now, limit, max_in_flight)
+        })
+        .await
     }
 
     async fn renew_leases(
@@ -464,6 +475,29 @@ impl Store for SqliteStore {
 
     async fn expire_leases(&self, now: DateTime<Utc>) -> Result<ExpiredLeases, StoreError> {
         self.write_owed(move |conn| leases::expire(conn, now, now))
+            .await
+    }
+
+    async fn hold_singleton(
+        &self,
+        name: &str,
+        owner: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let (name, owner) = (name.to_string(), owner.to_string());
+        self.write_owed(move |conn| cluster::hold_singleton(conn, &name, &owner, now, until))
+            .await
+    }
+
+    async fn heartbeat(
+        &self,
+        owner: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<u32, StoreError> {
+        let owner = owner.to_string();
+        self.write_owed(move |conn| cluster::heartbeat(conn, &owner, now, until))
             .await
     }
 

@@ -102,7 +102,10 @@ mod tests {
             .unwrap();
         let mut sync = new_practice("p-2", "k-2");
         sync.mode = Mode::Sync;
-        let (_, claimed) = store.insert_practice_claimed(sync, &lease).await.unwrap();
+        let (_, claimed) = store
+            .insert_practice_claimed(sync, &lease, 100)
+            .await
+            .unwrap();
         let job = claimed.expect("the first delivery, claimed");
         store.delivery_payload(&job).await.unwrap();
         // Attempt recording: accepted with the vendor's reference.
@@ -122,7 +125,10 @@ mod tests {
             .unwrap();
         // Claims; a failed attempt, retried, then dead-lettered and replayed.
         store.next_due_at("tributi").await.unwrap();
-        let work = store.claim_work("tributi", &lease, now, 10).await.unwrap();
+        let work = store
+            .claim_work("tributi", &lease, now, 10, 100)
+            .await
+            .unwrap();
         let job = work.jobs.first().expect("p-1's delivery is due").clone();
         let failure = DeliveryError::new(FailureClass::Transient, "connection refused");
         store
@@ -134,7 +140,7 @@ mod tests {
             .await
             .unwrap();
         let work = store
-            .claim_work("tributi", &lease, Utc::now(), 10)
+            .claim_work("tributi", &lease, Utc::now(), 10, 100)
             .await
             .unwrap();
         let job = work.jobs.first().expect("retried at once").clone();
@@ -152,7 +158,7 @@ mod tests {
         // A delivery whose result is polled, polled once more, then stopped
         // in flight and its lease run out.
         let work = store
-            .claim_work("tributi", &lease, Utc::now(), 10)
+            .claim_work("tributi", &lease, Utc::now(), 10, 100)
             .await
             .unwrap();
         let job = work.jobs.first().expect("replayed").clone();
@@ -169,7 +175,7 @@ mod tests {
             .await
             .unwrap();
         let work = store
-            .claim_work("tributi", &lease, Utc::now(), 10)
+            .claim_work("tributi", &lease, Utc::now(), 10, 100)
             .await
             .unwrap();
         let poll = work.polls.first().expect("the poll is due").clone();
@@ -182,7 +188,7 @@ mod tests {
             .await
             .unwrap();
         let work = store
-            .claim_work("tributi", &lease, Utc::now(), 10)
+            .claim_work("tributi", &lease, Utc::now(), 10, 100)
             .await
             .unwrap();
         // Leases renewed, then run out (what start-up and the sweep do).
