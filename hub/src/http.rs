@@ -2,6 +2,7 @@
 //! systemd, and the vendor callback endpoints adapters serve under
 //! `/callbacks/{instance}`.
 
+use crate::cluster::STORE_GAUGES;
 use crate::practices::PracticeService;
 use crate::status::{HubStatus, hub_status};
 use axum::Json;
@@ -31,12 +32,22 @@ pub fn router(service: Arc<PracticeService>, sink: Arc<dyn ResultSink>) -> axum:
 
 /// The Prometheus exposition. Store-derived gauges are refreshed at most
 /// every few seconds; a store error leaves the previous values in place.
+/// They describe the whole store: of the instances sharing it, only the
+/// holder of the `store-gauges` singleton reports them.
 async fn metrics(
     State(service): State<Arc<PracticeService>>,
 ) -> ([(axum::http::header::HeaderName, &'static str); 1], String) {
     let metrics = service.metrics();
-    if metrics.snapshot_due() {
-        match service.store().ops_snapshot(chrono::Utc::now()).await {
+    let store = service.store().as_ref();
+    let reporter = service.cluster().holds(store, STORE_GAUGES).await;
+    metrics.store_gauges_reporter.set(i64::from(reporter));
+    metrics
+        .cluster_instances
+        .set(i64::from(service.cluster().live()));
+    if !reporter {
+        metrics.withhold_snapshot();
+    } else if metrics.snapshot_due() {
+        match store.ops_snapshot(chrono::Utc::now()).await {
             Ok(snapshot) => metrics.apply_snapshot(&snapshot),
             Err(e) => tracing::warn!(error = %e, "cannot read the store for metrics"),
         }

@@ -47,6 +47,14 @@ impl ResultSink for HubSink {
         }
         applied
     }
+
+    async fn holds(&self, name: &str) -> bool {
+        let service = &self.service;
+        service
+            .cluster()
+            .holds(service.store().as_ref(), name)
+            .await
+    }
 }
 
 impl HubSink {

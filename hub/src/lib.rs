@@ -13,6 +13,7 @@
 pub mod adapters;
 pub mod bus;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod delivery;
 pub mod domain;

@@ -8,7 +8,12 @@
 //! Counters and histograms are updated where things happen; gauges that
 //! describe the store (jobs due, practices by status, …) are read from it at
 //! scrape time, at most once per [`SNAPSHOT_TTL`], so a busy Prometheus
-//! cannot turn scrapes into table scans.
+//! cannot turn scrapes into table scans. Several instances sharing one
+//! database would each report the same store gauges: only the holder of the
+//! `store-gauges` singleton reports them (see [`crate::cluster`]), the
+//! others report them empty (and `store_size_bytes` 0), so a sum over
+//! instances counts the store once; `store_gauges_reporter` says which
+//! instance reports.
 
 use crate::store::OpsSnapshot;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -143,6 +148,10 @@ pub struct Metrics {
     pub store_commit_batch: Histogram,
     /// Database file size, write-ahead log included.
     pub store_size_bytes: Gauge,
+    /// 1 on the instance that reports the store-derived gauges.
+    pub store_gauges_reporter: Gauge,
+    /// Hub instances alive at this instance's last heartbeat.
+    pub cluster_instances: Gauge,
 }
 
 impl Default for Metrics {
@@ -173,6 +182,8 @@ impl Metrics {
             jobs_scheduled: Family::default(),
             oldest_due_seconds: Family::default(),
             dead_letters: Family::default(),
+            store_gauges_reporter: Gauge::default(),
+            cluster_instances: Gauge::default(),
             practices: Family::default(),
             practices_past_deadline: Family::default(),
             store_transaction_duration: latency_histogram(),
@@ -291,6 +302,16 @@ impl Metrics {
             Unit::Bytes,
             m.store_size_bytes.clone(),
         );
+        registry.register(
+            "store_gauges_reporter",
+            "1 on the hub instance that reports the store-derived gauges (one per cluster)",
+            m.store_gauges_reporter.clone(),
+        );
+        registry.register(
+            "cluster_instances",
+            "Hub instances sharing the store alive at this instance's last heartbeat",
+            m.cluster_instances.clone(),
+        );
         Self { registry, ..m }
     }
 
@@ -305,6 +326,14 @@ impl Metrics {
                 true
             }
         }
+    }
+
+    /// Empties the store-derived gauges: another instance reports them.
+    /// The next [`snapshot_due`](Self::snapshot_due) is at once, for when
+    /// this instance reports them again.
+    pub fn withhold_snapshot(&self) {
+        self.apply_snapshot(&OpsSnapshot::default());
+        *self.snapshot_at.lock().expect("metrics lock") = None;
     }
 
     /// Replaces the store-derived gauges (label sets that vanished go too).

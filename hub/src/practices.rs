@@ -7,6 +7,7 @@
 
 use crate::adapters::AdapterInstance;
 use crate::bus::EventBus;
+use crate::cluster::Cluster;
 use crate::config::{AttachmentMode, Config, Mode, ServiceConfig};
 use crate::delivery::{Leases, PreparedMessages};
 use crate::domain::practice::{
@@ -147,6 +148,8 @@ pub struct PracticeService {
     prepared: PreparedMessages,
     /// This instance's id and the leases of the attempts it runs.
     leases: Arc<Leases>,
+    /// This instance's heartbeat and singletons.
+    cluster: Arc<Cluster>,
     /// Set when the hub stops: live streams end so shutdown is not held up.
     closing: watch::Sender<bool>,
 }
@@ -172,8 +175,10 @@ impl PracticeService {
         metrics: Arc<Metrics>,
     ) -> Self {
         let leases = Arc::new(Leases::new(config.delivery.lease));
+        let cluster = Arc::new(Cluster::new(leases.owner(), config.delivery.lease));
         Self {
             leases,
+            cluster,
             config,
             store,
             bus,
@@ -194,6 +199,11 @@ impl PracticeService {
     /// This hub instance's id and the leases of the attempts it runs.
     pub fn leases(&self) -> &Arc<Leases> {
         &self.leases
+    }
+
+    /// This instance among the hub instances sharing the store.
+    pub fn cluster(&self) -> &Arc<Cluster> {
+        &self.cluster
     }
 
     /// First deliveries built at submission, for the workers.

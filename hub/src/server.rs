@@ -159,6 +159,12 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
             .await
             .map_err(|e| anyhow::anyhow!("adapters.{name}.{}: {}", e.key, e.reason))?;
     }
+    // A first heartbeat before any delivery: each adapter knows its share
+    // of the cluster's limits from its first request on.
+    service
+        .cluster()
+        .beat(service.store().as_ref(), instances.values())
+        .await;
     let workers = spawn_workers(Arc::clone(&service), &instances, &wakers);
 
     let grpc_listener = tokio::net::TcpListener::bind(config.hub.grpc_listen)

@@ -129,7 +129,8 @@ impl Drop for Held {
 
 /// Renews this instance's leases and sweeps expired ones (anyone's) every
 /// third of the lease, until aborted (after the last attempts ended). Work
-/// made due again wakes the workers.
+/// made due again wakes the workers. It also beats this instance's
+/// heartbeat and renews its singletons (see [`crate::cluster`]).
 pub fn spawn_keeper(service: Arc<PracticeService>) -> JoinHandle<()> {
     tokio::spawn(async move {
         let leases = Arc::clone(service.leases());
@@ -138,6 +139,10 @@ pub fn spawn_keeper(service: Arc<PracticeService>) -> JoinHandle<()> {
         loop {
             tick.tick().await;
             leases.renew(service.store().as_ref()).await;
+            service
+                .cluster()
+                .beat(service.store().as_ref(), service.adapters().values())
+                .await;
             match service.store().expire_leases(Utc::now()).await {
                 Ok(expired) if !expired.is_empty() => {
                     tracing::warn!(

@@ -29,6 +29,7 @@ pub struct Workers {
     tasks: JoinSet<()>,
     /// Renews this instance's leases and sweeps expired ones.
     keeper: tokio::task::JoinHandle<()>,
+    service: Arc<PracticeService>,
 }
 
 impl std::fmt::Debug for Workers {
@@ -43,7 +44,8 @@ impl Workers {
     /// Stops claiming new jobs and waits up to `grace` for attempts in
     /// flight, renewing their leases meanwhile. Attempts still running after
     /// that are left to lease expiry (at the latest at next start): due
-    /// again as `OUTCOME_UNKNOWN`, same operation id.
+    /// again as `OUTCOME_UNKNOWN`, same operation id. Then gives up this
+    /// instance's singletons and heartbeat.
     pub async fn shutdown(mut self, grace: Duration) {
         let _ = self.stop.send(true);
         let all = async { while self.tasks.join_next().await.is_some() {} };
@@ -54,6 +56,10 @@ impl Workers {
             self.tasks.abort_all();
         }
         self.keeper.abort();
+        // The other instances take this one's singletons and its share of
+        // the limits now, not after a lease.
+        let service = &self.service;
+        service.cluster().leave(service.store().as_ref()).await;
     }
 }
 
@@ -80,6 +86,7 @@ pub fn spawn_workers(
         stop,
         tasks,
         keeper,
+        service,
     }
 }
 

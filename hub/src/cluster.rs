@@ -1,0 +1,157 @@
+//! This hub instance's place among the instances sharing one database.
+//!
+//! - **Heartbeat.** Every third of `delivery.lease` the keeper records this
+//!   instance alive for one lease ([`Store::heartbeat`]) and learns how many
+//!   instances are alive; each adapter is told ([`Adapter::share`]), and
+//!   divides the limits set for its vendor as a whole (a request rate) by
+//!   that number.
+//! - **Singletons.** Work that must run on one instance at a time (scanning
+//!   a shared folder, reporting the store gauges) runs on the holder of a
+//!   named lease ([`Store::hold_singleton`]), renewed by the keeper; when
+//!   its holder stops, the lease runs out and another instance takes it.
+//!
+//! With the embedded store there is one instance: it is always alone, and
+//! holds every singleton.
+//!
+//! [`Adapter::share`]: raccordo_adapters::Adapter::share
+
+use crate::adapters::AdapterInstance;
+use crate::store::Store;
+use chrono::{DateTime, Utc};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+/// The singleton whose holder reports the store-derived gauges on
+/// `/metrics` (the others report none, so sums over instances count once).
+pub const STORE_GAUGES: &str = "store-gauges";
+
+/// This instance's heartbeat and singletons.
+#[derive(Debug)]
+pub struct Cluster {
+    owner: String,
+    lease: Duration,
+    /// Singletons this instance wants, and until when it holds each (as
+    /// far as it knows; `None`: not held).
+    singletons: Mutex<HashMap<String, Option<DateTime<Utc>>>>,
+    /// Live instances at the last heartbeat (this one included).
+    live: AtomicU32,
+}
+
+impl Cluster {
+    /// The cluster as seen by instance `owner`, whose leases run for
+    /// `lease`: alone until its first heartbeat.
+    pub fn new(owner: &str, lease: Duration) -> Self {
+        Self {
+            owner: owner.to_string(),
+            lease,
+            singletons: Mutex::default(),
+            live: AtomicU32::new(1),
+        }
+    }
+
+    /// Live instances at the last heartbeat, this one included (at least 1).
+    pub fn live(&self) -> u32 {
+        self.live.load(Ordering::Relaxed).max(1)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Option<DateTime<Utc>>>> {
+        self.singletons.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn until(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        now + chrono::Duration::from_std(self.lease).unwrap_or(chrono::Duration::seconds(30))
+    }
+
+    /// Whether this instance holds the singleton `name` now. The first ask
+    /// registers it (the keeper renews it from then on) and tries to take
+    /// it at once; later asks answer from what the keeper last found.
+    ///
+    /// A holder counts itself holding until a third of a lease before its
+    /// lease runs out: if its renewals stop getting through (the database
+    /// is unreachable), it stops before another instance may take over.
+    pub async fn holds(&self, store: &dyn Store, name: &str) -> bool {
+        let known = self.lock().get(name).copied();
+        let held_until = match known {
+            Some(until) => until,
+            None => {
+                self.lock().insert(name.to_string(), None);
+                self.hold(store, name).await
+            }
+        };
+        held_until.is_some_and(|until| Utc::now() + self.lease / 3 < until)
+    }
+
+    /// Takes or renews `name`; records and returns until when it is held.
+    async fn hold(&self, store: &dyn Store, name: &str) -> Option<DateTime<Utc>> {
+        let now = Utc::now();
+        let until = self.until(now);
+        let held = match store.hold_singleton(name, &self.owner, now, until).await {
+            Ok(true) => Some(until),
+            Ok(false) => None,
+            Err(e) => {
+                // Keeps what it had: it runs out by itself.
+                tracing::warn!(singleton = name, error = %e, "cannot renew a singleton lease");
+                return self.lock().get(name).copied().flatten();
+            }
+        };
+        let was = self.lock().insert(name.to_string(), held).flatten();
+        match (was.is_some(), held.is_some()) {
+            (false, true) => tracing::info!(singleton = name, "this instance runs it now"),
+            (true, false) => {
+                tracing::warn!(singleton = name, "another instance took it over")
+            }
+            _ => {}
+        }
+        held
+    }
+
+    /// One heartbeat: records this instance alive, tells every adapter how
+    /// many instances share its vendor, and takes or renews the singletons
+    /// this instance wants.
+    pub async fn beat<'a>(
+        &self,
+        store: &dyn Store,
+        adapters: impl IntoIterator<Item = &'a AdapterInstance>,
+    ) {
+        let now = Utc::now();
+        match store.heartbeat(&self.owner, now, self.until(now)).await {
+            Ok(live) => {
+                let live = live.max(1);
+                let was = self.live.swap(live, Ordering::Relaxed);
+                if was != live {
+                    tracing::info!(
+                        instances = live,
+                        "hub instances alive: shared limits are divided by this number"
+                    );
+                }
+                for instance in adapters {
+                    instance.adapter.share(live);
+                }
+            }
+            // The last count stands until a heartbeat gets through.
+            Err(e) => tracing::warn!(error = %e, "cannot record this instance's heartbeat"),
+        }
+        let names: Vec<String> = self.lock().keys().cloned().collect();
+        for name in names {
+            self.hold(store, &name).await;
+        }
+    }
+
+    /// Before stopping: gives up every singleton and the heartbeat, so the
+    /// other instances take over at once instead of after a lease.
+    pub async fn leave(&self, store: &dyn Store) {
+        let now = Utc::now();
+        let names: Vec<String> = self.lock().drain().map(|(name, _)| name).collect();
+        for name in names {
+            if let Err(e) = store.hold_singleton(&name, &self.owner, now, now).await {
+                tracing::warn!(singleton = %name, error = %e,
+                    "cannot give up a singleton; another instance takes it when its lease runs out");
+            }
+        }
+        if let Err(e) = store.heartbeat(&self.owner, now, now).await {
+            tracing::warn!(error = %e, "cannot withdraw this instance's heartbeat");
+        }
+    }
+}
