@@ -155,3 +155,104 @@ impl Cluster {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::postgres::tests::Schema;
+    use async_trait::async_trait;
+    use raccordo_adapters::model::Operation;
+    use raccordo_adapters::{Adapter, DeliveryError, DeliveryRequest, VendorReply};
+    use std::sync::Arc;
+
+    /// An adapter that remembers the last share it was told.
+    #[derive(Default)]
+    struct Shared(AtomicU32);
+
+    #[async_trait]
+    impl Adapter for Shared {
+        fn kind(&self) -> &'static str {
+            "shared"
+        }
+
+        fn supports(&self, _: Operation) -> bool {
+            true
+        }
+
+        async fn deliver(&self, _: DeliveryRequest) -> Result<VendorReply, DeliveryError> {
+            Err(DeliveryError::permanent("not in this test"))
+        }
+
+        fn share(&self, instances: u32) {
+            self.0.store(instances, Ordering::SeqCst);
+        }
+    }
+
+    fn instance(adapter: &Arc<Shared>) -> AdapterInstance {
+        AdapterInstance {
+            name: "tributi".into(),
+            adapter: Arc::clone(adapter) as Arc<dyn Adapter>,
+            max_concurrency: 1,
+            slots: Arc::new(tokio::sync::Semaphore::new(1)),
+        }
+    }
+
+    /// Waits for `check`, for 15 seconds at most.
+    async fn eventually<F: Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
+        let start = std::time::Instant::now();
+        while !check().await {
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "timed out waiting for {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Two instances on one database: one reports the store gauges, both
+    /// pace at half the rate; the holder dies and the other takes over
+    /// once its lease ran out; a clean stop hands over at once.
+    #[tokio::test]
+    async fn singletons_and_shares_follow_the_instances_alive() {
+        let schema = Schema::new().await;
+        let (store_a, store_b) = (schema.store(None).await, schema.store(None).await);
+        // Long enough that a loaded machine does not lose a lease between
+        // two lines of the test; the takeover waits for one to run out.
+        let lease = Duration::from_secs(3);
+        let (a, b) = (Cluster::new("hub-a", lease), Cluster::new("hub-b", lease));
+        let (shared_a, shared_b) = (Arc::new(Shared::default()), Arc::new(Shared::default()));
+        let (inst_a, inst_b) = (instance(&shared_a), instance(&shared_b));
+
+        assert!(a.holds(&store_a, STORE_GAUGES).await, "free: taken");
+        assert!(!b.holds(&store_b, STORE_GAUGES).await, "hub-a holds it");
+        a.beat(&store_a, [&inst_a]).await;
+        b.beat(&store_b, [&inst_b]).await;
+        assert_eq!((a.live(), b.live()), (1, 2), "hub-a beat before hub-b");
+        a.beat(&store_a, [&inst_a]).await;
+        assert_eq!(a.live(), 2);
+        assert_eq!(shared_a.0.load(Ordering::SeqCst), 2, "half the rate each");
+        assert_eq!(shared_b.0.load(Ordering::SeqCst), 2);
+        assert!(a.holds(&store_a, STORE_GAUGES).await, "renewed by the beat");
+        assert!(!b.holds(&store_b, STORE_GAUGES).await);
+
+        // hub-a dies: no more beats. Once its lease and its heartbeat ran
+        // out, hub-b holds the singleton and paces at the whole rate.
+        eventually("hub-b taking over", || async {
+            b.beat(&store_b, [&inst_b]).await;
+            b.holds(&store_b, STORE_GAUGES).await && b.live() == 1
+        })
+        .await;
+        assert_eq!(shared_b.0.load(Ordering::SeqCst), 1);
+        // hub-a was only cut off and comes back: the singleton stays.
+        a.beat(&store_a, [&inst_a]).await;
+        assert!(!a.holds(&store_a, STORE_GAUGES).await);
+        assert_eq!(a.live(), 2);
+
+        // hub-b stops cleanly: hub-a takes over at its next beat.
+        b.leave(&store_b).await;
+        a.beat(&store_a, [&inst_a]).await;
+        assert!(a.holds(&store_a, STORE_GAUGES).await);
+        assert_eq!(a.live(), 1);
+        assert_eq!(shared_a.0.load(Ordering::SeqCst), 1);
+    }
+}

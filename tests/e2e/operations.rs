@@ -123,6 +123,9 @@ async fn metrics_count_successes_retries_dead_letters_and_invalid_calls() {
         8.0,
     );
     assert!(sample(&m, "raccordo_store_size_bytes").unwrap() > 0.0);
+    // Alone on its database: it reports the store gauges.
+    expect("raccordo_store_gauges_reporter", 1.0);
+    expect("raccordo_cluster_instances", 1.0);
     assert!(sample(&m, "raccordo_store_commit_batch_size_count").unwrap() > 0.0);
     // Nothing about one practice or one citizen is a label.
     for secret in [retried.id.as_str(), dead.id.as_str(), "RSSMRA45D25F205N"] {
