@@ -84,13 +84,34 @@ struct Harness {
 }
 
 async fn harness(lease: &str, script: fn(u32) -> Act) -> Harness {
+    harness_with(lease, "", script).await
+}
+
+/// A synchronous route of [`TENANT`]'s TARI towards [`ADAPTER`], for
+/// submissions through the service.
+const SYNC_ROUTE: &str = r#"
+[tenants."016024"]
+name = "Comune di Bergamo"
+[services.TARI]
+title = "Dichiarazione TARI"
+legal_term_days = 60
+[[routes]]
+tenants = ["016024"]
+service = "TARI"
+adapter = "tributi"
+mode = "sync"
+deadline = "200ms"
+"#;
+
+/// [`harness`] with `extra` appended to the configuration.
+async fn harness_with(lease: &str, extra: &str, script: fn(u32) -> Act) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let toml = dir.path().join("raccordo.toml");
     std::fs::write(
         &toml,
         format!(
             "[delivery]\nlease = \"{lease}\"\npoll_interval = \"50ms\"\n\
-             initial_backoff = \"50ms\"\nmax_backoff = \"100ms\"\n"
+             initial_backoff = \"50ms\"\nmax_backoff = \"100ms\"\n{extra}"
         ),
     )
     .unwrap();
@@ -396,4 +417,68 @@ async fn the_worker_leaves_the_slots_another_instance_holds() {
     assert_eq!(hub.calls().len(), 3, "{:?}", hub.calls());
     let after = backlog(&hub).await;
     assert_eq!((after.in_flight, after.due), (0, 0), "{after:?}");
+}
+
+/// A synchronous submission while another instance runs all of the
+/// adapter's slots is not delivered inline: it is stored queued and
+/// answered (never refused), and a worker delivers it once a slot frees.
+#[tokio::test]
+async fn a_synchronous_submission_beyond_the_cluster_limit_is_queued_for_a_worker() {
+    let mut hub = harness_with("30s", SYNC_ROUTE, |_| Act::Approve).await;
+    for i in 1..=4 {
+        hub.submit(&format!("p-{i}"), 3).await;
+    }
+    let other = crate::store::Lease {
+        owner: "hub-other".into(),
+        duration: Duration::from_secs(30),
+    };
+    let theirs = hub
+        .store()
+        .claim_work(ADAPTER, &other, Utc::now(), 4, 4)
+        .await
+        .unwrap()
+        .jobs;
+    assert_eq!(theirs.len(), 4, "every slot of the cluster");
+    hub.start();
+    let input = crate::practices::SubmitInput {
+        tenant_id: TENANT.into(),
+        service_code: "TARI".into(),
+        applicant: Some(Applicant {
+            subject: Subject::Person(Person {
+                fiscal_code: "RSSMRA45D25F205N".into(),
+                given_name: "Mario".into(),
+                family_name: "Rossi".into(),
+            }),
+            contacts: Default::default(),
+        }),
+        submitter: None,
+        channel: ChannelInfo::default(),
+        data: Default::default(),
+        attachments: Vec::new(),
+        idempotency_key: "k-sync".into(),
+    };
+    let submitted = hub
+        .service
+        .submit(input)
+        .await
+        .expect("answered, not refused");
+    let id = submitted.practice.id.clone();
+    assert_eq!(
+        submitted.practice.delivery.map(|d| d.status),
+        Some(DeliveryStatus::Queued),
+        "stored queued: no slot in the cluster"
+    );
+    assert!(hub.calls().is_empty(), "not delivered inline");
+    for job in &theirs {
+        let approved = crate::store::AttemptResult::Delivered(VendorReply::default());
+        hub.store()
+            .finish_attempt(job, approved, false)
+            .await
+            .unwrap();
+    }
+    eventually("the worker delivering it", || async {
+        hub.status(&id).await == AdminStatus::Approved
+    })
+    .await;
+    assert_eq!(hub.calls().len(), 1);
 }
