@@ -20,7 +20,7 @@ use crate::store::Store;
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 /// The singleton whose holder reports the store-derived gauges on
@@ -37,6 +37,9 @@ pub struct Cluster {
     singletons: Mutex<HashMap<String, Option<DateTime<Utc>>>>,
     /// Live instances at the last heartbeat (this one included).
     live: AtomicU32,
+    /// Set by [`leave`](Self::leave): work still running while the hub
+    /// stops (a folder scan) takes no singleton again.
+    left: AtomicBool,
 }
 
 impl Cluster {
@@ -48,6 +51,7 @@ impl Cluster {
             lease,
             singletons: Mutex::default(),
             live: AtomicU32::new(1),
+            left: AtomicBool::new(false),
         }
     }
 
@@ -72,6 +76,9 @@ impl Cluster {
     /// lease runs out: if its renewals stop getting through (the database
     /// is unreachable), it stops before another instance may take over.
     pub async fn holds(&self, store: &dyn Store, name: &str) -> bool {
+        if self.left.load(Ordering::Relaxed) {
+            return false;
+        }
         let known = self.lock().get(name).copied();
         let held_until = match known {
             Some(until) => until,
@@ -109,12 +116,15 @@ impl Cluster {
 
     /// One heartbeat: records this instance alive, tells every adapter how
     /// many instances share its vendor, and takes or renews the singletons
-    /// this instance wants.
+    /// this instance wants. Nothing once it left.
     pub async fn beat<'a>(
         &self,
         store: &dyn Store,
         adapters: impl IntoIterator<Item = &'a AdapterInstance>,
     ) {
+        if self.left.load(Ordering::Relaxed) {
+            return;
+        }
         let now = Utc::now();
         match store.heartbeat(&self.owner, now, self.until(now)).await {
             Ok(live) => {
@@ -142,6 +152,7 @@ impl Cluster {
     /// Before stopping: gives up every singleton and the heartbeat, so the
     /// other instances take over at once instead of after a lease.
     pub async fn leave(&self, store: &dyn Store) {
+        self.left.store(true, Ordering::Relaxed);
         let now = Utc::now();
         let names: Vec<String> = self.lock().drain().map(|(name, _)| name).collect();
         for name in names {
@@ -250,6 +261,10 @@ mod tests {
 
         // hub-b stops cleanly: hub-a takes over at its next beat.
         b.leave(&store_b).await;
+        assert!(
+            !b.holds(&store_b, STORE_GAUGES).await,
+            "a stopping hub takes nothing"
+        );
         a.beat(&store_a, [&inst_a]).await;
         assert!(a.holds(&store_a, STORE_GAUGES).await);
         assert_eq!(a.live(), 1);
