@@ -14,6 +14,7 @@ mod process;
 mod rest_modi;
 mod security;
 mod soap;
+mod store_tools;
 mod support;
 mod tls;
 mod validation;

@@ -5,8 +5,10 @@ mod client;
 mod output;
 mod render;
 mod soap;
+mod store;
 
 use crate::telemetry::LogFormat;
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -62,21 +64,42 @@ pub enum Command {
         command: RouteCommand,
     },
     /// The audit trail in the hub's database: verify its hash chains, or
-    /// export a tenant's records. Reads the database file directly (on the
-    /// hub's machine), also while the hub runs.
+    /// export a tenant's records. Reads the configured store directly (the
+    /// SQLite file on the hub's machine, or PostgreSQL), also while the hub
+    /// runs.
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
     },
     /// Remove concluded practices older than their tenant's
     /// `retention_days`, with their documents. The audit trail is kept and
-    /// records each purge. Works on the database file, also while the hub runs.
+    /// records each purge. Works on the configured store in short
+    /// transactions, also while the hub runs.
     Purge {
         #[arg(long, short, env = "RACCORDO_CONFIG")]
         config: PathBuf,
         /// Only count what would go.
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Apply the configured store's pending schema migrations (the hub
+    /// also applies them at start). On SQLite, refused while a hub runs on
+    /// the file; on PostgreSQL, one instance migrates at a time.
+    Migrate {
+        /// Configuration file (TOML): locates the store.
+        #[arg(long, short, env = "RACCORDO_CONFIG")]
+        config: PathBuf,
+        /// Only list the migrations that would run; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// With --dry-run, print each migration's SQL too.
+        #[arg(long, requires = "dry_run")]
+        sql: bool,
+    },
+    /// Back up the store, or copy it from SQLite to PostgreSQL.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
     },
     /// Dead-lettered deliveries on a running hub.
     Dlq {
@@ -231,6 +254,44 @@ pub enum AuditCommand {
     },
 }
 
+/// `raccordo store …`
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Copy a stopped hub's SQLite store into PostgreSQL, in one
+    /// transaction: every practice, event, delivery, document and audit
+    /// record, with cursors, sequences and audit links as they were. Then
+    /// counts every table on both sides and verifies the audit trail on
+    /// the target.
+    Copy {
+        /// `sqlite:PATH` (the database file) or `config:FILE` (a
+        /// configuration whose store is SQLite). Refused while a hub runs
+        /// on it.
+        #[arg(long)]
+        from: String,
+        /// `config:FILE` (a configuration whose store is PostgreSQL: its
+        /// url_env or url_file, tls and ca_file), `postgres:env:VAR` or
+        /// `postgres:file:PATH` (the URL in an environment variable or a
+        /// file; no TLS). Never a URL on the command line.
+        #[arg(long)]
+        to: String,
+        /// Delete whatever the target's tables hold before copying
+        /// (otherwise a target that is not empty is refused).
+        #[arg(long)]
+        replace: bool,
+    },
+    /// Write a consistent copy of the SQLite store to a new file, also
+    /// while the hub runs (SQLite's `VACUUM INTO`). For PostgreSQL, use
+    /// pg_dump or pg_basebackup (docs/deployment.md).
+    Backup {
+        /// Configuration file (TOML): locates the database.
+        #[arg(long, short, env = "RACCORDO_CONFIG")]
+        config: PathBuf,
+        /// The backup file to create (never overwritten).
+        #[arg(long)]
+        to: PathBuf,
+    },
+}
+
 /// `raccordo dlq …`
 #[derive(Debug, Subcommand)]
 pub enum DlqCommand {
@@ -266,7 +327,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dlq { server, command } => client::dlq(&server, command).await,
         Command::Status { server } => client::status(&server).await,
         Command::Audit { command } => audit(command).await,
-        Command::Purge { config, dry_run } => purge(&config, dry_run),
+        Command::Purge { config, dry_run } => purge(&config, dry_run).await,
+        Command::Migrate {
+            config,
+            dry_run,
+            sql,
+        } => store::migrate(&config, dry_run, sql).await,
+        Command::Store {
+            command: StoreCommand::Copy { from, to, replace },
+        } => store::copy(&from, &to, replace).await,
+        Command::Store {
+            command: StoreCommand::Backup { config, to },
+        } => store::backup(&config, &to),
         Command::Route {
             command:
                 RouteCommand::Render {
@@ -286,19 +358,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Refuses a command that works on the SQLite file when the store is
-/// PostgreSQL, saying so.
-fn sqlite_only(cfg: &crate::config::Config, command: &str) -> anyhow::Result<()> {
-    if cfg.store.kind == crate::config::StoreKind::Postgres {
-        anyhow::bail!(
-            "{}: store.kind is postgres, and `raccordo {command}` works on the SQLite store only \
-             for now",
-            cfg.source.display()
-        );
-    }
-    Ok(())
-}
-
 async fn audit(command: AuditCommand) -> anyhow::Result<()> {
     use crate::store::sqlite::SqliteStore;
     match command {
@@ -309,13 +368,7 @@ async fn audit(command: AuditCommand) -> anyhow::Result<()> {
                     SqliteStore::verify_audit(&cfg.database_path(), tenant.as_deref())?
                 }
                 crate::config::StoreKind::Postgres => {
-                    use crate::store::postgres::{PgOptions, PgStore};
-                    let pg = cfg.store.postgres();
-                    let url = pg.connection_url(&cfg.base_dir).map_err(|(key, reason)| {
-                        anyhow::anyhow!("{}: store.postgres.{key}: {reason}", cfg.source.display())
-                    })?;
-                    let opts = PgOptions::from_config(&pg, &cfg.base_dir);
-                    PgStore::connect(&url, &opts, None, None)
+                    store::connect_pg(&cfg, false)
                         .await?
                         .verify_audit(tenant.as_deref())
                         .await?
@@ -340,15 +393,29 @@ async fn audit(command: AuditCommand) -> anyhow::Result<()> {
             to,
         } => {
             let cfg = crate::config::load(&config)?;
-            sqlite_only(&cfg, "audit export")?;
-            let from = from.as_deref().map(parse_instant).transpose()?;
-            let to = to.as_deref().map(parse_instant).transpose()?;
-            let records = SqliteStore::export_audit(
-                &cfg.database_path(),
-                &tenant,
-                from.unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC),
-                to.unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC),
-            )?;
+            let from = from
+                .as_deref()
+                .map(parse_instant)
+                .transpose()
+                .context("--from")?
+                .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
+            let to = to
+                .as_deref()
+                .map(parse_instant)
+                .transpose()
+                .context("--to")?
+                .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC);
+            let records = match cfg.store.kind {
+                crate::config::StoreKind::Sqlite => {
+                    SqliteStore::export_audit(&cfg.database_path(), &tenant, from, to)?
+                }
+                crate::config::StoreKind::Postgres => {
+                    store::connect_pg(&cfg, false)
+                        .await?
+                        .export_audit(&tenant, from, to)
+                        .await?
+                }
+            };
             for r in records {
                 println!("{}", serde_json::to_string(&r)?);
             }
@@ -357,9 +424,12 @@ async fn audit(command: AuditCommand) -> anyhow::Result<()> {
     }
 }
 
-fn purge(config: &std::path::Path, dry_run: bool) -> anyhow::Result<()> {
+async fn purge(config: &std::path::Path, dry_run: bool) -> anyhow::Result<()> {
     let cfg = crate::config::load(config)?;
-    sqlite_only(&cfg, "purge")?;
+    let pg = match cfg.store.kind {
+        crate::config::StoreKind::Sqlite => None,
+        crate::config::StoreKind::Postgres => Some(store::connect_pg(&cfg, false).await?),
+    };
     let db = cfg.database_path();
     let mut any = false;
     for (tenant, t) in &cfg.tenants {
@@ -368,7 +438,12 @@ fn purge(config: &std::path::Path, dry_run: bool) -> anyhow::Result<()> {
         };
         any = true;
         let before = chrono::Utc::now() - chrono::Duration::days(i64::from(days));
-        let n = crate::store::sqlite::SqliteStore::purge_concluded(&db, tenant, before, dry_run)?;
+        let n = match &pg {
+            Some(pg) => pg.purge_concluded(tenant, before, dry_run).await?,
+            None => {
+                crate::store::sqlite::SqliteStore::purge_concluded(&db, tenant, before, dry_run)?
+            }
+        };
         let verb = if dry_run { "would remove" } else { "removed" };
         println!(
             "tenant {tenant}: {verb} {n} practice(s) concluded before {} ({days} days)",

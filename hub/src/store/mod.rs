@@ -15,6 +15,8 @@ pub mod postgres;
 mod schema;
 pub mod sqlite;
 
+pub use schema::Migration;
+
 use crate::domain::practice::{Event, NewPractice, Practice};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};

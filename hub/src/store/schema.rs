@@ -93,3 +93,49 @@ pub(crate) fn migrate_up_to(conn: &mut Connection, last: i64) -> Result<i64, Sto
     }
     Ok(current.max(last.min(newest)))
 }
+
+/// A migration this binary carries: what `raccordo migrate --dry-run` lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Migration {
+    pub version: i64,
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+/// The newest schema version this binary knows.
+pub fn newest() -> i64 {
+    MIGRATIONS.last().map_or(0, |m| m.0)
+}
+
+/// The database's schema version (0 for a new file) and the migrations a
+/// start would apply; reads only.
+pub fn pending(conn: &Connection) -> Result<(i64, Vec<Migration>), StoreError> {
+    let exists: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations')",
+        [],
+        |r| r.get(0),
+    )?;
+    let current: i64 = if exists {
+        conn.query_row(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+            [],
+            |r| r.get(0),
+        )?
+    } else {
+        0
+    };
+    Ok((current, after(MIGRATIONS, current)))
+}
+
+/// The migrations of this binary newer than `current`.
+pub fn after_version(current: i64) -> Vec<Migration> {
+    after(MIGRATIONS, current)
+}
+
+/// The migrations of `all` newer than `current`.
+pub(crate) fn after(all: &[(i64, &'static str, &'static str)], current: i64) -> Vec<Migration> {
+    all.iter()
+        .filter(|m| m.0 > current)
+        .map(|&(version, name, sql)| Migration { version, name, sql })
+        .collect()
+}

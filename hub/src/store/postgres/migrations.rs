@@ -94,3 +94,29 @@ async fn apply(client: &Object) -> Result<i64, StoreError> {
     }
     Ok(current.max(newest))
 }
+
+/// The schema's version (0 for an empty schema) and the migrations a start
+/// would apply; reads only, takes no lock.
+pub(super) async fn pending(
+    client: &Object,
+) -> Result<(i64, Vec<crate::store::Migration>), StoreError> {
+    // `to_regclass` looks in the search_path: the hub's own schema.
+    let exists: bool = client
+        .query_one("SELECT to_regclass('schema_migrations') IS NOT NULL", &[])
+        .await
+        .map_err(from_pg)?
+        .get(0);
+    let current: i64 = if exists {
+        client
+            .query_one(
+                "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+                &[],
+            )
+            .await
+            .map_err(from_pg)?
+            .get(0)
+    } else {
+        0
+    };
+    Ok((current, crate::store::schema::after(MIGRATIONS, current)))
+}

@@ -108,6 +108,10 @@ macro_rules! in_tx {
     }};
 }
 
+// Declared after `in_tx`, which they use.
+pub mod import;
+mod maintenance;
+
 impl PgStore {
     /// Connects to the database at `url`, applies migrations (one instance
     /// at a time) and returns the store; committed events are published on

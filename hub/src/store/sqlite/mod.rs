@@ -19,6 +19,7 @@ mod checkpoint;
 mod cluster;
 mod follow_up;
 mod leases;
+pub mod offline;
 mod ops;
 mod ownership;
 mod pending;

@@ -1,0 +1,288 @@
+//! What operators run against the database besides the hub: migrations on
+//! demand, the audit export and the retention purge. Same behaviour and
+//! output as on SQLite (`store::sqlite::{audit, purge}`).
+
+use super::tx::{Ended, Pending, Tx, col};
+use super::{MAX_RUNS, PgStore, READ, WRITE, migrations, pool};
+use crate::store::sqlite::rows::{from_ms, ms};
+use crate::store::{AuditRecord, Migration, StoreError};
+use chrono::{DateTime, Utc};
+use raccordo_domain::audit::EventAudit;
+use std::sync::Arc;
+use tokio_postgres::Row;
+
+/// Candidates read per look-up, outside any transaction that locks.
+const CANDIDATES: i64 = 256;
+
+/// Practices removed per transaction: each holds their rows' locks only
+/// for a short batch, so the hub's own writes to them (there should be
+/// none: they are concluded) never wait long.
+const BATCH: usize = 32;
+
+/// The event columns an audit record is rebuilt from (see [`event_record`]).
+const EVENT_AUDIT_COLUMNS: &str = "tenant_id, audit_seq, recorded_at, actor, kind, practice_id,
+    sequence, source, from_status, to_status, from_delivery, to_delivery, reason, vendor_code,
+    audit_prev_hash, audit_hash";
+
+/// One audit record as stored: `detail` as hashed.
+struct Stored {
+    tenant_id: String,
+    seq: i64,
+    recorded_at: i64,
+    actor: String,
+    action: String,
+    practice_id: Option<String>,
+    detail: String,
+    prev_hash: String,
+    hash: String,
+}
+
+impl Stored {
+    fn into_export(self) -> AuditRecord {
+        AuditRecord {
+            tenant_id: self.tenant_id,
+            seq: self.seq,
+            recorded_at: from_ms(self.recorded_at),
+            actor: self.actor,
+            action: self.action,
+            practice_id: self.practice_id,
+            detail: serde_json::from_str(&self.detail)
+                .unwrap_or(serde_json::Value::String(self.detail)),
+            prev_hash: self.prev_hash,
+            hash: self.hash,
+        }
+    }
+}
+
+fn log_record(r: &Row) -> Result<Stored, StoreError> {
+    Ok(Stored {
+        tenant_id: col(r, 0)?,
+        seq: col(r, 1)?,
+        recorded_at: col(r, 2)?,
+        actor: col(r, 3)?,
+        action: col(r, 4)?,
+        practice_id: col(r, 5)?,
+        detail: col(r, 6)?,
+        prev_hash: col(r, 7)?,
+        hash: col(r, 8)?,
+    })
+}
+
+/// An event's audit record, its detail rebuilt as it was hashed.
+fn event_record(r: &Row) -> Result<Stored, StoreError> {
+    let detail = EventAudit {
+        sequence: col(r, 6)?,
+        source: col(r, 7)?,
+        from_status: col(r, 8)?,
+        to_status: col(r, 9)?,
+        from_delivery: col(r, 10)?,
+        to_delivery: col(r, 11)?,
+        reason: col(r, 12)?,
+        vendor_code: col(r, 13)?,
+    }
+    .to_json();
+    Ok(Stored {
+        tenant_id: col(r, 0)?,
+        seq: col(r, 1)?,
+        recorded_at: col(r, 2)?,
+        actor: col(r, 3)?,
+        action: col(r, 4)?,
+        practice_id: col(r, 5)?,
+        detail,
+        prev_hash: col(r, 14)?,
+        hash: col(r, 15)?,
+    })
+}
+
+impl PgStore {
+    /// The schema's version and the migrations a start (or `raccordo
+    /// migrate`) would apply; changes nothing.
+    pub async fn pending_migrations(&self) -> Result<(i64, Vec<Migration>), StoreError> {
+        migrations::pending(&pool::connection(&self.inner.pool).await?).await
+    }
+
+    /// Applies pending migrations (one instance at a time, as at start);
+    /// returns the schema version.
+    pub async fn migrate(&self) -> Result<i64, StoreError> {
+        migrations::migrate(&pool::connection(&self.inner.pool).await?).await
+    }
+
+    /// A tenant's audit records recorded in `[from, to)`, oldest first, read
+    /// in one snapshot.
+    pub async fn export_audit(
+        &self,
+        tenant: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        let (from, to) = (ms(from), ms(to));
+        let range = "tenant_id = $1 AND recorded_at >= $2 AND recorded_at < $3";
+        let log_sql = format!(
+            "SELECT tenant_id, seq, recorded_at, actor, action, practice_id, detail, prev_hash, hash
+             FROM audit_log WHERE {range}"
+        );
+        let event_sql = format!(
+            "SELECT {EVENT_AUDIT_COLUMNS} FROM events WHERE {range} AND audit_seq IS NOT NULL"
+        );
+        let mut records = in_tx!(self, READ, |tx| {
+            let mut records = Vec::new();
+            for r in &tx.query(&log_sql, &[&tenant, &from, &to]).await? {
+                records.push(log_record(r)?);
+            }
+            for r in &tx.query(&event_sql, &[&tenant, &from, &to]).await? {
+                records.push(event_record(r)?);
+            }
+            Ok(records)
+        })?;
+        // One chain per tenant: its seq is the order of record.
+        records.sort_by_key(|r| r.seq);
+        Ok(records.into_iter().map(Stored::into_export).collect())
+    }
+
+    /// Removes `tenant`'s practices concluded before `before`, with their
+    /// documents, references, events, deliveries and receipts, in short
+    /// transactions, while the hub runs; the audit records of their events
+    /// move to `audit_log` unchanged, and one `purge` record is appended.
+    /// Returns how many went; with `dry_run` it only counts.
+    pub async fn purge_concluded(
+        &self,
+        tenant: &str,
+        before: DateTime<Utc>,
+        dry_run: bool,
+    ) -> Result<u64, StoreError> {
+        let cutoff = ms(before);
+        if dry_run {
+            let n: i64 = in_tx!(self, READ, |tx| col(
+                &tx.query_one(
+                    "SELECT COUNT(*) FROM practices
+                     WHERE tenant_id = $1 AND concluded_at IS NOT NULL AND concluded_at < $2",
+                    &[&tenant, &cutoff],
+                )
+                .await?,
+                0
+            ))?;
+            return Ok(n as u64);
+        }
+        let mut total = 0u64;
+        let mut after = String::new();
+        loop {
+            // The walk resumes where it stopped instead of starting over
+            // past practices it had to keep.
+            let ids: Vec<String> = in_tx!(self, READ, |tx| {
+                tx.query(
+                    "SELECT id FROM practices
+                     WHERE tenant_id = $1 AND id > $2 AND concluded_at IS NOT NULL AND concluded_at < $3
+                     ORDER BY id LIMIT $4",
+                    &[&tenant, &after, &cutoff, &CANDIDATES],
+                )
+                .await?
+                .iter()
+                .map(|r| col(r, 0))
+                .collect()
+            })?;
+            let Some(last) = ids.last() else { break };
+            after = last.clone();
+            for batch in ids.chunks(BATCH) {
+                let batch = batch.to_vec();
+                total += in_tx!(self, WRITE, |tx| remove(&tx, tenant, &batch, cutoff).await)?;
+            }
+        }
+        if total > 0 {
+            let detail = serde_json::json!({
+                "practices": total,
+                "concluded_before": before.to_rfc3339(),
+            })
+            .to_string();
+            in_tx!(self, WRITE, |tx| {
+                tx.pending.push(Pending::Audit {
+                    tenant_id: tenant.to_string(),
+                    recorded_at: Utc::now().timestamp_millis(),
+                    actor: "raccordo purge".into(),
+                    action: "purge".into(),
+                    practice_id: None,
+                    detail: detail.clone(),
+                });
+                Ok(())
+            })?;
+        }
+        Ok(total)
+    }
+}
+
+/// Removes those of `ids` still past retention (checked again under their
+/// row locks); returns how many.
+async fn remove(tx: &Tx, tenant: &str, ids: &[String], cutoff: i64) -> Result<u64, StoreError> {
+    let still: Vec<String> = tx
+        .query(
+            "SELECT id FROM practices
+             WHERE tenant_id = $1 AND id = ANY($2) AND concluded_at IS NOT NULL AND concluded_at < $3
+             ORDER BY id FOR UPDATE",
+            &[&tenant, &ids, &cutoff],
+        )
+        .await?
+        .iter()
+        .map(|r| col(r, 0))
+        .collect::<Result<_, _>>()?;
+    if still.is_empty() {
+        return Ok(0);
+    }
+    // The trail outlives the events: their records move to audit_log as
+    // they were hashed.
+    let kept = tx
+        .query(
+            &format!(
+                "SELECT {EVENT_AUDIT_COLUMNS} FROM events
+                 WHERE tenant_id = $1 AND practice_id = ANY($2) AND audit_seq IS NOT NULL"
+            ),
+            &[&tenant, &still],
+        )
+        .await?
+        .iter()
+        .map(event_record)
+        .collect::<Result<Vec<_>, _>>()?;
+    if !kept.is_empty() {
+        let column = |f: fn(&Stored) -> String| kept.iter().map(f).collect::<Vec<_>>();
+        let seqs: Vec<i64> = kept.iter().map(|r| r.seq).collect();
+        let times: Vec<i64> = kept.iter().map(|r| r.recorded_at).collect();
+        let practices: Vec<Option<String>> = kept.iter().map(|r| r.practice_id.clone()).collect();
+        tx.execute(
+            "INSERT INTO audit_log (tenant_id, seq, recorded_at, actor, action, practice_id, detail,
+                prev_hash, hash)
+             SELECT * FROM unnest($1::TEXT[], $2::BIGINT[], $3::BIGINT[], $4::TEXT[], $5::TEXT[],
+                $6::TEXT[], $7::TEXT[], $8::TEXT[], $9::TEXT[])",
+            &[
+                &column(|r| r.tenant_id.clone()),
+                &seqs,
+                &times,
+                &column(|r| r.actor.clone()),
+                &column(|r| r.action.clone()),
+                &practices,
+                &column(|r| r.detail.clone()),
+                &column(|r| r.prev_hash.clone()),
+                &column(|r| r.hash.clone()),
+            ],
+        )
+        .await?;
+    }
+    // Children first (foreign keys), every statement within the tenant.
+    for table in [
+        "documents",
+        "external_refs",
+        "events",
+        "jobs",
+        "inbound_receipts",
+    ] {
+        tx.execute(
+            &format!("DELETE FROM {table} WHERE tenant_id = $1 AND practice_id = ANY($2)"),
+            &[&tenant, &still],
+        )
+        .await?;
+    }
+    let removed = tx
+        .execute(
+            "DELETE FROM practices WHERE tenant_id = $1 AND id = ANY($2)",
+            &[&tenant, &still],
+        )
+        .await?;
+    Ok(removed)
+}
