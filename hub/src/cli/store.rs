@@ -172,6 +172,9 @@ fn target(to: &str) -> anyhow::Result<(String, PgOptions)> {
 /// `raccordo store copy`.
 pub(super) async fn copy(from: &str, to: &str, replace: bool) -> anyhow::Result<()> {
     let db = source(from)?;
+    if !db.exists() {
+        bail!("--from: {} does not exist", db.display());
+    }
     let (url, opts) = target(to)?;
     // The source hub must be stopped: its lock is taken for the whole copy,
     // so no hub starts on the file meanwhile either.

@@ -286,3 +286,129 @@ async fn remove(tx: &Tx, tenant: &str, ids: &[String], cutoff: i64) -> Result<u6
         .await?;
     Ok(removed)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::pool;
+    use super::super::tests::{Schema, new_practice};
+    use crate::store::Store;
+    use crate::store::StoreError;
+    use chrono::Utc;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    /// `raccordo purge` on PostgreSQL while the hub's instances write: both
+    /// progress, every removed practice's events stay in the audit trail,
+    /// which still verifies, and the export shows the purge.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn purge_and_the_hubs_writes_both_progress_and_the_trail_verifies() {
+        let schema = Schema::new().await;
+        let store = schema.store(None).await;
+        const OLD: usize = 200;
+        for i in 0..OLD {
+            let id = format!("old-{i:04}");
+            store
+                .insert_practice(new_practice(&id, &id), false)
+                .await
+                .unwrap();
+        }
+        pool::connection(&store.inner.pool)
+            .await
+            .unwrap()
+            .batch_execute("UPDATE practices SET concluded_at = 1000 WHERE id LIKE 'old-%'")
+            .await
+            .unwrap();
+        let (events_before, _) = store.verify_audit(None).await.unwrap();
+
+        let purging = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let during = Arc::new(AtomicUsize::new(0));
+        let mut writers = tokio::task::JoinSet::new();
+        for w in 0..4 {
+            let (store, purging, stop, during) =
+                (store.clone(), purging.clone(), stop.clone(), during.clone());
+            writers.spawn(async move {
+                let mut n = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    let id = format!("new-{w}-{n:05}");
+                    store.insert_practice(new_practice(&id, &id), false).await?;
+                    if purging.load(Ordering::SeqCst) {
+                        during.fetch_add(1, Ordering::SeqCst);
+                    }
+                    n += 1;
+                }
+                Ok::<_, StoreError>(n)
+            });
+        }
+        while during.load(Ordering::SeqCst) == 0 {
+            purging.store(true, Ordering::SeqCst);
+            tokio::task::yield_now().await;
+        }
+        let counted = store
+            .purge_concluded("016024", Utc::now(), true)
+            .await
+            .unwrap();
+        assert_eq!(counted, OLD as u64, "a dry run counts");
+        let purged = store
+            .purge_concluded("016024", Utc::now(), false)
+            .await
+            .expect("the purge does not fail while the store writes");
+        let written_during_purge = during.load(Ordering::SeqCst);
+        stop.store(true, Ordering::SeqCst);
+        let mut written = 0;
+        while let Some(r) = writers.join_next().await {
+            written += r.unwrap().expect("writes do not fail during a purge");
+        }
+        assert_eq!(purged, OLD as u64);
+        assert!(
+            written_during_purge > 1,
+            "only {written_during_purge} writes completed while the purge ran"
+        );
+        // Another tenant's practices are never touched.
+        assert_eq!(
+            store
+                .purge_concluded("028060", Utc::now(), false)
+                .await
+                .unwrap(),
+            0
+        );
+
+        let (checked, breaks) = store.verify_audit(None).await.unwrap();
+        assert!(breaks.is_empty(), "{breaks:?}");
+        assert!(
+            checked > events_before,
+            "the old events' records are all still there, with the new ones"
+        );
+        let client = pool::connection(&store.inner.pool).await.unwrap();
+        let count = |sql: &'static str| {
+            let client = &client;
+            async move { client.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) }
+        };
+        assert_eq!(
+            count("SELECT COUNT(*) FROM practices WHERE id LIKE 'old-%'").await,
+            0
+        );
+        assert_eq!(
+            count("SELECT COUNT(*) FROM practices WHERE id LIKE 'new-%'").await,
+            written as i64
+        );
+        assert_eq!(
+            count("SELECT COUNT(*) FROM audit_log WHERE practice_id LIKE 'old-%'").await as u64,
+            events_before,
+            "every event of a purged practice kept its record"
+        );
+        let export = store
+            .export_audit(
+                "016024",
+                chrono::DateTime::<Utc>::MIN_UTC,
+                chrono::DateTime::<Utc>::MAX_UTC,
+            )
+            .await
+            .unwrap();
+        assert_eq!(export.len() as u64, checked);
+        assert!(export.windows(2).all(|w| w[0].seq + 1 == w[1].seq));
+        let purges: Vec<_> = export.iter().filter(|r| r.action == "purge").collect();
+        assert_eq!(purges.len(), 1, "one purge record");
+        assert_eq!(purges[0].detail["practices"], OLD as u64);
+    }
+}

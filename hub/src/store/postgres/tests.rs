@@ -68,7 +68,7 @@ impl Drop for Schema {
     }
 }
 
-fn new_practice(id: &str, key: &str) -> NewPractice {
+pub(crate) fn new_practice(id: &str, key: &str) -> NewPractice {
     use crate::domain::practice::PracticeContent;
     use raccordo_adapters::model::{Applicant, ChannelInfo, Person, Subject};
     NewPractice {
