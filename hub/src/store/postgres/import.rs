@@ -50,8 +50,10 @@ enum Item {
     },
 }
 
-/// Rows in flight between the reading thread and the COPY.
-const CHANNEL: usize = 1024;
+/// Rows in flight between the reading thread and the COPY: enough to keep
+/// both sides busy, few enough that rows carrying documents stay small in
+/// memory.
+const CHANNEL: usize = 64;
 
 impl PgStore {
     /// Copies the SQLite database held by `source` into this store's
