@@ -198,6 +198,16 @@ async fn a_sqlite_store_copied_into_postgres_serves_the_same_practices_and_trail
         err.contains("--from") && err.contains("already running a hub"),
         "{err}"
     );
+    // The running hub migrated at its start: nothing left to apply.
+    for args in [vec!["--dry-run"], vec![]] {
+        let mut all = vec!["migrate", "--config", path(&sqlite_toml)];
+        all.extend(args);
+        let out = ok(&all, &[]);
+        assert!(
+            out.contains("at schema version 9, nothing to apply"),
+            "{out}"
+        );
+    }
     // An online backup while the hub runs.
     let backup = dir.path().join("backup.db");
     let out = ok(
@@ -467,7 +477,10 @@ async fn migrate_lists_then_applies_pending_migrations_on_both_stores() {
     assert!(out.contains("applied    1  init"), "{out}");
     let out = ok(&["migrate", "--config", path(&pg_toml), "--dry-run"], &env);
     assert!(out.contains("nothing to apply"), "{out}");
-    // A copy into a schema at the same version finds its tables.
+    // A copy into a schema at the same version finds its tables; the URL
+    // may come from a file.
+    let url_file = dir.path().join("database-url");
+    std::fs::write(&url_file, format!("{}\n", schema.url)).unwrap();
     let out = ok(
         &[
             "store",
@@ -475,9 +488,9 @@ async fn migrate_lists_then_applies_pending_migrations_on_both_stores() {
             "--from",
             &format!("sqlite:{}", path(&db)),
             "--to",
-            "postgres:env:TEST_HUB_DATABASE_URL",
+            &format!("postgres:file:{}", path(&url_file)),
         ],
-        &env,
+        &[],
     );
     assert!(
         out.contains("audit trail intact on the target: 0 record(s)"),

@@ -83,8 +83,8 @@ pub enum Command {
         dry_run: bool,
     },
     /// Apply the configured store's pending schema migrations (the hub
-    /// also applies them at start). On SQLite, refused while a hub runs on
-    /// the file; on PostgreSQL, one instance migrates at a time.
+    /// also applies them at start). On SQLite, applying is refused while a
+    /// hub runs on the file; on PostgreSQL, one instance migrates at a time.
     Migrate {
         /// Configuration file (TOML): locates the store.
         #[arg(long, short, env = "RACCORDO_CONFIG")]
