@@ -496,4 +496,32 @@ async fn migrate_lists_then_applies_pending_migrations_on_both_stores() {
         out.contains("audit trail intact on the target: 0 record(s)"),
         "{out}"
     );
+
+    // A source behind this binary's schema is sent to `migrate` first.
+    let old = dir.path().join("old.db");
+    rusqlite::Connection::open(&old)
+        .unwrap()
+        .execute_batch(
+            "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT, applied_at TEXT);
+             INSERT INTO schema_migrations VALUES (5, 'audit_log', '2026-01-01');",
+        )
+        .unwrap();
+    let err = fails(
+        &[
+            "store",
+            "copy",
+            "--from",
+            &format!("sqlite:{}", path(&old)),
+            "--to",
+            "postgres:env:TEST_HUB_DATABASE_URL",
+            "--replace",
+        ],
+        &env,
+    );
+    assert!(
+        err.contains("--from")
+            && err.contains("schema version 5")
+            && err.contains("raccordo migrate"),
+        "{err}"
+    );
 }
