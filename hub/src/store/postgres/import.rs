@@ -334,6 +334,22 @@ fn read_all(
         tx.blocking_send(Ok(item))
             .map_err(|_| StoreError::Internal("copy: the writing side stopped".into()))
     };
+    // A table added by a later migration and not listed here would be
+    // left behind without a word: refuse instead.
+    let unknown: Vec<String> = snapshot
+        .prepare(
+            "SELECT name FROM sqlite_master WHERE type = 'table'
+             AND name NOT LIKE 'sqlite_%' AND name <> 'schema_migrations' ORDER BY name",
+        )?
+        .query_map([], |r| r.get::<_, String>(0))?
+        .filter(|name| !matches!(name, Ok(n) if TABLES.contains(&n.as_str())))
+        .collect::<rusqlite::Result<_>>()?;
+    if !unknown.is_empty() {
+        return Err(StoreError::Internal(format!(
+            "copy: the source has table(s) {} that this copy does not know",
+            unknown.join(", ")
+        )));
+    }
     for table in TABLES {
         let columns: Vec<String> = snapshot
             .prepare(&format!(
