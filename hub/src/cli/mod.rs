@@ -368,7 +368,7 @@ async fn audit(command: AuditCommand) -> anyhow::Result<()> {
                     SqliteStore::verify_audit(&cfg.database_path(), tenant.as_deref())?
                 }
                 crate::config::StoreKind::Postgres => {
-                    store::connect_pg(&cfg, false)
+                    store::connect_pg(&cfg)
                         .await?
                         .verify_audit(tenant.as_deref())
                         .await?
@@ -410,7 +410,7 @@ async fn audit(command: AuditCommand) -> anyhow::Result<()> {
                     SqliteStore::export_audit(&cfg.database_path(), &tenant, from, to)?
                 }
                 crate::config::StoreKind::Postgres => {
-                    store::connect_pg(&cfg, false)
+                    store::connect_pg(&cfg)
                         .await?
                         .export_audit(&tenant, from, to)
                         .await?
@@ -428,7 +428,7 @@ async fn purge(config: &std::path::Path, dry_run: bool) -> anyhow::Result<()> {
     let cfg = crate::config::load(config)?;
     let pg = match cfg.store.kind {
         crate::config::StoreKind::Sqlite => None,
-        crate::config::StoreKind::Postgres => Some(store::connect_pg(&cfg, false).await?),
+        crate::config::StoreKind::Postgres => Some(store::connect_pg(&cfg).await?),
     };
     let db = cfg.database_path();
     let mut any = false;

@@ -7,19 +7,15 @@ use crate::store::sqlite::offline;
 use anyhow::{Context, anyhow, bail};
 use std::path::{Path, PathBuf};
 
-/// The PostgreSQL store of `cfg`, connected; migrated first if `migrate`.
-pub(super) async fn connect_pg(cfg: &Config, migrate: bool) -> anyhow::Result<PgStore> {
+/// The PostgreSQL store of `cfg`, connected without migrating: commands
+/// that only read, or that migrate on their own terms.
+pub(super) async fn connect_pg(cfg: &Config) -> anyhow::Result<PgStore> {
     let pg = cfg.store.postgres();
     let url = pg.connection_url(&cfg.base_dir).map_err(|(key, reason)| {
         anyhow!("{}: store.postgres.{key}: {reason}", cfg.source.display())
     })?;
     let opts = PgOptions::from_config(&pg, &cfg.base_dir);
-    let store = if migrate {
-        PgStore::open(&url, &opts, None, None).await?
-    } else {
-        PgStore::connect(&url, &opts, None, None).await?
-    };
-    Ok(store)
+    Ok(PgStore::connect(&url, &opts, None, None).await?)
 }
 
 /// `raccordo migrate`.
@@ -35,7 +31,7 @@ pub(super) async fn migrate(config: &Path, dry_run: bool, sql: bool) -> anyhow::
                 (0, offline::every_migration())
             }
         }
-        StoreKind::Postgres => connect_pg(&cfg, false).await?.pending_migrations().await?,
+        StoreKind::Postgres => connect_pg(&cfg).await?.pending_migrations().await?,
     };
     let store = store_name(&cfg);
     if pending.is_empty() {
@@ -59,7 +55,7 @@ pub(super) async fn migrate(config: &Path, dry_run: bool, sql: bool) -> anyhow::
     }
     let version = match cfg.store.kind {
         StoreKind::Sqlite => offline::migrate(&cfg.database_path())?,
-        StoreKind::Postgres => connect_pg(&cfg, false).await?.migrate().await?,
+        StoreKind::Postgres => connect_pg(&cfg).await?.migrate().await?,
     };
     for m in &pending {
         println!("applied {:>4}  {}", m.version, m.name);
