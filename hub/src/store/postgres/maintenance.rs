@@ -117,9 +117,11 @@ impl PgStore {
     ) -> Result<Vec<AuditRecord>, StoreError> {
         let (from, to) = (ms(from), ms(to));
         let range = "tenant_id = $1 AND recorded_at >= $2 AND recorded_at < $3";
+        // Only records linked into their chain (all of them, as long as
+        // records are linked when their transaction commits).
         let log_sql = format!(
             "SELECT tenant_id, seq, recorded_at, actor, action, practice_id, detail, prev_hash, hash
-             FROM audit_log WHERE {range}"
+             FROM audit_log WHERE {range} AND seq IS NOT NULL"
         );
         let event_sql = format!(
             "SELECT {EVENT_AUDIT_COLUMNS} FROM events WHERE {range} AND audit_seq IS NOT NULL"
@@ -210,12 +212,15 @@ impl PgStore {
 }
 
 /// Removes those of `ids` still past retention (checked again under their
-/// row locks); returns how many.
+/// row locks); returns how many. A practice with an event that has no
+/// cursor yet (not yet in its chain) waits for a later purge: its record
+/// could not be kept.
 async fn remove(tx: &Tx, tenant: &str, ids: &[String], cutoff: i64) -> Result<u64, StoreError> {
     let still: Vec<String> = tx
         .query(
-            "SELECT id FROM practices
+            "SELECT id FROM practices p
              WHERE tenant_id = $1 AND id = ANY($2) AND concluded_at IS NOT NULL AND concluded_at < $3
+               AND NOT EXISTS (SELECT 1 FROM events e WHERE e.practice_id = p.id AND e.cursor IS NULL)
              ORDER BY id FOR UPDATE",
             &[&tenant, &ids, &cutoff],
         )
