@@ -28,6 +28,11 @@ pub const TABLES: &[&str] = &[
     "audit_heads",
 ];
 
+/// Tables of the source left behind on purpose: they describe the hub
+/// instances running on it (heartbeats, once-per-cluster work), and none
+/// runs during a copy; the target's instances make their own.
+const NOT_COPIED: &[&str] = &["singletons", "hub_instances"];
+
 /// What a copy moved.
 #[derive(Debug, Clone, Default)]
 pub struct CopyReport {
@@ -342,7 +347,9 @@ fn read_all(
              AND name NOT LIKE 'sqlite_%' AND name <> 'schema_migrations' ORDER BY name",
         )?
         .query_map([], |r| r.get::<_, String>(0))?
-        .filter(|name| !matches!(name, Ok(n) if TABLES.contains(&n.as_str())))
+        .filter(|name| {
+            !matches!(name, Ok(n) if TABLES.contains(&n.as_str()) || NOT_COPIED.contains(&n.as_str()))
+        })
         .collect::<rusqlite::Result<_>>()?;
     if !unknown.is_empty() {
         return Err(StoreError::Internal(format!(
@@ -476,7 +483,7 @@ mod tests {
             duration: Duration::from_secs(30),
         };
         let work = store
-            .claim_work("tributi", &lease, Utc::now(), 10)
+            .claim_work("tributi", &lease, Utc::now(), 10, 100)
             .await
             .unwrap();
         let job = |id: &str| work.jobs.iter().find(|j| j.practice_id == id).unwrap();
