@@ -233,6 +233,7 @@ async fn serve(
     health_reporter
         .set_serving::<pb::delivery_admin_service_server::DeliveryAdminServiceServer<Api>>()
         .await;
+    let store_health = tokio::spawn(follow_store(Arc::clone(&service), health_reporter.clone()));
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -340,6 +341,7 @@ async fn serve(
     let _ = stop.await;
     service.close_streams();
     let _ = stop_all.send(());
+    store_health.abort();
     health_reporter
         .set_not_serving::<pb::practice_service_server::PracticeServiceServer<Api>>()
         .await;
@@ -348,6 +350,48 @@ async fn serve(
     workers.shutdown(grace).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How often the gRPC health of the services that need the store is
+/// checked against it: as often as a load balancer typically probes.
+const STORE_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+/// A ping slower than this counts as a store that does not answer (a
+/// connection to an unreachable server may hang far longer).
+const STORE_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Keeps `grpc.health.v1` of the services that need the store (practices,
+/// delivery administration) in step with it, as `/readyz` is: a gRPC load
+/// balancer stops sending calls to an instance cut off from its database,
+/// and sends them again once it answers. The whole server (`""`) stays
+/// `SERVING`: a liveness probe must not restart a hub because its
+/// database is away.
+async fn follow_store(
+    service: Arc<PracticeService>,
+    reporter: tonic_health::server::HealthReporter,
+) {
+    type Practices = pb::practice_service_server::PracticeServiceServer<Api>;
+    type Admin = pb::delivery_admin_service_server::DeliveryAdminServiceServer<Api>;
+    let mut up = true;
+    let mut tick = tokio::time::interval(STORE_CHECK_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let answer = tokio::time::timeout(STORE_CHECK_TIMEOUT, service.store().ping()).await;
+        let now_up = matches!(answer, Ok(Ok(())));
+        if now_up == up {
+            continue;
+        }
+        up = now_up;
+        if up {
+            tracing::info!("the store answers again: the practice service is serving");
+            reporter.set_serving::<Practices>().await;
+            reporter.set_serving::<Admin>().await;
+        } else {
+            tracing::warn!("the store does not answer: the practice service is not serving");
+            reporter.set_not_serving::<Practices>().await;
+            reporter.set_not_serving::<Admin>().await;
+        }
+    }
 }
 
 /// The connections `listener` accepts, with `TCP_NODELAY` set, for
