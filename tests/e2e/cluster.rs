@@ -31,10 +31,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tonic::Code;
 use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 
 type Client = pb::practice_service_client::PracticeServiceClient<Channel>;
 
 const TENANTS: [&str; 2] = ["016024", "028060"];
+/// The practice service's name in `grpc.health.v1`.
+const PRACTICES: &str = "raccordo.v1.PracticeService";
 /// `[delivery] lease` of every hub here: short, so a dead instance's work
 /// comes back quickly.
 const LEASE: Duration = Duration::from_secs(2);
@@ -69,8 +74,8 @@ struct Seen {
 #[derive(Default)]
 struct VendorState {
     seen: Mutex<Vec<Seen>>,
-    /// The hub whose requests wait, unanswered, until released.
-    hold: Mutex<Option<String>>,
+    /// The hubs whose requests wait, unanswered, until released.
+    hold: Mutex<Vec<String>>,
     released: tokio::sync::Notify,
     held: AtomicUsize,
 }
@@ -102,9 +107,10 @@ impl ClusterVendor {
         format!("http://{}/{hub}", self.addr)
     }
 
-    /// From now on `hub`'s requests are recorded and then left waiting.
-    fn hold(&self, hub: &str) {
-        *self.state.hold.lock().unwrap() = Some(hub.to_string());
+    /// From now on the requests of `hubs` are recorded and then left
+    /// waiting.
+    fn hold(&self, hubs: &[&str]) {
+        *self.state.hold.lock().unwrap() = hubs.iter().map(|h| h.to_string()).collect();
     }
 
     /// Requests waiting in [`hold`](Self::hold).
@@ -113,7 +119,7 @@ impl ClusterVendor {
     }
 
     fn release(&self) {
-        *self.state.hold.lock().unwrap() = None;
+        self.state.hold.lock().unwrap().clear();
         self.state.released.notify_waiters();
     }
 
@@ -150,7 +156,7 @@ async fn vendor_answer(
     };
     loop {
         let released = state.released.notified();
-        if state.hold.lock().unwrap().as_deref() != Some(hub.as_str()) {
+        if !state.hold.lock().unwrap().contains(&hub) {
             break;
         }
         state.held.fetch_add(1, Ordering::SeqCst);
@@ -256,6 +262,7 @@ struct Hub {
     proc: Proc,
     config: PathBuf,
     http: SocketAddr,
+    channel: Channel,
     client: Client,
 }
 
@@ -291,12 +298,14 @@ async fn start_hub(dir: &Path, name: &str, vendor_url: &str, url: &str) -> Hub {
         Stdio::from(log),
     );
     let addr = grpc_addr_from_banner(&mut proc);
+    let channel = connect_retrying(addr).await;
     Hub {
         name: name.to_string(),
         proc,
         config,
         http,
-        client: Client::new(connect_retrying(addr).await),
+        client: Client::new(channel.clone()),
+        channel,
     }
 }
 
@@ -401,6 +410,29 @@ async fn wait_all_final(
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Checks that the vendor saw every stored practice under exactly one
+/// operation id, the one the store has; returns how many operation ids it
+/// saw more than once.
+fn one_operation_id_each(seen: &[Seen], rows: &HashMap<String, (String, String, String)>) -> usize {
+    let mut ops: HashMap<&str, HashSet<&str>> = HashMap::new();
+    let mut sends: HashMap<&str, usize> = HashMap::new();
+    for s in seen {
+        ops.entry(&s.practice_id)
+            .or_default()
+            .insert(&s.operation_id);
+        *sends.entry(&s.operation_id).or_default() += 1;
+    }
+    for (id, (_, _, op)) in rows {
+        let keys = ops.get(id.as_str());
+        assert_eq!(
+            keys.map(|k| k.iter().copied().collect::<Vec<_>>()),
+            Some(vec![op.as_str()]),
+            "practice {id}: the operation ids the vendor saw"
+        );
+    }
+    sends.values().filter(|n| **n > 1).count()
 }
 
 /// Reads every acknowledged practice back through `client`: it exists,
@@ -656,7 +688,7 @@ async fn one_of_three_hubs_killed_under_load_the_others_finish_its_work() {
         async move { (n >= total / 3).then_some(()) }
     })
     .await;
-    vendor.hold(names[VICTIM]);
+    vendor.hold(&names[VICTIM..=VICTIM]);
     eventually("deliveries of the victim in flight at the vendor", || {
         let held = vendor.held();
         async move { (held >= 4).then_some(()) }
@@ -691,23 +723,7 @@ async fn one_of_three_hubs_killed_under_load_the_others_finish_its_work() {
 
     // 2. The vendor saw each practice under one operation id, its own.
     let seen = vendor.seen();
-    let mut ops: HashMap<&str, HashSet<&str>> = HashMap::new();
-    let mut sends: HashMap<&str, usize> = HashMap::new();
-    for s in &seen {
-        ops.entry(&s.practice_id)
-            .or_default()
-            .insert(&s.operation_id);
-        *sends.entry(&s.operation_id).or_default() += 1;
-    }
-    for (id, (_, _, op)) in &rows {
-        let keys = ops.get(id.as_str());
-        assert_eq!(
-            keys.map(|k| k.iter().copied().collect::<Vec<_>>()),
-            Some(vec![op.as_str()]),
-            "practice {id}: the operation ids the vendor saw"
-        );
-    }
-    let sent_again = sends.values().filter(|n| **n > 1).count();
+    let sent_again = one_operation_id_each(&seen, &rows);
 
     // 3. The victim's work in flight came back within the lease: its
     // leases ran out (an OUTCOME_UNKNOWN event naming it), and a survivor
@@ -1079,6 +1095,26 @@ async fn restart_test_client(
     }
 }
 
+/// Waits until every hub's `grpc.health.v1` says `status` for `service`.
+async fn wait_grpc_health(hubs: &[Hub], service: &str, status: ServingStatus, what: &str) {
+    eventually_within(Duration::from_secs(30), what, || async move {
+        for hub in hubs {
+            let mut health = HealthClient::new(hub.channel.clone());
+            let answer = health
+                .check(HealthCheckRequest {
+                    service: service.into(),
+                })
+                .await
+                .ok()?;
+            if answer.into_inner().status != status as i32 {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+}
+
 /// Waits until every hub's `/readyz` answers `status`.
 async fn wait_readiness(http: &reqwest::Client, hubs: &[Hub], status: u16, what: &str) {
     eventually_within(Duration::from_secs(30), what, || async move {
@@ -1138,11 +1174,19 @@ async fn the_database_restarts_under_load_the_hubs_refuse_then_recover() {
     })
     .await;
 
-    // The database goes away under load.
+    // The database goes away under load, with deliveries in flight: their
+    // answers arrive while it is away.
+    vendor.hold(&names);
+    eventually("deliveries in flight at the vendor", || {
+        let held = vendor.held();
+        async move { (held >= 2).then_some(()) }
+    })
+    .await;
     phase.store(STOPPING, Ordering::SeqCst);
     tokio::task::block_in_place(|| pg.stop_server());
     phase.store(DOWN, Ordering::SeqCst);
     let down_at = Instant::now();
+    vendor.release();
     wait_readiness(
         &http,
         &hubs,
@@ -1153,9 +1197,24 @@ async fn the_database_restarts_under_load_the_hubs_refuse_then_recover() {
     let not_ready_after = down_at.elapsed();
     let (_, body) = readyz(&http, &hubs[0]).await.unwrap();
     assert_eq!(body["store"]["state"], "down", "{body}");
+    // gRPC load balancers read grpc.health.v1: the practice service needs
+    // the store; the process as a whole ("") is alive and stays SERVING.
+    wait_grpc_health(
+        &hubs,
+        PRACTICES,
+        ServingStatus::NotServing,
+        "the practice service not serving without the database",
+    )
+    .await;
+    wait_grpc_health(&hubs, "", ServingStatus::Serving, "the server alive").await;
+    // Away longer than a lease and its sweep: the leases of the attempts
+    // in flight at the stop run out meanwhile, and their answers cannot be
+    // recorded.
+    let outage = LEASE + LEASE / 3 + Duration::from_secs(1);
     eventually("submissions refused while the database is down", || {
         let n = refused_in(DOWN);
-        async move { (n >= 50).then_some(()) }
+        let long_enough = down_at.elapsed() >= outage;
+        async move { (n >= 50 && long_enough).then_some(()) }
     })
     .await;
 
@@ -1166,6 +1225,13 @@ async fn the_database_restarts_under_load_the_hubs_refuse_then_recover() {
     let back_at = Instant::now();
     wait_readiness(&http, &hubs, 200, "both hubs ready again").await;
     let ready_after = back_at.elapsed();
+    wait_grpc_health(
+        &hubs,
+        PRACTICES,
+        ServingStatus::Serving,
+        "the practice service serving again",
+    )
+    .await;
     eventually_within(LONG, "submissions acknowledged after the restart", || {
         let n = acked_in(BACK);
         async move { (n >= 200).then_some(()) }
@@ -1199,11 +1265,13 @@ async fn the_database_restarts_under_load_the_hubs_refuse_then_recover() {
         );
     }
     check_through_api(&hubs[0].client, &acked).await;
+    let sent_again = one_operation_id_each(&vendor.seen(), &rows);
     let verified = audit_verify(&hubs[0].config, &pg.url());
     eprintln!(
         "database restart: acknowledged {} before / {} while stopping / {} down / {} starting / {} \
          after; refused (UNAVAILABLE) {} / {} / {} / {} / {}; not ready {not_ready_after:.1?} after \
-         the stop, ready {ready_after:.1?} after the start; {} practices stored; {}; in {:.1?}",
+         the stop (away {outage:?}), ready {ready_after:.1?} after the start; {} practices stored, \
+         {sent_again} operation ids sent more than once; {}; in {:.1?}",
         acked_in(UP),
         acked_in(STOPPING),
         acked_in(DOWN),
