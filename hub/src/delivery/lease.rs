@@ -29,7 +29,9 @@ struct Running {
     /// Tasks running the operation (a re-claim after a lost lease may run
     /// next to the slow attempt that lost it).
     tasks: usize,
-    /// A renewal found the lease gone; said once.
+    /// The last renewal did not extend the lease.
+    unrenewed: bool,
+    /// Two renewals in a row found the lease gone; said once.
     lost: bool,
 }
 
@@ -89,14 +91,10 @@ impl Leases {
         let until = self.lease.until(Utc::now());
         match store.renew_leases(self.owner(), &running, until).await {
             Ok(held) => {
-                let mut map = self.lock();
-                for op in running.iter().filter(|op| !held.contains(op)) {
-                    if let Some(r) = map.get_mut(op).filter(|r| !r.lost) {
-                        r.lost = true;
-                        tracing::warn!(operation_id = %op, owner = %self.lease.owner,
-                            "the lease of a running attempt was lost: the delivery may be sent again \
-                             with the same operation id; this attempt's answer is still recorded");
-                    }
+                for op in self.lost_now(&running, &held) {
+                    tracing::warn!(operation_id = %op, owner = %self.lease.owner,
+                        "the lease of a running attempt was lost: the delivery may be sent again \
+                         with the same operation id; this attempt's answer is still recorded");
                 }
             }
             // Not fatal: the leases run for a while yet, and the next
@@ -105,6 +103,33 @@ impl Leases {
                 tracing::warn!(error = %e, count = running.len(), "cannot renew delivery leases")
             }
         }
+    }
+}
+
+impl Leases {
+    /// After a renewal of `running` that extended `held`: the attempts
+    /// whose lease is now known lost, each named once. An attempt whose
+    /// lease a renewal did not extend is lost only if the next renewal
+    /// finds it still running: the first miss is usually an attempt that
+    /// has just recorded its result (its job is no longer in flight; the
+    /// renewal may even have waited for that commit on the job's row) and
+    /// leaves the set a moment later. A lost attempt that ends before the
+    /// next renewal is reported when its result is recorded instead.
+    fn lost_now(&self, running: &[String], held: &[String]) -> Vec<String> {
+        let mut map = self.lock();
+        let mut lost = Vec::new();
+        for op in running {
+            let Some(r) = map.get_mut(op) else { continue };
+            if held.contains(op) {
+                r.unrenewed = false;
+            } else if !r.unrenewed {
+                r.unrenewed = true;
+            } else if !r.lost {
+                r.lost = true;
+                lost.push(op.clone());
+            }
+        }
+        lost
     }
 }
 
@@ -161,4 +186,37 @@ pub fn spawn_keeper(service: Arc<PracticeService>) -> JoinHandle<()> {
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_is_lost_when_two_renewals_in_a_row_miss_it_and_said_once() {
+        let leases = Arc::new(Leases::new(Duration::from_secs(3)));
+        let (a, b) = ("op-a".to_string(), "op-b".to_string());
+        let _a = leases.hold(&a);
+        let held_b = leases.hold(&b);
+        let running = vec![a.clone(), b.clone()];
+        // Both miss once: an attempt that has just recorded its result
+        // looks like this.
+        assert!(leases.lost_now(&running, &[]).is_empty());
+        // b ended meanwhile; a is missed again: lost, once.
+        drop(held_b);
+        assert_eq!(leases.lost_now(&running, &[]), std::slice::from_ref(&a));
+        assert!(leases.lost_now(&running, &[]).is_empty());
+        // A renewal that extends it resets the count of misses.
+        let c = "op-c".to_string();
+        let _c = leases.hold(&c);
+        let running = vec![c.clone()];
+        assert!(leases.lost_now(&running, &[]).is_empty());
+        assert!(
+            leases
+                .lost_now(&running, std::slice::from_ref(&c))
+                .is_empty()
+        );
+        assert!(leases.lost_now(&running, &[]).is_empty());
+        assert_eq!(leases.lost_now(&running, &[]), [c]);
+    }
 }
