@@ -79,7 +79,7 @@ impl From<StoreError> for HubError {
                 HubError::Busy(WRITE_QUEUE_FULL.into())
             }
             StoreError::Unavailable(m) => {
-                tracing::warn!(error = %m, "store unavailable");
+                unavailable_logged(&m);
                 HubError::Busy("the practice store is temporarily unavailable; retry".into())
             }
             // Details go to the log; callers get a retryable, generic answer.
@@ -88,6 +88,28 @@ impl From<StoreError> for HubError {
                 HubError::Unavailable("the practice store is temporarily unavailable; retry".into())
             }
         }
+    }
+}
+
+/// Logs a call that failed because the store is unavailable, at most once a
+/// second with the number of such calls not logged since: while a database
+/// is away every call fails the same way, and a line each would flood the
+/// log at the API's rate.
+fn unavailable_logged(error: &str) {
+    use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+    static LAST_MS: AtomicI64 = AtomicI64::new(i64::MIN);
+    static NOT_LOGGED: AtomicU64 = AtomicU64::new(0);
+    let now = Utc::now().timestamp_millis();
+    let last = LAST_MS.load(Relaxed);
+    if now.saturating_sub(last) >= 1000
+        && LAST_MS
+            .compare_exchange(last, now, Relaxed, Relaxed)
+            .is_ok()
+    {
+        let not_logged = NOT_LOGGED.swap(0, Relaxed);
+        tracing::warn!(%error, calls_since_last_line = not_logged, "store unavailable");
+    } else {
+        NOT_LOGGED.fetch_add(1, Relaxed);
     }
 }
 
