@@ -228,7 +228,8 @@ kind = "rest"
 base_url = "{vendor_url}"
 timeout = "5s"
 connect_timeout = "500ms"
-max_concurrency = 8
+# The vendor's limit, shared by every instance alive: eight each.
+max_concurrency = 24
 [adapters.vendor.submit]
 path = "/pratiche/{{{{ service_code }}}}"
 [adapters.vendor.response]
