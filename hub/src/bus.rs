@@ -81,6 +81,10 @@ impl EventBus {
     }
 }
 
+/// Logs one state change with ids, statuses, codes and sizes only: the
+/// event's free text (vendor rejections and error details, withdrawal
+/// reasons) can name citizens, so it stays in the practice's events, where
+/// roles guard it; the log says only how long it is.
 fn log_event(e: &Event) {
     let change = match (e.from_status, e.to_status, e.from_delivery, e.to_delivery) {
         (from, Some(to), _, _) => {
@@ -92,18 +96,16 @@ fn log_event(e: &Event) {
         ),
         _ => String::new(),
     };
-    let reason = e.reason.as_deref().unwrap_or("");
-    // Reasons come from the hub and vendors' error summaries, never from
-    // form data; applicant identifiers are not logged at all.
+    let reason_chars = e.reason.as_deref().map_or(0, |r| r.chars().count());
+    let vendor_code = e.vendor_code.as_deref().unwrap_or("");
     match e.kind {
         crate::domain::practice::EventKind::Anomaly => tracing::warn!(
             practice_id = %e.practice_id, tenant = %e.tenant_id, seq = e.sequence, actor = %e.actor,
-            "anomaly: {reason}"
+            vendor_code, reason_chars, "anomaly recorded on the practice"
         ),
         _ => tracing::info!(
             practice_id = %e.practice_id, tenant = %e.tenant_id, service = %e.service_code,
-            seq = e.sequence, actor = %e.actor, "{change}{}",
-            if reason.is_empty() { String::new() } else { format!(": {reason}") }
+            seq = e.sequence, actor = %e.actor, vendor_code, reason_chars, "{change}"
         ),
     }
 }

@@ -138,14 +138,15 @@ async fn handle(link: &Link, session: &Session, delivery: Delivery) {
         Disposition::Ack => delivery.ack(BasicAckOptions::default()).await.map(|_| ()),
         Disposition::DeadLetter(why) => match dead_letter(link, session, &delivery, &why).await {
             Ok(()) => {
+                // The detail can quote the reply: it travels with the
+                // dead-lettered message, not into the log.
                 tracing::warn!(adapter = %link.name, %message_id, reason = why.reason,
-                    "reply dead-lettered to '{}': {}", consume.dead_letter_exchange, why.detail);
+                    "reply dead-lettered to '{}'", consume.dead_letter_exchange);
                 delivery.ack(BasicAckOptions::default()).await.map(|_| ())
             }
             Err(e) => {
-                tracing::error!(adapter = %link.name, %message_id,
-                    "cannot dead-letter an unusable reply ({}: {}): {e}; handing it back to the broker",
-                    why.reason, why.detail);
+                tracing::error!(adapter = %link.name, %message_id, reason = why.reason,
+                    "cannot dead-letter an unusable reply: {e}; handing it back to the broker");
                 requeue(&delivery, consume.requeue_delay).await
             }
         },

@@ -254,8 +254,9 @@ impl Inbound {
         let rejected = fatal.is_some() || (good == 0 && !report.bad.is_empty());
         let text = error_report(&c.name, sha, report, fatal.as_deref());
         if rejected {
+            // Why is in the error report next to the file: it can quote rows.
             tracing::warn!(adapter = %self.name, file = %c.name, bad = report.bad.len(),
-                "result file rejected: {}", fatal.as_deref().unwrap_or("no usable row"));
+                unreadable = fatal.is_some(), "result file rejected");
         } else {
             tracing::info!(adapter = %self.name, file = %c.name, applied = report.applied,
                 duplicates = report.duplicates, bad = report.bad.len(), "result file processed");

@@ -315,7 +315,8 @@ impl Inner {
         match response::map_progress(&self.config.response, body, &self.name) {
             Ok(m) => m.reply,
             Err(e) => {
-                tracing::warn!(adapter = %self.name, "intermediate report ignored: {}", e.reason);
+                // The reason can quote the vendor's body: only the class is logged.
+                tracing::warn!(adapter = %self.name, class = %e.class, "intermediate report ignored: the mapping cannot read it");
                 VendorReply::default()
             }
         }

@@ -61,8 +61,10 @@ pub(super) async fn poll_once(
             return;
         }
         Err(e) => {
+            // The reason can quote the vendor: it goes to the practice's
+            // events, the log gets the class and code.
             tracing::warn!(operation_id = %job.operation_id, adapter = %instance.name,
-                class = %e.class, "poll failed: {}", e.reason);
+                class = %e.class, vendor_code = e.vendor_code.as_deref().unwrap_or(""), "poll failed");
             let decision = policy(service, job).decide(e.class, job.attempt, e.retry_after);
             record(service, job, AttemptResult::Failed(e, decision), false).await;
             return;
