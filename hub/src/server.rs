@@ -257,7 +257,12 @@ async fn serve(
     if auth.is_anonymous() {
         tracing::warn!("no [clients] declared: the API accepts every caller (development only)");
     }
-    let auth_layer = crate::security::AuthLayer::new(Arc::new(auth), Arc::clone(service.store()));
+    let refusals = crate::security::refusals::RefusalAudit::new(
+        Arc::clone(service.store()),
+        crate::security::refusals::INTERVAL,
+    );
+    refusals.spawn_flusher();
+    let auth_layer = crate::security::AuthLayer::new(Arc::new(auth), Arc::clone(&refusals));
     let rpc_metrics = RpcMetricsLayer::new(
         Arc::clone(service.metrics()),
         &[
@@ -347,6 +352,8 @@ async fn serve(
         .await;
     grpc.await??;
     http.await??;
+    // The counts of the interval under way: nothing refused goes unrecorded.
+    refusals.flush().await;
     workers.shutdown(grace).await;
     tracing::info!("stopped");
     Ok(())

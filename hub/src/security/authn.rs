@@ -1,6 +1,12 @@
 //! Authentication: API keys (compared as hashes, in constant time), JWTs
 //! (issuer, audience, expiry, signature), per-client rate limits, and a
-//! lock-out of addresses that keep presenting wrong credentials.
+//! lock-out of client addresses and of credentials that keep failing.
+//!
+//! The lock-out never stands in front of a valid credential: presented
+//! credentials are verified first, and only calls that fail (no, wrong,
+//! expired credentials) are refused for their address's or their
+//! credential's failures. So a shared address (a proxy, a NAT) cannot be
+//! used to lock out the valid clients behind it.
 
 use super::Caller;
 use super::config::{ClientConfig, JwtConfig, Role, SecurityConfig};
@@ -20,7 +26,8 @@ pub enum AuthError {
     Missing,
     /// Credentials that do not verify; the reason is safe to tell the caller.
     Invalid(String),
-    /// Too many failed attempts from this address: refused for a while.
+    /// Too many failed attempts from this address or with this credential:
+    /// refused for a while.
     LockedOut,
     /// The client exceeds its rate.
     RateLimited(String),
@@ -36,7 +43,7 @@ pub struct Authenticator {
     /// No client configured: every call is the anonymous caller.
     anonymous: bool,
     settings: SecurityConfig,
-    failures: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+    failures: Mutex<HashMap<Failing, (Instant, u32)>>,
     buckets: Mutex<HashMap<String, Bucket>>,
 }
 
@@ -72,6 +79,20 @@ enum JwtKeys {
     Set(JwkSet),
     Secret(Vec<u8>),
 }
+
+/// What failures are counted against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Failing {
+    Address(IpAddr),
+    /// The first 8 bytes of the SHA-256 of a presented credential (API key,
+    /// token or certificate fingerprint): the credential itself is not kept.
+    Credential([u8; 8]),
+}
+
+/// Failure counters kept at most: past it, new addresses and credentials
+/// are not counted until old entries expire (memory stays bounded under a
+/// flood from many addresses).
+const MAX_TRACKED_FAILURES: usize = 100_000;
 
 #[derive(Debug)]
 struct Bucket {
@@ -265,40 +286,88 @@ impl Authenticator {
         self.anonymous
     }
 
-    /// Identifies the caller of one request.
+    /// The address of the client behind `peer`: the right-most address of
+    /// `X-Forwarded-For` that is not a trusted proxy, when `peer` is one
+    /// (`security.trusted_proxies`); `peer` itself otherwise. Only trusted
+    /// proxies' headers count: anyone else could write any address there.
+    pub fn client_address(
+        &self,
+        peer: Option<IpAddr>,
+        forwarded_for: &[&str],
+    ) -> Option<IpAddr> {
+        let peer = peer?;
+        let trusted = |ip: IpAddr| self.settings.trusted_proxies.iter().any(|r| r.contains(ip));
+        if !trusted(peer) {
+            return Some(peer);
+        }
+        let mut client = peer;
+        // Several headers are one list, in order; each hop appends.
+        let hops = forwarded_for.iter().flat_map(|h| h.split(',')).collect::<Vec<_>>();
+        for hop in hops.into_iter().rev() {
+            let Ok(ip) = hop.trim().parse::<IpAddr>() else {
+                // Unreadable: whatever is left of it was not written by a
+                // trusted proxy.
+                break;
+            };
+            client = ip;
+            if !trusted(ip) {
+                break;
+            }
+        }
+        Some(client)
+    }
+
+    /// Identifies the caller of one request from `client`, the client
+    /// address ([`Self::client_address`]).
     pub fn authenticate(
         &self,
         api_key: Option<&str>,
         bearer: Option<&str>,
         certificate_sha256: Option<&str>,
-        peer: Option<IpAddr>,
+        client: Option<IpAddr>,
     ) -> Result<Caller, AuthError> {
         if self.anonymous {
             return Ok(Caller::anonymous());
         }
-        if let Some(ip) = peer
-            && self.locked_out(ip)
-        {
-            return Err(AuthError::LockedOut);
-        }
+        let address = client.map(Failing::Address);
         // Explicit credentials first: a shared client certificate (a
         // gateway's) must not hide the key or token of the caller behind it.
-        let verified = match (api_key, bearer, certificate_sha256) {
-            (Some(key), _, _) => self.by_api_key(key),
-            (None, Some(token), _) => self.by_token(token),
-            (None, None, Some(cert)) => self.by_certificate(cert),
-            (None, None, None) => return Err(AuthError::Missing),
+        let presented = match (api_key, bearer, certificate_sha256) {
+            (Some(key), _, _) => ("key", key.trim()),
+            (None, Some(token), _) => ("token", token.trim()),
+            (None, None, Some(cert)) => ("certificate", cert.trim()),
+            (None, None, None) => {
+                // No credentials count as a failure like wrong ones, or an
+                // address could call without any as often as it likes.
+                if address.is_some_and(|a| self.locked_out(a)) {
+                    return Err(AuthError::LockedOut);
+                }
+                self.record_failures(&[address]);
+                return Err(AuthError::Missing);
+            }
+        };
+        let credential = Failing::Credential(credential_id(presented.0, presented.1));
+        // A credential that keeps failing (a replayed expired token, a
+        // guessed key tried again) is refused without verifying it again.
+        if self.locked_out(credential) {
+            self.record_failures(&[address]);
+            return Err(AuthError::LockedOut);
+        }
+        let verified = match presented {
+            ("key", key) => self.by_api_key(key),
+            ("token", token) => self.by_token(token),
+            (_, cert) => self.by_certificate(cert),
         };
         match verified {
+            // A valid credential passes whatever others did from its address.
             Ok(caller) => {
                 self.take_token(&caller.client)?;
                 Ok(caller)
             }
             Err(e) => {
-                if let Some(ip) = peer {
-                    self.record_failure(ip);
-                }
-                Err(e)
+                let locked = address.is_some_and(|a| self.locked_out(a));
+                self.record_failures(&[address, Some(credential)]);
+                if locked { Err(AuthError::LockedOut) } else { Err(e) }
             }
         }
     }
@@ -445,23 +514,39 @@ impl Authenticator {
         ))
     }
 
-    fn locked_out(&self, ip: IpAddr) -> bool {
+    fn locked_out(&self, what: Failing) -> bool {
         let failures = self.failures.lock().expect("auth failures lock");
-        failures.get(&ip).is_some_and(|(since, n)| {
+        failures.get(&what).is_some_and(|(since, n)| {
             *n >= self.settings.max_auth_failures
                 && since.elapsed() < self.settings.auth_failure_window
         })
     }
 
-    fn record_failure(&self, ip: IpAddr) {
+    fn record_failures(&self, what: &[Option<Failing>]) {
         let mut failures = self.failures.lock().expect("auth failures lock");
         let window = self.settings.auth_failure_window;
-        failures.retain(|_, (since, _)| since.elapsed() < window);
-        let entry = failures.entry(ip).or_insert((Instant::now(), 0));
-        entry.1 += 1;
-        if entry.1 == self.settings.max_auth_failures {
-            tracing::warn!(%ip, failures = entry.1, "too many failed authentications: address refused for {}",
-                humantime::format_duration(window));
+        let now = Instant::now();
+        for what in what.iter().flatten() {
+            if failures.get(what).is_some_and(|(since, _)| now.duration_since(*since) >= window) {
+                failures.remove(what);
+            }
+            if failures.len() >= MAX_TRACKED_FAILURES {
+                failures.retain(|_, (since, _)| now.duration_since(*since) < window);
+            }
+            if !failures.contains_key(what) && failures.len() >= MAX_TRACKED_FAILURES {
+                continue;
+            }
+            let entry = failures.entry(*what).or_insert((now, 0));
+            entry.1 = entry.1.saturating_add(1);
+            if entry.1 == self.settings.max_auth_failures {
+                let window = humantime::format_duration(window);
+                match what {
+                    Failing::Address(ip) => tracing::warn!(%ip, failures = entry.1,
+                        "too many failed authentications: address refused for {window} unless it presents a valid credential"),
+                    Failing::Credential(id) => tracing::warn!(credential = %hex(id), failures = entry.1,
+                        "too many failed authentications with one credential: refused for {window}"),
+                }
+            }
         }
     }
 
@@ -486,6 +571,23 @@ impl Authenticator {
     }
 }
 
+/// Identifies a presented credential without keeping it: the first bytes
+/// of the SHA-256 of its kind and value.
+fn credential_id(kind: &str, value: &str) -> [u8; 8] {
+    let digest = Sha256::new()
+        .chain_update(kind.as_bytes())
+        .chain_update([0])
+        .chain_update(value.as_bytes())
+        .finalize();
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&digest[..8]);
+    id
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -500,5 +602,101 @@ mod tests {
         let mut other = h;
         other[31] ^= 1;
         assert!(!constant_time_eq(&h, &other));
+    }
+
+    fn authenticator(security: serde_json::Value) -> Authenticator {
+        let clients: BTreeMap<String, ClientConfig> = serde_json::from_value(serde_json::json!({
+            "portal": {
+                "role": "frontoffice",
+                "tenants": ["016024"],
+                "api_key_sha256": hex(&Sha256::digest(b"right-key")),
+            }
+        }))
+        .unwrap();
+        let settings: SecurityConfig = serde_json::from_value(security).unwrap();
+        Authenticator::build(&clients, &settings, Path::new(".")).unwrap()
+    }
+
+    fn ip(s: &str) -> Option<IpAddr> {
+        Some(s.parse().unwrap())
+    }
+
+    #[test]
+    fn a_valid_key_passes_from_an_address_where_others_failed() {
+        let auth = authenticator(serde_json::json!({"max_auth_failures": 3}));
+        let shared = ip("192.0.2.10");
+        for guess in ["a", "b", "c"] {
+            let e = auth.authenticate(Some(guess), None, None, shared).unwrap_err();
+            assert!(matches!(e, AuthError::Invalid(_)), "{e:?}");
+        }
+        assert_eq!(
+            auth.authenticate(Some("d"), None, None, shared),
+            Err(AuthError::LockedOut)
+        );
+        assert_eq!(
+            auth.authenticate(None, None, None, shared),
+            Err(AuthError::LockedOut)
+        );
+        let caller = auth.authenticate(Some("right-key"), None, None, shared).unwrap();
+        assert_eq!(caller.client, "portal");
+    }
+
+    #[test]
+    fn calls_without_credentials_count_as_failures() {
+        let auth = authenticator(serde_json::json!({"max_auth_failures": 3}));
+        for _ in 0..3 {
+            assert_eq!(
+                auth.authenticate(None, None, None, ip("192.0.2.1")),
+                Err(AuthError::Missing)
+            );
+        }
+        assert_eq!(
+            auth.authenticate(None, None, None, ip("192.0.2.1")),
+            Err(AuthError::LockedOut)
+        );
+        assert_eq!(
+            auth.authenticate(None, None, None, ip("192.0.2.2")),
+            Err(AuthError::Missing)
+        );
+    }
+
+    #[test]
+    fn a_failing_credential_is_refused_from_every_address() {
+        let auth = authenticator(serde_json::json!({"max_auth_failures": 3}));
+        for n in 1..=3 {
+            let from = ip(&format!("198.51.100.{n}"));
+            assert!(matches!(
+                auth.authenticate(Some("stolen-old-key"), None, None, from),
+                Err(AuthError::Invalid(_))
+            ));
+        }
+        assert_eq!(
+            auth.authenticate(Some("stolen-old-key"), None, None, ip("198.51.100.9")),
+            Err(AuthError::LockedOut)
+        );
+        assert!(auth.authenticate(Some("right-key"), None, None, ip("198.51.100.9")).is_ok());
+    }
+
+    #[test]
+    fn forwarded_addresses_count_only_from_trusted_proxies() {
+        let auth = authenticator(serde_json::json!({"trusted_proxies": ["10.0.0.0/8"]}));
+        assert_eq!(
+            auth.client_address(ip("10.0.0.5"), &["203.0.113.9, 10.0.0.7"]),
+            ip("203.0.113.9")
+        );
+        // A client writing its own header cannot pick its address.
+        assert_eq!(
+            auth.client_address(ip("10.0.0.5"), &["1.1.1.1", "203.0.113.9"]),
+            ip("203.0.113.9")
+        );
+        assert_eq!(
+            auth.client_address(ip("198.51.100.1"), &["203.0.113.9"]),
+            ip("198.51.100.1")
+        );
+        assert_eq!(auth.client_address(ip("10.0.0.5"), &[]), ip("10.0.0.5"));
+        assert_eq!(
+            auth.client_address(ip("10.0.0.5"), &["not an address"]),
+            ip("10.0.0.5")
+        );
     }
 }

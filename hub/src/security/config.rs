@@ -1,6 +1,7 @@
 //! `[clients.NAME]` and `[security]`: who may call the API.
 
 use serde::Deserialize;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -121,12 +122,63 @@ pub struct SecurityConfig {
     /// unless this is set explicitly.
     #[serde(default)]
     pub allow_anonymous: Option<bool>,
-    /// Failed authentications from one address before it is refused for
-    /// the rest of `auth_failure_window`.
+    /// Failed authentications (wrong or missing credentials) from one
+    /// client address, or with one wrong credential, before that address
+    /// or credential is refused for the rest of `auth_failure_window`.
     #[serde(default = "default_failures")]
     pub max_auth_failures: u32,
     #[serde(default = "default_window", with = "humantime_serde")]
     pub auth_failure_window: Duration,
+    /// Proxies (addresses or CIDR ranges) whose `X-Forwarded-For` names
+    /// the client address; from any other peer the header is ignored.
+    #[serde(default)]
+    pub trusted_proxies: Vec<ProxyRange>,
+}
+
+/// One entry of `security.trusted_proxies`: `10.0.0.7`, `10.0.0.0/8`,
+/// `fd00::/8`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct ProxyRange {
+    network: IpAddr,
+    prefix: u8,
+}
+
+impl TryFrom<String> for ProxyRange {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        let bad = || format!("'{s}' is not an IP address or a CIDR range (10.0.0.0/8)");
+        let (addr, prefix) = match s.trim().split_once('/') {
+            Some((a, p)) => (a, Some(p.parse::<u8>().map_err(|_| bad())?)),
+            None => (s.trim(), None),
+        };
+        let network: IpAddr = addr.parse().map_err(|_| bad())?;
+        let max = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = prefix.unwrap_or(max);
+        if prefix > max {
+            return Err(format!("'{s}': the prefix length is at most {max}"));
+        }
+        Ok(Self { network, prefix })
+    }
+}
+
+impl ProxyRange {
+    /// Whether `ip` is in the range (IPv4-mapped IPv6 counts as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let bits = |ip: IpAddr| -> (u128, u8) {
+            match ip.to_canonical() {
+                IpAddr::V4(v4) => (u128::from(u32::from(v4)), 32),
+                IpAddr::V6(v6) => (u128::from(v6), 128),
+            }
+        };
+        let ((net, width), (addr, addr_width)) = (bits(self.network), bits(ip));
+        if width != addr_width {
+            return false;
+        }
+        let shift = u32::from(width - self.prefix);
+        shift >= 128 || (net >> shift) == (addr >> shift)
+    }
 }
 
 impl Default for SecurityConfig {
@@ -135,6 +187,7 @@ impl Default for SecurityConfig {
             allow_anonymous: None,
             max_auth_failures: default_failures(),
             auth_failure_window: default_window(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -145,4 +198,24 @@ fn default_failures() -> u32 {
 
 fn default_window() -> Duration {
     Duration::from_secs(60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxy_ranges_parse_and_match() {
+        let r = ProxyRange::try_from("10.1.0.0/16".to_string()).unwrap();
+        assert!(r.contains("10.1.200.3".parse().unwrap()));
+        assert!(r.contains("::ffff:10.1.0.9".parse().unwrap()));
+        assert!(!r.contains("10.2.0.1".parse().unwrap()));
+        let one = ProxyRange::try_from("fd00::1".to_string()).unwrap();
+        assert!(one.contains("fd00::1".parse().unwrap()));
+        assert!(!one.contains("fd00::2".parse().unwrap()));
+        let all = ProxyRange::try_from("0.0.0.0/0".to_string()).unwrap();
+        assert!(all.contains("192.0.2.1".parse().unwrap()));
+        assert!(ProxyRange::try_from("10.0.0.0/33".to_string()).is_err());
+        assert!(ProxyRange::try_from("proxy.local".to_string()).is_err());
+    }
 }

@@ -1,7 +1,9 @@
 //! Who may call the Practice API and what each caller may see.
 //!
 //! - [`config`]: `[clients.*]` and `[security]`.
-//! - [`authn`]: API keys, JWTs, rate limits, lock-out of guessing addresses.
+//! - [`authn`]: API keys, JWTs, rate limits, lock-out of failing addresses
+//!   and credentials.
+//! - [`refusals`]: refused calls in the audit trail, aggregated.
 //! - [`rules`]: the role table, one entry per RPC.
 //! - [`AuthLayer`]: a tower layer in front of every gRPC service: it
 //!   authenticates, checks the role against [`rules`], and hands the
@@ -10,10 +12,11 @@
 
 pub mod authn;
 pub mod config;
+pub mod refusals;
 pub mod rules;
 
-use crate::store::{AuditEntry, Store};
 use authn::{AuthError, Authenticator};
+use refusals::RefusalAudit;
 pub use config::Role;
 use std::future::Future;
 use std::pin::Pin;
@@ -130,7 +133,7 @@ pub fn caller<T>(request: &tonic::Request<T>) -> Result<Caller, Status> {
 #[derive(Clone)]
 pub struct AuthLayer {
     auth: Arc<Authenticator>,
-    store: Arc<dyn Store>,
+    refusals: Arc<RefusalAudit>,
 }
 
 impl std::fmt::Debug for AuthLayer {
@@ -140,10 +143,9 @@ impl std::fmt::Debug for AuthLayer {
 }
 
 impl AuthLayer {
-    /// A layer verifying with `auth` and recording refusals in `store`'s
-    /// audit trail.
-    pub fn new(auth: Arc<Authenticator>, store: Arc<dyn Store>) -> Self {
-        Self { auth, store }
+    /// A layer verifying with `auth` and recording refusals in `refusals`.
+    pub fn new(auth: Arc<Authenticator>, refusals: Arc<RefusalAudit>) -> Self {
+        Self { auth, refusals }
     }
 }
 
@@ -165,24 +167,6 @@ pub struct Authenticated<S> {
     layer: AuthLayer,
 }
 
-/// Records a refused call; lock-outs and rate limits are not recorded one
-/// by one, or a flood would grow the trail without bound.
-fn audit_refusal(store: &Arc<dyn Store>, actor: String, rpc: &str, reason: &str) {
-    let entry = AuditEntry {
-        tenant_id: None,
-        actor,
-        action: "call_denied".into(),
-        practice_id: None,
-        detail: serde_json::json!({"rpc": rpc, "reason": reason}),
-    };
-    let store = Arc::clone(store);
-    tokio::spawn(async move {
-        if let Err(e) = store.record_audit(entry).await {
-            tracing::error!(error = %e, "cannot record a refused call in the audit trail");
-        }
-    });
-}
-
 fn header<'a, B>(request: &'a http::Request<B>, name: &str) -> Option<&'a str> {
     request.headers().get(name).and_then(|v| v.to_str().ok())
 }
@@ -198,20 +182,34 @@ fn admit<B>(layer: &AuthLayer, request: &http::Request<B>) -> Result<Caller, Sta
         .and_then(|c| c.remote_addr())
         .or_else(|| tls.and_then(|t| t.remote_addr))
         .map(|a| a.ip());
+    let forwarded: Vec<&str> = request
+        .headers()
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let client = auth.client_address(peer, &forwarded);
     let certificate = tls.and_then(|t| t.peer_certificate_sha256.as_deref());
     let bearer = header(request, "authorization").and_then(|v| {
         v.strip_prefix("Bearer ")
             .or_else(|| v.strip_prefix("bearer "))
     });
     let caller = auth
-        .authenticate(header(request, "x-api-key"), bearer, certificate, peer)
+        .authenticate(header(request, "x-api-key"), bearer, certificate, client)
         .map_err(|e| {
-            tracing::warn!(rpc = path, peer = ?peer, reason = ?e, "unauthenticated call refused");
-            let actor = peer.map_or("unknown peer".into(), |ip| format!("unauthenticated {ip}"));
-            match &e {
-                AuthError::Missing => audit_refusal(&layer.store, actor, path, "no credentials"),
-                AuthError::Invalid(reason) => audit_refusal(&layer.store, actor, path, reason),
-                AuthError::LockedOut | AuthError::RateLimited(_) => {}
+            let source = client.map_or("unknown peer".into(), |ip| format!("unauthenticated {ip}"));
+            let (source, reason) = match &e {
+                AuthError::Missing => (source, "no credentials"),
+                AuthError::Invalid(reason) => (source, reason.as_str()),
+                AuthError::LockedOut => (source, "locked out after repeated failures"),
+                AuthError::RateLimited(client) => (client.clone(), "over its rate limit"),
+            };
+            // One warning per source and reason per audit interval: a
+            // flood must not flood the log either.
+            if layer.refusals.refused(&source, path, reason) {
+                tracing::warn!(rpc = path, %source, reason, "call refused (repeats are counted in the audit trail)");
+            } else {
+                tracing::debug!(rpc = path, %source, reason, "call refused");
             }
             match e {
                 AuthError::Missing => Status::unauthenticated(
@@ -233,9 +231,8 @@ fn admit<B>(layer: &AuthLayer, request: &http::Request<B>) -> Result<Caller, Sta
         Some(roles) if roles.contains(&role) => Ok(caller),
         _ => {
             tracing::warn!(client = %caller.client, role = role.as_str(), rpc = path, "call refused by role");
-            audit_refusal(
-                &layer.store,
-                caller.client.clone(),
+            let _ = layer.refusals.refused(
+                &caller.client,
                 path,
                 &format!("the {} role may not call it", role.as_str()),
             );
