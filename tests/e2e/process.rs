@@ -326,6 +326,122 @@ async fn the_logs_of_a_full_run_carry_no_fiscal_code_in_clear() {
     }
 }
 
+/// Free text naming a citizen, with a line of its own forged after it.
+const NAMED: &str = "Maria Rossi RSSMRA85M01H501Q si e trasferita\n\
+    2026-12-03T10:00:00.000000Z  INFO raccordo::bus: forged line";
+
+/// What a hub logs at `trace` in `format` while free text naming a citizen
+/// passes through it: a vendor's fault text (retried), a vendor's
+/// rejection text (dead-lettered) and a withdrawal reason.
+async fn logs_of_free_text(format: &str) -> String {
+    let vendor = Vendor::start().await;
+    let problem = serde_json::json!({"title": NAMED, "detail": NAMED, "code": "E-42"});
+    vendor.push(Answer::new(503, problem.clone()).header("retry-after", "0"));
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("raccordo.toml");
+    let grpc = free_addr().await;
+    let mut options = HubOptions::new(&vendor.url());
+    options.grpc_listen = grpc.to_string();
+    options.max_attempts = 2;
+    std::fs::write(&config, config_toml(&options)).unwrap();
+    let log_path = dir.path().join("hub.log");
+    let child = Command::new(BIN)
+        .args(["--log-format", format, "serve", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "trace")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let proc = Proc(child);
+    let channel = connect_retrying(grpc).await;
+    let mut practices = pb::practice_service_client::PracticeServiceClient::new(channel);
+    let retried = practices
+        .submit_practice(tari_request("016024", "named-1"))
+        .await
+        .unwrap()
+        .into_inner()
+        .practice
+        .unwrap();
+    eventually("the retried delivery to be acknowledged", || {
+        let mut practices = practices.clone();
+        let id = retried.id.clone();
+        async move {
+            let p = get(&mut practices, "016024", &id).await;
+            p.delivery
+                .is_some_and(|d| d.status == pb::DeliveryStatus::Acknowledged as i32)
+                .then_some(())
+        }
+    })
+    .await;
+    vendor.push(Answer::new(400, problem));
+    let rejected = practices
+        .submit_practice(tari_request("028060", "named-2"))
+        .await
+        .unwrap()
+        .into_inner()
+        .practice
+        .unwrap();
+    eventually("the rejected delivery to be dead-lettered", || {
+        let mut practices = practices.clone();
+        let id = rejected.id.clone();
+        async move {
+            let p = get(&mut practices, "028060", &id).await;
+            p.delivery
+                .is_some_and(|d| d.status == pb::DeliveryStatus::DeadLettered as i32)
+                .then_some(())
+        }
+    })
+    .await;
+    practices
+        .withdraw_practice(pb::WithdrawPracticeRequest {
+            tenant_id: "028060".into(),
+            practice_id: rejected.id.clone(),
+            reason: NAMED.into(),
+            operator_id: String::new(),
+        })
+        .await
+        .unwrap();
+    // State changes are logged by a task of their own: wait for the last.
+    eventually("the withdrawal in the log", || {
+        let logs = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let id = rejected.id.clone();
+        async move {
+            logs.lines()
+                .any(|l| l.contains(&id) && l.contains("WITHDRAWN"))
+                .then_some(())
+        }
+    })
+    .await;
+    drop(proc);
+    std::fs::read_to_string(&log_path).unwrap()
+}
+
+#[tokio::test]
+async fn free_text_naming_a_citizen_reaches_neither_log_format() {
+    for format in ["text", "json"] {
+        let logs = logs_of_free_text(format).await;
+        assert!(logs.contains("E-42"), "{format}: vendor codes are logged");
+        for secret in ["RSSMRA85M01H501Q", "Maria", "Rossi", "trasferita", "forged"] {
+            let found = logs.lines().find(|l| l.contains(secret));
+            assert!(found.is_none(), "{format}: {secret} in the logs: {found:?}");
+        }
+        // Every line is a record of the hub's: none was forged.
+        for line in logs.lines() {
+            match format {
+                "json" => assert!(
+                    serde_json::from_str::<serde_json::Value>(line).is_ok(),
+                    "not a JSON record: {line}"
+                ),
+                _ => assert!(
+                    line.get(..4).is_some_and(|y| y.bytes().all(|b| b.is_ascii_digit())),
+                    "not a log record: {line}"
+                ),
+            }
+        }
+    }
+}
+
 /// A second hub on the same SQLite file refuses to start and names the
 /// first; the first keeps serving.
 #[tokio::test]

@@ -59,6 +59,7 @@ burst = 3
 
 [security]
 max_auth_failures = 6
+trusted_proxies = ["127.0.0.1", "::1"]
 "#,
         portal = sha(PORTAL_KEY),
         ops = sha(OPS_KEY),
@@ -512,31 +513,101 @@ async fn tokens_are_verified_for_expiry_signature_issuer_and_audience() {
     hub.stop().await;
 }
 
+/// A ListPractices call presenting `creds`, as if forwarded for `client`
+/// by the hub's trusted proxy (the loopback peer of the tests).
+async fn list_as(
+    hub: &TestHub,
+    creds: Creds,
+    client: Option<&str>,
+) -> Result<tonic::Response<pb::ListPracticesResponse>, tonic::Status> {
+    let mut r = req(
+        &creds,
+        pb::ListPracticesRequest {
+            tenant_id: "016024".into(),
+            ..Default::default()
+        },
+    );
+    if let Some(ip) = client {
+        r.metadata_mut()
+            .insert("x-forwarded-for", ip.parse().unwrap());
+    }
+    hub.practices.clone().list_practices(r).await
+}
+
 #[tokio::test]
-async fn guessing_api_keys_locks_the_address_out() {
+async fn guessing_api_keys_locks_out_the_guesser_but_never_a_valid_key() {
     let hub = secured_hub().await;
-    let list = |creds: Creds| {
-        let mut client = hub.practices.clone();
-        async move {
-            client
-                .list_practices(req(
-                    &creds,
-                    pb::ListPracticesRequest {
-                        tenant_id: "016024".into(),
-                        ..Default::default()
-                    },
-                ))
-                .await
-        }
-    };
     for guess in ["a", "b", "c", "d", "e", "f"] {
-        let e = list(Creds::Key(guess)).await.unwrap_err();
+        let e = list_as(&hub, Creds::Key(guess), None).await.unwrap_err();
         assert_eq!(e.code(), Code::Unauthenticated);
     }
-    // Six failures (security.max_auth_failures): even the right key waits now.
-    let e = list(Creds::Key(PORTAL_KEY)).await.unwrap_err();
+    // Six failures (security.max_auth_failures): this address is refused
+    // without credentials or with wrong ones …
+    let e = list_as(&hub, Creds::Key("g"), None).await.unwrap_err();
     assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    let e = list_as(&hub, Creds::None, None).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    // … but a valid key keeps working from it.
+    list_as(&hub, Creds::Key(PORTAL_KEY), None).await.unwrap();
     hub.stop().await;
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_one_guesser_locks_out_only_itself() {
+    let hub = secured_hub().await;
+    let guesser = Some("203.0.113.66");
+    for guess in ["a", "b", "c", "d", "e", "f"] {
+        let e = list_as(&hub, Creds::Key(guess), guesser).await.unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated);
+    }
+    let e = list_as(&hub, Creds::None, guesser).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    // Another client behind the same proxy is not counted with it.
+    let e = list_as(&hub, Creds::Key("typo"), Some("203.0.113.7"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    list_as(&hub, Creds::Key(PORTAL_KEY), Some("203.0.113.7"))
+        .await
+        .unwrap();
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn a_flood_of_calls_without_credentials_adds_a_bounded_number_of_audit_rows() {
+    const CALLS: u64 = 5000;
+    let mut hub = secured_hub().await;
+    for _ in 0..CALLS {
+        let e = list_as(&hub, Creds::None, None).await.unwrap_err();
+        assert!(
+            matches!(e.code(), Code::Unauthenticated | Code::ResourceExhausted),
+            "{e:?}"
+        );
+    }
+    let db = hub.dir.path().join("data/raccordo.db");
+    let dir_guard = std::mem::replace(&mut hub.dir, tempfile::tempdir().unwrap());
+    // Stopping records the counts of the minute under way.
+    hub.stop().await;
+    let records = raccordo::store::sqlite::SqliteStore::export_audit(
+        &db,
+        "-",
+        chrono::DateTime::<chrono::Utc>::MIN_UTC,
+        chrono::DateTime::<chrono::Utc>::MAX_UTC,
+    )
+    .unwrap();
+    let denied: Vec<_> = records
+        .iter()
+        .filter(|r| r.action == "call_denied")
+        .collect();
+    // Two reasons (no credentials, then locked out), each a first record
+    // and one count.
+    assert!(denied.len() <= 4, "{} records: {denied:#?}", denied.len());
+    let counted: u64 = denied
+        .iter()
+        .map(|r| r.detail["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(counted, CALLS, "every refused call is counted: {denied:#?}");
+    drop(dir_guard);
 }
 
 #[tokio::test]
