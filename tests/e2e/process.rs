@@ -120,6 +120,16 @@ fn check_names_the_file_and_the_key_of_each_problem() {
         "{err}"
     );
 
+    // A trusted proxy that is neither an address nor a range.
+    let (ok, err) = check(&format!(
+        "{good}\n[security]\ntrusted_proxies = [\"10.0.0.0/8\", \"proxy.internal\"]\n"
+    ));
+    assert!(!ok);
+    assert!(
+        err.contains("security.trusted_proxies") && err.contains("proxy.internal"),
+        "{err}"
+    );
+
     // A bad duration.
     let (ok, err) = check(&good.replace("timeout = \"3s\"", "timeout = \"3 parsecs\""));
     assert!(!ok);
@@ -330,9 +340,42 @@ async fn the_logs_of_a_full_run_carry_no_fiscal_code_in_clear() {
 const NAMED: &str = "Maria Rossi RSSMRA85M01H501Q si e trasferita\n\
     2026-12-03T10:00:00.000000Z  INFO raccordo::bus: forged line";
 
+/// A push adapter whose results come back on the hub's `/callbacks`.
+fn push_adapter(vendor: &str, http: std::net::SocketAddr) -> String {
+    format!(
+        r#"
+[services.PUSH]
+title = "Segnalazione"
+regime = "COMUNICAZIONE"
+
+[adapters.push]
+kind = "rest"
+pattern = "NONBLOCK_PUSH_REST"
+base_url = "{vendor}"
+[adapters.push.submit]
+path = "/push"
+[adapters.push.callback]
+public_base_url = "http://{http}"
+secret_file = "callback.secret"
+max_skew = "60s"
+[adapters.push.response]
+status_pointer = "/esito"
+status_map = {{ OK = "APPROVED", KO = "REJECTED" }}
+reason_pointer = "/motivo"
+
+[[routes]]
+tenants = ["016024"]
+service = "PUSH"
+adapter = "push"
+mode = "deferred"
+"#
+    )
+}
+
 /// What a hub logs at `trace` in `format` while free text naming a citizen
 /// passes through it: a vendor's fault text (retried), a vendor's
-/// rejection text (dead-lettered) and a withdrawal reason.
+/// rejection text (dead-lettered), a withdrawal reason and a callback
+/// body's rejection text.
 async fn logs_of_free_text(format: &str) -> String {
     let vendor = Vendor::start().await;
     let problem = serde_json::json!({"title": NAMED, "detail": NAMED, "code": "E-42"});
@@ -340,10 +383,16 @@ async fn logs_of_free_text(format: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("raccordo.toml");
     let grpc = free_addr().await;
+    let http = free_addr().await;
     let mut options = HubOptions::new(&vendor.url());
     options.grpc_listen = grpc.to_string();
     options.max_attempts = 2;
-    std::fs::write(&config, config_toml(&options)).unwrap();
+    let toml = config_toml(&options).replace(
+        "http_listen = \"127.0.0.1:0\"",
+        &format!("http_listen = \"{http}\""),
+    ) + &push_adapter(&vendor.url(), http);
+    std::fs::write(&config, toml).unwrap();
+    std::fs::write(dir.path().join("callback.secret"), "callback-secret-0123456789").unwrap();
     let log_path = dir.path().join("hub.log");
     let child = Command::new(BIN)
         .args(["--log-format", format, "serve", "--config"])
@@ -402,17 +451,58 @@ async fn logs_of_free_text(format: &str) -> String {
         })
         .await
         .unwrap();
-    // State changes are logged by a task of their own: wait for the last.
-    eventually("the withdrawal in the log", || {
-        let logs = std::fs::read_to_string(&log_path).unwrap_or_default();
-        let id = rejected.id.clone();
+    // A result pushed back by the vendor, its text naming the citizen.
+    vendor.push(Answer::new(202, serde_json::json!({})).header("x-correlation-id", "corr-named"));
+    let mut push = cila_request("named-3");
+    push.service_code = "PUSH".into();
+    let pushed = practices
+        .submit_practice(push)
+        .await
+        .unwrap()
+        .into_inner()
+        .practice
+        .unwrap();
+    eventually("the push delivery to be acknowledged", || {
+        let mut practices = practices.clone();
+        let id = pushed.id.clone();
         async move {
-            logs.lines()
-                .any(|l| l.contains(&id) && l.contains("WITHDRAWN"))
+            let p = get(&mut practices, "016024", &id).await;
+            p.delivery
+                .is_some_and(|d| d.status == pb::DeliveryStatus::Acknowledged as i32)
                 .then_some(())
         }
     })
     .await;
+    let body = serde_json::json!({"esito": "KO", "motivo": NAMED}).to_string();
+    let ts = chrono::Utc::now().timestamp().to_string();
+    let signature = raccordo_adapters::rest::callback::sign(
+        b"callback-secret-0123456789",
+        &ts,
+        body.as_bytes(),
+    );
+    let answer = reqwest::Client::new()
+        .post(format!("http://{http}/callbacks/push/result"))
+        .header("content-type", "application/json")
+        .header("x-correlation-id", "corr-named")
+        .header("x-timestamp", ts)
+        .header("x-signature", signature)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 200, "{:?}", answer.text().await);
+    // State changes are logged by a task of their own: wait for the last ones.
+    for (id, status) in [(&rejected.id, "WITHDRAWN"), (&pushed.id, "REJECTED")] {
+        eventually("the state change in the log", || {
+            let logs = std::fs::read_to_string(&log_path).unwrap_or_default();
+            async move {
+                logs.lines()
+                    .any(|l| l.contains(id.as_str()) && l.contains(status))
+                    .then_some(())
+            }
+        })
+        .await;
+    }
     drop(proc);
     std::fs::read_to_string(&log_path).unwrap()
 }
