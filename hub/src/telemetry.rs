@@ -147,7 +147,11 @@ fn mask_identifiers(s: &str) -> std::borrow::Cow<'_, str> {
 pub struct SanitizedFields;
 
 impl<'writer> FormatFields<'writer> for SanitizedFields {
-    fn format_fields<R: RecordFields>(&self, mut writer: Writer<'writer>, fields: R) -> std::fmt::Result {
+    fn format_fields<R: RecordFields>(
+        &self,
+        mut writer: Writer<'writer>,
+        fields: R,
+    ) -> std::fmt::Result {
         let mut visitor = TextVisitor {
             writer: &mut writer,
             first: true,
@@ -174,7 +178,11 @@ impl TextVisitor<'_, '_> {
         let clean = sanitize(value);
         self.result = match (field.name(), quoted) {
             ("message", _) => write!(self.writer, "{sep}{clean}"),
-            (name, true) => write!(self.writer, "{sep}{name}=\"{}\"", clean.replace('"', "\\\"")),
+            (name, true) => write!(
+                self.writer,
+                "{sep}{name}=\"{}\"",
+                clean.replace('"', "\\\"")
+            ),
             (name, false) => write!(self.writer, "{sep}{name}={clean}"),
         };
     }
@@ -276,7 +284,10 @@ mod tests {
         assert!(!s.contains("RSSMRA85M0MH50MQ"), "{s}");
         assert!(s.contains("RSS***********1Q"), "{s}");
         let s = sanitize("P.IVA 12345678903 / IT86334519757; order 123456789012; n=42");
-        assert!(!s.contains("12345678903") && !s.contains("86334519757"), "{s}");
+        assert!(
+            !s.contains("12345678903") && !s.contains("86334519757"),
+            "{s}"
+        );
         assert!(s.contains("123456789012"), "{s}");
         // Practice ids stay readable.
         let id = "0195f0a4-1b2c-7d3e-8f40-123456789012";
@@ -285,7 +296,10 @@ mod tests {
 
     #[test]
     fn control_characters_are_escaped_and_long_values_cut() {
-        assert_eq!(sanitize("a\nb\r\x1b[31m\u{2028}"), "a\\nb\\r\\u{1b}[31m\\u{2028}");
+        assert_eq!(
+            sanitize("a\nb\r\x1b[31m\u{2028}"),
+            "a\\nb\\r\\u{1b}[31m\\u{2028}"
+        );
         let long = "é".repeat(3000);
         let s = sanitize(&long);
         assert!(s.len() < MAX_FIELD_BYTES + 40, "{}", s.len());

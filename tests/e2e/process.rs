@@ -379,7 +379,6 @@ mode = "deferred"
 async fn logs_of_free_text(format: &str) -> String {
     let vendor = Vendor::start().await;
     let problem = serde_json::json!({"title": NAMED, "detail": NAMED, "code": "E-42"});
-    vendor.push(Answer::new(503, problem.clone()).header("retry-after", "0"));
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("raccordo.toml");
     let grpc = free_addr().await;
@@ -392,7 +391,11 @@ async fn logs_of_free_text(format: &str) -> String {
         &format!("http_listen = \"{http}\""),
     ) + &push_adapter(&vendor.url(), http);
     std::fs::write(&config, toml).unwrap();
-    std::fs::write(dir.path().join("callback.secret"), "callback-secret-0123456789").unwrap();
+    std::fs::write(
+        dir.path().join("callback.secret"),
+        "callback-secret-0123456789",
+    )
+    .unwrap();
     let log_path = dir.path().join("hub.log");
     let child = Command::new(BIN)
         .args(["--log-format", format, "serve", "--config"])
@@ -405,6 +408,47 @@ async fn logs_of_free_text(format: &str) -> String {
     let proc = Proc(child);
     let channel = connect_retrying(grpc).await;
     let mut practices = pb::practice_service_client::PracticeServiceClient::new(channel);
+    // A result pushed back by the vendor, its text naming the citizen.
+    vendor.push(Answer::new(202, serde_json::json!({})).header("x-correlation-id", "corr-named"));
+    let mut push = cila_request("named-3");
+    push.service_code = "PUSH".into();
+    let pushed = practices
+        .submit_practice(push)
+        .await
+        .unwrap()
+        .into_inner()
+        .practice
+        .unwrap();
+    eventually("the push delivery to be acknowledged", || {
+        let mut practices = practices.clone();
+        let id = pushed.id.clone();
+        async move {
+            let p = get(&mut practices, "016024", &id).await;
+            p.delivery
+                .is_some_and(|d| d.status == pb::DeliveryStatus::Acknowledged as i32)
+                .then_some(())
+        }
+    })
+    .await;
+    let body = serde_json::json!({"esito": "KO", "motivo": NAMED}).to_string();
+    let ts = chrono::Utc::now().timestamp().to_string();
+    let signature = raccordo_adapters::rest::callback::sign(
+        b"callback-secret-0123456789",
+        &ts,
+        body.as_bytes(),
+    );
+    let answer = reqwest::Client::new()
+        .post(format!("http://{http}/callbacks/push/result"))
+        .header("content-type", "application/json")
+        .header("x-correlation-id", "corr-named")
+        .header("x-timestamp", ts)
+        .header("x-signature", signature)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 200, "{:?}", answer.text().await);
+    vendor.push(Answer::new(503, problem.clone()).header("retry-after", "0"));
     let retried = practices
         .submit_practice(tari_request("016024", "named-1"))
         .await
@@ -451,46 +495,6 @@ async fn logs_of_free_text(format: &str) -> String {
         })
         .await
         .unwrap();
-    // A result pushed back by the vendor, its text naming the citizen.
-    vendor.push(Answer::new(202, serde_json::json!({})).header("x-correlation-id", "corr-named"));
-    let mut push = cila_request("named-3");
-    push.service_code = "PUSH".into();
-    let pushed = practices
-        .submit_practice(push)
-        .await
-        .unwrap()
-        .into_inner()
-        .practice
-        .unwrap();
-    eventually("the push delivery to be acknowledged", || {
-        let mut practices = practices.clone();
-        let id = pushed.id.clone();
-        async move {
-            let p = get(&mut practices, "016024", &id).await;
-            p.delivery
-                .is_some_and(|d| d.status == pb::DeliveryStatus::Acknowledged as i32)
-                .then_some(())
-        }
-    })
-    .await;
-    let body = serde_json::json!({"esito": "KO", "motivo": NAMED}).to_string();
-    let ts = chrono::Utc::now().timestamp().to_string();
-    let signature = raccordo_adapters::rest::callback::sign(
-        b"callback-secret-0123456789",
-        &ts,
-        body.as_bytes(),
-    );
-    let answer = reqwest::Client::new()
-        .post(format!("http://{http}/callbacks/push/result"))
-        .header("content-type", "application/json")
-        .header("x-correlation-id", "corr-named")
-        .header("x-timestamp", ts)
-        .header("x-signature", signature)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(answer.status().as_u16(), 200, "{:?}", answer.text().await);
     // State changes are logged by a task of their own: wait for the last ones.
     for (id, status) in [(&rejected.id, "WITHDRAWN"), (&pushed.id, "REJECTED")] {
         eventually("the state change in the log", || {
@@ -524,7 +528,8 @@ async fn free_text_naming_a_citizen_reaches_neither_log_format() {
                     "not a JSON record: {line}"
                 ),
                 _ => assert!(
-                    line.get(..4).is_some_and(|y| y.bytes().all(|b| b.is_ascii_digit())),
+                    line.get(..4)
+                        .is_some_and(|y| y.bytes().all(|b| b.is_ascii_digit())),
                     "not a log record: {line}"
                 ),
             }

@@ -290,11 +290,7 @@ impl Authenticator {
     /// `X-Forwarded-For` that is not a trusted proxy, when `peer` is one
     /// (`security.trusted_proxies`); `peer` itself otherwise. Only trusted
     /// proxies' headers count: anyone else could write any address there.
-    pub fn client_address(
-        &self,
-        peer: Option<IpAddr>,
-        forwarded_for: &[&str],
-    ) -> Option<IpAddr> {
+    pub fn client_address(&self, peer: Option<IpAddr>, forwarded_for: &[&str]) -> Option<IpAddr> {
         let peer = peer?;
         let trusted = |ip: IpAddr| self.settings.trusted_proxies.iter().any(|r| r.contains(ip));
         if !trusted(peer) {
@@ -302,7 +298,10 @@ impl Authenticator {
         }
         let mut client = peer;
         // Several headers are one list, in order; each hop appends.
-        let hops = forwarded_for.iter().flat_map(|h| h.split(',')).collect::<Vec<_>>();
+        let hops = forwarded_for
+            .iter()
+            .flat_map(|h| h.split(','))
+            .collect::<Vec<_>>();
         for hop in hops.into_iter().rev() {
             let Ok(ip) = hop.trim().parse::<IpAddr>() else {
                 // Unreadable: whatever is left of it was not written by a
@@ -367,7 +366,11 @@ impl Authenticator {
             Err(e) => {
                 let locked = address.is_some_and(|a| self.locked_out(a));
                 self.record_failures(&[address, Some(credential)]);
-                if locked { Err(AuthError::LockedOut) } else { Err(e) }
+                if locked {
+                    Err(AuthError::LockedOut)
+                } else {
+                    Err(e)
+                }
             }
         }
     }
@@ -527,7 +530,10 @@ impl Authenticator {
         let window = self.settings.auth_failure_window;
         let now = Instant::now();
         for what in what.iter().flatten() {
-            if failures.get(what).is_some_and(|(since, _)| now.duration_since(*since) >= window) {
+            if failures
+                .get(what)
+                .is_some_and(|(since, _)| now.duration_since(*since) >= window)
+            {
                 failures.remove(what);
             }
             if failures.len() >= MAX_TRACKED_FAILURES {
@@ -543,8 +549,10 @@ impl Authenticator {
                 match what {
                     Failing::Address(ip) => tracing::warn!(%ip, failures = entry.1,
                         "too many failed authentications: address refused for {window} unless it presents a valid credential"),
-                    Failing::Credential(id) => tracing::warn!(credential = %hex(id), failures = entry.1,
-                        "too many failed authentications with one credential: refused for {window}"),
+                    Failing::Credential(id) => {
+                        tracing::warn!(credential = %hex(id), failures = entry.1,
+                        "too many failed authentications with one credential: refused for {window}")
+                    }
                 }
             }
         }
@@ -626,7 +634,9 @@ mod tests {
         let auth = authenticator(serde_json::json!({"max_auth_failures": 3}));
         let shared = ip("192.0.2.10");
         for guess in ["a", "b", "c"] {
-            let e = auth.authenticate(Some(guess), None, None, shared).unwrap_err();
+            let e = auth
+                .authenticate(Some(guess), None, None, shared)
+                .unwrap_err();
             assert!(matches!(e, AuthError::Invalid(_)), "{e:?}");
         }
         assert_eq!(
@@ -637,7 +647,9 @@ mod tests {
             auth.authenticate(None, None, None, shared),
             Err(AuthError::LockedOut)
         );
-        let caller = auth.authenticate(Some("right-key"), None, None, shared).unwrap();
+        let caller = auth
+            .authenticate(Some("right-key"), None, None, shared)
+            .unwrap();
         assert_eq!(caller.client, "portal");
     }
 
@@ -674,7 +686,10 @@ mod tests {
             auth.authenticate(Some("stolen-old-key"), None, None, ip("198.51.100.9")),
             Err(AuthError::LockedOut)
         );
-        assert!(auth.authenticate(Some("right-key"), None, None, ip("198.51.100.9")).is_ok());
+        assert!(
+            auth.authenticate(Some("right-key"), None, None, ip("198.51.100.9"))
+                .is_ok()
+        );
     }
 
     #[test]

@@ -16,8 +16,8 @@ pub mod refusals;
 pub mod rules;
 
 use authn::{AuthError, Authenticator};
-use refusals::RefusalAudit;
 pub use config::Role;
+use refusals::RefusalAudit;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
