@@ -141,3 +141,62 @@ async fn write(store: &dyn Store, entry: AuditEntry) {
         tracing::error!(error = %e, "cannot record refused calls in the audit trail");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Synchronous;
+    use crate::store::sqlite::SqliteStore;
+
+    /// Many sources and many repeats: the records stay bounded and their
+    /// counts add up to every refusal.
+    #[tokio::test]
+    async fn records_stay_bounded_and_count_every_refusal() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("t.db");
+        let store: Arc<dyn Store> = Arc::new(
+            SqliteStore::open(&db, Synchronous::Normal, 2)
+                .await
+                .unwrap(),
+        );
+        let audit = RefusalAudit::new(store, INTERVAL);
+        let sources = MAX_SOURCES + 500;
+        for round in 0..3 {
+            for s in 0..sources {
+                let first = audit.refused(
+                    &format!("unauthenticated 10.0.{s}"),
+                    "/rpc",
+                    "no credentials",
+                );
+                assert_eq!(first, round == 0 && s < MAX_SOURCES);
+            }
+        }
+        audit.flush().await;
+        // The first records are written in the background: wait for them.
+        let read = || {
+            SqliteStore::export_audit(
+                &db,
+                "-",
+                chrono::DateTime::<chrono::Utc>::MIN_UTC,
+                chrono::DateTime::<chrono::Utc>::MAX_UTC,
+            )
+            .unwrap()
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let records = loop {
+            let records = read();
+            if records.len() > 2 * MAX_SOURCES || tokio::time::Instant::now() > deadline {
+                break records;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(records.len(), 2 * MAX_SOURCES + 1);
+        let counted: u64 = records
+            .iter()
+            .map(|r| r.detail["count"].as_u64().unwrap())
+            .sum();
+        assert_eq!(counted, 3 * sources as u64);
+        let other = records.iter().find(|r| r.actor == OTHER_SOURCES).unwrap();
+        assert_eq!(other.detail["count"], 3 * 500);
+    }
+}
