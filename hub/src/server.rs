@@ -89,9 +89,12 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
 
     let db = config.database_path();
     let metrics = Arc::new(Metrics::new());
-    // The store publishes every committed event on the bus, in commit order.
+    // Every committed event reaches the bus in cursor order: from the
+    // SQLite store after its commit, from the PostgreSQL store's feed
+    // (whichever instance committed it).
     let bus = EventBus::new();
     bus.spawn_logger();
+    let mut shared: Option<PgStore> = None;
     let (store, expired): (Arc<dyn Store>, _) = match config.store.kind {
         StoreKind::Sqlite => {
             let store = SqliteStore::open_observed(
@@ -122,6 +125,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
             // Other instances may hold live leases in a shared database:
             // only those that ran out end now, the rest when they do.
             let expired = store.expire_leases(chrono::Utc::now()).await?;
+            shared = Some(store.clone());
             (Arc::new(store), expired)
         }
     };
@@ -141,6 +145,15 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
             .map_err(|e| anyhow::anyhow!("adapters.{name}.{}: {}", e.key, e.reason))?;
         wakers.insert(name.clone(), Arc::new(Notify::new()));
         instances.insert(name.clone(), instance);
+    }
+    if let Some(pg) = &shared {
+        // Work queued by another instance wakes this one's worker too.
+        let wakers = wakers.clone();
+        pg.on_work_queued(Box::new(move |adapter| {
+            if let Some(w) = wakers.get(adapter) {
+                w.notify_one();
+            }
+        }));
     }
     let service = Arc::new(PracticeService::new(
         Arc::clone(&config),

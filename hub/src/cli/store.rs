@@ -15,7 +15,7 @@ pub(super) async fn connect_pg(cfg: &Config) -> anyhow::Result<PgStore> {
         anyhow!("{}: store.postgres.{key}: {reason}", cfg.source.display())
     })?;
     let opts = PgOptions::from_config(&pg, &cfg.base_dir);
-    Ok(PgStore::connect(&url, &opts, None, None).await?)
+    Ok(PgStore::connect(&url, &opts, None).await?)
 }
 
 /// `raccordo migrate`.

@@ -263,7 +263,7 @@ store_contract!(postgres, || async {
                         ..Default::default()
                     };
                     let url = crate::store::postgres::tests::test_url();
-                    PgStore::connect(&url, &opts, None, None)
+                    PgStore::connect(&url, &opts, None)
                         .await
                         .unwrap()
                         .verify_audit(None)

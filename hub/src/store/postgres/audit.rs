@@ -1,11 +1,31 @@
-//! The audit trail in PostgreSQL: records are linked when their
-//! transaction ends (`tx`); here the chains are verified. The chain itself
-//! is defined in the domain crate (`raccordo_domain::audit`).
+//! The audit trail in PostgreSQL: records are linked into their tenant's
+//! chain by the sequencer, after their transaction committed (see
+//! `sequencer`); here the chains are verified. The chain itself is defined
+//! in the domain crate (`raccordo_domain::audit`). A record not yet
+//! sequenced is not part of any chain yet and is not checked.
 
 use super::tx::{Tx, col};
 use crate::store::{AuditBreak, StoreError};
 use raccordo_domain::audit::{EventAudit, GENESIS, record_hash};
 use std::collections::HashMap;
+use tokio_postgres::Row;
+
+/// The audit `detail` of an event row whose columns from `at` are
+/// sequence, source, from_status, to_status, from_delivery, to_delivery,
+/// reason, vendor_code: what the sequencer hashes and the verifier checks.
+pub(super) fn event_detail(r: &Row, at: usize) -> Result<String, StoreError> {
+    Ok(EventAudit {
+        sequence: col(r, at)?,
+        source: col(r, at + 1)?,
+        from_status: col(r, at + 2)?,
+        to_status: col(r, at + 3)?,
+        from_delivery: col(r, at + 4)?,
+        to_delivery: col(r, at + 5)?,
+        reason: col(r, at + 6)?,
+        vendor_code: col(r, at + 7)?,
+    }
+    .to_json())
+}
 
 /// One record of a chain, from either table.
 struct Record {
@@ -25,7 +45,7 @@ pub(super) async fn verify(
     let log = tx
         .query(
             "SELECT tenant_id, seq, recorded_at, actor, action, practice_id, detail, prev_hash, hash
-             FROM audit_log WHERE $1::TEXT IS NULL OR tenant_id = $1",
+             FROM audit_log WHERE ($1::TEXT IS NULL OR tenant_id = $1) AND seq IS NOT NULL",
             &[&tenant],
         )
         .await?;
@@ -65,17 +85,7 @@ pub(super) async fn verify(
     for r in &events {
         let (tenant_id, seq, prev_hash): (String, i64, String) =
             (col(r, 0)?, col(r, 1)?, col(r, 14)?);
-        let detail = EventAudit {
-            sequence: col(r, 6)?,
-            source: col(r, 7)?,
-            from_status: col(r, 8)?,
-            to_status: col(r, 9)?,
-            from_delivery: col(r, 10)?,
-            to_delivery: col(r, 11)?,
-            reason: col(r, 12)?,
-            vendor_code: col(r, 13)?,
-        }
-        .to_json();
+        let detail = event_detail(r, 6)?;
         let practice_id: Option<&str> = col(r, 5)?;
         let computed = record_hash(
             &prev_hash,

@@ -18,6 +18,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "cluster",
         include_str!("../../../migrations/postgres/0002_cluster.sql"),
     ),
+    (
+        3,
+        "sequencer",
+        include_str!("../../../migrations/postgres/0003_sequencer.sql"),
+    ),
 ];
 
 /// The advisory lock's first key ("RACC"); the second is the schema's,

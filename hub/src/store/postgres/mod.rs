@@ -9,29 +9,35 @@
 //! - claims skip rows another instance is claiming (`SKIP LOCKED`), and
 //!   the claims of one adapter take its advisory lock first, so its
 //!   `max_concurrency` counts the work in flight on every instance;
-//! - event cursors are taken from one counter row at the end of the
-//!   transaction, so cursor order is commit order (see `tx`);
-//! - each tenant's audit chain is extended under its head row's lock.
+//! - events get their cursors, and audit records their place in the
+//!   tenant's chain, after the commit, from the sequencer: one run at a
+//!   time across all instances, so a later commit gets a later cursor and
+//!   a reader of "cursor > c" never skips an event (see `sequencer`).
 //!
 //! A transaction that fails with a deadlock or a serialization failure
 //! runs again from the start (the planners are pure, so a re-run plans
-//! again from what it reloads). After each commit the transaction's events
-//! are published on this instance's event bus, in commit order.
+//! again from what it reloads). A write that appended events returns once
+//! they are sequenced, so the caller reads them back with their cursors.
+//! Events reach this instance's event bus through the feed (see `feed`),
+//! whichever instance committed them, in cursor order.
 
 mod audit;
 mod changes;
 mod cluster;
+mod feed;
 mod follow_up;
 mod leases;
 mod migrations;
 mod ops;
 pub mod pool;
 mod rows;
+mod sequencer;
 mod state;
 #[cfg(test)]
 pub(crate) mod tests;
 mod tx;
 
+pub use feed::WorkWaker;
 pub use pool::PgOptions;
 
 use super::{
@@ -50,8 +56,10 @@ use raccordo_adapters::VendorReply;
 use raccordo_adapters::adapter::{InboundOutcome, InboundResult};
 use raccordo_adapters::model::Document;
 use rows::{Value, params};
-use std::sync::Arc;
-use tx::{Committed, Ended, Pending, Tx, col};
+use sequencer::Sequencer;
+use std::sync::{Arc, OnceLock};
+use tokio::sync::{Notify, mpsc};
+use tx::{Ended, Pending, Tx, col};
 
 /// A write transaction.
 const WRITE: &str = "BEGIN";
@@ -68,10 +76,21 @@ pub struct PgStore {
 
 struct Inner {
     pool: Pool,
-    bus: Option<EventBus>,
     metrics: Option<StoreMetrics>,
-    /// Whose turn it is to link and publish events (see `tx`).
-    publish: Arc<tokio::sync::Mutex<()>>,
+    /// This instance's sequencer (none for a store that only reads).
+    sequencer: Option<Arc<Sequencer>>,
+    /// Who wakes the delivery workers when the feed hears of new work.
+    work: Arc<OnceLock<WorkWaker>>,
+    /// The sequencer's and the feed's tasks, which end with the store.
+    tasks: Vec<tokio::task::AbortHandle>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
 }
 
 impl std::fmt::Debug for PgStore {
@@ -81,7 +100,7 @@ impl std::fmt::Debug for PgStore {
 }
 
 /// Runs `$body` in a transaction on `$store` (begun with `$begin`), with
-/// `$tx` bound to it; commits, publishes the events, and runs the whole
+/// `$tx` bound to it; commits, waits for its events' cursors, and runs the whole
 /// transaction again after a deadlock or serialization failure. A macro,
 /// not a function taking a closure: the body borrows the transaction
 /// across awaits, which a closure's future cannot express.
@@ -94,10 +113,10 @@ macro_rules! in_tx {
             runs += 1;
             let client = pool::connection(&store.inner.pool).await?;
             #[allow(unused_mut)]
-            let mut $tx = Tx::begin(client, $begin, Some(Arc::clone(&store.inner.publish))).await?;
+            let mut $tx = Tx::begin(client, $begin).await?;
             let result: Result<_, StoreError> = async { $body }.await;
             match $tx.end(result).await {
-                Ended::Done(done) => break store.committed(done, started),
+                Ended::Done(done) => break store.committed(done, started).await,
                 Ended::Retry(e) if runs < MAX_RUNS => {
                     tracing::debug!(error = %e, runs, "transaction runs again");
                     continue;
@@ -114,30 +133,91 @@ mod maintenance;
 
 impl PgStore {
     /// Connects to the database at `url`, applies migrations (one instance
-    /// at a time) and returns the store; committed events are published on
-    /// `bus`.
+    /// at a time), starts this instance's sequencer and returns the store;
+    /// with a `bus`, the feed publishes every instance's events on it.
     pub async fn open(
         url: &str,
         opts: &PgOptions,
         metrics: Option<StoreMetrics>,
         bus: Option<EventBus>,
     ) -> Result<Self, StoreError> {
-        let store = Self::connect(url, opts, metrics, bus).await?;
-        migrations::migrate(&pool::connection(&store.inner.pool).await?).await?;
-        Ok(store)
+        Self::open_with(url, opts, metrics, bus, true).await
     }
 
-    /// Connects without migrating: for commands that only read (`raccordo
-    /// audit verify`).
-    pub async fn connect(
+    /// [`open`](Self::open), with or without a sequencer of its own (tests
+    /// play an instance that stopped before sequencing its commits).
+    async fn open_with(
         url: &str,
         opts: &PgOptions,
         metrics: Option<StoreMetrics>,
         bus: Option<EventBus>,
+        sequence: bool,
     ) -> Result<Self, StoreError> {
-        let pool = pool::build(url, opts).map_err(|(key, reason)| {
-            StoreError::Internal(format!("store.postgres.{key}: {reason}"))
-        })?;
+        let pool = Self::pool(url, opts).await?;
+        migrations::migrate(&pool::connection(&pool).await?).await?;
+        let target = pool::target(url, opts).map_err(key_error)?;
+        let sequenced = Arc::new(Notify::new());
+        let mut tasks = Vec::new();
+        let sequencer = sequence.then(|| {
+            let s = Sequencer::new();
+            let run = Arc::clone(&s).run(pool.clone(), Arc::clone(&sequenced));
+            tasks.push(tokio::spawn(run).abort_handle());
+            s
+        });
+        let work = Arc::new(OnceLock::new());
+        if let Some(bus) = bus {
+            // From the log's end as it is now: what came before is the
+            // store's to replay, not the bus's.
+            let client = pool::connection(&pool).await?;
+            let cursor: i64 = client
+                .query_one("SELECT last FROM event_cursor", &[])
+                .await
+                .map_err(pool::from_pg)?
+                .get(0);
+            drop(client);
+            let (notify, notices) = mpsc::unbounded_channel();
+            tasks.push(tokio::spawn(feed::listen(target, notify)).abort_handle());
+            let run = feed::run(
+                pool.clone(),
+                bus,
+                cursor,
+                sequenced,
+                notices,
+                Arc::clone(&work),
+            );
+            tasks.push(tokio::spawn(run).abort_handle());
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                pool,
+                metrics,
+                sequencer,
+                work,
+                tasks,
+            }),
+        })
+    }
+
+    /// Connects without migrating, sequencing or following events: for
+    /// commands that only read (`raccordo audit verify`).
+    pub async fn connect(
+        url: &str,
+        opts: &PgOptions,
+        metrics: Option<StoreMetrics>,
+    ) -> Result<Self, StoreError> {
+        Ok(Self {
+            inner: Arc::new(Inner {
+                pool: Self::pool(url, opts).await?,
+                metrics,
+                sequencer: None,
+                work: Arc::new(OnceLock::new()),
+                tasks: Vec::new(),
+            }),
+        })
+    }
+
+    async fn pool(url: &str, opts: &PgOptions) -> Result<Pool, StoreError> {
+        let pool = pool::build(url, opts).map_err(key_error)?;
         // The first connection now: a wrong URL or a server down shows at
         // start, not at the first request.
         drop(
@@ -145,34 +225,33 @@ impl PgStore {
                 .await
                 .map_err(|e| e.context("cannot connect to PostgreSQL"))?,
         );
-        Ok(Self {
-            inner: Arc::new(Inner {
-                pool,
-                bus,
-                metrics,
-                publish: Arc::new(tokio::sync::Mutex::new(())),
-            }),
-        })
+        Ok(pool)
     }
 
-    /// After a transaction: publishes what it committed, in commit order.
-    fn committed<R>(
+    /// Has `wake` called with an adapter's name when any instance queues
+    /// work for it (the feed hears it), so its delivery worker here need
+    /// not wait for its next poll. Set once; later calls are ignored.
+    pub fn on_work_queued(&self, wake: WorkWaker) {
+        let _ = self.inner.work.set(wake);
+    }
+
+    /// After a transaction: its duration, and once it appended records,
+    /// the wait for their cursors and links.
+    async fn committed<R>(
         &self,
-        done: Result<(R, Committed), StoreError>,
+        done: Result<(R, bool), StoreError>,
         started: std::time::Instant,
     ) -> Result<R, StoreError> {
-        let (value, Committed { events, turn }) = done?;
+        let (value, appended) = done?;
         if let Some(m) = &self.inner.metrics {
             m.transaction_duration
                 .observe(started.elapsed().as_secs_f64());
             m.commit_batch.observe(1.0);
         }
-        if let Some(bus) = &self.inner.bus
-            && !events.is_empty()
-        {
-            bus.publish(events);
+        if appended && let Some(sequencer) = &self.inner.sequencer {
+            let run = sequencer.request();
+            sequencer.wait(run).await;
         }
-        drop(turn);
         Ok(value)
     }
 
@@ -194,6 +273,11 @@ impl PgStore {
                 .collect()
         })
     }
+}
+
+/// A pool setting's error, named by its key.
+fn key_error((key, reason): (String, String)) -> StoreError {
+    StoreError::Internal(format!("store.postgres.{key}: {reason}"))
 }
 
 #[async_trait]
@@ -276,6 +360,7 @@ impl Store for PgStore {
         self.events(
             format!(
                 "SELECT {EVENT_COLUMNS} FROM events WHERE tenant_id = $1 AND practice_id = $2 AND sequence >= $3
+                    AND cursor IS NOT NULL
                  ORDER BY sequence"
             ),
             vec![
@@ -313,7 +398,8 @@ impl Store for PgStore {
     }
 
     async fn last_cursor(&self) -> Result<i64, StoreError> {
-        // The counter as committed: every event up to it is visible.
+        // The counter as the sequencer committed it: every event up to it
+        // is sequenced and visible.
         in_tx!(self, READ, |tx| col(
             &tx.query_one("SELECT last FROM event_cursor", &[]).await?,
             0

@@ -59,9 +59,17 @@ impl Default for PgOptions {
     }
 }
 
-/// Builds the pool (connections open lazily, on first use). The error
-/// names the key it is about (`url`, `tls`, `ca_file`, `pool_size`).
-pub fn build(url: &str, opts: &PgOptions) -> Result<Pool, (String, String)> {
+/// How to reach the server: the connection settings and the TLS to use,
+/// for the pool's connections and for the instance's listening one alike.
+#[derive(Clone)]
+pub struct Target {
+    pub config: tokio_postgres::Config,
+    pub tls: Option<RustlsConnect>,
+}
+
+/// The connection settings of `url` and `opts`. The error names the key
+/// it is about (`url`, `tls`, `ca_file`, `pool_size`).
+pub fn target(url: &str, opts: &PgOptions) -> Result<Target, (String, String)> {
     let mut pg: tokio_postgres::Config = url.parse().map_err(|e| {
         // The URL is a secret: say what is wrong, never echo it.
         (
@@ -87,21 +95,31 @@ pub fn build(url: &str, opts: &PgOptions) -> Result<Pool, (String, String)> {
     }
     pg.options(&settings);
     pg.application_name("raccordo");
+    let tls = match opts.tls {
+        PgTlsMode::Disable => {
+            pg.ssl_mode(SslMode::Disable);
+            None
+        }
+        mode => {
+            pg.ssl_mode(SslMode::Require);
+            Some(RustlsConnect::new(mode, opts.ca_file.as_deref())?)
+        }
+    };
+    Ok(Target { config: pg, tls })
+}
+
+/// Builds the pool (connections open lazily, on first use). The error
+/// names the key it is about (`url`, `tls`, `ca_file`, `pool_size`).
+pub fn build(url: &str, opts: &PgOptions) -> Result<Pool, (String, String)> {
+    let Target { config: pg, tls } = target(url, opts)?;
     let manager_config = ManagerConfig {
         // A connection comes back to the pool only after its transaction
         // ended (see `Tx`): the fast check is enough.
         recycling_method: RecyclingMethod::Fast,
     };
-    let manager = match opts.tls {
-        PgTlsMode::Disable => {
-            pg.ssl_mode(SslMode::Disable);
-            Manager::from_config(pg, NoTls, manager_config)
-        }
-        mode => {
-            pg.ssl_mode(SslMode::Require);
-            let tls = RustlsConnect::new(mode, opts.ca_file.as_deref())?;
-            Manager::from_config(pg, tls, manager_config)
-        }
+    let manager = match tls {
+        None => Manager::from_config(pg, NoTls, manager_config),
+        Some(tls) => Manager::from_config(pg, tls, manager_config),
     };
     Pool::builder(manager)
         .max_size(opts.pool_size as usize)

@@ -363,10 +363,208 @@ async fn committed_events_are_published_in_cursor_order() {
     let stored = store.events_after(&tenant(), 0, 1000).await.unwrap();
     assert_eq!(stored.len(), 40);
     for expected in &stored {
-        let published = live.try_recv().expect("every stored event is published");
+        let published = next_published(&mut live).await;
         assert_eq!(*published, *expected, "published once, in order, as stored");
     }
     assert!(live.try_recv().is_err(), "nothing else is published");
+}
+
+/// The next event `bus` publishes; a minute at most.
+async fn next_published(live: &mut tokio::sync::broadcast::Receiver<Arc<Event>>) -> Arc<Event> {
+    tokio::time::timeout(std::time::Duration::from_secs(60), live.recv())
+        .await
+        .expect("published within a minute")
+        .expect("the bus is open")
+}
+
+/// Three instances write at once (submissions, deliveries, refused calls;
+/// two tenants); a watcher of the second instance's bus, subscribed from
+/// the start, sees exactly the store's event log: every event once, in
+/// cursor order, none missing. And the audit chains hold.
+#[tokio::test]
+async fn three_instances_feed_a_watcher_the_whole_log_in_cursor_order() {
+    let schema = Schema::new().await;
+    let buses = [EventBus::new(), EventBus::new(), EventBus::new()];
+    let mut watcher = buses[1].subscribe();
+    let mut stores = Vec::new();
+    for bus in &buses {
+        stores.push(schema.store(Some(bus.clone())).await);
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for (w, store) in stores.iter().enumerate() {
+        for i in 0..15 {
+            let s = store.clone();
+            tasks.spawn(async move {
+                let id = format!("w{w}-{i:02}");
+                let mut new = new_practice(&id, &id);
+                if i % 3 == 0 {
+                    new.tenant_id = "016025".into();
+                }
+                let tenant = new.tenant_id.clone();
+                s.insert_practice(new, false).await.unwrap();
+                let work = s
+                    .claim_work("tributi", &lease(&format!("hub-{w}")), Utc::now(), 1)
+                    .await
+                    .unwrap();
+                for job in &work.jobs {
+                    s.finish_attempt(job, AttemptResult::Delivered(VendorReply::default()), false)
+                        .await
+                        .unwrap();
+                }
+                s.record_audit(AuditEntry {
+                    tenant_id: Some(tenant),
+                    actor: "intruder".into(),
+                    action: "call_denied".into(),
+                    practice_id: None,
+                    detail: serde_json::json!({ "w": w, "i": i }),
+                })
+                .await
+                .unwrap();
+            });
+        }
+    }
+    tasks.join_all().await;
+    let last = stores[0].last_cursor().await.unwrap();
+    let mut seen = Vec::new();
+    while seen.last().is_none_or(|e: &Arc<Event>| e.cursor < last) {
+        seen.push(next_published(&mut watcher).await);
+    }
+    let mut stored = Vec::new();
+    for t in ["016024", "016025"] {
+        let filter = EventFilter {
+            tenant_id: t.into(),
+            ..Default::default()
+        };
+        stored.extend(stores[2].events_after(&filter, 0, 10_000).await.unwrap());
+    }
+    stored.sort_by_key(|e| e.cursor);
+    assert_eq!(
+        stored.iter().map(|e| e.cursor).collect::<Vec<_>>(),
+        (1..=last).collect::<Vec<_>>(),
+        "cursors have no gaps"
+    );
+    assert_eq!(seen.len(), stored.len(), "every event once");
+    for (published, expected) in seen.iter().zip(&stored) {
+        assert_eq!(**published, *expected, "in cursor order, as stored");
+    }
+    // A practice's events follow its sequence in the cursor order.
+    let mut next: std::collections::HashMap<&str, i64> = Default::default();
+    for e in &stored {
+        let n = next.entry(e.practice_id.as_str()).or_insert(1);
+        assert_eq!(e.sequence, *n, "{e:?}");
+        *n += 1;
+    }
+    let (checked, breaks) = stores[0].verify_audit(None).await.unwrap();
+    assert!(breaks.is_empty(), "{breaks:?}");
+    assert_eq!(checked, stored.len() as u64 + 3 * 15);
+}
+
+/// Rows committed by an instance that stopped before sequencing them are
+/// sequenced by another instance's periodic run, and reach its watchers.
+#[tokio::test]
+async fn rows_an_instance_left_unsequenced_are_sequenced_by_another() {
+    let schema = Schema::new().await;
+    let opts = PgOptions {
+        search_path: Some(schema.name.clone()),
+        ..Default::default()
+    };
+    let stopped = PgStore::open_with(&test_url(), &opts, None, None, false)
+        .await
+        .unwrap();
+    stopped
+        .insert_practice(new_practice("p1", "k1"), false)
+        .await
+        .unwrap();
+    stopped
+        .record_audit(AuditEntry {
+            tenant_id: Some("016024".into()),
+            actor: "intruder".into(),
+            action: "call_denied".into(),
+            practice_id: None,
+            detail: serde_json::json!({}),
+        })
+        .await
+        .unwrap();
+    let bus = EventBus::new();
+    let mut live = bus.subscribe();
+    // No commit of its own wakes this one: only its periodic run.
+    let other = schema.store(Some(bus)).await;
+    let first = next_published(&mut live).await;
+    let second = next_published(&mut live).await;
+    assert_eq!((first.cursor, second.cursor), (1, 2));
+    assert_eq!((first.sequence, second.sequence), (1, 2));
+    assert_eq!(first.practice_id, "p1");
+    assert_eq!(other.last_cursor().await.unwrap(), 2);
+    let (checked, breaks) = other.verify_audit(None).await.unwrap();
+    assert!(breaks.is_empty(), "{breaks:?}");
+    assert_eq!(checked, 3, "two events and the refused call");
+}
+
+/// Work queued on one instance wakes the adapter's worker on another.
+#[tokio::test]
+async fn work_queued_on_one_instance_wakes_the_workers_of_another() {
+    let schema = Schema::new().await;
+    let a = schema.store(None).await;
+    let b = schema.store(Some(EventBus::new())).await;
+    let (woken, mut wakes) = tokio::sync::mpsc::unbounded_channel();
+    b.on_work_queued(Box::new(move |adapter| {
+        let _ = woken.send(adapter.to_string());
+    }));
+    a.insert_practice(new_practice("p1", "k1"), false)
+        .await
+        .unwrap();
+    let adapter = tokio::time::timeout(std::time::Duration::from_secs(60), wakes.recv())
+        .await
+        .expect("woken within a minute")
+        .unwrap();
+    assert_eq!(adapter, "tributi");
+}
+
+/// How long an event committed on one instance takes to reach another
+/// instance's bus: p50 and p99 over 1,000 events, one at a time. A
+/// measurement, not a test (docs/performance.md):
+/// `cargo test --release -p raccordo-hub --lib cross_instance_delivery_latency -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn cross_instance_delivery_latency() {
+    let schema = Schema::new().await;
+    let a = schema.store(None).await;
+    let bus = EventBus::new();
+    let mut live = bus.subscribe();
+    let _b = schema.store(Some(bus)).await;
+    // From the write's start (its commit is within) and from its return
+    // (its events sequenced): the commit-to-bus time lies between the two.
+    let (mut from_start, mut from_return) = (Vec::new(), Vec::new());
+    for i in 0..1000 {
+        let id = format!("p-{i:04}");
+        let started = std::time::Instant::now();
+        a.insert_practice(new_practice(&id, &id), false)
+            .await
+            .unwrap();
+        let returned = std::time::Instant::now();
+        // Both events of the submission.
+        loop {
+            let e = next_published(&mut live).await;
+            if e.practice_id == id && e.sequence == 2 {
+                break;
+            }
+        }
+        from_start.push(started.elapsed());
+        from_return.push(returned.elapsed());
+    }
+    for (what, mut took) in [
+        ("write's start", from_start),
+        ("write's return", from_return),
+    ] {
+        took.sort();
+        let at = |q: f64| took[((took.len() as f64 * q) as usize).min(took.len() - 1)];
+        println!(
+            "from A's {what} to B's bus, 1000 submissions: p50 {:?}, p99 {:?}, max {:?}",
+            at(0.5),
+            at(0.99),
+            took.last().unwrap()
+        );
+    }
 }
 
 /// Server errors keep their class: a statement cancelled by the timeout is
@@ -450,7 +648,7 @@ async fn tls_require_encrypts_and_verify_full_checks_the_name() {
         ca_file: Some(cert.into()),
         ..Default::default()
     };
-    let refused = PgStore::connect(&test_url(), &opts, None, None).await;
+    let refused = PgStore::connect(&test_url(), &opts, None).await;
     assert!(refused.is_err(), "{refused:?}");
 }
 

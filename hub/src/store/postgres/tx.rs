@@ -1,21 +1,17 @@
-//! One transaction on one pooled connection, and what it settles only at
-//! its end: the events it appended and the audit records it linked.
+//! One transaction on one pooled connection, and what it writes only at
+//! its end: the events it appended and the audit records of refused calls.
 //!
-//! Events get their cursor and their place in the tenant's audit chain at
-//! the end of the transaction, just before COMMIT, under two locks taken in
-//! a fixed order (the tenants' `audit_heads` rows, sorted, then the one
-//! `event_cursor` row). Taken last, these locks are held only for the
-//! commit, and a transaction holding them waits for no practice row, so
-//! they add no lock cycle with the practice rows taken earlier.
+//! They are written without their cursor and without their place in the
+//! tenant's audit chain: both are given after the commit by the sequencer
+//! (see `sequencer`), so an event-writing transaction takes no lock that
+//! every other one needs, and commits of all instances run side by side.
 
 use super::pool::{from_pg, is_retryable};
 use crate::domain::practice::Event;
 use crate::store::StoreError;
 use deadpool_postgres::Object;
 use raccordo_adapters::model::AdminStatus;
-use raccordo_domain::audit::{EventAudit, GENESIS, next_link, record_hash};
 use raccordo_domain::status::DeliveryStatus;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio_postgres::Row;
 use tokio_postgres::types::{FromSql, ToSql};
@@ -23,9 +19,9 @@ use tokio_postgres::types::{FromSql, ToSql};
 /// Statement parameters.
 pub(super) type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 
-/// What the transaction appends to an audit chain, linked at its end.
+/// What the transaction appends to an audit chain, written at its end.
 pub(super) enum Pending {
-    /// A practice event (its cursor and audit link are set at the end).
+    /// A practice event (its cursor and audit link are the sequencer's).
     Event(Event),
     /// A record of `audit_log` (a refused call).
     Audit {
@@ -38,15 +34,6 @@ pub(super) enum Pending {
     },
 }
 
-impl Pending {
-    fn tenant(&self) -> &str {
-        match self {
-            Pending::Event(e) => &e.tenant_id,
-            Pending::Audit { tenant_id, .. } => tenant_id,
-        }
-    }
-}
-
 /// An open transaction. Dropped before it ended (its task cancelled), its
 /// connection is closed rather than returned to the pool, so the server
 /// rolls the transaction back and no later user inherits it.
@@ -56,16 +43,6 @@ pub(super) struct Tx {
     /// (a deadlock or serialization failure).
     retryable: AtomicBool,
     pub(super) pending: Vec<Pending>,
-    /// Held from linking the events until they are published: this
-    /// instance's watchers get them in commit order.
-    publish: Option<Arc<tokio::sync::Mutex<()>>>,
-}
-
-/// What a committed transaction publishes: its events, in cursor order,
-/// and the turn that keeps publications in commit order until dropped.
-pub(super) struct Committed {
-    pub(super) events: Vec<Event>,
-    pub(super) turn: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 impl Drop for Tx {
@@ -78,24 +55,20 @@ impl Drop for Tx {
 
 /// How a transaction ended.
 pub(super) enum Ended<R> {
-    /// Committed (its events are returned for publication), or failed for good.
-    Done(Result<(R, Committed), StoreError>),
+    /// Committed (with whether it wrote records for the sequencer), or
+    /// failed for good.
+    Done(Result<(R, bool), StoreError>),
     /// Failed in a way that running it again may fix.
     Retry(StoreError),
 }
 
 impl Tx {
     /// Begins a transaction on `client` (`begin` is `BEGIN …`).
-    pub(super) async fn begin(
-        client: Object,
-        begin: &str,
-        publish: Option<Arc<tokio::sync::Mutex<()>>>,
-    ) -> Result<Self, StoreError> {
+    pub(super) async fn begin(client: Object, begin: &str) -> Result<Self, StoreError> {
         let tx = Self {
             client: Some(client),
             retryable: AtomicBool::new(false),
             pending: Vec::new(),
-            publish,
         };
         tx.client().batch_execute(begin).await.map_err(from_pg)?;
         Ok(tx)
@@ -163,13 +136,13 @@ impl Tx {
             .map_err(|e| self.fail(e))
     }
 
-    /// Ends the transaction with `result`: links the pending records,
+    /// Ends the transaction with `result`: writes the pending records,
     /// commits, or rolls back.
     pub(super) async fn end<R>(mut self, result: Result<R, StoreError>) -> Ended<R> {
         let outcome = match result {
-            Ok(value) => match self.link_pending().await {
-                Ok(committed) => match self.client().batch_execute("COMMIT").await {
-                    Ok(()) => Ok((value, committed)),
+            Ok(value) => match self.write_pending().await {
+                Ok(appended) => match self.client().batch_execute("COMMIT").await {
+                    Ok(()) => Ok((value, appended)),
                     Err(e) => Err(self.fail(e).context("commit failed")),
                 },
                 Err(e) => Err(e),
@@ -200,128 +173,20 @@ impl Tx {
         drop(self.client.take());
     }
 
-    /// Links every pending record into its tenant's chain and gives each
-    /// event its cursor; returns the events as stored.
-    async fn link_pending(&mut self) -> Result<Committed, StoreError> {
+    /// Writes the pending records: events without their cursor, audit
+    /// records without their link. Both are given by the sequencer once
+    /// this transaction committed; nothing shared is locked here, so
+    /// writers of every instance commit side by side. Returns whether
+    /// anything was written for the sequencer.
+    async fn write_pending(&mut self) -> Result<bool, StoreError> {
         if self.pending.is_empty() {
-            return Ok(Committed {
-                events: Vec::new(),
-                turn: None,
-            });
+            return Ok(false);
         }
         let pending = std::mem::take(&mut self.pending);
-        let has_events = pending.iter().any(|p| matches!(p, Pending::Event(_)));
-        // Taken before the database locks below, which every event-writing
-        // transaction of every instance takes in the same order anyway.
-        let turn = match (&self.publish, has_events) {
-            (Some(lock), true) => Some(Arc::clone(lock).lock_owned().await),
-            _ => None,
-        };
-        let mut tenants: Vec<&str> = pending.iter().map(Pending::tenant).collect();
-        tenants.sort_unstable();
-        tenants.dedup();
-        // Each tenant's head, created if missing, then locked: concurrent
-        // writers (other instances too) extend one chain. Sorted, so two
-        // transactions touching the same tenants cannot wait on each other.
-        let mut heads = std::collections::HashMap::new();
-        for tenant in tenants {
-            self.execute(
-                "INSERT INTO audit_heads (tenant_id, seq, hash) VALUES ($1, 0, $2)
-                 ON CONFLICT (tenant_id) DO NOTHING",
-                &[&tenant, &GENESIS],
-            )
-            .await?;
-            let row = self
-                .query_one(
-                    "SELECT seq, hash FROM audit_heads WHERE tenant_id = $1 FOR UPDATE",
-                    &[&tenant],
-                )
-                .await?;
-            let (seq, hash): (i64, String) = (col(&row, 0)?, col(&row, 1)?);
-            // seq 0 is the row just created: an empty chain.
-            heads.insert(tenant.to_string(), (seq > 0).then_some((seq, hash)));
-        }
-        let count = pending
-            .iter()
-            .filter(|p| matches!(p, Pending::Event(_)))
-            .count() as i64;
-        let mut cursor = 0;
-        if count > 0 {
-            let row = self
-                .query_one(
-                    "UPDATE event_cursor SET last = last + $1 RETURNING last",
-                    &[&count],
-                )
-                .await?;
-            let last: i64 = col(&row, 0)?;
-            cursor = last - count;
-        }
-        let mut events = Vec::with_capacity(count as usize);
+        let mut events = Vec::new();
         for record in pending {
-            let head = heads
-                .get_mut(record.tenant())
-                .expect("every tenant's head is loaded");
-            let (seq, prev_hash) = next_link(head.take());
             match record {
-                Pending::Event(mut e) => {
-                    cursor += 1;
-                    e.cursor = cursor;
-                    let detail = EventAudit {
-                        sequence: e.sequence,
-                        source: e.source.as_str(),
-                        from_status: e.from_status.map(AdminStatus::as_str),
-                        to_status: e.to_status.map(AdminStatus::as_str),
-                        from_delivery: e.from_delivery.map(DeliveryStatus::as_str),
-                        to_delivery: e.to_delivery.map(DeliveryStatus::as_str),
-                        reason: e.reason.as_deref(),
-                        vendor_code: e.vendor_code.as_deref(),
-                    }
-                    .to_json();
-                    let recorded_at = e.recorded_at.timestamp_millis();
-                    let hash = record_hash(
-                        &prev_hash,
-                        &e.tenant_id,
-                        seq,
-                        recorded_at,
-                        &e.actor,
-                        e.kind.as_str(),
-                        Some(&e.practice_id),
-                        &detail,
-                    );
-                    self.execute(
-                        "INSERT INTO events (cursor, practice_id, tenant_id, service_code, applicant_id,
-                            sequence, occurred_at, recorded_at, source, kind, from_status, to_status,
-                            from_delivery, to_delivery, reason, vendor_code, actor, audit_seq,
-                            audit_prev_hash, audit_hash)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
-                            $16, $17, $18, $19, $20)",
-                        &[
-                            &e.cursor,
-                            &e.practice_id,
-                            &e.tenant_id,
-                            &e.service_code,
-                            &e.applicant_id,
-                            &e.sequence,
-                            &e.occurred_at.timestamp_millis(),
-                            &recorded_at,
-                            &e.source.as_str(),
-                            &e.kind.as_str(),
-                            &e.from_status.map(AdminStatus::as_str),
-                            &e.to_status.map(AdminStatus::as_str),
-                            &e.from_delivery.map(DeliveryStatus::as_str),
-                            &e.to_delivery.map(DeliveryStatus::as_str),
-                            &e.reason,
-                            &e.vendor_code,
-                            &e.actor,
-                            &seq,
-                            &prev_hash,
-                            &hash,
-                        ],
-                    )
-                    .await?;
-                    *head = Some((seq, hash));
-                    events.push(e);
-                }
+                Pending::Event(e) => events.push(e),
                 Pending::Audit {
                     tenant_id,
                     recorded_at,
@@ -330,47 +195,63 @@ impl Tx {
                     practice_id,
                     detail,
                 } => {
-                    let hash = record_hash(
-                        &prev_hash,
-                        &tenant_id,
-                        seq,
-                        recorded_at,
-                        &actor,
-                        &action,
-                        practice_id.as_deref(),
-                        &detail,
-                    );
                     self.execute(
-                        "INSERT INTO audit_log (tenant_id, seq, recorded_at, actor, action, practice_id,
-                            detail, prev_hash, hash)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                        &[
-                            &tenant_id,
-                            &seq,
-                            &recorded_at,
-                            &actor,
-                            &action,
-                            &practice_id,
-                            &detail,
-                            &prev_hash,
-                            &hash,
-                        ],
+                        "INSERT INTO audit_log (tenant_id, recorded_at, actor, action, practice_id, detail)
+                         VALUES ($1, $2, $3, $4, $5, $6)",
+                        &[&tenant_id, &recorded_at, &actor, &action, &practice_id, &detail],
                     )
                     .await?;
-                    *head = Some((seq, hash));
                 }
             }
         }
-        for (tenant, head) in &heads {
-            if let Some((seq, hash)) = head {
-                self.execute(
-                    "UPDATE audit_heads SET seq = $2, hash = $3 WHERE tenant_id = $1",
-                    &[tenant, seq, hash],
-                )
-                .await?;
-            }
+        if !events.is_empty() {
+            self.insert_events(&events).await?;
         }
-        Ok(Committed { events, turn })
+        Ok(true)
+    }
+
+    /// Inserts `events` in one statement, in their order: ids (the
+    /// sequencer's order) follow it, so a practice's events keep their
+    /// sequence order in the cursor order.
+    async fn insert_events(&self, events: &[Event]) -> Result<(), StoreError> {
+        let text = |f: fn(&Event) -> &str| events.iter().map(f).collect::<Vec<&str>>();
+        let opt = |f: fn(&Event) -> Option<&str>| events.iter().map(f).collect::<Vec<_>>();
+        let int = |f: fn(&Event) -> i64| events.iter().map(f).collect::<Vec<i64>>();
+        self.execute(
+            "INSERT INTO events (practice_id, tenant_id, service_code, applicant_id, sequence,
+                occurred_at, recorded_at, source, kind, from_status, to_status, from_delivery,
+                to_delivery, reason, vendor_code, actor)
+             SELECT practice_id, tenant_id, service_code, applicant_id, sequence, occurred_at,
+                recorded_at, source, kind, from_status, to_status, from_delivery, to_delivery,
+                reason, vendor_code, actor
+             FROM unnest($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::BIGINT[], $6::BIGINT[],
+                $7::BIGINT[], $8::TEXT[], $9::TEXT[], $10::TEXT[], $11::TEXT[], $12::TEXT[],
+                $13::TEXT[], $14::TEXT[], $15::TEXT[], $16::TEXT[])
+                WITH ORDINALITY AS e(practice_id, tenant_id, service_code, applicant_id, sequence,
+                    occurred_at, recorded_at, source, kind, from_status, to_status, from_delivery,
+                    to_delivery, reason, vendor_code, actor, n)
+             ORDER BY n",
+            &[
+                &text(|e| e.practice_id.as_str()),
+                &text(|e| e.tenant_id.as_str()),
+                &text(|e| e.service_code.as_str()),
+                &text(|e| e.applicant_id.as_str()),
+                &int(|e| e.sequence),
+                &int(|e| e.occurred_at.timestamp_millis()),
+                &int(|e| e.recorded_at.timestamp_millis()),
+                &text(|e| e.source.as_str()),
+                &text(|e| e.kind.as_str()),
+                &opt(|e| e.from_status.map(AdminStatus::as_str)),
+                &opt(|e| e.to_status.map(AdminStatus::as_str)),
+                &opt(|e| e.from_delivery.map(DeliveryStatus::as_str)),
+                &opt(|e| e.to_delivery.map(DeliveryStatus::as_str)),
+                &opt(|e| e.reason.as_deref()),
+                &opt(|e| e.vendor_code.as_deref()),
+                &text(|e| e.actor.as_str()),
+            ],
+        )
+        .await?;
+        Ok(())
     }
 }
 
