@@ -636,6 +636,37 @@ async fn tls_require_encrypts_and_verify_full_checks_the_name() {
         .insert_practice(new_practice("p1", "k1"), false)
         .await
         .unwrap();
+    // The feed listens over TLS too, and hears the other store's commits.
+    let bus = EventBus::new();
+    let mut live = bus.subscribe();
+    let _listening = PgStore::open(&test_url(), &opts, None, Some(bus))
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let listeners: i64 = client
+            .query_one(
+                "SELECT COUNT(*) FROM pg_stat_activity a JOIN pg_stat_ssl s ON s.pid = a.pid
+                 WHERE a.query LIKE 'LISTEN raccordo_events%' AND s.ssl",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if listeners > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no encrypted listener"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    store
+        .insert_practice(new_practice("p2", "k2"), false)
+        .await
+        .unwrap();
+    assert_eq!(next_published(&mut live).await.practice_id, "p2");
 
     let cert: String = client
         .query_one("SHOW ssl_cert_file", &[])
