@@ -1,8 +1,11 @@
 //! In-process fan-out of stored events to live watchers.
 //!
 //! Events are published only after their transaction committed, so a
-//! watcher that re-reads the store on a notification always finds them. The
-//! store stays the source of truth: a lagging receiver re-reads from it.
+//! watcher that re-reads the store on a notification always finds them, and
+//! in cursor order: by the SQLite writer after each commit, or by the
+//! PostgreSQL store's feed, which publishes every instance's events once
+//! sequenced. The store stays the source of truth: a lagging receiver
+//! re-reads from it.
 
 use crate::domain::practice::Event;
 use std::sync::Arc;

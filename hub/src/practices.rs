@@ -621,7 +621,7 @@ impl PracticeService {
                     // Replayed past the terminal event: nothing more will come.
                     return;
                 }
-                // Then live, in commit order. Events already sent from the
+                // Then live, in cursor order. Events already sent from the
                 // store come again on the bus and are skipped by sequence.
                 let live = follow
                     .forward(&tx, |e| {
@@ -680,7 +680,7 @@ impl PracticeService {
                         break;
                     }
                 }
-                // Then live: the bus carries events in commit order, so a
+                // Then live: the bus carries events in cursor order, so a
                 // watcher forwards them without touching the store.
                 let live = follow
                     .forward(&tx, |e| {

@@ -234,7 +234,7 @@ async fn claims_from_two_instances_never_take_the_same_job() {
     assert_eq!(all.len(), 40, "every job claimed");
 }
 
-/// Cursors follow commit order: a watcher reading "after my last cursor"
+/// Cursors never go back: a watcher reading "after my last cursor"
 /// while two instances write sees every event, none skipped.
 #[tokio::test]
 async fn a_watcher_skips_no_event_while_two_instances_write() {
