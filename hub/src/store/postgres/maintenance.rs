@@ -8,7 +8,6 @@ use crate::store::sqlite::rows::{from_ms, ms};
 use crate::store::{AuditRecord, Migration, StoreError};
 use chrono::{DateTime, Utc};
 use raccordo_domain::audit::EventAudit;
-use std::sync::Arc;
 use tokio_postgres::Row;
 
 /// Candidates read per look-up, outside any transaction that locks.

@@ -77,12 +77,23 @@ pub struct PgStore {
 struct Inner {
     pool: Pool,
     metrics: Option<StoreMetrics>,
-    /// This instance's sequencer (none for a store that only reads).
-    sequencer: Option<Arc<Sequencer>>,
+    /// Who gives this store's writes their cursors and links.
+    sequencing: Sequencing,
     /// Who wakes the delivery workers when the feed hears of new work.
     work: Arc<OnceLock<WorkWaker>>,
     /// The sequencer's and the feed's tasks, which end with the store.
     tasks: Vec<tokio::task::AbortHandle>,
+}
+
+/// How a store's writes are sequenced.
+enum Sequencing {
+    /// By this instance's sequencer task, which writes wait for.
+    Task(Arc<Sequencer>),
+    /// By a run of their own right after they commit: a command's store
+    /// (`raccordo purge`), which may run while no hub does.
+    Inline,
+    /// Not at all: an instance that stops before sequencing (tests).
+    Off,
 }
 
 impl Drop for Inner {
@@ -158,12 +169,14 @@ impl PgStore {
         let target = pool::target(url, opts).map_err(key_error)?;
         let sequenced = Arc::new(Notify::new());
         let mut tasks = Vec::new();
-        let sequencer = sequence.then(|| {
+        let sequencing = if sequence {
             let s = Sequencer::new();
             let run = Arc::clone(&s).run(pool.clone(), Arc::clone(&sequenced));
             tasks.push(tokio::spawn(run).abort_handle());
-            s
-        });
+            Sequencing::Task(s)
+        } else {
+            Sequencing::Off
+        };
         let work = Arc::new(OnceLock::new());
         if let Some(bus) = bus {
             // From the log's end as it is now: what came before is the
@@ -191,15 +204,16 @@ impl PgStore {
             inner: Arc::new(Inner {
                 pool,
                 metrics,
-                sequencer,
+                sequencing,
                 work,
                 tasks,
             }),
         })
     }
 
-    /// Connects without migrating, sequencing or following events: for
-    /// commands that only read (`raccordo audit verify`).
+    /// Connects without migrating, following events or a sequencer task:
+    /// for commands (`raccordo audit verify`, `purge`). What such a store
+    /// writes it sequences itself, right after the commit.
     pub async fn connect(
         url: &str,
         opts: &PgOptions,
@@ -209,7 +223,7 @@ impl PgStore {
             inner: Arc::new(Inner {
                 pool: Self::pool(url, opts).await?,
                 metrics,
-                sequencer: None,
+                sequencing: Sequencing::Inline,
                 work: Arc::new(OnceLock::new()),
                 tasks: Vec::new(),
             }),
@@ -248,9 +262,22 @@ impl PgStore {
                 .observe(started.elapsed().as_secs_f64());
             m.commit_batch.observe(1.0);
         }
-        if appended && let Some(sequencer) = &self.inner.sequencer {
-            let run = sequencer.request();
-            sequencer.wait(run).await;
+        if appended {
+            match &self.inner.sequencing {
+                Sequencing::Task(sequencer) => {
+                    let run = sequencer.request();
+                    sequencer.wait(run).await;
+                }
+                // Committed already: a failed run leaves the rows to the
+                // next sequencer, of any instance, so the write succeeded.
+                Sequencing::Inline => {
+                    if let Err(e) = sequencer::sequence_all(&self.inner.pool).await {
+                        tracing::warn!(error = %e,
+                            "written, not yet sequenced: the next hub instance to run sequences it");
+                    }
+                }
+                Sequencing::Off => {}
+            }
         }
         Ok(value)
     }

@@ -48,19 +48,42 @@ impl Schema {
 
 impl Drop for Schema {
     fn drop(&mut self) {
-        let sql = format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name);
-        // Drop runs inside the test's runtime: clean up from a thread.
+        let name = self.name.clone();
+        // Drop runs inside the test's runtime: clean up from a thread. That
+        // runtime is blocked meanwhile, so a transaction its stores' tasks
+        // (sequencer, feed) had open cannot end by itself: its session is
+        // ended here, or the DROP would wait for it forever.
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .unwrap();
             rt.block_on(async {
-                if let Ok((client, conn)) =
+                let Ok((client, conn)) =
                     tokio_postgres::connect(&test_url(), tokio_postgres::NoTls).await
-                {
-                    tokio::spawn(conn);
-                    let _ = client.batch_execute(&sql).await;
+                else {
+                    return;
+                };
+                tokio::spawn(conn);
+                for _ in 0..5 {
+                    let _ = client
+                        .execute(
+                            "SELECT pg_terminate_backend(pid) FROM (
+                                SELECT DISTINCT l.pid FROM pg_locks l
+                                JOIN pg_class c ON c.oid = l.relation
+                                JOIN pg_namespace n ON n.oid = c.relnamespace
+                                WHERE n.nspname = $1 AND l.pid <> pg_backend_pid()) holders",
+                            &[&name],
+                        )
+                        .await;
+                    let dropped = client
+                        .batch_execute(&format!(
+                            "SET lock_timeout = '2s'; DROP SCHEMA IF EXISTS {name} CASCADE"
+                        ))
+                        .await;
+                    if dropped.is_ok() {
+                        return;
+                    }
                 }
             });
         })
@@ -403,7 +426,7 @@ async fn three_instances_feed_a_watcher_the_whole_log_in_cursor_order() {
                 let tenant = new.tenant_id.clone();
                 s.insert_practice(new, false).await.unwrap();
                 let work = s
-                    .claim_work("tributi", &lease(&format!("hub-{w}")), Utc::now(), 1)
+                    .claim_work("tributi", &lease(&format!("hub-{w}")), Utc::now(), 1, 100)
                     .await
                     .unwrap();
                 for job in &work.jobs {
