@@ -116,8 +116,8 @@ impl PgStore {
     ) -> Result<Vec<AuditRecord>, StoreError> {
         let (from, to) = (ms(from), ms(to));
         let range = "tenant_id = $1 AND recorded_at >= $2 AND recorded_at < $3";
-        // Only records linked into their chain (all of them, as long as
-        // records are linked when their transaction commits).
+        // Only records linked into their chain: one the sequencer has not
+        // reached yet (a second at most while a hub runs) is not exported.
         let log_sql = format!(
             "SELECT tenant_id, seq, recorded_at, actor, action, practice_id, detail, prev_hash, hash
              FROM audit_log WHERE {range} AND seq IS NOT NULL"
