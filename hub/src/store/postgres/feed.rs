@@ -17,8 +17,7 @@
 
 use super::pool::Target;
 use super::sequencer::{EVENTS_CHANNEL, WORK_CHANNEL};
-use super::tx::{Ended, Tx};
-use super::{READ, pool, rows};
+use super::{pool, rows, tx};
 use crate::bus::EventBus;
 use crate::store::StoreError;
 use crate::store::sqlite::rows::EVENT_COLUMNS;
@@ -108,20 +107,11 @@ async fn publish_after(pool: &Pool, bus: &EventBus, cursor: &mut i64) -> Result<
     let sql =
         format!("SELECT {EVENT_COLUMNS} FROM events WHERE cursor > $1 ORDER BY cursor LIMIT $2");
     loop {
-        let client = pool::connection(pool).await?;
-        let tx = Tx::begin(client, READ).await?;
-        let read = async {
-            tx.query(&sql, &[&*cursor, &PAGE])
-                .await?
-                .iter()
-                .map(rows::event)
-                .collect::<Result<Vec<_>, _>>()
-        }
-        .await;
-        let events = match tx.end(read).await {
-            Ended::Done(done) => done?.0,
-            Ended::Retry(e) => return Err(e),
-        };
+        let events = tx::read(pool, &sql, &[&*cursor, &PAGE])
+            .await?
+            .iter()
+            .map(rows::event)
+            .collect::<Result<Vec<_>, _>>()?;
         let full = events.len() as i64 == PAGE;
         if let Some(last) = events.last() {
             *cursor = last.cursor;

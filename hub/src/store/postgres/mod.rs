@@ -124,7 +124,7 @@ macro_rules! in_tx {
             runs += 1;
             let client = pool::connection(&store.inner.pool).await?;
             #[allow(unused_mut)]
-            let mut $tx = Tx::begin(client, $begin).await?;
+            let mut $tx = Tx::new(client, $begin);
             let result: Result<_, StoreError> = async { $body }.await;
             match $tx.end(result).await {
                 Ended::Done(done) => break store.committed(done, started).await,
@@ -292,13 +292,11 @@ impl PgStore {
     }
 
     async fn events(&self, sql: String, values: Vec<Value>) -> Result<Vec<Event>, StoreError> {
-        in_tx!(self, READ, |tx| {
-            tx.query(&sql, &params(&values))
-                .await?
-                .iter()
-                .map(rows::event)
-                .collect()
-        })
+        tx::read(&self.inner.pool, &sql, &params(&values))
+            .await?
+            .iter()
+            .map(rows::event)
+            .collect()
     }
 }
 
@@ -427,10 +425,11 @@ impl Store for PgStore {
     async fn last_cursor(&self) -> Result<i64, StoreError> {
         // The counter as the sequencer committed it: every event up to it
         // is sequenced and visible.
-        in_tx!(self, READ, |tx| col(
-            &tx.query_one("SELECT last FROM event_cursor", &[]).await?,
-            0
-        ))
+        let rows = tx::read(&self.inner.pool, "SELECT last FROM event_cursor", &[]).await?;
+        match rows.first() {
+            Some(row) => col(row, 0),
+            None => Err(StoreError::Corrupt("event_cursor has no row".into())),
+        }
     }
 
     async fn claim_work(
@@ -498,17 +497,17 @@ impl Store for PgStore {
     }
 
     async fn next_due_at(&self, adapter: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
-        in_tx!(self, READ, |tx| {
-            let next: Option<i64> = col(
-                &tx.query_one(
-                    "SELECT MIN(next_attempt_at) FROM jobs WHERE adapter = $1 AND state IN ('due', 'polling')",
-                    &[&adapter],
-                )
-                .await?,
-                0,
-            )?;
-            Ok(next.map(from_ms))
-        })
+        let rows = tx::read(
+            &self.inner.pool,
+            "SELECT MIN(next_attempt_at) FROM jobs WHERE adapter = $1 AND state IN ('due', 'polling')",
+            &[&adapter],
+        )
+        .await?;
+        let next: Option<i64> = match rows.first() {
+            Some(row) => col(row, 0)?,
+            None => None,
+        };
+        Ok(next.map(from_ms))
     }
 
     async fn delivery_payload(
@@ -584,13 +583,11 @@ impl Store for PgStore {
             "{DEAD_LETTER_SQL} WHERE j.state = 'dead' AND ($1::TEXT IS NULL OR j.tenant_id = $1)
              ORDER BY j.updated_at DESC LIMIT $2"
         );
-        in_tx!(self, READ, |tx| {
-            tx.query(&sql, &[&tenant_id, &(limit as i64)])
-                .await?
-                .iter()
-                .map(rows::dead_letter_row)
-                .collect()
-        })
+        tx::read(&self.inner.pool, &sql, &[&tenant_id, &(limit as i64)])
+            .await?
+            .iter()
+            .map(rows::dead_letter_row)
+            .collect()
     }
 
     async fn replay(&self, operation_id: &str, actor: &str) -> Result<DeadLetter, StoreError> {

@@ -8,6 +8,7 @@ use crate::store::sqlite::rows::{
     event_from_row, from_ms, ms, practice_from_row,
 };
 use crate::store::{ClaimedJob, DeadLetter, PracticeFilter, StoreError};
+use futures::future::try_join;
 use raccordo_adapters::model::{Document, DocumentMeta, ExternalRef, Operation, sha256_hex};
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
@@ -92,7 +93,7 @@ pub(super) fn dead_letter_row(r: &Row) -> Result<DeadLetter, StoreError> {
 }
 
 /// Fills attachments, outcome documents and references of `practices`
-/// with two queries in all.
+/// with two queries in all, sent together.
 pub(super) async fn attach_details(
     tx: &Tx,
     practices: &mut [Practice],
@@ -101,27 +102,51 @@ pub(super) async fn attach_details(
     if practices.is_empty() {
         return Ok(());
     }
-    let index: std::collections::HashMap<String, usize> = practices
-        .iter()
-        .enumerate()
-        .map(|(i, p)| (p.id.clone(), i))
-        .collect();
     let ids: Vec<String> = practices.iter().map(|p| p.id.clone()).collect();
+    let (docs, refs) = details(tx, &ids, with_content).await?;
+    fill(practices, &docs, &refs, with_content)
+}
+
+/// The documents and the references of practices `ids`: two queries,
+/// sent together.
+async fn details(
+    tx: &Tx,
+    ids: &[String],
+    with_content: bool,
+) -> Result<(Vec<Row>, Vec<Row>), StoreError> {
     let content = if with_content {
         "content"
     } else {
         "''::BYTEA AS content"
     };
-    let docs = tx
-        .query(
-            &format!(
-                "SELECT practice_id, role, name, media_type, size_bytes, sha256, {content} FROM documents
-                 WHERE practice_id = ANY($1) ORDER BY practice_id, role, position"
-            ),
+    let docs = format!(
+        "SELECT practice_id, role, name, media_type, size_bytes, sha256, {content} FROM documents
+         WHERE practice_id = ANY($1) ORDER BY practice_id, role, position"
+    );
+    try_join(
+        tx.query(&docs, &[&ids]),
+        tx.query(
+            "SELECT practice_id, kind, value, system, issued_at FROM external_refs
+             WHERE practice_id = ANY($1) ORDER BY practice_id, issued_at, kind",
             &[&ids],
-        )
-        .await?;
-    for r in &docs {
+        ),
+    )
+    .await
+}
+
+/// Adds the rows of `details` to `practices`.
+fn fill(
+    practices: &mut [Practice],
+    docs: &[Row],
+    refs: &[Row],
+    with_content: bool,
+) -> Result<(), StoreError> {
+    let index: std::collections::HashMap<String, usize> = practices
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.id.clone(), i))
+        .collect();
+    for r in docs {
         let practice_id: &str = col(r, 0)?;
         let role: &str = col(r, 1)?;
         let doc = Document {
@@ -160,14 +185,7 @@ pub(super) async fn attach_details(
             },
         }
     }
-    let refs = tx
-        .query(
-            "SELECT practice_id, kind, value, system, issued_at FROM external_refs
-             WHERE practice_id = ANY($1) ORDER BY practice_id, issued_at, kind",
-            &[&ids],
-        )
-        .await?;
-    for r in &refs {
+    for r in refs {
         let practice_id: &str = col(r, 0)?;
         if let Some(&i) = index.get(practice_id) {
             practices[i].external_refs.push(ExternalRef {
@@ -181,24 +199,24 @@ pub(super) async fn attach_details(
     Ok(())
 }
 
-/// One practice of `tenant_id`, read in `tx`.
+/// One practice of `tenant_id`, read in `tx`: its row, documents and
+/// references asked for together, in one round trip.
 pub(super) async fn get_practice(
     tx: &Tx,
     tenant_id: &str,
     id: &str,
     with_content: bool,
 ) -> Result<Practice, StoreError> {
-    let row = tx
-        .query_opt(
-            &format!(
-                "SELECT {PRACTICE_COLUMNS} {PRACTICE_FROM} WHERE p.tenant_id = $1 AND p.id = $2"
-            ),
-            &[&tenant_id, &id],
-        )
-        .await?
-        .ok_or(StoreError::NotFound)?;
-    let mut practices = [practice(&row)?];
-    attach_details(tx, &mut practices, with_content).await?;
+    let sql =
+        format!("SELECT {PRACTICE_COLUMNS} {PRACTICE_FROM} WHERE p.tenant_id = $1 AND p.id = $2");
+    let ids = vec![id.to_string()];
+    let (row, (docs, refs)) = try_join(
+        tx.query_opt(&sql, &[&tenant_id, &id]),
+        details(tx, &ids, with_content),
+    )
+    .await?;
+    let mut practices = [practice(&row.ok_or(StoreError::NotFound)?)?];
+    fill(&mut practices, &docs, &refs, with_content)?;
     let [p] = practices;
     Ok(p)
 }

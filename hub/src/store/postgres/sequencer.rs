@@ -142,7 +142,7 @@ pub(super) async fn sequence_all(pool: &Pool) -> Result<u64, StoreError> {
 /// One run in one transaction: (records sequenced, whether a batch was full).
 async fn run_once(pool: &Pool) -> Result<(u64, bool), StoreError> {
     let client = pool::connection(pool).await?;
-    let tx = Tx::begin(client, "BEGIN").await?;
+    let tx = Tx::new(client, "BEGIN");
     let result = assign(&tx).await;
     match tx.end(result).await {
         Ended::Done(done) => done.map(|(value, _)| value),
