@@ -533,13 +533,25 @@ async fn work_queued_on_one_instance_wakes_the_workers_of_another() {
     b.on_work_queued(Box::new(move |adapter| {
         let _ = woken.send(adapter.to_string());
     }));
-    a.insert_practice(new_practice("p1", "k1"), false)
-        .await
-        .unwrap();
-    let adapter = tokio::time::timeout(std::time::Duration::from_secs(60), wakes.recv())
-        .await
-        .expect("woken within a minute")
-        .unwrap();
+    // A notification sent before `b` listens is not heard (its workers'
+    // poll finds that work): a practice is queued again until one is
+    // heard, up to a deadline.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut n = 0;
+    let adapter = loop {
+        n += 1;
+        a.insert_practice(new_practice(&format!("p{n}"), &format!("k{n}")), false)
+            .await
+            .unwrap();
+        let wait = std::time::Duration::from_secs(1);
+        if let Ok(woken) = tokio::time::timeout(wait, wakes.recv()).await {
+            break woken.unwrap();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not woken within a minute"
+        );
+    };
     assert_eq!(adapter, "tributi");
 }
 
