@@ -198,6 +198,13 @@ async fn claim(
         .await
     {
         Ok(work) => (work.polls, work.jobs, work.saturated),
+        // A store that is away (a database restarting) is an outage the
+        // readiness checks already report, and the work waits in the outbox:
+        // a warning each poll, not an error. Anything else is a defect.
+        Err(e) if e.is_transient() => {
+            tracing::warn!(%adapter, error = %e, "cannot claim due work now: the store is unavailable");
+            (Vec::new(), Vec::new(), false)
+        }
         Err(e) => {
             tracing::error!(%adapter, error = %e, "cannot claim due work");
             (Vec::new(), Vec::new(), false)
