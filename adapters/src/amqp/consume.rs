@@ -140,12 +140,12 @@ async fn handle(link: &Link, session: &Session, delivery: Delivery) {
             Ok(()) => {
                 // The detail can quote the reply: it travels with the
                 // dead-lettered message, not into the log.
-                tracing::warn!(adapter = %link.name, %message_id, reason = why.reason,
+                tracing::warn!(adapter = %link.name, %message_id, class = why.reason,
                     "reply dead-lettered to '{}'", consume.dead_letter_exchange);
                 delivery.ack(BasicAckOptions::default()).await.map(|_| ())
             }
             Err(e) => {
-                tracing::error!(adapter = %link.name, %message_id, reason = why.reason,
+                tracing::error!(adapter = %link.name, %message_id, class = why.reason,
                     "cannot dead-letter an unusable reply: {e}; handing it back to the broker");
                 requeue(&delivery, consume.requeue_delay).await
             }

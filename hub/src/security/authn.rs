@@ -33,6 +33,19 @@ pub enum AuthError {
     RateLimited(String),
 }
 
+impl AuthError {
+    /// What kind of refusal this is, in fixed words: what the log may carry
+    /// (the precise reason goes to the caller and the audit trail).
+    pub fn class(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "no credentials",
+            AuthError::Invalid(_) => "invalid credentials",
+            AuthError::LockedOut => "locked out",
+            AuthError::RateLimited(_) => "over its rate limit",
+        }
+    }
+}
+
 /// A configuration problem of one client: (key, reason).
 pub type ClientError = (String, String);
 

@@ -205,11 +205,13 @@ fn admit<B>(layer: &AuthLayer, request: &http::Request<B>) -> Result<Caller, Sta
                 AuthError::RateLimited(client) => (client.clone(), "over its rate limit"),
             };
             // One warning per source and reason per audit interval: a
-            // flood must not flood the log either.
+            // flood must not flood the log either. The log names the
+            // refusal's class only; its precise reason is audited.
+            let class = e.class();
             if layer.refusals.refused(&source, path, reason) {
-                tracing::warn!(rpc = path, %source, reason, "call refused (repeats are counted in the audit trail)");
+                tracing::warn!(rpc = path, %source, class, "call refused (repeats are counted in the audit trail)");
             } else {
-                tracing::debug!(rpc = path, %source, reason, "call refused");
+                tracing::debug!(rpc = path, %source, class, "call refused");
             }
             match e {
                 AuthError::Missing => Status::unauthenticated(
