@@ -9,6 +9,7 @@
 //! claimed work is held by a [`Lease`] of one hub instance, renewed while
 //! the attempt runs, and due again when the lease runs out.
 
+mod audit_record;
 #[cfg(test)]
 mod contract;
 pub mod postgres;

@@ -4,7 +4,8 @@
 
 use super::tx::{Ended, Pending, Tx, col};
 use super::{MAX_RUNS, PgStore, READ, WRITE, migrations, pool};
-use crate::store::sqlite::rows::{from_ms, ms};
+use crate::store::audit_record::StoredAudit;
+use crate::store::sqlite::rows::ms;
 use crate::store::{AuditRecord, Migration, StoreError};
 use chrono::{DateTime, Utc};
 use raccordo_domain::audit::EventAudit;
@@ -23,38 +24,8 @@ const EVENT_AUDIT_COLUMNS: &str = "tenant_id, audit_seq, recorded_at, actor, kin
     sequence, source, from_status, to_status, from_delivery, to_delivery, reason, vendor_code,
     audit_prev_hash, audit_hash";
 
-/// One audit record as stored: `detail` as hashed.
-struct Stored {
-    tenant_id: String,
-    seq: i64,
-    recorded_at: i64,
-    actor: String,
-    action: String,
-    practice_id: Option<String>,
-    detail: String,
-    prev_hash: String,
-    hash: String,
-}
-
-impl Stored {
-    fn into_export(self) -> AuditRecord {
-        AuditRecord {
-            tenant_id: self.tenant_id,
-            seq: self.seq,
-            recorded_at: from_ms(self.recorded_at),
-            actor: self.actor,
-            action: self.action,
-            practice_id: self.practice_id,
-            detail: serde_json::from_str(&self.detail)
-                .unwrap_or(serde_json::Value::String(self.detail)),
-            prev_hash: self.prev_hash,
-            hash: self.hash,
-        }
-    }
-}
-
-fn log_record(r: &Row) -> Result<Stored, StoreError> {
-    Ok(Stored {
+fn log_record(r: &Row) -> Result<StoredAudit, StoreError> {
+    Ok(StoredAudit {
         tenant_id: col(r, 0)?,
         seq: col(r, 1)?,
         recorded_at: col(r, 2)?,
@@ -68,7 +39,7 @@ fn log_record(r: &Row) -> Result<Stored, StoreError> {
 }
 
 /// An event's audit record, its detail rebuilt as it was hashed.
-fn event_record(r: &Row) -> Result<Stored, StoreError> {
+fn event_record(r: &Row) -> Result<StoredAudit, StoreError> {
     let detail = EventAudit {
         sequence: col(r, 6)?,
         source: col(r, 7)?,
@@ -80,7 +51,7 @@ fn event_record(r: &Row) -> Result<Stored, StoreError> {
         vendor_code: col(r, 13)?,
     }
     .to_json();
-    Ok(Stored {
+    Ok(StoredAudit {
         tenant_id: col(r, 0)?,
         seq: col(r, 1)?,
         recorded_at: col(r, 2)?,
@@ -137,7 +108,7 @@ impl PgStore {
         })?;
         // One chain per tenant: its seq is the order of record.
         records.sort_by_key(|r| r.seq);
-        Ok(records.into_iter().map(Stored::into_export).collect())
+        Ok(records.into_iter().map(StoredAudit::into_export).collect())
     }
 
     /// Removes `tenant`'s practices concluded before `before`, with their
@@ -245,7 +216,7 @@ async fn remove(tx: &Tx, tenant: &str, ids: &[String], cutoff: i64) -> Result<u6
         .map(event_record)
         .collect::<Result<Vec<_>, _>>()?;
     if !kept.is_empty() {
-        let column = |f: fn(&Stored) -> String| kept.iter().map(f).collect::<Vec<_>>();
+        let column = |f: fn(&StoredAudit) -> String| kept.iter().map(f).collect::<Vec<_>>();
         let seqs: Vec<i64> = kept.iter().map(|r| r.seq).collect();
         let times: Vec<i64> = kept.iter().map(|r| r.recorded_at).collect();
         let practices: Vec<Option<String>> = kept.iter().map(|r| r.practice_id.clone()).collect();

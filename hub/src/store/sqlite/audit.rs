@@ -2,8 +2,9 @@
 //! itself (what is hashed, how records link) is defined in the domain crate
 //! (`raccordo_domain::audit`).
 
+use super::super::audit_record::StoredAudit;
 use super::super::{AuditBreak, AuditRecord, StoreError};
-use super::rows::{from_ms, ms};
+use super::rows::ms;
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::HashMap;
@@ -39,7 +40,7 @@ pub fn append(
     let (seq, prev) = next_link(conn, tenant_id)?;
     let detail = serde_json::to_string(detail)
         .map_err(|e| StoreError::Internal(format!("audit detail: {e}")))?;
-    let mut record = Record {
+    let mut record = StoredAudit {
         tenant_id: tenant_id.to_string(),
         seq,
         recorded_at: ms(now),
@@ -56,7 +57,7 @@ pub fn append(
     Ok(())
 }
 
-fn insert_record(conn: &Connection, r: &Record) -> Result<(), StoreError> {
+fn insert_record(conn: &Connection, r: &StoredAudit) -> Result<(), StoreError> {
     conn.prepare_cached(
         "INSERT INTO audit_log (tenant_id, seq, recorded_at, actor, action, practice_id, detail, prev_hash, hash)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
@@ -113,60 +114,21 @@ pub fn link_event(
     })
 }
 
-/// One record of a chain, from either table.
-struct Record {
-    tenant_id: String,
-    seq: i64,
-    recorded_at: i64,
-    actor: String,
-    action: String,
-    practice_id: Option<String>,
-    detail: String,
-    prev_hash: String,
-    hash: String,
-}
-
-impl Record {
-    fn computed_hash(&self) -> String {
-        record_hash(
-            &self.prev_hash,
-            &self.tenant_id,
-            self.seq,
-            self.recorded_at,
-            &self.actor,
-            &self.action,
-            self.practice_id.as_deref(),
-            &self.detail,
-        )
-    }
-
-    fn into_export(self) -> AuditRecord {
-        AuditRecord {
-            tenant_id: self.tenant_id,
-            seq: self.seq,
-            recorded_at: from_ms(self.recorded_at),
-            actor: self.actor,
-            action: self.action,
-            practice_id: self.practice_id,
-            detail: serde_json::from_str(&self.detail)
-                .unwrap_or(serde_json::Value::String(self.detail)),
-            prev_hash: self.prev_hash,
-            hash: self.hash,
-        }
-    }
-}
-
 const LOG_COLUMNS: &str =
     "tenant_id, seq, recorded_at, actor, action, practice_id, detail, prev_hash, hash";
 
-fn read_log_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
+fn read_log_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredAudit> {
     record_from(r, r.get(6)?, 7)
 }
 
 /// A record from the six columns both tables' queries start with, its
 /// `detail`, and its two hashes at `hashes` and the column after.
-fn record_from(r: &rusqlite::Row<'_>, detail: String, hashes: usize) -> rusqlite::Result<Record> {
-    Ok(Record {
+fn record_from(
+    r: &rusqlite::Row<'_>,
+    detail: String,
+    hashes: usize,
+) -> rusqlite::Result<StoredAudit> {
+    Ok(StoredAudit {
         tenant_id: r.get(0)?,
         seq: r.get(1)?,
         recorded_at: r.get(2)?,
@@ -184,7 +146,7 @@ const EVENT_COLUMNS: &str = "tenant_id, audit_seq, recorded_at, actor, kind, pra
     source, from_status, to_status, from_delivery, to_delivery, reason, vendor_code,
     audit_prev_hash, audit_hash";
 
-fn read_event_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
+fn read_event_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredAudit> {
     let text = |i: usize| r.get::<_, Option<String>>(i);
     let (from_status, to_status, from_delivery, to_delivery, reason, vendor_code) = (
         text(8)?,
@@ -211,9 +173,9 @@ fn read_event_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
 
 /// Merges two record streams, each ordered by (tenant, seq), into one.
 fn merge_chains(
-    log: impl Iterator<Item = rusqlite::Result<Record>>,
-    events: impl Iterator<Item = rusqlite::Result<Record>>,
-) -> impl Iterator<Item = rusqlite::Result<Record>> {
+    log: impl Iterator<Item = rusqlite::Result<StoredAudit>>,
+    events: impl Iterator<Item = rusqlite::Result<StoredAudit>>,
+) -> impl Iterator<Item = rusqlite::Result<StoredAudit>> {
     let (mut log, mut events) = (log.peekable(), events.peekable());
     std::iter::from_fn(move || {
         let take_log = match (log.peek(), events.peek()) {
@@ -342,7 +304,7 @@ pub fn export(
 /// Moves the audit records of `practice_id`'s events into `audit_log`,
 /// unchanged, before a purge removes the events: the trail outlives them.
 pub fn keep_event_records(conn: &Connection, practice_id: &str) -> Result<(), StoreError> {
-    let records: Vec<Record> = conn
+    let records: Vec<StoredAudit> = conn
         .prepare_cached(&format!(
             "SELECT {EVENT_COLUMNS} FROM events WHERE practice_id = ?1 AND audit_seq IS NOT NULL"
         ))?
