@@ -97,7 +97,10 @@ mod tests {
     }
 
     /// Under writes that never pause, the log must still restart from its
-    /// beginning instead of growing with everything ever written.
+    /// beginning instead of growing with everything ever written. The
+    /// background thread is never signalled here (its threshold is out of
+    /// reach), so what is measured is the writer's own catch-up alone, with
+    /// nothing that depends on how fast another thread runs.
     #[test]
     fn the_log_stays_bounded_under_sustained_writes() {
         let dir = tempfile::tempdir().unwrap();
@@ -107,21 +110,20 @@ mod tests {
         writer
             .execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, pad BLOB NOT NULL)")
             .unwrap();
-        start_with(&db, &mut writer, 20, 100).unwrap();
+        start_with(&db, &mut writer, 1_000_000, 100).unwrap();
         // About 2,000 pages written in all: twenty times the limit.
         for i in 0..1_000 {
             writer
                 .execute("INSERT INTO t (id, pad) VALUES (?1, zeroblob(6000))", [i])
                 .unwrap();
         }
-        // A log that never restarted would hold all ~2,000 pages. The bound
-        // leaves room for catch-ups the background thread's own checkpoint
-        // made busy (each commit past the limit tries again), which on a
-        // loaded machine can take a few dozen commits.
+        // A log that never restarted would hold all ~2,000 pages; one that
+        // restarts at the first commit past the limit, the limit and that
+        // commit's few pages.
         let pages = wal_pages(&db);
         assert!(
-            pages < 600,
-            "the log grew to {pages} pages; it should restart soon after 100"
+            pages < 120,
+            "the log grew to {pages} pages; it should restart right after 100"
         );
         let rows: i64 = writer
             .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
