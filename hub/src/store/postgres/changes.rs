@@ -10,6 +10,7 @@ use crate::domain::practice::NewPractice;
 use crate::store::sqlite::rows::{CLAIMED_JOB_COLUMNS, DEAD_LETTER_SQL, ms, parse};
 use crate::store::{ClaimedJob, ClaimedWork, DeadLetter, InsertOutcome, Lease, StoreError};
 use chrono::{DateTime, Utc};
+use futures::future::try_join;
 use raccordo_adapters::adapter::{Correlation, InboundOutcome, InboundResult};
 use raccordo_domain::job::AttemptResult;
 use raccordo_domain::plan::{self, JobSnapshot, PracticeState, Withdrawal};
@@ -33,26 +34,37 @@ async fn existing(tx: &Tx, new: &NewPractice) -> Result<Option<InsertOutcome>, S
 
 /// Stores a new practice with its outbox job and first events, or finds the
 /// earlier practice with the same idempotency key (also one that another
-/// instance is storing at this moment). With a `lease` and a free slot
-/// among the adapter's `max_in_flight` (see `cluster::free_slots`), the job
-/// is stored as attempt 1 in flight under it and returned; without a free
-/// slot it is stored due.
+/// instance is storing at this moment).
+///
+/// With a `lease`, the job is stored as attempt 1 in flight under it and
+/// returned, if the adapter's `max_in_flight` allows. Whether it does is
+/// estimated first, without a lock, and checked at the end under the
+/// adapter's claim lock (`cluster::within_limit`): the lock is held for the
+/// last round trip and the commit, not for all of the writes, so the
+/// synchronous submissions of one adapter do not queue behind each other's
+/// work. Estimated free, found over the limit at the end (another claim
+/// came first): the transaction is rolled back and `None` returned, for the
+/// caller to store the practice again without a lease (its job due).
+/// Without a lease the answer is always `Some`.
 pub(super) async fn insert_new(
     tx: &mut Tx,
     new: &NewPractice,
     content: &str,
     lease: Option<(&Lease, u32)>,
-) -> Result<(InsertOutcome, Option<ClaimedJob>), StoreError> {
-    if let Some(found) = existing(tx, new).await? {
-        return Ok((found, None));
-    }
-    let lease = match lease {
+) -> Result<Option<(InsertOutcome, Option<ClaimedJob>)>, StoreError> {
+    let now = Utc::now();
+    let (found, lease) = match lease {
         Some((lease, max_in_flight)) => {
-            let free = cluster::free_slots(tx, &new.adapter, Utc::now(), 1, max_in_flight).await?;
-            (free > 0).then_some(lease)
+            let (found, in_flight) =
+                try_join(existing(tx, new), cluster::in_flight(tx, &new.adapter, now)).await?;
+            let free = in_flight < i64::from(max_in_flight);
+            (found, free.then_some((lease, max_in_flight)))
         }
-        None => None,
+        None => (existing(tx, new).await?, None),
     };
+    if let Some(found) = found {
+        return Ok(Some((found, None)));
+    }
     let claim = lease.is_some();
     let operation_id = uuid::Uuid::now_v7().to_string();
     let plan = plan::plan_submission(new, &operation_id, claim);
@@ -92,7 +104,7 @@ pub(super) async fn insert_new(
         let found = existing(tx, new).await?.ok_or_else(|| {
             StoreError::Unavailable("a concurrent submission with the same key vanished".into())
         })?;
-        return Ok((found, None));
+        return Ok(Some((found, None)));
     }
     for (i, a) in new.attachments.iter().enumerate() {
         tx.execute(
@@ -124,7 +136,7 @@ pub(super) async fn insert_new(
         .new_job
         .clone()
         .zip(lease)
-        .map(|(j, lease)| ClaimedJob {
+        .map(|(j, (lease, _))| ClaimedJob {
             operation_id: j.operation_id,
             practice_id: new.id.clone(),
             tenant_id: new.tenant_id.clone(),
@@ -136,10 +148,14 @@ pub(super) async fn insert_new(
             owner: lease.owner.clone(),
         });
     state::persist(tx, &mut loaded, plan, new.received_at).await?;
-    if let (Some(job), Some(lease)) = (&job, lease) {
+    if let (Some(job), Some((lease, max_in_flight))) = (&job, lease) {
         leases::take(tx, &job.operation_id, lease, Utc::now()).await?;
+        if !cluster::within_limit(tx, &new.adapter, now, max_in_flight).await? {
+            tx.roll_back_at_end();
+            return Ok(None);
+        }
     }
-    Ok((InsertOutcome::Created, job))
+    Ok(Some((InsertOutcome::Created, job)))
 }
 
 /// Claims up to `limit` pieces of work of `adapter`, within what its

@@ -26,22 +26,55 @@ pub(super) async fn free_slots(
     wanted: u32,
     max_in_flight: u32,
 ) -> Result<u32, StoreError> {
-    tx.execute(
-        "SELECT pg_advisory_xact_lock($1, hashtext(current_schema() || '/' || $2))",
-        &[&CLAIM_LOCK_CLASS, &adapter],
-    )
-    .await?;
-    let in_flight: i64 = col(
-        &tx.query_one(
-            "SELECT COUNT(*) FROM jobs WHERE adapter = $1
-               AND state IN ('in_flight', 'poll_in_flight') AND lease_expires_at > $2",
-            &[&adapter, &ms(now)],
-        )
-        .await?,
-        0,
-    )?;
+    let in_flight = lock_and_count(tx, adapter, now).await?;
     let free = i64::from(max_in_flight).saturating_sub(in_flight).max(0);
     Ok(u32::try_from(free).unwrap_or(u32::MAX).min(wanted))
+}
+
+/// Whether what is in flight for `adapter` now, counting this
+/// transaction's own uncommitted claims, is within `max_in_flight`. For a
+/// transaction that claimed first and checks at its end: it takes the
+/// adapter's claim lock (held to the commit, as in [`free_slots`]) only for
+/// its last statements, not for all of its work. One round trip: the lock
+/// and the count go out together and run in that order, so the count sees
+/// every claim committed before the lock was granted.
+pub(super) async fn within_limit(
+    tx: &Tx,
+    adapter: &str,
+    now: DateTime<Utc>,
+    max_in_flight: u32,
+) -> Result<bool, StoreError> {
+    let in_flight = lock_and_count(tx, adapter, now).await?;
+    Ok(in_flight <= i64::from(max_in_flight))
+}
+
+/// Counts what is in flight for `adapter` under a lease alive at `now`.
+const IN_FLIGHT: &str = "SELECT COUNT(*) FROM jobs WHERE adapter = $1
+    AND state IN ('in_flight', 'poll_in_flight') AND lease_expires_at > $2";
+
+/// What is in flight for `adapter` now, as this transaction sees it:
+/// without the claim lock, an estimate.
+pub(super) async fn in_flight(
+    tx: &Tx,
+    adapter: &str,
+    now: DateTime<Utc>,
+) -> Result<i64, StoreError> {
+    col(&tx.query_one(IN_FLIGHT, &[&adapter, &ms(now)]).await?, 0)
+}
+
+/// Takes `adapter`'s claim lock, then counts what is in flight (a count
+/// that, under the lock, every other claimer waits for), in one round trip.
+async fn lock_and_count(tx: &Tx, adapter: &str, now: DateTime<Utc>) -> Result<i64, StoreError> {
+    let row = tx
+        .execute_then_query_one(
+            (
+                "SELECT pg_advisory_xact_lock($1, hashtext(current_schema() || '/' || $2))",
+                &[&CLAIM_LOCK_CLASS, &adapter],
+            ),
+            (IN_FLIGHT, &[&adapter, &ms(now)]),
+        )
+        .await?;
+    col(&row, 0)
 }
 
 /// Takes or renews the singleton `name` for `owner`; whether it holds it.

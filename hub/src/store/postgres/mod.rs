@@ -33,6 +33,7 @@ pub mod pool;
 mod rows;
 mod sequencer;
 mod state;
+mod statistics;
 #[cfg(test)]
 pub(crate) mod tests;
 mod tx;
@@ -173,6 +174,7 @@ impl PgStore {
             let s = Sequencer::new();
             let run = Arc::clone(&s).run(pool.clone(), Arc::clone(&sequenced));
             tasks.push(tokio::spawn(run).abort_handle());
+            tasks.push(tokio::spawn(statistics::run(pool.clone())).abort_handle());
             Sequencing::Task(s)
         } else {
             Sequencing::Off
@@ -315,7 +317,9 @@ impl Store for PgStore {
         let content =
             serde_json::to_string(&new.content).map_err(|e| StoreError::Internal(e.to_string()))?;
         in_tx!(self, WRITE, |tx| {
-            let (outcome, _) = changes::insert_new(&mut tx, &new, &content, None).await?;
+            let (outcome, _) = changes::insert_new(&mut tx, &new, &content, None)
+                .await?
+                .ok_or_else(|| StoreError::Internal("no limit applies without a lease".into()))?;
             let stored = if read_back && matches!(outcome, InsertOutcome::Created) {
                 Some(rows::get_practice(&tx, &new.tenant_id, &new.id, false).await?)
             } else {
@@ -333,13 +337,18 @@ impl Store for PgStore {
     ) -> Result<(InsertOutcome, Option<ClaimedJob>), StoreError> {
         let content =
             serde_json::to_string(&new.content).map_err(|e| StoreError::Internal(e.to_string()))?;
-        in_tx!(self, WRITE, |tx| changes::insert_new(
-            &mut tx,
-            &new,
-            &content,
-            Some((lease, max_in_flight))
-        )
-        .await)
+        let mut lease = Some((lease, max_in_flight));
+        loop {
+            let stored = in_tx!(self, WRITE, |tx| changes::insert_new(
+                &mut tx, &new, &content, lease
+            )
+            .await)?;
+            match stored {
+                Some(stored) => return Ok(stored),
+                // Over the adapter's limit after all: stored due instead.
+                None => lease = None,
+            }
+        }
     }
 
     async fn get_practice(

@@ -843,6 +843,45 @@ async fn three_instances_never_exceed_the_adapters_limit() {
     assert_eq!(delivered, 30 + 15, "every job delivered once");
 }
 
+/// Synchronous submissions racing for the last free slot: each estimates
+/// it free before its writes and checks at its end, under the adapter's
+/// lock. Forty at once on three instances with `max_concurrency` 1: every
+/// practice is stored, exactly one delivery is in flight, the rest are due.
+#[tokio::test]
+async fn racing_synchronous_submissions_take_one_slot_and_queue_the_rest() {
+    let schema = Schema::new().await;
+    let stores = [
+        schema.store(None).await,
+        schema.store(None).await,
+        schema.store(None).await,
+    ];
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..40 {
+        let store = stores[i % 3].clone();
+        tasks.spawn(async move {
+            let id = format!("s-{i:02}");
+            let (outcome, job) = store
+                .insert_practice_claimed(
+                    new_practice(&id, &id),
+                    &lease(&format!("hub-{}", i % 3)),
+                    1,
+                )
+                .await
+                .unwrap();
+            assert!(matches!(outcome, InsertOutcome::Created));
+            job.is_some()
+        });
+    }
+    let claimed = tasks.join_all().await.into_iter().filter(|c| *c).count();
+    assert_eq!(claimed, 1, "exactly one submission takes the only slot");
+    let snapshot = stores[0].ops_snapshot(Utc::now()).await.unwrap();
+    let adapter = &snapshot.adapters[0];
+    assert_eq!(
+        (adapter.in_flight, adapter.due + adapter.scheduled),
+        (1, 39)
+    );
+}
+
 /// Three instances want one singleton at once: one gets it. When it stops
 /// renewing, its lease runs out and exactly one of the others takes over.
 #[tokio::test]
@@ -905,4 +944,47 @@ async fn a_singleton_moves_when_its_holder_stops() {
         .await
         .unwrap();
     assert_eq!(live, 3);
+}
+
+/// A table that grew from nothing is analyzed once its changes reach the
+/// threshold, so plans made while it was empty are made again; one that
+/// has not changed since is left alone.
+#[tokio::test]
+async fn tables_that_grew_from_nothing_are_analyzed() {
+    let schema = Schema::new().await;
+    let store = schema.store(None).await;
+    for i in 0..600 {
+        let id = format!("p-{i:03}");
+        store
+            .insert_practice(new_practice(&id, &id), false)
+            .await
+            .unwrap();
+    }
+    // The server publishes a session's table counters at most once a
+    // second: ask until the practices show, within a deadline.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let analyzed = loop {
+        let analyzed = statistics::analyze_grown(&store.inner.pool).await.unwrap();
+        if analyzed.contains(&"practices") {
+            break analyzed;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "practices never analyzed (last round: {analyzed:?})"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert!(!analyzed.contains(&"audit_log"), "{analyzed:?}");
+    let rows = tx::read(
+        &store.inner.pool,
+        "SELECT reltuples::BIGINT FROM pg_class WHERE oid = 'practices'::regclass",
+        &[],
+    )
+    .await
+    .unwrap();
+    let counted: i64 = rows[0].get(0);
+    assert_eq!(counted, 600);
+    // Analyzed just now, unchanged since: not again.
+    let again = statistics::analyze_grown(&store.inner.pool).await.unwrap();
+    assert!(!again.contains(&"practices"), "{again:?}");
 }

@@ -54,6 +54,8 @@ pub(super) struct Tx {
     /// Whether the last failure is worth running the transaction again
     /// (a deadlock or serialization failure).
     retryable: AtomicBool,
+    /// Whether the body chose to undo its work (see [`Tx::roll_back_at_end`]).
+    roll_back: AtomicBool,
     pub(super) pending: Vec<Pending>,
 }
 
@@ -83,8 +85,16 @@ impl Tx {
             begin,
             begun: AtomicBool::new(false),
             retryable: AtomicBool::new(false),
+            roll_back: AtomicBool::new(false),
             pending: Vec::new(),
         }
+    }
+
+    /// Makes the transaction end with a rollback even if its body returns
+    /// a value: for a body that finds, at its end, that what it wrote must
+    /// not stand (and says so in that value).
+    pub(super) fn roll_back_at_end(&self) {
+        self.roll_back.store(true, Ordering::Relaxed);
     }
 
     fn client(&self) -> &Object {
@@ -154,6 +164,23 @@ impl Tx {
         self.send(self.client().execute(&stmt, params)).await
     }
 
+    /// Runs `first`, then `second`, whose one row it returns, in one flight:
+    /// both are prepared before either is sent, so they leave, and run, in
+    /// this order (`second` sees what `first` did or waited for).
+    pub(super) async fn execute_then_query_one(
+        &self,
+        (first, first_params): (&str, Params<'_>),
+        (second, second_params): (&str, Params<'_>),
+    ) -> Result<Row, StoreError> {
+        let (first, second) = (self.statement(first).await?, self.statement(second).await?);
+        let (_, row) = try_join(
+            self.send(self.client().execute(&first, first_params)),
+            self.send(self.client().query_one(&second, second_params)),
+        )
+        .await?;
+        Ok(row)
+    }
+
     /// Ends the transaction with `result`: writes the pending records,
     /// commits, or rolls back.
     pub(super) async fn end<R>(mut self, result: Result<R, StoreError>) -> Ended<R> {
@@ -166,6 +193,13 @@ impl Tx {
             };
         }
         let outcome = match result {
+            Ok(value) if self.roll_back.load(Ordering::Relaxed) => {
+                self.pending.clear();
+                if self.client().batch_execute("ROLLBACK").await.is_ok() {
+                    self.release();
+                }
+                return Ended::Done(Ok((value, false)));
+            }
             Ok(value) => self
                 .write_pending_and_commit()
                 .await
