@@ -10,7 +10,6 @@ use crate::domain::practice::NewPractice;
 use crate::store::sqlite::rows::{CLAIMED_JOB_COLUMNS, DEAD_LETTER_SQL, ms, parse};
 use crate::store::{ClaimedJob, ClaimedWork, DeadLetter, InsertOutcome, Lease, StoreError};
 use chrono::{DateTime, Utc};
-use futures::future::try_join;
 use raccordo_adapters::adapter::{Correlation, InboundOutcome, InboundResult};
 use raccordo_domain::job::AttemptResult;
 use raccordo_domain::plan::{self, JobSnapshot, PracticeState, Withdrawal};
@@ -53,18 +52,15 @@ pub(super) async fn insert_new(
     lease: Option<(&Lease, u32)>,
 ) -> Result<Option<(InsertOutcome, Option<ClaimedJob>)>, StoreError> {
     let now = Utc::now();
-    let (found, lease) = match lease {
+    // A repeated key is found by the insert below (it inserts nothing):
+    // no look-up before it, which new submissions would all pay.
+    let lease = match lease {
         Some((lease, max_in_flight)) => {
-            let (found, in_flight) =
-                try_join(existing(tx, new), cluster::in_flight(tx, &new.adapter, now)).await?;
-            let free = in_flight < i64::from(max_in_flight);
-            (found, free.then_some((lease, max_in_flight)))
+            let in_flight = cluster::in_flight(tx, &new.adapter, now).await?;
+            (in_flight < i64::from(max_in_flight)).then_some((lease, max_in_flight))
         }
-        None => (existing(tx, new).await?, None),
+        None => None,
     };
-    if let Some(found) = found {
-        return Ok(Some((found, None)));
-    }
     let claim = lease.is_some();
     let operation_id = uuid::Uuid::now_v7().to_string();
     let plan = plan::plan_submission(new, &operation_id, claim);
@@ -131,6 +127,7 @@ pub(super) async fn insert_new(
         last_sequence: 0,
         stored_sequence: first_events,
         state: plan.state.clone(),
+        new_job_lease: lease.map(|(lease, _)| (lease.owner.clone(), ms(lease.until(now)))),
     };
     let job = plan
         .new_job
@@ -148,8 +145,7 @@ pub(super) async fn insert_new(
             owner: lease.owner.clone(),
         });
     state::persist(tx, &mut loaded, plan, new.received_at).await?;
-    if let (Some(job), Some((lease, max_in_flight))) = (&job, lease) {
-        leases::take(tx, &job.operation_id, lease, Utc::now()).await?;
+    if let (Some(_), Some((_, max_in_flight))) = (&job, lease) {
         if !cluster::within_limit(tx, &new.adapter, now, max_in_flight).await? {
             tx.roll_back_at_end();
             return Ok(None);

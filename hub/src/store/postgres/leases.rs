@@ -6,26 +6,11 @@
 use super::state;
 use super::tx::{Tx, col};
 use crate::store::sqlite::rows::{CLAIMED_JOB_COLUMNS, ms, parse};
-use crate::store::{AttemptResult, ClaimedJob, ExpiredLeases, JobState, Lease, StoreError};
+use crate::store::{AttemptResult, ClaimedJob, ExpiredLeases, JobState, StoreError};
 use chrono::{DateTime, Utc};
 use raccordo_adapters::{DeliveryError, FailureClass};
 use raccordo_domain::plan;
 use raccordo_domain::retry::RetryDecision;
-
-/// Puts the job `operation_id`, just stored in flight, under `lease`.
-pub(super) async fn take(
-    tx: &Tx,
-    operation_id: &str,
-    lease: &Lease,
-    now: DateTime<Utc>,
-) -> Result<(), StoreError> {
-    tx.execute(
-        "UPDATE jobs SET lease_owner = $1, lease_expires_at = $2 WHERE operation_id = $3",
-        &[&lease.owner, &ms(lease.until(now)), &operation_id],
-    )
-    .await?;
-    Ok(())
-}
 
 /// Extends `owner`'s leases on `ids` to `until`; returns the operations it
 /// still held. A lease that ran out is lost even before a sweep ends it.

@@ -22,6 +22,9 @@ pub(super) struct Loaded {
     /// `last_sequence` as the row holds it.
     pub stored_sequence: i64,
     pub state: PracticeState,
+    /// The lease (owner, expiry in ms) a job this change stores in flight
+    /// is taken under: a submission claiming its own delivery.
+    pub new_job_lease: Option<(String, i64)>,
 }
 
 /// Loads practice `practice_id` for a change and locks its row until the
@@ -57,6 +60,7 @@ pub(super) async fn load(tx: &Tx, practice_id: &str) -> Result<Loaded, StoreErro
             current_operation_id: col(&row, 6)?,
             legal_term_days: col::<i64>(&row, 8)? as u32,
         },
+        new_job_lease: None,
     })
 }
 
@@ -76,17 +80,25 @@ pub(super) async fn persist(
     if let Some(job) = &plan.new_job {
         insert_job(tx, loaded, job, now).await?;
     }
-    for r in &plan.references {
+    if !plan.references.is_empty() {
+        let refs = &plan.references;
+        let kinds: Vec<&str> = refs.iter().map(|r| r.kind.as_str()).collect();
+        let values: Vec<&str> = refs.iter().map(|r| r.value.as_str()).collect();
+        let systems: Vec<&str> = refs.iter().map(|r| r.system.as_str()).collect();
+        let issued: Vec<Option<i64>> = refs.iter().map(|r| r.issued_at.map(ms)).collect();
         tx.execute(
             "INSERT INTO external_refs (practice_id, tenant_id, kind, value, system, issued_at)
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+             SELECT $1, $2, r.kind, r.value, r.system, r.issued_at
+             FROM unnest($3::TEXT[], $4::TEXT[], $5::TEXT[], $6::BIGINT[])
+                AS r(kind, value, system, issued_at)
+             ON CONFLICT DO NOTHING",
             &[
                 &loaded.id,
                 &loaded.tenant_id,
-                &r.kind,
-                &r.value,
-                &r.system,
-                &r.issued_at.map(ms),
+                &kinds,
+                &values,
+                &systems,
+                &issued,
             ],
         )
         .await?;
@@ -215,10 +227,16 @@ async fn insert_job(
     job: &NewJob,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
+    let (lease_owner, lease_expires_at) = loaded
+        .new_job_lease
+        .as_ref()
+        .map(|(owner, until)| (Some(owner.as_str()), Some(*until)))
+        .unwrap_or_default();
     tx.execute(
         "INSERT INTO jobs (operation_id, practice_id, tenant_id, adapter, operation, state, attempts,
-            max_attempts, next_attempt_at, created_at, updated_at, traceparent)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11)",
+            max_attempts, next_attempt_at, created_at, updated_at, traceparent, lease_owner,
+            lease_expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11, $12, $13)",
         &[
             &job.operation_id,
             &loaded.id,
@@ -231,6 +249,8 @@ async fn insert_job(
             &ms(job.next_attempt_at),
             &ms(now),
             &job.traceparent,
+            &lease_owner,
+            &lease_expires_at,
         ],
     )
     .await?;
