@@ -7,6 +7,7 @@ use crate::domain::practice::{Event, EventDraft};
 use crate::store::StoreError;
 use crate::store::sqlite::rows::{from_ms, ms, parse};
 use chrono::{DateTime, Utc};
+use raccordo_domain::audit::{REFERENCES_ACTION, ReferenceRecord, references_detail};
 use raccordo_domain::plan::{ErrorChange, JobUpdate, NewJob, OutcomeChange, Plan, PracticeState};
 use raccordo_domain::status::DeliveryStatus;
 
@@ -76,20 +77,42 @@ pub(super) async fn persist(
     if let Some(job) = &plan.new_job {
         insert_job(tx, loaded, job, now).await?;
     }
+    // The references added (one already stored is kept as it was) are
+    // recorded in the audit trail with the change.
+    let mut added = Vec::new();
     for r in &plan.references {
-        tx.execute(
-            "INSERT INTO external_refs (practice_id, tenant_id, kind, value, system, issued_at)
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-            &[
-                &loaded.id,
-                &loaded.tenant_id,
+        let inserted = tx
+            .execute(
+                "INSERT INTO external_refs (practice_id, tenant_id, kind, value, system, issued_at)
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+                &[
+                    &loaded.id,
+                    &loaded.tenant_id,
+                    &r.kind,
+                    &r.value,
+                    &r.system,
+                    &r.issued_at.map(ms),
+                ],
+            )
+            .await?;
+        if inserted > 0 {
+            added.push(ReferenceRecord::new(
                 &r.kind,
                 &r.value,
                 &r.system,
-                &r.issued_at.map(ms),
-            ],
-        )
-        .await?;
+                r.issued_at.map(ms),
+            ));
+        }
+    }
+    if !added.is_empty() {
+        tx.pending.push(Pending::Audit {
+            tenant_id: loaded.tenant_id.clone(),
+            recorded_at: ms(now),
+            actor: "hub".into(),
+            action: REFERENCES_ACTION.into(),
+            practice_id: Some(loaded.id.clone()),
+            detail: references_detail(&added),
+        });
     }
     for doc in &plan.documents {
         // The same document reported twice (a re-sent result) is stored
