@@ -55,7 +55,7 @@ fn named(report: &AuditReport) -> Vec<(&str, &str)> {
 
 pub(super) async fn an_untouched_store_verifies_with_every_practice_as_recorded(b: &Backend) {
     three_practices(b).await;
-    let report = (b.verify_audit)();
+    let report = (b.verify_audit)(None);
     assert!(report.is_intact(), "{report:?}");
     assert_eq!((report.practices, report.not_compared), (3, 0));
 }
@@ -108,7 +108,7 @@ pub(super) async fn an_edited_practice_row_is_named_with_its_field(b: &Backend) 
     ];
     for (edit, expected, undo) in edits {
         (b.sql)(edit);
-        let report = (b.verify_audit)();
+        let report = (b.verify_audit)(None);
         assert!(report.breaks.is_empty(), "{edit}: the chain is intact");
         assert_eq!(named(&report), [expected], "{edit}: {report:?}");
         assert_eq!(report.differences[0].tenant_id, TENANT);
@@ -117,15 +117,27 @@ pub(super) async fn an_edited_practice_row_is_named_with_its_field(b: &Backend) 
             "no fiscal code in the report: {report:?}"
         );
         (b.sql)(undo);
-        let report = (b.verify_audit)();
+        let report = (b.verify_audit)(None);
         assert!(report.is_intact(), "{undo}: {report:?}");
     }
+    // One tenant's verification finds a practice moved out of it by its
+    // records, and the other tenant's finds it unknown to its trail.
+    (b.sql)("UPDATE practices SET tenant_id = '016091' WHERE id = 'p-2'");
+    let report = (b.verify_audit)(Some(TENANT));
+    assert_eq!(named(&report), [("p-2", "tenant_id")], "{report:?}");
+    let report = (b.verify_audit)(Some(OTHER_TENANT));
+    assert_eq!(named(&report), [("p-2", "practice")], "{report:?}");
+    assert_eq!(report.differences[0].tenant_id, OTHER_TENANT);
+    (b.sql)("UPDATE practices SET tenant_id = '016024' WHERE id = 'p-2'");
+    assert!((b.verify_audit)(Some(TENANT)).is_intact());
+    assert!((b.verify_audit)(Some(OTHER_TENANT)).is_intact());
+
     // A status and its outcome edited together, consistently with each
     // other, still differ from the records.
     (b.sql)(
         "UPDATE practices SET status = 'REJECTED', outcome_status = 'REJECTED' WHERE id = 'p-1'",
     );
-    let report = (b.verify_audit)();
+    let report = (b.verify_audit)(None);
     assert_eq!(
         named(&report),
         [("p-1", "status"), ("p-1", "outcome_status")],
@@ -140,7 +152,7 @@ pub(super) async fn an_edited_practice_row_is_named_with_its_field(b: &Backend) 
 pub(super) async fn a_removed_reference_or_a_made_up_row_is_named(b: &Backend) {
     three_practices(b).await;
     (b.sql)("DELETE FROM external_refs WHERE practice_id = 'p-1'");
-    let report = (b.verify_audit)();
+    let report = (b.verify_audit)(None);
     assert_eq!(named(&report), [("p-1", "external_refs")], "{report:?}");
     // One no record names is not a difference (an earlier version stores
     // references without recording them); the recorded one is still missing.
@@ -148,7 +160,7 @@ pub(super) async fn a_removed_reference_or_a_made_up_row_is_named(b: &Backend) {
         "INSERT INTO external_refs (practice_id, tenant_id, kind, value, system)
          VALUES ('p-1', '016024', 'protocol', '2026/999', 'tributi')",
     );
-    let report = (b.verify_audit)();
+    let report = (b.verify_audit)(None);
     assert_eq!(named(&report), [("p-1", "external_refs")], "{report:?}");
     assert!(
         report.differences[0].reason.contains(r#""2026/123""#),
@@ -161,7 +173,7 @@ pub(super) async fn a_removed_reference_or_a_made_up_row_is_named(b: &Backend) {
          VALUES ('p-9', '016024', 'TARI', 'VRDLGU80A01F205X', 'k-9', 'h', '{}', 'APPROVED',
             'deferred', 0, 30, 0)",
     );
-    let report = (b.verify_audit)();
+    let report = (b.verify_audit)(None);
     assert_eq!(
         named(&report),
         [("p-1", "external_refs"), ("p-9", "practice")],

@@ -25,11 +25,16 @@ use chrono::{DateTime, SubsecRound, Utc};
 use raccordo_adapters::model::{Applicant, ChannelInfo, Document, Person, Subject};
 use std::sync::Arc;
 
+/// `raccordo audit verify` on a backend's database, for every tenant (`None`)
+/// or one.
+pub(crate) type VerifyAudit = dyn Fn(Option<&str>) -> AuditReport + Send + Sync;
+
 /// One backend under test, open on a fresh, empty database.
 pub(crate) struct Backend {
     pub store: Arc<dyn Store>,
-    /// Verifies every audit chain and every practice's state against it.
-    pub verify_audit: Box<dyn Fn() -> AuditReport + Send + Sync>,
+    /// Verifies every audit chain (or one tenant's) and the state of the
+    /// practices against it.
+    pub verify_audit: Box<VerifyAudit>,
     /// Runs SQL on the database directly, past the store: what someone
     /// with access to the database could do.
     pub sql: Box<dyn Fn(&str) + Send + Sync>,
@@ -244,7 +249,7 @@ store_contract!(sqlite, || async {
     let db = path.clone();
     crate::store::contract::Backend {
         store: Arc::new(store),
-        verify_audit: Box::new(move || SqliteStore::verify_audit(&path, None).unwrap()),
+        verify_audit: Box::new(move |tenant| SqliteStore::verify_audit(&path, tenant).unwrap()),
         sql: Box::new(move |sql| {
             let conn = rusqlite::Connection::open(&db).unwrap();
             conn.busy_timeout(std::time::Duration::from_secs(10))
@@ -286,8 +291,9 @@ store_contract!(postgres, || async {
         }),
         // The contract verifies from synchronous code: on a thread of its
         // own, with a runtime and a connection of its own.
-        verify_audit: Box::new(move || {
+        verify_audit: Box::new(move |tenant| {
             let search_path = search_path.clone();
+            let tenant = tenant.map(str::to_string);
             std::thread::spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -302,7 +308,7 @@ store_contract!(postgres, || async {
                     PgStore::connect(&url, &opts, None)
                         .await
                         .unwrap()
-                        .verify_audit(None)
+                        .verify_audit(tenant.as_deref())
                         .await
                         .unwrap()
                 })

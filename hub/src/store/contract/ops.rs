@@ -153,7 +153,7 @@ pub(super) async fn audit_records_join_the_tenants_chain_without_events(b: &Back
         cursor + 2,
         "audit records are not practice events"
     );
-    let report = (b.verify_audit)();
+    let report = (b.verify_audit)(None);
     assert!(report.is_intact(), "{report:?}");
     assert_eq!(
         report.records,

@@ -514,6 +514,14 @@ async fn rows_an_instance_left_unsequenced_are_sequenced_by_another() {
         })
         .await
         .unwrap();
+    // Not linked yet: the practice is not compared with records that are
+    // not in its chain yet (its row already says what they will).
+    let before = stopped.verify_audit(None).await.unwrap();
+    assert!(before.is_intact(), "{before:?}");
+    assert_eq!(
+        (before.records, before.practices, before.not_compared),
+        (0, 0, 1)
+    );
     let bus = EventBus::new();
     let mut live = bus.subscribe();
     // No commit of its own wakes this one: only its periodic run.
@@ -529,6 +537,7 @@ async fn rows_an_instance_left_unsequenced_are_sequenced_by_another() {
     let (checked, breaks) = (report.records, report.breaks);
     assert!(breaks.is_empty(), "{breaks:?}");
     assert_eq!(checked, 3, "two events and the refused call");
+    assert_eq!((report.practices, report.not_compared), (1, 0));
 }
 
 /// Work queued on one instance wakes the adapter's worker on another.
