@@ -201,8 +201,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
 
     let (stop, stop_rx) = oneshot::channel::<()>();
     let grace = config.hub.shutdown_grace;
-    let max_message =
-        config.limits.max_total_attachment_bytes + config.limits.max_data_bytes + (1 << 20);
+    let max_message = config.max_submit_request_bytes();
     let task = tokio::spawn(serve(
         Arc::clone(&service),
         sink,
@@ -296,6 +295,11 @@ async fn serve(
         ))
         .layer(crate::trace::TraceContextLayer)
         .layer(auth_layer)
+        // After authentication: only a known caller's request holds bytes
+        // of the budget, and a refused one is never read.
+        .layer(crate::grpc::budget::ByteBudgetLayer::new(
+            config.max_in_flight_request_bytes(),
+        ))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -1,6 +1,7 @@
 //! Load shedding over the real gRPC stack: calls in progress past
-//! `hub.max_calls_in_progress` and watch streams past
-//! `hub.max_watch_streams_per_client` are refused at once.
+//! `hub.max_calls_in_progress`, watch streams past
+//! `hub.max_watch_streams_per_client` and request bytes past
+//! `hub.max_in_flight_request_bytes` are refused at once.
 
 use crate::support::*;
 use raccordo_proto::v1 as pb;
@@ -99,6 +100,104 @@ async fn calls_beyond_the_limit_are_refused_at_once_with_a_retry_hint() {
         pb::AdministrativeStatus::Approved as i32
     );
     drop(watch);
+    hub.stop().await;
+}
+
+/// A certificate request carrying `bytes` of attachment.
+fn large_request(key: &str, bytes: usize) -> pb::SubmitPracticeRequest {
+    let mut r = cert_request("016024", key);
+    r.attachments.push(pb::Attachment {
+        name: "planimetria.pdf".into(),
+        media_type: "application/pdf".into(),
+        content: vec![b'x'; bytes],
+        ..Default::default()
+    });
+    r
+}
+
+#[tokio::test]
+async fn requests_beyond_the_byte_budget_are_refused_until_others_complete() {
+    const ATTACHMENT: usize = 700_000;
+    let vendor = Vendor::start().await;
+    let mut options = HubOptions::new(&vendor.url());
+    // Room for three such requests in progress, not four; the limits let
+    // one request of the largest size fit.
+    options.hub_toml = "max_in_flight_request_bytes = 2200000".into();
+    options.extra_toml = "[limits]\nmax_attachment_bytes = 1048576\n\
+                          max_total_attachment_bytes = 1048576\nmax_data_bytes = 65536\n"
+        .into();
+    let mut hub = start_hub(options).await;
+
+    vendor.hold();
+    let held: Vec<_> = (0..3)
+        .map(|i| {
+            let mut client = hub.practices.clone();
+            tokio::spawn(async move {
+                client
+                    .submit_practice(large_request(&format!("held-{i}"), ATTACHMENT))
+                    .await
+            })
+        })
+        .collect();
+    eventually("three large submissions waiting on the vendor", || async {
+        (vendor.held() == 3).then_some(())
+    })
+    .await;
+
+    // Three more at once: none fits beside the three in progress.
+    let over: Vec<_> = (0..3)
+        .map(|i| {
+            let mut client = hub.practices.clone();
+            tokio::spawn(async move {
+                client
+                    .submit_practice(large_request(&format!("over-{i}"), ATTACHMENT))
+                    .await
+            })
+        })
+        .collect();
+    for call in over {
+        let refused = call.await.unwrap().unwrap_err();
+        assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+        assert!(
+            refused
+                .message()
+                .contains("exceed hub.max_in_flight_request_bytes (2200000)"),
+            "{}",
+            refused.message()
+        );
+        assert_eq!(
+            refused
+                .get_details_retry_info()
+                .expect("a google.rpc.RetryInfo")
+                .retry_delay,
+            Some(Duration::from_secs(1))
+        );
+    }
+    // Small calls still fit in what is left.
+    hub.catalog
+        .list_services(pb::ListServicesRequest {
+            tenant_id: "016024".into(),
+        })
+        .await
+        .expect("a small call is served while the budget is nearly spent");
+    assert_eq!(vendor.held(), 3, "the refused requests reached no vendor");
+
+    vendor.release();
+    for call in held {
+        let reply = call.await.unwrap().expect("a held submission completes");
+        assert_eq!(
+            reply.into_inner().practice.unwrap().status,
+            pb::AdministrativeStatus::Approved as i32
+        );
+    }
+    // The budget came back: a refused request's retry is served.
+    let again = hub
+        .practices
+        .submit_practice(large_request("over-0", ATTACHMENT))
+        .await
+        .expect("served once the others completed")
+        .into_inner();
+    assert!(!again.duplicate, "the refused request stored nothing");
     hub.stop().await;
 }
 

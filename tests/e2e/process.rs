@@ -156,7 +156,8 @@ fn check_names_the_file_and_the_key_of_each_problem() {
         )
         .replace(
             "shutdown_grace = \"2s\"",
-            "shutdown_grace = \"2s\"\nmax_calls_in_progress = 0\nmax_watch_streams_per_client = 0",
+            "shutdown_grace = \"2s\"\nmax_calls_in_progress = 0\nmax_watch_streams_per_client = 0\n\
+             max_in_flight_request_bytes = 1000",
         ) + "\n[store]\nwrite_queue = 0\n";
     let (ok, err) = check(&broken);
     assert!(!ok);
@@ -168,6 +169,7 @@ fn check_names_the_file_and_the_key_of_each_problem() {
         "delivery.lease: must be at least 1s",
         "hub.max_calls_in_progress: must be at least 1",
         "hub.max_watch_streams_per_client: must be at least 1",
+        "hub.max_in_flight_request_bytes: is 1000, less than the largest SubmitPractice request",
         "store.write_queue: must be at least 1",
     ] {
         assert!(err.contains(needle), "missing «{needle}» in:\n{err}");

@@ -806,6 +806,48 @@ async fn the_audit_chain_verifies_and_an_edited_record_is_found() {
     assert_eq!(lines[0]["detail"]["to_status"], "SUBMITTED");
     assert_eq!(lines[1]["prev_hash"], lines[0]["hash"]);
 
+    // Someone edits the practice's row, not its records: the chain holds,
+    // and the practice and the field that differ from it are named.
+    let conn = rusqlite::Connection::open(dir.join("data/raccordo.db")).unwrap();
+    for (edit, field, undo) in [
+        (
+            "UPDATE practices SET status = 'REJECTED' WHERE id = ?1",
+            "status",
+            "UPDATE practices SET status = 'APPROVED' WHERE id = ?1",
+        ),
+        (
+            "UPDATE practices SET applicant_id = 'VRDLGU80A01F205X' WHERE id = ?1",
+            "applicant_id",
+            "UPDATE practices SET applicant_id = 'RSSMRA45D25F205N' WHERE id = ?1",
+        ),
+    ] {
+        assert_eq!(conn.execute(edit, [&p.id]).unwrap(), 1, "{edit}");
+        let differs = audit_cli(&dir, &["verify"]);
+        assert!(!differs.status.success(), "{edit}");
+        let out = String::from_utf8_lossy(&differs.stdout);
+        assert!(
+            out.contains(&format!(
+                "tenant 016024: practice {}: {field} differs from its audit trail",
+                p.id
+            )) && !out.contains("chain broken")
+                && !out.contains("VRDLGU80A01F205X"),
+            "{edit}: {out}"
+        );
+        assert!(
+            String::from_utf8_lossy(&differs.stderr).contains("1 stored field(s) differ"),
+            "{}",
+            String::from_utf8_lossy(&differs.stderr)
+        );
+        conn.execute(undo, [&p.id]).unwrap();
+        let ok = audit_cli(&dir, &["verify"]);
+        assert!(
+            ok.status.success(),
+            "{undo}: {}",
+            String::from_utf8_lossy(&ok.stdout)
+        );
+    }
+    drop(conn);
+
     // Someone edits one record in the database: the chain breaks there.
     // Record 2 is an event of the practice, which is its own audit record.
     let conn = rusqlite::Connection::open(dir.join("data/raccordo.db")).unwrap();

@@ -229,8 +229,11 @@ pub enum RouteCommand {
 /// `raccordo audit …`
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Recompute every record's hash; report the first broken link of each
-    /// tenant's chain. Exits non-zero if any chain is broken.
+    /// Recompute every record's hash and report the first broken link of
+    /// each tenant's chain; compare each practice's stored status,
+    /// applicant, tenant, outcome and references with what its records
+    /// say, and name each practice and field that differ. Exits non-zero
+    /// if anything does not verify.
     Verify {
         /// Configuration file (TOML): locates the database.
         #[arg(long, short, env = "RACCORDO_CONFIG")]
@@ -363,7 +366,7 @@ async fn audit(command: AuditCommand) -> anyhow::Result<()> {
     match command {
         AuditCommand::Verify { config, tenant } => {
             let cfg = crate::config::load(&config)?;
-            let (checked, breaks) = match cfg.store.kind {
+            let report = match cfg.store.kind {
                 crate::config::StoreKind::Sqlite => {
                     SqliteStore::verify_audit(&cfg.database_path(), tenant.as_deref())?
                 }
@@ -374,17 +377,21 @@ async fn audit(command: AuditCommand) -> anyhow::Result<()> {
                         .await?
                 }
             };
-            if breaks.is_empty() {
-                println!("audit trail intact: {checked} record(s) verified");
+            print_audit_report(&report);
+            if report.is_intact() {
                 return Ok(());
             }
-            for b in &breaks {
-                println!(
-                    "tenant {}: chain broken at record {}: {}",
-                    b.tenant_id, b.seq, b.reason
-                );
+            let mut failed = Vec::new();
+            if !report.breaks.is_empty() {
+                failed.push(format!("{} audit chain(s) broken", report.breaks.len()));
             }
-            anyhow::bail!("{} audit chain(s) broken", breaks.len())
+            if !report.differences.is_empty() {
+                failed.push(format!(
+                    "{} stored field(s) differ from the audit trail",
+                    report.differences.len()
+                ));
+            }
+            anyhow::bail!("{}", failed.join("; "))
         }
         AuditCommand::Export {
             config,
@@ -421,6 +428,36 @@ async fn audit(command: AuditCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+/// What `raccordo audit verify` prints: one line per broken chain and per
+/// practice field that differs from its records, or that all is intact.
+fn print_audit_report(report: &crate::store::AuditReport) {
+    for b in &report.breaks {
+        println!(
+            "tenant {}: chain broken at record {}: {}",
+            b.tenant_id, b.seq, b.reason
+        );
+    }
+    for d in &report.differences {
+        println!(
+            "tenant {}: practice {}: {} differs from its audit trail: {}",
+            d.tenant_id, d.practice_id, d.field, d.reason
+        );
+    }
+    if report.is_intact() {
+        let not_compared = match report.not_compared {
+            0 => String::new(),
+            n => format!(
+                " ({n} not compared: stored before the trail covered their events, \
+                 or their newest records are not linked yet)"
+            ),
+        };
+        println!(
+            "audit trail intact: {} record(s) verified, {} practice(s) as recorded{not_compared}",
+            report.records, report.practices
+        );
     }
 }
 

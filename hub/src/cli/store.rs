@@ -190,16 +190,12 @@ pub(super) async fn copy(from: &str, to: &str, replace: bool) -> anyhow::Result<
         );
     }
     // A trail broken before the copy would fail the check after it.
-    let (records, breaks) =
-        crate::store::sqlite::SqliteStore::verify_audit(&db, None).context("--from")?;
-    if let Some(b) = breaks.first() {
+    let source = crate::store::sqlite::SqliteStore::verify_audit(&db, None).context("--from")?;
+    if let Some(problem) = first_problem(&source) {
         bail!(
-            "--from: the audit trail of {} does not verify (tenant {}, record {}: {}): \
-             `raccordo audit verify` lists every break; nothing was copied",
+            "--from: the audit trail of {} does not verify ({problem}): \
+             `raccordo audit verify` lists every problem; nothing was copied",
             db.display(),
-            b.tenant_id,
-            b.seq,
-            b.reason
         );
     }
     let target = PgStore::open(&url, &opts, None, None)
@@ -214,16 +210,33 @@ pub(super) async fn copy(from: &str, to: &str, replace: bool) -> anyhow::Result<
         println!("  {table:<17} {rows:>9} rows (same in source and target)");
     }
     println!("  event cursor counter set to {}", report.event_cursor);
-    let (checked, breaks) = target.verify_audit(None).await?;
-    if let Some(b) = breaks.first() {
+    let copied = target.verify_audit(None).await?;
+    if let Some(problem) = first_problem(&copied) {
         bail!(
-            "the copy is committed but its audit trail does not verify on PostgreSQL (tenant {}, \
-             record {}: {}); {records} record(s) verified on the source",
-            b.tenant_id,
-            b.seq,
-            b.reason
+            "the copy is committed but its audit trail does not verify on PostgreSQL ({problem}); \
+             {} record(s) verified on the source",
+            source.records
         );
     }
-    println!("audit trail intact on the target: {checked} record(s) verified");
+    println!(
+        "audit trail intact on the target: {} record(s) verified, {} practice(s) as recorded",
+        copied.records, copied.practices
+    );
     Ok(())
+}
+
+/// The first broken chain or differing practice of `report`, in words.
+fn first_problem(report: &crate::store::AuditReport) -> Option<String> {
+    if let Some(b) = report.breaks.first() {
+        return Some(format!(
+            "tenant {}, record {}: {}",
+            b.tenant_id, b.seq, b.reason
+        ));
+    }
+    report.differences.first().map(|d| {
+        format!(
+            "tenant {}, practice {}: {} differs from its audit trail: {}",
+            d.tenant_id, d.practice_id, d.field, d.reason
+        )
+    })
 }

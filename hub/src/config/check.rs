@@ -85,6 +85,19 @@ pub fn check(cfg: &Config) -> Vec<ConfigIssue> {
             );
         }
     }
+    if let Some(budget) = cfg.hub.max_in_flight_request_bytes
+        && budget < cfg.max_submit_request_bytes()
+    {
+        add(
+            "hub.max_in_flight_request_bytes".into(),
+            format!(
+                "is {budget}, less than the largest SubmitPractice request the [limits] allow \
+                 ({} bytes: limits.max_total_attachment_bytes + limits.max_data_bytes + 1 MiB), \
+                 which would always be refused: raise it or lower the limits",
+                cfg.max_submit_request_bytes()
+            ),
+        );
+    }
     for code in cfg.tenants.keys() {
         if !is_istat_code(code) {
             add(

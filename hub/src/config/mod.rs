@@ -102,7 +102,18 @@ pub struct HubConfig {
     /// at once.
     #[serde(default = "default_max_watch_streams_per_client")]
     pub max_watch_streams_per_client: usize,
+    /// Bytes of request messages all calls in progress may hold together;
+    /// a call that would pass it is refused at once with
+    /// `RESOURCE_EXHAUSTED`. Unset: [`DEFAULT_MAX_IN_FLIGHT_REQUEST_BYTES`],
+    /// or the largest `SubmitPractice` request if that is larger (see
+    /// [`Config::max_in_flight_request_bytes`]).
+    #[serde(default)]
+    pub max_in_flight_request_bytes: Option<usize>,
 }
+
+/// `hub.max_in_flight_request_bytes` when unset: room for two of the
+/// largest submissions the default `[limits]` allow, and many small calls.
+pub const DEFAULT_MAX_IN_FLIGHT_REQUEST_BYTES: usize = 64 * 1024 * 1024;
 
 impl Default for HubConfig {
     fn default() -> Self {
@@ -113,6 +124,7 @@ impl Default for HubConfig {
             shutdown_grace: default_shutdown_grace(),
             max_calls_in_progress: default_max_calls_in_progress(),
             max_watch_streams_per_client: default_max_watch_streams_per_client(),
+            max_in_flight_request_bytes: None,
             tls: None,
             allow_plaintext: false,
         }
@@ -649,5 +661,22 @@ impl Config {
         self.base_dir
             .join(&self.hub.data_dir)
             .join(&self.store.file)
+    }
+
+    /// The largest `SubmitPractice` request accepted on the wire: every
+    /// attachment and the form data at their limits, and 1 MiB for the rest.
+    pub fn max_submit_request_bytes(&self) -> usize {
+        self.limits
+            .max_total_attachment_bytes
+            .saturating_add(self.limits.max_data_bytes)
+            .saturating_add(1 << 20)
+    }
+
+    /// `hub.max_in_flight_request_bytes`, or when unset the default, raised
+    /// to the largest `SubmitPractice` request so that one always fits.
+    pub fn max_in_flight_request_bytes(&self) -> usize {
+        self.hub.max_in_flight_request_bytes.unwrap_or_else(|| {
+            DEFAULT_MAX_IN_FLIGHT_REQUEST_BYTES.max(self.max_submit_request_bytes())
+        })
     }
 }

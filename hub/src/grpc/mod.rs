@@ -1,6 +1,7 @@
 //! The gRPC face: decode, call the practice service, encode. Nothing else.
 
 pub mod admission;
+pub mod budget;
 pub mod convert;
 pub mod error;
 pub mod malformed;

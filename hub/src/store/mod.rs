@@ -24,6 +24,7 @@ use chrono::{DateTime, Utc};
 use raccordo_adapters::adapter::{InboundOutcome, InboundResult};
 use raccordo_adapters::model::{AdminStatus, Document, Operation};
 use raccordo_adapters::{DeliveryError, VendorReply};
+pub use raccordo_domain::audit::state::StateDifference;
 pub use raccordo_domain::job::{AttemptResult, ClaimedJob, JobState};
 pub use raccordo_domain::plan::Withdrawal;
 
@@ -488,4 +489,29 @@ pub struct AuditBreak {
     /// The first record that does not verify.
     pub seq: i64,
     pub reason: String,
+}
+
+/// What `raccordo audit verify` found: the chains' links, and each
+/// practice's stored state against what its records say.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditReport {
+    /// Records whose links were checked.
+    pub records: u64,
+    /// The first broken link of each broken chain.
+    pub breaks: Vec<AuditBreak>,
+    /// Practices whose row was compared with their records.
+    pub practices: u64,
+    /// Practices not compared: in a broken chain, stored before the trail
+    /// covered their events, or (PostgreSQL) with records not linked yet.
+    pub not_compared: u64,
+    /// Every stored field that differs from what its practice's records
+    /// say, and every missing row that no purge explains.
+    pub differences: Vec<StateDifference>,
+}
+
+impl AuditReport {
+    /// Whether every chain verified and every practice is as recorded.
+    pub fn is_intact(&self) -> bool {
+        self.breaks.is_empty() && self.differences.is_empty()
+    }
 }

@@ -53,6 +53,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "cluster",
         include_str!("../../migrations/0010_cluster.sql"),
     ),
+    (
+        11,
+        "event_audit_format",
+        include_str!("../../migrations/0011_event_audit_format.sql"),
+    ),
 ];
 
 /// Applies pending migrations; returns the schema version.

@@ -8,6 +8,7 @@
 //! never by message. Backend mechanics (group commit, rollback,
 //! checkpointing) are tested next to the backend instead.
 
+mod audit;
 mod cluster;
 mod events;
 mod inbound;
@@ -17,18 +18,26 @@ mod outbox;
 mod practices;
 mod withdraw;
 
-use super::{AuditBreak, ClaimedJob, InsertOutcome, Lease, Store, StoreError};
+use super::{AuditReport, ClaimedJob, InsertOutcome, Lease, Store, StoreError};
 use crate::config::Mode;
 use crate::domain::practice::{Event, NewPractice, Practice, PracticeContent};
 use chrono::{DateTime, SubsecRound, Utc};
 use raccordo_adapters::model::{Applicant, ChannelInfo, Document, Person, Subject};
 use std::sync::Arc;
 
+/// `raccordo audit verify` on a backend's database, for every tenant (`None`)
+/// or one.
+pub(crate) type VerifyAudit = dyn Fn(Option<&str>) -> AuditReport + Send + Sync;
+
 /// One backend under test, open on a fresh, empty database.
 pub(crate) struct Backend {
     pub store: Arc<dyn Store>,
-    /// Verifies every audit chain: (records checked, first break per chain).
-    pub verify_audit: Box<dyn Fn() -> (u64, Vec<AuditBreak>) + Send + Sync>,
+    /// Verifies every audit chain (or one tenant's) and the state of the
+    /// practices against it.
+    pub verify_audit: Box<VerifyAudit>,
+    /// Runs SQL on the database directly, past the store: what someone
+    /// with access to the database could do.
+    pub sql: Box<dyn Fn(&str) + Send + Sync>,
     /// Whatever must outlive the store (a temporary directory).
     pub _keep: Box<dyn std::any::Any + Send + Sync>,
 }
@@ -75,6 +84,9 @@ macro_rules! store_contract {
                 withdraw::withdrawing_a_concluded_practice_conflicts,
                 ops::the_snapshot_counts_the_outbox_and_the_practices,
                 ops::audit_records_join_the_tenants_chain_without_events,
+                audit::an_untouched_store_verifies_with_every_practice_as_recorded,
+                audit::an_edited_practice_row_is_named_with_its_field,
+                audit::a_removed_reference_or_a_made_up_row_is_named,
                 leases::a_claimed_job_is_not_claimable_by_another_owner_before_its_lease_runs_out,
                 leases::a_renewed_lease_holds_past_its_first_expiry,
                 leases::an_expired_lease_makes_the_delivery_outcome_unknown_once,
@@ -234,9 +246,16 @@ store_contract!(sqlite, || async {
     let store = SqliteStore::open(&path, Synchronous::Normal, 2)
         .await
         .unwrap();
+    let db = path.clone();
     crate::store::contract::Backend {
         store: Arc::new(store),
-        verify_audit: Box::new(move || SqliteStore::verify_audit(&path, None).unwrap()),
+        verify_audit: Box::new(move |tenant| SqliteStore::verify_audit(&path, tenant).unwrap()),
+        sql: Box::new(move |sql| {
+            let conn = rusqlite::Connection::open(&db).unwrap();
+            conn.busy_timeout(std::time::Duration::from_secs(10))
+                .unwrap();
+            conn.execute_batch(sql).unwrap()
+        }),
         _keep: Box::new(dir),
     }
 });
@@ -246,12 +265,35 @@ store_contract!(postgres, || async {
     let schema = crate::store::postgres::tests::Schema::new().await;
     let store = schema.store(None).await;
     let search_path = schema.name.clone();
+    let sql_path = schema.name.clone();
     crate::store::contract::Backend {
         store: Arc::new(store),
+        sql: Box::new(move |sql| {
+            let sql = format!("SET search_path TO {sql_path}; {sql}");
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    let url = crate::store::postgres::tests::test_url();
+                    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                        .await
+                        .unwrap();
+                    let conn = tokio::spawn(conn);
+                    client.batch_execute(&sql).await.unwrap();
+                    drop(client);
+                    let _ = conn.await;
+                })
+            })
+            .join()
+            .unwrap()
+        }),
         // The contract verifies from synchronous code: on a thread of its
         // own, with a runtime and a connection of its own.
-        verify_audit: Box::new(move || {
+        verify_audit: Box::new(move |tenant| {
             let search_path = search_path.clone();
+            let tenant = tenant.map(str::to_string);
             std::thread::spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -266,7 +308,7 @@ store_contract!(postgres, || async {
                     PgStore::connect(&url, &opts, None)
                         .await
                         .unwrap()
-                        .verify_audit(None)
+                        .verify_audit(tenant.as_deref())
                         .await
                         .unwrap()
                 })

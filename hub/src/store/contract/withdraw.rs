@@ -10,7 +10,7 @@ use crate::store::{AttemptResult, Withdrawal};
 use raccordo_adapters::model::{AdminStatus, Operation};
 use raccordo_adapters::{DeliveryError, FailureClass, VendorReply};
 
-fn withdrawal(id: &str, forward: bool) -> Withdrawal {
+pub(super) fn withdrawal(id: &str, forward: bool) -> Withdrawal {
     Withdrawal {
         tenant_id: TENANT.into(),
         practice_id: id.into(),

@@ -1,19 +1,40 @@
 //! The audit trail in PostgreSQL: records are linked into their tenant's
 //! chain by the sequencer, after their transaction committed (see
-//! `sequencer`); here the chains are verified. The chain itself is defined
-//! in the domain crate (`raccordo_domain::audit`). A record not yet
-//! sequenced is not part of any chain yet and is not checked.
+//! `sequencer`); here they are read and the chains verified. The chain
+//! itself is defined in the domain crate (`raccordo_domain::audit`). A
+//! record not yet sequenced is not part of any chain yet and is not
+//! checked, nor is the state of its practice.
 
 use super::tx::{Tx, col};
-use crate::store::{AuditBreak, StoreError};
-use raccordo_domain::audit::{EventAudit, GENESIS, record_hash};
-use std::collections::HashMap;
+use crate::store::audit_record::{ChainWalk, StoredAudit};
+use crate::store::{AuditReport, StoreError};
+use raccordo_domain::audit::state::PracticeRow;
+use raccordo_domain::audit::{EventAudit, REFERENCES_ACTION, ReferenceRecord};
+use std::collections::{HashMap, HashSet};
 use tokio_postgres::Row;
+
+/// The columns of an `audit_log` record, for [`log_record`].
+pub(super) const LOG_COLUMNS: &str =
+    "tenant_id, seq, recorded_at, actor, action, practice_id, detail, prev_hash, hash";
+
+/// The event columns an audit record is rebuilt from, for [`event_record`].
+pub(super) const EVENT_COLUMNS: &str =
+    "tenant_id, audit_seq, recorded_at, actor, kind, practice_id,
+    sequence, source, from_status, to_status, from_delivery, to_delivery, reason, vendor_code,
+    audit_prev_hash, audit_hash, service_code, applicant_id, audit_format";
 
 /// The audit `detail` of an event row whose columns from `at` are
 /// sequence, source, from_status, to_status, from_delivery, to_delivery,
-/// reason, vendor_code: what the sequencer hashes and the verifier checks.
-pub(super) fn event_detail(r: &Row, at: usize) -> Result<String, StoreError> {
+/// reason, vendor_code, whose practice id is at `practice_at`, and whose
+/// service_code and applicant_id are from `identity_at`, in `format`: what
+/// the sequencer hashes and the verifier checks.
+pub(super) fn event_detail(
+    r: &Row,
+    at: usize,
+    practice_at: usize,
+    identity_at: usize,
+    format: Option<i64>,
+) -> Result<String, StoreError> {
     Ok(EventAudit {
         sequence: col(r, at)?,
         source: col(r, at + 1)?,
@@ -23,123 +44,88 @@ pub(super) fn event_detail(r: &Row, at: usize) -> Result<String, StoreError> {
         to_delivery: col(r, at + 5)?,
         reason: col(r, at + 6)?,
         vendor_code: col(r, at + 7)?,
+        format: None,
+        service_code: None,
+        applicant: None,
     }
+    .in_format(
+        format,
+        col(r, practice_at)?,
+        col(r, identity_at)?,
+        col(r, identity_at + 1)?,
+    )
     .to_json())
 }
 
-/// One record of a chain, from either table.
-struct Record {
-    tenant_id: String,
-    seq: i64,
-    hash: String,
-    prev_hash: String,
-    computed: String,
+/// A record of `audit_log` ([`LOG_COLUMNS`]).
+pub(super) fn log_record(r: &Row) -> Result<StoredAudit, StoreError> {
+    Ok(StoredAudit {
+        tenant_id: col(r, 0)?,
+        seq: col(r, 1)?,
+        recorded_at: col(r, 2)?,
+        actor: col(r, 3)?,
+        action: col(r, 4)?,
+        practice_id: col(r, 5)?,
+        detail: col(r, 6)?,
+        prev_hash: col(r, 7)?,
+        hash: col(r, 8)?,
+        event_row: false,
+    })
 }
 
-/// Walks every chain (or `tenant`'s) in one snapshot and returns how many
-/// records were checked and the first broken link of each broken chain.
-pub(super) async fn verify(
-    tx: &Tx,
-    tenant: Option<&str>,
-) -> Result<(u64, Vec<AuditBreak>), StoreError> {
+/// An event's audit record ([`EVENT_COLUMNS`]), its detail rebuilt as it
+/// was hashed.
+pub(super) fn event_record(r: &Row) -> Result<StoredAudit, StoreError> {
+    Ok(StoredAudit {
+        tenant_id: col(r, 0)?,
+        seq: col(r, 1)?,
+        recorded_at: col(r, 2)?,
+        actor: col(r, 3)?,
+        action: col(r, 4)?,
+        practice_id: col(r, 5)?,
+        // In the format it was linked in (empty: format 1).
+        detail: event_detail(r, 6, 5, 16, col(r, 18)?)?,
+        prev_hash: col(r, 14)?,
+        hash: col(r, 15)?,
+        event_row: true,
+    })
+}
+
+/// Walks every chain (or `tenant`'s) in one snapshot: the first broken
+/// link of each broken chain, and each practice's row (of `tenant`, or
+/// with records in its chain) against what its records say.
+pub(super) async fn verify(tx: &Tx, tenant: Option<&str>) -> Result<AuditReport, StoreError> {
     let log = tx
         .query(
-            "SELECT tenant_id, seq, recorded_at, actor, action, practice_id, detail, prev_hash, hash
-             FROM audit_log WHERE ($1::TEXT IS NULL OR tenant_id = $1) AND seq IS NOT NULL",
+            &format!(
+                "SELECT {LOG_COLUMNS} FROM audit_log
+                 WHERE ($1::TEXT IS NULL OR tenant_id = $1) AND seq IS NOT NULL"
+            ),
             &[&tenant],
         )
         .await?;
     let events = tx
         .query(
-            "SELECT tenant_id, audit_seq, recorded_at, actor, kind, practice_id, sequence, source,
-                from_status, to_status, from_delivery, to_delivery, reason, vendor_code,
-                audit_prev_hash, audit_hash
-             FROM events WHERE ($1::TEXT IS NULL OR tenant_id = $1) AND audit_seq IS NOT NULL",
+            &format!(
+                "SELECT {EVENT_COLUMNS} FROM events
+                 WHERE ($1::TEXT IS NULL OR tenant_id = $1) AND audit_seq IS NOT NULL"
+            ),
             &[&tenant],
         )
         .await?;
     let mut records = Vec::with_capacity(log.len() + events.len());
     for r in &log {
-        let (tenant_id, seq, prev_hash): (String, i64, String) =
-            (col(r, 0)?, col(r, 1)?, col(r, 7)?);
-        let detail: &str = col(r, 6)?;
-        let practice_id: Option<&str> = col(r, 5)?;
-        let computed = record_hash(
-            &prev_hash,
-            &tenant_id,
-            seq,
-            col(r, 2)?,
-            col(r, 3)?,
-            col(r, 4)?,
-            practice_id,
-            detail,
-        );
-        records.push(Record {
-            tenant_id,
-            seq,
-            hash: col(r, 8)?,
-            prev_hash,
-            computed,
-        });
+        records.push(log_record(r)?);
     }
+    drop(log);
     for r in &events {
-        let (tenant_id, seq, prev_hash): (String, i64, String) =
-            (col(r, 0)?, col(r, 1)?, col(r, 14)?);
-        let detail = event_detail(r, 6)?;
-        let practice_id: Option<&str> = col(r, 5)?;
-        let computed = record_hash(
-            &prev_hash,
-            &tenant_id,
-            seq,
-            col(r, 2)?,
-            col(r, 3)?,
-            col(r, 4)?,
-            practice_id,
-            &detail,
-        );
-        records.push(Record {
-            tenant_id,
-            seq,
-            hash: col(r, 15)?,
-            prev_hash,
-            computed,
-        });
+        records.push(event_record(r)?);
     }
+    drop(events);
     records.sort_by(|a, b| (&a.tenant_id, a.seq).cmp(&(&b.tenant_id, b.seq)));
-    let checked = records.len() as u64;
-    let mut breaks: Vec<AuditBreak> = Vec::new();
-    let mut ends: HashMap<String, (i64, String)> = HashMap::new();
+    let mut walk = ChainWalk::default();
     for record in records {
-        if breaks
-            .last()
-            .is_some_and(|b| b.tenant_id == record.tenant_id)
-        {
-            continue; // the first break of a chain is the one that matters
-        }
-        let (expected_seq, expected_prev) = match ends.get(&record.tenant_id) {
-            Some((last_seq, last_hash)) => (last_seq + 1, last_hash.as_str()),
-            None => (1, GENESIS),
-        };
-        let reason = if record.seq != expected_seq {
-            Some(format!(
-                "record {expected_seq} is missing (found {} next)",
-                record.seq
-            ))
-        } else if record.prev_hash != expected_prev {
-            Some("its prev_hash does not match the previous record's hash".to_string())
-        } else if record.computed != record.hash {
-            Some("its content does not match its hash (edited)".to_string())
-        } else {
-            None
-        };
-        if let Some(reason) = reason {
-            breaks.push(AuditBreak {
-                tenant_id: record.tenant_id.clone(),
-                seq: record.seq,
-                reason,
-            });
-        }
-        ends.insert(record.tenant_id, (record.seq, record.hash));
+        walk.push(record);
     }
     // Each chain must end where its head says (records removed from the end).
     let heads = tx
@@ -148,24 +134,106 @@ pub(super) async fn verify(
              WHERE $1::TEXT IS NULL OR tenant_id = $1 ORDER BY tenant_id",
             &[&tenant],
         )
-        .await?;
-    for r in &heads {
-        let (tenant_id, head_seq, head_hash): (String, i64, String) =
-            (col(r, 0)?, col(r, 1)?, col(r, 2)?);
-        if breaks.iter().any(|b| b.tenant_id == tenant_id) {
-            continue;
-        }
-        let last = ends.get(&tenant_id);
-        let ends_at = last.map_or(0, |(s, _)| *s);
-        if last.map(|(s, h)| (*s, h.as_str())) != Some((head_seq, head_hash.as_str())) {
-            breaks.push(AuditBreak {
-                tenant_id,
-                seq: ends_at + 1,
-                reason: format!(
-                    "the chain ends at record {ends_at} but its head is record {head_seq}: records were removed"
-                ),
-            });
+        .await?
+        .iter()
+        .map(|r| Ok((col(r, 0)?, col(r, 1)?, col(r, 2)?)))
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    walk.check_heads(heads, tenant);
+    let (records, breaks, mut state) = walk.finish();
+
+    // Practices with events or references not linked yet: their rows may
+    // already show what their records will say after the next sequencer run.
+    let pending: HashSet<String> = tx
+        .query(
+            "SELECT practice_id FROM events WHERE cursor IS NULL
+             UNION SELECT practice_id FROM audit_log
+             WHERE seq IS NULL AND action = $1 AND practice_id IS NOT NULL",
+            &[&REFERENCES_ACTION],
+        )
+        .await?
+        .iter()
+        .map(|r| col(r, 0))
+        .collect::<Result<_, _>>()?;
+    let mut differences = Vec::new();
+    let rows = practice_rows(tx, "p.tenant_id = $1 OR $1 IS NULL", &tenant, &pending).await?;
+    for row in &rows {
+        differences.extend(state.compare(row));
+    }
+    drop(rows);
+    // Practices with records in the chains walked whose rows are not among
+    // those read: of another tenant now, or gone.
+    let others = state.uncompared();
+    if !others.is_empty() {
+        for row in &practice_rows(tx, "p.id = ANY($1)", &others, &pending).await? {
+            differences.extend(state.compare(row));
         }
     }
-    Ok((checked, breaks))
+    let (summary, missing) = state.finish();
+    differences.extend(missing);
+    Ok(AuditReport {
+        records,
+        breaks,
+        practices: summary.compared,
+        not_compared: summary.not_compared,
+        differences,
+    })
+}
+
+/// The rows of the practices `filter` (over `practices p`, with `$1`)
+/// selects, with their references.
+async fn practice_rows(
+    tx: &Tx,
+    filter: &str,
+    param: &(dyn tokio_postgres::types::ToSql + Sync),
+    pending: &HashSet<String>,
+) -> Result<Vec<PracticeRow>, StoreError> {
+    let mut references: HashMap<String, Vec<ReferenceRecord>> = HashMap::new();
+    for r in &tx
+        .query(
+            &format!(
+                "SELECT r.practice_id, r.kind, r.value, r.system, r.issued_at
+                 FROM external_refs r JOIN practices p ON p.id = r.practice_id WHERE {filter}"
+            ),
+            &[param],
+        )
+        .await?
+    {
+        references
+            .entry(col(r, 0)?)
+            .or_default()
+            .push(ReferenceRecord::new(
+                col(r, 1)?,
+                col(r, 2)?,
+                col(r, 3)?,
+                col(r, 4)?,
+            ));
+    }
+    tx.query(
+        &format!(
+            "SELECT p.id, p.tenant_id, p.service_code, p.applicant_id, p.status, p.outcome_status,
+                p.outcome_reason, p.outcome_vendor_code,
+                EXISTS (SELECT 1 FROM events e WHERE e.practice_id = p.id AND e.audit_seq IS NULL)
+             FROM practices p WHERE {filter} ORDER BY p.id"
+        ),
+        &[param],
+    )
+    .await?
+    .iter()
+    .map(|r| {
+        let id: String = col(r, 0)?;
+        Ok(PracticeRow {
+            tenant_id: col(r, 1)?,
+            service_code: col(r, 2)?,
+            applicant_id: col(r, 3)?,
+            status: col(r, 4)?,
+            outcome_status: col(r, 5)?,
+            outcome_reason: col(r, 6)?,
+            outcome_vendor_code: col(r, 7)?,
+            references: references.remove(&id).unwrap_or_default(),
+            unchained_events: col(r, 8)?,
+            pending_records: pending.contains(&id),
+            id,
+        })
+    })
+    .collect()
 }

@@ -571,7 +571,9 @@ mod tests {
             .unwrap();
         assert_eq!(report.event_cursor, last);
         assert_eq!(target.last_cursor().await.unwrap(), last);
-        let (checked, breaks) = target.verify_audit(None).await.unwrap();
+        let report = target.verify_audit(None).await.unwrap();
+        assert_eq!(report.differences, Vec::new());
+        let (checked, breaks) = (report.records, report.breaks);
         assert!(breaks.is_empty(), "{breaks:?}");
         assert!(checked > 0);
 
@@ -582,7 +584,9 @@ mod tests {
             .unwrap();
         let events = target.practice_events("016024", "p5", 0).await.unwrap();
         assert!(events.iter().all(|e| e.cursor > last));
-        let (_, breaks) = target.verify_audit(None).await.unwrap();
+        let report = target.verify_audit(None).await.unwrap();
+        assert_eq!(report.differences, Vec::new());
+        let (_, breaks) = (report.records, report.breaks);
         assert!(breaks.is_empty(), "{breaks:?}");
 
         // A target that holds data is refused, naming what it holds.

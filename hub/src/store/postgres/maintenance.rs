@@ -2,14 +2,13 @@
 //! demand, the audit export and the retention purge. Same behaviour and
 //! output as on SQLite (`store::sqlite::{audit, purge}`).
 
+use super::audit::{EVENT_COLUMNS, LOG_COLUMNS, event_record, log_record};
 use super::tx::{Ended, Pending, Tx, col};
 use super::{MAX_RUNS, PgStore, READ, WRITE, migrations, pool};
 use crate::store::audit_record::StoredAudit;
 use crate::store::sqlite::rows::ms;
 use crate::store::{AuditRecord, Migration, StoreError};
 use chrono::{DateTime, Utc};
-use raccordo_domain::audit::EventAudit;
-use tokio_postgres::Row;
 
 /// Candidates read per look-up, outside any transaction that locks.
 const CANDIDATES: i64 = 256;
@@ -18,51 +17,6 @@ const CANDIDATES: i64 = 256;
 /// for a short batch, so the hub's own writes to them (there should be
 /// none: they are concluded) never wait long.
 const BATCH: usize = 32;
-
-/// The event columns an audit record is rebuilt from (see [`event_record`]).
-const EVENT_AUDIT_COLUMNS: &str = "tenant_id, audit_seq, recorded_at, actor, kind, practice_id,
-    sequence, source, from_status, to_status, from_delivery, to_delivery, reason, vendor_code,
-    audit_prev_hash, audit_hash";
-
-fn log_record(r: &Row) -> Result<StoredAudit, StoreError> {
-    Ok(StoredAudit {
-        tenant_id: col(r, 0)?,
-        seq: col(r, 1)?,
-        recorded_at: col(r, 2)?,
-        actor: col(r, 3)?,
-        action: col(r, 4)?,
-        practice_id: col(r, 5)?,
-        detail: col(r, 6)?,
-        prev_hash: col(r, 7)?,
-        hash: col(r, 8)?,
-    })
-}
-
-/// An event's audit record, its detail rebuilt as it was hashed.
-fn event_record(r: &Row) -> Result<StoredAudit, StoreError> {
-    let detail = EventAudit {
-        sequence: col(r, 6)?,
-        source: col(r, 7)?,
-        from_status: col(r, 8)?,
-        to_status: col(r, 9)?,
-        from_delivery: col(r, 10)?,
-        to_delivery: col(r, 11)?,
-        reason: col(r, 12)?,
-        vendor_code: col(r, 13)?,
-    }
-    .to_json();
-    Ok(StoredAudit {
-        tenant_id: col(r, 0)?,
-        seq: col(r, 1)?,
-        recorded_at: col(r, 2)?,
-        actor: col(r, 3)?,
-        action: col(r, 4)?,
-        practice_id: col(r, 5)?,
-        detail,
-        prev_hash: col(r, 14)?,
-        hash: col(r, 15)?,
-    })
-}
 
 impl PgStore {
     /// The schema's version and the migrations a start (or `raccordo
@@ -89,13 +43,10 @@ impl PgStore {
         let range = "tenant_id = $1 AND recorded_at >= $2 AND recorded_at < $3";
         // Only records linked into their chain: one the sequencer has not
         // reached yet (a second at most while a hub runs) is not exported.
-        let log_sql = format!(
-            "SELECT tenant_id, seq, recorded_at, actor, action, practice_id, detail, prev_hash, hash
-             FROM audit_log WHERE {range} AND seq IS NOT NULL"
-        );
-        let event_sql = format!(
-            "SELECT {EVENT_AUDIT_COLUMNS} FROM events WHERE {range} AND audit_seq IS NOT NULL"
-        );
+        let log_sql =
+            format!("SELECT {LOG_COLUMNS} FROM audit_log WHERE {range} AND seq IS NOT NULL");
+        let event_sql =
+            format!("SELECT {EVENT_COLUMNS} FROM events WHERE {range} AND audit_seq IS NOT NULL");
         let mut records = in_tx!(self, READ, |tx| {
             let mut records = Vec::new();
             for r in &tx.query(&log_sql, &[&tenant, &from, &to]).await? {
@@ -206,7 +157,7 @@ async fn remove(tx: &Tx, tenant: &str, ids: &[String], cutoff: i64) -> Result<u6
     let kept = tx
         .query(
             &format!(
-                "SELECT {EVENT_AUDIT_COLUMNS} FROM events
+                "SELECT {EVENT_COLUMNS} FROM events
                  WHERE tenant_id = $1 AND practice_id = ANY($2) AND audit_seq IS NOT NULL"
             ),
             &[&tenant, &still],
@@ -272,6 +223,25 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+    /// The applicant withdrawing practice `id`.
+    fn withdrawal(id: &str) -> crate::store::Withdrawal {
+        use crate::domain::practice::{EventDraft, EventSource};
+        use raccordo_adapters::model::AdminStatus;
+        crate::store::Withdrawal {
+            tenant_id: "016024".into(),
+            practice_id: id.into(),
+            reason: None,
+            draft_actor: EventDraft::status(
+                EventSource::Applicant,
+                "applicant",
+                AdminStatus::Submitted,
+                AdminStatus::Withdrawn,
+            ),
+            forward_to: None,
+            traceparent: None,
+        }
+    }
+
     /// `raccordo purge` on PostgreSQL while the hub's instances write: both
     /// progress, every removed practice's events stay in the audit trail,
     /// which still verifies, and the export shows the purge.
@@ -286,6 +256,8 @@ mod tests {
                 .insert_practice(new_practice(&id, &id), false)
                 .await
                 .unwrap();
+            // Concluded (only concluded practices are purged), long ago.
+            store.withdraw(withdrawal(&id)).await.unwrap();
         }
         pool::connection(&store.inner.pool)
             .await
@@ -293,7 +265,9 @@ mod tests {
             .batch_execute("UPDATE practices SET concluded_at = 1000 WHERE id LIKE 'old-%'")
             .await
             .unwrap();
-        let (events_before, _) = store.verify_audit(None).await.unwrap();
+        let report = store.verify_audit(None).await.unwrap();
+        assert_eq!(report.differences, Vec::new());
+        let (events_before, _) = (report.records, report.breaks);
 
         let purging = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
@@ -348,7 +322,9 @@ mod tests {
             0
         );
 
-        let (checked, breaks) = store.verify_audit(None).await.unwrap();
+        let report = store.verify_audit(None).await.unwrap();
+        assert_eq!(report.differences, Vec::new());
+        let (checked, breaks) = (report.records, report.breaks);
         assert!(breaks.is_empty(), "{breaks:?}");
         assert!(
             checked > events_before,

@@ -23,6 +23,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "sequencer",
         include_str!("../../../migrations/postgres/0003_sequencer.sql"),
     ),
+    (
+        4,
+        "event_audit_format",
+        include_str!("../../../migrations/postgres/0004_event_audit_format.sql"),
+    ),
 ];
 
 /// The advisory lock's first key ("RACC"); the second is the schema's,

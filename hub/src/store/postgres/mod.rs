@@ -42,7 +42,7 @@ pub use feed::WorkWaker;
 pub use pool::PgOptions;
 
 use super::{
-    AttemptResult, AuditBreak, AuditEntry, ClaimedJob, ClaimedPoll, ClaimedWork, DeadLetter,
+    AttemptResult, AuditEntry, AuditReport, ClaimedJob, ClaimedPoll, ClaimedWork, DeadLetter,
     EventFilter, ExpiredLeases, InsertOutcome, Lease, OpsSnapshot, PracticeFilter, Store,
     StoreError, Withdrawal,
 };
@@ -284,12 +284,9 @@ impl PgStore {
         Ok(value)
     }
 
-    /// Checks the audit chains (or one tenant's) in one snapshot: (records
-    /// checked, first break per chain).
-    pub async fn verify_audit(
-        &self,
-        tenant: Option<&str>,
-    ) -> Result<(u64, Vec<AuditBreak>), StoreError> {
+    /// Checks the audit chains (or one tenant's) in one snapshot, and each
+    /// practice's row against what its records say.
+    pub async fn verify_audit(&self, tenant: Option<&str>) -> Result<AuditReport, StoreError> {
         in_tx!(self, READ, |tx| audit::verify(&tx, tenant).await)
     }
 

@@ -33,7 +33,7 @@ use super::pool;
 use super::tx::{Ended, Tx, col};
 use crate::store::StoreError;
 use deadpool_postgres::Pool;
-use raccordo_domain::audit::{next_link, record_hash};
+use raccordo_domain::audit::{EVENT_FORMAT, next_link, record_hash};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -173,7 +173,8 @@ async fn assign(tx: &Tx) -> Result<(u64, bool), StoreError> {
     let events = tx
         .query(
             "SELECT id, tenant_id, recorded_at, actor, kind, practice_id, sequence, source,
-                from_status, to_status, from_delivery, to_delivery, reason, vendor_code
+                from_status, to_status, from_delivery, to_delivery, reason, vendor_code,
+                service_code, applicant_id
              FROM events WHERE cursor IS NULL ORDER BY id LIMIT $1",
             &[&BATCH],
         )
@@ -207,7 +208,10 @@ async fn assign(tx: &Tx) -> Result<(u64, bool), StoreError> {
             actor: col(r, 3)?,
             action: col(r, 4)?,
             practice_id: col(r, 5)?,
-            detail: event_detail(r, 6)?,
+            // The linker decides the format (and records it, below): an
+            // instance of an earlier version, running beside this one while
+            // a cluster is upgraded, links in the format it knows.
+            detail: event_detail(r, 6, 5, 14, Some(EVENT_FORMAT))?,
             event: true,
         });
     }
@@ -297,11 +301,11 @@ async fn assign(tx: &Tx) -> Result<(u64, bool), StoreError> {
     if !ev.0.is_empty() {
         tx.execute(
             "UPDATE events SET cursor = u.cursor, audit_seq = u.seq, audit_prev_hash = u.prev,
-                audit_hash = u.hash
+                audit_hash = u.hash, audit_format = $6
              FROM unnest($1::BIGINT[], $2::BIGINT[], $3::BIGINT[], $4::TEXT[], $5::TEXT[])
                 AS u(id, cursor, seq, prev, hash)
              WHERE events.id = u.id",
-            &[&ev.0, &ev.1, &ev.2, &ev.3, &ev.4],
+            &[&ev.0, &ev.1, &ev.2, &ev.3, &ev.4, &EVENT_FORMAT],
         )
         .await?;
     }

@@ -7,6 +7,7 @@ use crate::domain::practice::{Event, EventDraft};
 use crate::store::StoreError;
 use crate::store::sqlite::rows::{from_ms, ms, parse};
 use chrono::{DateTime, Utc};
+use raccordo_domain::audit::{REFERENCES_ACTION, ReferenceRecord, references_detail};
 use raccordo_domain::plan::{ErrorChange, JobUpdate, NewJob, OutcomeChange, Plan, PracticeState};
 use raccordo_domain::status::DeliveryStatus;
 
@@ -80,28 +81,52 @@ pub(super) async fn persist(
     if let Some(job) = &plan.new_job {
         insert_job(tx, loaded, job, now).await?;
     }
+    // The references added (one already stored is kept as it was) are
+    // recorded in the audit trail with the change. One statement for all.
     if !plan.references.is_empty() {
         let refs = &plan.references;
         let kinds: Vec<&str> = refs.iter().map(|r| r.kind.as_str()).collect();
         let values: Vec<&str> = refs.iter().map(|r| r.value.as_str()).collect();
         let systems: Vec<&str> = refs.iter().map(|r| r.system.as_str()).collect();
         let issued: Vec<Option<i64>> = refs.iter().map(|r| r.issued_at.map(ms)).collect();
-        tx.execute(
-            "INSERT INTO external_refs (practice_id, tenant_id, kind, value, system, issued_at)
-             SELECT $1, $2, r.kind, r.value, r.system, r.issued_at
-             FROM unnest($3::TEXT[], $4::TEXT[], $5::TEXT[], $6::BIGINT[])
-                AS r(kind, value, system, issued_at)
-             ON CONFLICT DO NOTHING",
-            &[
-                &loaded.id,
-                &loaded.tenant_id,
-                &kinds,
-                &values,
-                &systems,
-                &issued,
-            ],
-        )
-        .await?;
+        let inserted = tx
+            .query(
+                "INSERT INTO external_refs (practice_id, tenant_id, kind, value, system, issued_at)
+                 SELECT $1, $2, r.kind, r.value, r.system, r.issued_at
+                 FROM unnest($3::TEXT[], $4::TEXT[], $5::TEXT[], $6::BIGINT[]) WITH ORDINALITY
+                    AS r(kind, value, system, issued_at, n)
+                 ORDER BY r.n
+                 ON CONFLICT DO NOTHING
+                 RETURNING kind, value, system, issued_at",
+                &[
+                    &loaded.id,
+                    &loaded.tenant_id,
+                    &kinds,
+                    &values,
+                    &systems,
+                    &issued,
+                ],
+            )
+            .await?;
+        let mut added = Vec::with_capacity(inserted.len());
+        for row in &inserted {
+            added.push(ReferenceRecord::new(
+                col(row, 0)?,
+                col(row, 1)?,
+                col(row, 2)?,
+                col(row, 3)?,
+            ));
+        }
+        if !added.is_empty() {
+            tx.pending.push(Pending::Audit {
+                tenant_id: loaded.tenant_id.clone(),
+                recorded_at: ms(now),
+                actor: "hub".into(),
+                action: REFERENCES_ACTION.into(),
+                practice_id: Some(loaded.id.clone()),
+                detail: references_detail(&added),
+            });
+        }
     }
     for doc in &plan.documents {
         // The same document reported twice (a re-sent result) is stored

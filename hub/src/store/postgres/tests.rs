@@ -338,7 +338,9 @@ async fn concurrent_writers_extend_one_audit_chain() {
         });
     }
     tasks.join_all().await;
-    let (checked, breaks) = a.verify_audit(None).await.unwrap();
+    let report = a.verify_audit(None).await.unwrap();
+    assert_eq!(report.differences, Vec::new());
+    let (checked, breaks) = (report.records, report.breaks);
     assert!(breaks.is_empty(), "{breaks:?}");
     assert_eq!(checked, 20 * 2 + 20);
     // Edited afterwards, the chain breaks at that record.
@@ -357,7 +359,9 @@ async fn concurrent_writers_extend_one_audit_chain() {
         )
         .await
         .unwrap();
-    let (_, breaks) = a.verify_audit(Some("016024")).await.unwrap();
+    let report = a.verify_audit(Some("016024")).await.unwrap();
+    assert_eq!(report.differences, Vec::new());
+    let (_, breaks) = (report.records, report.breaks);
     assert_eq!(breaks.len(), 1, "{breaks:?}");
     assert_eq!(breaks[0].seq, 7);
 }
@@ -477,7 +481,9 @@ async fn three_instances_feed_a_watcher_the_whole_log_in_cursor_order() {
         assert_eq!(e.sequence, *n, "{e:?}");
         *n += 1;
     }
-    let (checked, breaks) = stores[0].verify_audit(None).await.unwrap();
+    let report = stores[0].verify_audit(None).await.unwrap();
+    assert_eq!(report.differences, Vec::new());
+    let (checked, breaks) = (report.records, report.breaks);
     assert!(breaks.is_empty(), "{breaks:?}");
     assert_eq!(checked, stored.len() as u64 + 3 * 15);
 }
@@ -508,6 +514,14 @@ async fn rows_an_instance_left_unsequenced_are_sequenced_by_another() {
         })
         .await
         .unwrap();
+    // Not linked yet: the practice is not compared with records that are
+    // not in its chain yet (its row already says what they will).
+    let before = stopped.verify_audit(None).await.unwrap();
+    assert!(before.is_intact(), "{before:?}");
+    assert_eq!(
+        (before.records, before.practices, before.not_compared),
+        (0, 0, 1)
+    );
     let bus = EventBus::new();
     let mut live = bus.subscribe();
     // No commit of its own wakes this one: only its periodic run.
@@ -518,9 +532,12 @@ async fn rows_an_instance_left_unsequenced_are_sequenced_by_another() {
     assert_eq!((first.sequence, second.sequence), (1, 2));
     assert_eq!(first.practice_id, "p1");
     assert_eq!(other.last_cursor().await.unwrap(), 2);
-    let (checked, breaks) = other.verify_audit(None).await.unwrap();
+    let report = other.verify_audit(None).await.unwrap();
+    assert_eq!(report.differences, Vec::new());
+    let (checked, breaks) = (report.records, report.breaks);
     assert!(breaks.is_empty(), "{breaks:?}");
     assert_eq!(checked, 3, "two events and the refused call");
+    assert_eq!((report.practices, report.not_compared), (1, 0));
 }
 
 /// Work queued on one instance wakes the adapter's worker on another.
@@ -756,7 +773,9 @@ async fn concurrent_sweeps_end_each_lease_once() {
             .count();
         assert_eq!(unknown, 1, "{events:?}");
     }
-    let (_, breaks) = a.verify_audit(None).await.unwrap();
+    let report = a.verify_audit(None).await.unwrap();
+    assert_eq!(report.differences, Vec::new());
+    let (_, breaks) = (report.records, report.breaks);
     assert!(breaks.is_empty(), "{breaks:?}");
 }
 

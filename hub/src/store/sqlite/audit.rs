@@ -2,15 +2,16 @@
 //! itself (what is hashed, how records link) is defined in the domain crate
 //! (`raccordo_domain::audit`).
 
-use super::super::audit_record::StoredAudit;
-use super::super::{AuditBreak, AuditRecord, StoreError};
+use super::super::audit_record::{ChainWalk, StoredAudit};
+use super::super::{AuditRecord, AuditReport, StoreError};
 use super::rows::ms;
 use chrono::{DateTime, Utc};
+use raccordo_domain::audit::ReferenceRecord;
+use raccordo_domain::audit::state::PracticeRow;
 use rusqlite::{Connection, OptionalExtension, params};
-use std::collections::HashMap;
 
 use raccordo_domain::audit::record_hash;
-pub use raccordo_domain::audit::{EventAudit, GENESIS, NO_TENANT};
+pub use raccordo_domain::audit::{EventAudit, NO_TENANT};
 
 /// The next link of `tenant_id`'s chain: (its seq, the previous hash).
 fn next_link(conn: &Connection, tenant_id: &str) -> Result<(i64, String), StoreError> {
@@ -37,9 +38,22 @@ pub fn append(
     detail: &impl serde::Serialize,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    let (seq, prev) = next_link(conn, tenant_id)?;
     let detail = serde_json::to_string(detail)
         .map_err(|e| StoreError::Internal(format!("audit detail: {e}")))?;
+    append_raw(conn, tenant_id, actor, action, practice_id, detail, now)
+}
+
+/// [`append`] with `detail` already as it is to be hashed.
+pub fn append_raw(
+    conn: &Connection,
+    tenant_id: &str,
+    actor: &str,
+    action: &str,
+    practice_id: Option<&str>,
+    detail: String,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let (seq, prev) = next_link(conn, tenant_id)?;
     let mut record = StoredAudit {
         tenant_id: tenant_id.to_string(),
         seq,
@@ -50,6 +64,7 @@ pub fn append(
         detail,
         prev_hash: prev,
         hash: String::new(),
+        event_row: false,
     };
     record.hash = record.computed_hash();
     insert_record(conn, &record)?;
@@ -118,7 +133,7 @@ const LOG_COLUMNS: &str =
     "tenant_id, seq, recorded_at, actor, action, practice_id, detail, prev_hash, hash";
 
 fn read_log_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredAudit> {
-    record_from(r, r.get(6)?, 7)
+    record_from(r, r.get(6)?, 7, false)
 }
 
 /// A record from the six columns both tables' queries start with, its
@@ -127,6 +142,7 @@ fn record_from(
     r: &rusqlite::Row<'_>,
     detail: String,
     hashes: usize,
+    event_row: bool,
 ) -> rusqlite::Result<StoredAudit> {
     Ok(StoredAudit {
         tenant_id: r.get(0)?,
@@ -138,13 +154,14 @@ fn record_from(
         detail,
         prev_hash: r.get(hashes)?,
         hash: r.get(hashes + 1)?,
+        event_row,
     })
 }
 
 /// The event columns a record is rebuilt from, for [`read_event_record`].
 const EVENT_COLUMNS: &str = "tenant_id, audit_seq, recorded_at, actor, kind, practice_id, sequence,
     source, from_status, to_status, from_delivery, to_delivery, reason, vendor_code,
-    audit_prev_hash, audit_hash";
+    audit_prev_hash, audit_hash, service_code, applicant_id, audit_format";
 
 fn read_event_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredAudit> {
     let text = |i: usize| r.get::<_, Option<String>>(i);
@@ -157,6 +174,8 @@ fn read_event_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredAudit> {
         text(13)?,
     );
     let source: String = r.get(7)?;
+    let (practice_id, service_code, applicant_id): (String, String, String) =
+        (r.get(5)?, r.get(16)?, r.get(17)?);
     let detail = EventAudit {
         sequence: r.get(6)?,
         source: &source,
@@ -166,9 +185,13 @@ fn read_event_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredAudit> {
         to_delivery: to_delivery.as_deref(),
         reason: reason.as_deref(),
         vendor_code: vendor_code.as_deref(),
+        format: None,
+        service_code: None,
+        applicant: None,
     }
+    .in_format(r.get(18)?, &practice_id, &service_code, &applicant_id)
     .to_json();
-    record_from(r, detail, 14)
+    record_from(r, detail, 14, true)
 }
 
 /// Merges two record streams, each ordered by (tenant, seq), into one.
@@ -188,25 +211,26 @@ fn merge_chains(
     })
 }
 
-/// Walks every chain (or `tenant`'s) and returns the first broken link of
-/// each broken chain, and how many records were checked.
-pub fn verify(
-    conn: &Connection,
-    tenant: Option<&str>,
-) -> Result<(u64, Vec<AuditBreak>), StoreError> {
+/// Walks every chain (or `tenant`'s) in one snapshot: the first broken link
+/// of each broken chain, and each practice's row (of `tenant`, or with
+/// records in its chain) against what its records say.
+pub fn verify(conn: &Connection, tenant: Option<&str>) -> Result<AuditReport, StoreError> {
+    // One read transaction: records, heads and rows of one moment, also
+    // while the hub writes.
+    let snapshot = conn.unchecked_transaction()?;
     // One parameter either way: the tenant, or NULL for every chain.
     let only = if tenant.is_some() {
         "WHERE tenant_id = ?1"
     } else {
         "WHERE ?1 IS NULL"
     };
-    let mut log = conn.prepare(&format!(
+    let mut log = snapshot.prepare(&format!(
         "SELECT {LOG_COLUMNS} FROM audit_log {only} ORDER BY tenant_id, seq"
     ))?;
     // (tenant_id, cursor) is the events' index, and within a tenant the
     // chain was extended in cursor order; a record out of that order is a
     // break like any other.
-    let mut events = conn.prepare(&format!(
+    let mut events = snapshot.prepare(&format!(
         "SELECT {EVENT_COLUMNS} FROM events {only} AND audit_seq IS NOT NULL
          ORDER BY tenant_id, cursor"
     ))?;
@@ -214,68 +238,83 @@ pub fn verify(
         log.query_map([tenant], read_log_record)?,
         events.query_map([tenant], read_event_record)?,
     );
-    let mut checked = 0;
-    let mut breaks: Vec<AuditBreak> = Vec::new();
-    // tenant → (last seq, last hash) of each chain walked so far.
-    let mut ends: HashMap<String, (i64, String)> = HashMap::new();
+    let mut walk = ChainWalk::default();
     for record in records {
-        let record = record?;
-        checked += 1;
-        if breaks
-            .last()
-            .is_some_and(|b| b.tenant_id == record.tenant_id)
-        {
-            continue; // the first break of a chain is the one that matters
-        }
-        let (expected_seq, expected_prev) = match ends.get(&record.tenant_id) {
-            Some((last_seq, last_hash)) => (last_seq + 1, last_hash.as_str()),
-            None => (1, GENESIS),
-        };
-        let reason = if record.seq != expected_seq {
-            Some(format!(
-                "record {expected_seq} is missing (found {} next)",
-                record.seq
-            ))
-        } else if record.prev_hash != expected_prev {
-            Some("its prev_hash does not match the previous record's hash".to_string())
-        } else if record.computed_hash() != record.hash {
-            Some("its content does not match its hash (edited)".to_string())
-        } else {
-            None
-        };
-        if let Some(reason) = reason {
-            breaks.push(AuditBreak {
-                tenant_id: record.tenant_id.clone(),
-                seq: record.seq,
-                reason,
-            });
-        }
-        ends.insert(record.tenant_id, (record.seq, record.hash));
+        walk.push(record?);
     }
-    // Each chain must end where its head says: records removed from the
-    // end leave no gap, only a head that points past them.
-    let heads: Vec<(String, i64, String)> = conn
+    let heads: Vec<(String, i64, String)> = snapshot
         .prepare("SELECT tenant_id, seq, hash FROM audit_heads ORDER BY tenant_id")?
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
         .collect::<rusqlite::Result<_>>()?;
-    for (tenant_id, head_seq, head_hash) in heads {
-        if tenant.is_some_and(|t| t != tenant_id) || breaks.iter().any(|b| b.tenant_id == tenant_id)
+    walk.check_heads(heads, tenant);
+    let (records, breaks, mut state) = walk.finish();
+
+    let mut differences = Vec::new();
+    let mut rows = snapshot.prepare(&format!("{PRACTICE_ROW} {only} ORDER BY id"))?;
+    let mut found = rows.query([tenant])?;
+    while let Some(r) = found.next()? {
+        differences.extend(state.compare(&practice_row(&snapshot, r)?));
+    }
+    // Practices with records in the chains walked whose rows are not among
+    // those read: of another tenant now, or gone.
+    let mut by_id = snapshot.prepare_cached(&format!("{PRACTICE_ROW} WHERE id = ?1"))?;
+    for id in state.uncompared() {
+        if let Some(row) = by_id
+            .query_row([&id], |r| Ok(practice_row(&snapshot, r)))
+            .optional()?
         {
-            continue;
-        }
-        let last = ends.get(&tenant_id);
-        let ends_at = last.map_or(0, |(s, _)| *s);
-        if last.map(|(s, h)| (*s, h.as_str())) != Some((head_seq, head_hash.as_str())) {
-            breaks.push(AuditBreak {
-                tenant_id,
-                seq: ends_at + 1,
-                reason: format!(
-                    "the chain ends at record {ends_at} but its head is record {head_seq}: records were removed"
-                ),
-            });
+            differences.extend(state.compare(&row?));
         }
     }
-    Ok((checked, breaks))
+    let (summary, missing) = state.finish();
+    differences.extend(missing);
+    Ok(AuditReport {
+        records,
+        breaks,
+        practices: summary.compared,
+        not_compared: summary.not_compared,
+        differences,
+    })
+}
+
+/// A practice's columns the audit vouches for, and whether some of its
+/// events are not records of the chain (stored before events carried
+/// their links): see [`practice_row`].
+const PRACTICE_ROW: &str =
+    "SELECT id, tenant_id, service_code, applicant_id, status, outcome_status,
+    outcome_reason, outcome_vendor_code,
+    EXISTS (SELECT 1 FROM events e WHERE e.practice_id = practices.id AND e.audit_seq IS NULL)
+    FROM practices";
+
+/// A row of [`PRACTICE_ROW`], with its references.
+fn practice_row(conn: &Connection, r: &rusqlite::Row<'_>) -> Result<PracticeRow, StoreError> {
+    let id: String = r.get(0)?;
+    let references = conn
+        .prepare_cached(
+            "SELECT kind, value, system, issued_at FROM external_refs WHERE practice_id = ?1",
+        )?
+        .query_map([&id], |r| {
+            Ok(ReferenceRecord::new(
+                &r.get::<_, String>(0)?,
+                &r.get::<_, String>(1)?,
+                &r.get::<_, String>(2)?,
+                r.get(3)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(PracticeRow {
+        id,
+        tenant_id: r.get(1)?,
+        service_code: r.get(2)?,
+        applicant_id: r.get(3)?,
+        status: r.get(4)?,
+        outcome_status: r.get(5)?,
+        outcome_reason: r.get(6)?,
+        outcome_vendor_code: r.get(7)?,
+        references,
+        unchained_events: r.get(8)?,
+        pending_records: false,
+    })
 }
 
 /// A tenant's records recorded in `[from, to)`, oldest first.

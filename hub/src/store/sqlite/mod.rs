@@ -35,7 +35,7 @@ mod writer;
 
 use super::schema;
 use super::{
-    AttemptResult, AuditBreak, AuditEntry, AuditRecord, ClaimedJob, ClaimedPoll, ClaimedWork,
+    AttemptResult, AuditEntry, AuditRecord, AuditReport, ClaimedJob, ClaimedPoll, ClaimedWork,
     DeadLetter, EventFilter, ExpiredLeases, InsertOutcome, Lease, OpsSnapshot, PracticeFilter,
     Store, StoreError, Withdrawal,
 };
@@ -172,12 +172,10 @@ impl SqliteStore {
         })
     }
 
-    /// Checks the audit chains of the database at `path` (or one tenant's)
-    /// without migrating or writing: (records checked, first break per chain).
-    pub fn verify_audit(
-        path: &Path,
-        tenant: Option<&str>,
-    ) -> Result<(u64, Vec<AuditBreak>), StoreError> {
+    /// Checks the audit chains of the database at `path` (or one tenant's),
+    /// and each practice's row against what its records say, without
+    /// migrating or writing.
+    pub fn verify_audit(path: &Path, tenant: Option<&str>) -> Result<AuditReport, StoreError> {
         audit::verify(&open_read_only(path)?, tenant)
     }
 

@@ -8,6 +8,7 @@ use crate::domain::practice::{Event, EventDraft};
 use crate::store::StoreError;
 use chrono::{DateTime, Utc};
 use raccordo_adapters::model::AdminStatus;
+use raccordo_domain::audit::{EVENT_FORMAT, REFERENCES_ACTION, ReferenceRecord, references_detail};
 use raccordo_domain::plan::{ErrorChange, JobUpdate, NewJob, OutcomeChange, Plan, PracticeState};
 use raccordo_domain::status::DeliveryStatus;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -87,19 +88,31 @@ pub(super) fn persist(
     if let Some(job) = &plan.new_job {
         insert_job(conn, loaded, job, now)?;
     }
+    // The references added (one already stored is kept as it was) are
+    // recorded in the audit trail with the change.
+    let mut added = Vec::new();
     for r in &plan.references {
-        conn.prepare_cached(
-            "INSERT OR IGNORE INTO external_refs (practice_id, tenant_id, kind, value, system, issued_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )?
-        .execute(params![
-            loaded.id,
-            loaded.tenant_id,
-            r.kind,
-            r.value,
-            r.system,
-            r.issued_at.map(ms),
-        ])?;
+        let inserted = conn
+            .prepare_cached(
+                "INSERT OR IGNORE INTO external_refs (practice_id, tenant_id, kind, value, system, issued_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                loaded.id,
+                loaded.tenant_id,
+                r.kind,
+                r.value,
+                r.system,
+                r.issued_at.map(ms),
+            ])?;
+        if inserted > 0 {
+            added.push(ReferenceRecord::new(
+                &r.kind,
+                &r.value,
+                &r.system,
+                r.issued_at.map(ms),
+            ));
+        }
     }
     for doc in &plan.documents {
         // The same document reported twice (a re-sent result) is stored once.
@@ -120,6 +133,17 @@ pub(super) fn persist(
         ])?;
     }
     let events = append_events(conn, loaded, plan.events, now)?;
+    if !added.is_empty() {
+        audit::append_raw(
+            conn,
+            &loaded.tenant_id,
+            "hub",
+            REFERENCES_ACTION,
+            Some(&loaded.id),
+            references_detail(&added),
+            now,
+        )?;
+    }
     save_practice(conn, loaded, plan.state, plan.outcome)?;
     Ok(events)
 }
@@ -257,8 +281,8 @@ fn append_events(
     let mut insert = conn.prepare_cached(
         "INSERT INTO events (practice_id, tenant_id, service_code, applicant_id, sequence, occurred_at,
             recorded_at, source, kind, from_status, to_status, from_delivery, to_delivery, reason,
-            vendor_code, actor, audit_seq, audit_prev_hash, audit_hash)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
+            vendor_code, actor, audit_seq, audit_prev_hash, audit_hash, audit_format)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
     )?;
     // Returned and published as stored (milliseconds): a live watcher and
     // one replaying from the store must see the same event.
@@ -284,7 +308,16 @@ fn append_events(
                 to_delivery: d.to_delivery.map(DeliveryStatus::as_str),
                 reason: d.reason.as_deref(),
                 vendor_code: d.vendor_code.as_deref(),
-            },
+                format: None,
+                service_code: None,
+                applicant: None,
+            }
+            .in_format(
+                Some(EVENT_FORMAT),
+                &loaded.id,
+                &loaded.service_code,
+                &loaded.applicant_id,
+            ),
             ms(now),
         )?;
         insert.execute(params![
@@ -307,6 +340,7 @@ fn append_events(
             link.seq,
             link.prev_hash,
             link.hash,
+            EVENT_FORMAT,
         ])?;
         out.push(Event {
             cursor: conn.last_insert_rowid(),

@@ -135,7 +135,18 @@ async fn records_of_events_stored_before_the_chain_moved_to_the_events_still_ver
             to_delivery: None,
             reason: None,
             vendor_code: None,
+            format: None,
+            service_code: None,
+            applicant: None,
         };
+        conn.execute(
+            "INSERT INTO practices (id, tenant_id, service_code, applicant_id, idempotency_key,
+                content_hash, content, status, mode, received_at, legal_term_days, last_sequence)
+             VALUES ('p-old', '016024', 'TARI', 'RSSMRA45D25F205N', 'k-old', 'h', '{}',
+                'SUBMITTED', 'deferred', 0, 30, 1)",
+            [],
+        )
+        .unwrap();
         audit::append(
             &conn,
             "016024",
@@ -155,7 +166,9 @@ async fn records_of_events_stored_before_the_chain_moved_to_the_events_still_ver
         .await
         .unwrap();
 
-    let (checked, breaks) = SqliteStore::verify_audit(&path, None).unwrap();
+    let report = SqliteStore::verify_audit(&path, None).unwrap();
+    assert_eq!(report.differences, Vec::new());
+    let (checked, breaks) = (report.records, report.breaks);
     assert_eq!(breaks, Vec::new());
     assert_eq!(
         checked, 3,
@@ -168,6 +181,15 @@ async fn records_of_events_stored_before_the_chain_moved_to_the_events_still_ver
     assert_eq!(records[1].practice_id.as_deref(), Some("p-new"));
     assert_eq!(records[1].prev_hash, records[0].hash);
     assert_eq!(records[1].detail["to_status"], "SUBMITTED");
+    // The old record is format 1, the new ones format 2; the state of both
+    // practices is compared with what their records say.
+    assert_eq!(records[0].detail.get("format"), None);
+    assert_eq!(records[1].detail["format"], 2);
+    assert_eq!(
+        records[1].detail["applicant"],
+        raccordo_domain::audit::applicant_digest("p-new", "RSSMRA45D25F205N")
+    );
+    assert_eq!(report.practices, 2);
     let in_log: i64 = Connection::open(&path)
         .unwrap()
         .query_row("SELECT COUNT(*) FROM audit_log", [], |r| r.get(0))
@@ -187,10 +209,9 @@ async fn an_edited_or_removed_event_breaks_its_tenants_chain() {
         .insert_practice(new_practice("p-2", "k-2"), false)
         .await
         .unwrap();
-    assert_eq!(
-        SqliteStore::verify_audit(&path, None).unwrap(),
-        (4, Vec::new())
-    );
+    let report = SqliteStore::verify_audit(&path, None).unwrap();
+    assert!(report.is_intact(), "{report:?}");
+    assert_eq!((report.records, report.practices), (4, 2));
 
     let conn = Connection::open(&path).unwrap();
     conn.execute(
@@ -198,14 +219,18 @@ async fn an_edited_or_removed_event_breaks_its_tenants_chain() {
         [],
     )
     .unwrap();
-    let (_, breaks) = SqliteStore::verify_audit(&path, Some("016024")).unwrap();
+    let report = SqliteStore::verify_audit(&path, Some("016024")).unwrap();
+    assert_eq!(report.differences, Vec::new());
+    let (_, breaks) = (report.records, report.breaks);
     assert_eq!(breaks.len(), 1);
     assert_eq!(breaks[0].seq, 4);
     assert!(breaks[0].reason.contains("edited"), "{breaks:?}");
 
     conn.execute("DELETE FROM events WHERE audit_seq = 2", [])
         .unwrap();
-    let (_, breaks) = SqliteStore::verify_audit(&path, Some("016024")).unwrap();
+    let report = SqliteStore::verify_audit(&path, Some("016024")).unwrap();
+    assert_eq!(report.differences, Vec::new());
+    let (_, breaks) = (report.records, report.breaks);
     assert_eq!(breaks.len(), 1);
     assert_eq!(breaks[0].seq, 3);
     assert_eq!(breaks[0].reason, "record 2 is missing (found 3 next)");
@@ -301,7 +326,9 @@ async fn committed_events_are_published_in_order_with_their_stored_cursors() {
     assert_eq!(assert_published_as_stored(&store, &mut live).await, 19 * 2);
     // The audit chain stays whole across shared transactions, the
     // rolled-back command included, and its head matches.
-    let (checked, breaks) = SqliteStore::verify_audit(&dir.path().join("t.db"), None).unwrap();
+    let report = SqliteStore::verify_audit(&dir.path().join("t.db"), None).unwrap();
+    assert_eq!(report.differences, Vec::new());
+    let (checked, breaks) = (report.records, report.breaks);
     assert_eq!(checked, 1 + 19 * 2);
     assert!(breaks.is_empty(), "{breaks:?}");
 }
@@ -352,7 +379,9 @@ async fn commands_run_again_after_a_rollback_publish_and_audit_once() {
         .unwrap();
     assert_eq!(rejected, 0, "the failed commands' first writes are undone");
     assert_eq!(assert_published_as_stored(&store, &mut live).await, 20 * 2);
-    let (checked, breaks) = SqliteStore::verify_audit(&dir.path().join("t.db"), None).unwrap();
+    let report = SqliteStore::verify_audit(&dir.path().join("t.db"), None).unwrap();
+    assert_eq!(report.differences, Vec::new());
+    let (checked, breaks) = (report.records, report.breaks);
     assert_eq!(checked, 20 * 2);
     assert!(breaks.is_empty(), "{breaks:?}");
 }
