@@ -55,7 +55,9 @@ pub enum Command {
     },
     /// A running hub's state: readiness, adapter instances, their queues,
     /// dead letters and the oldest pending delivery. Exits non-zero when
-    /// the hub is not ready.
+    /// the hub is not ready (its store does not answer, or it is stopping);
+    /// an adapter instance that is down is shown, and does not change the
+    /// exit status. Needs an admin client's credentials.
     Status {
         #[command(flatten)]
         server: ServerArgs,
@@ -493,8 +495,8 @@ fn print_banner(hub: &crate::server::RunningHub) {
         hub.grpc_addr
     );
     println!(
-        "  health       http://{}/healthz   readiness http://{}/readyz",
-        hub.http_addr, hub.http_addr
+        "  health       http://{}/healthz   readiness http://{}/readyz   adapters http://{}/adapters",
+        hub.http_addr, hub.http_addr, hub.http_addr
     );
     println!("  metrics      http://{}/metrics", hub.http_addr);
     let mut sims: Vec<_> = hub.simulators.iter().collect();
