@@ -1,10 +1,10 @@
 //! The hub's HTTP listener: liveness and readiness for load balancers and
-//! systemd, and the vendor callback endpoints adapters serve under
-//! `/callbacks/{instance}`.
+//! systemd, the adapter instances' state for monitoring, and the vendor
+//! callback endpoints adapters serve under `/callbacks/{instance}`.
 
 use crate::cluster::STORE_GAUGES;
 use crate::practices::PracticeService;
-use crate::status::{HubStatus, hub_status};
+use crate::status::{AdaptersReport, Readiness, adapters_report, readiness};
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -12,11 +12,13 @@ use axum::routing::get;
 use raccordo_adapters::ResultSink;
 use std::sync::Arc;
 
-/// The HTTP routes: probes, plus every adapter instance's callback routes.
+/// The HTTP routes: probes, the adapters' report, plus every adapter
+/// instance's callback routes.
 pub fn router(service: Arc<PracticeService>, sink: Arc<dyn ResultSink>) -> axum::Router {
     let mut router = axum::Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/adapters", get(adapters))
         .route("/metrics", get(metrics))
         .with_state(Arc::clone(&service));
     let mut names: Vec<&String> = service.adapters().keys().collect();
@@ -68,14 +70,24 @@ async fn metrics(
     )
 }
 
-/// Ready when the store answers (migrations ran before the listener opened)
-/// and no adapter instance is down; the body says what is not.
-async fn readyz(State(service): State<Arc<PracticeService>>) -> (StatusCode, Json<HubStatus>) {
-    let status = hub_status(&service, false).await;
+/// Ready when this instance can accept and store practices: the store
+/// answers (migrations ran before the listener opened) and the hub is not
+/// shutting down. Adapter instances do not count (see `/adapters`): a
+/// vendor that is down delays its deliveries, it does not stop the hub
+/// accepting practices, and taking the instance out of a load balancer
+/// would not bring the vendor back.
+async fn readyz(State(service): State<Arc<PracticeService>>) -> (StatusCode, Json<Readiness>) {
+    let status = readiness(&service).await;
     let code = if status.ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (code, Json(status))
+}
+
+/// Every adapter instance's state and outbox. Always `200`: a report for
+/// people and monitoring, not a probe (alert on `raccordo_adapter_state`).
+async fn adapters(State(service): State<Arc<PracticeService>>) -> Json<AdaptersReport> {
+    Json(adapters_report(&service).await)
 }

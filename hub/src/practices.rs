@@ -218,6 +218,11 @@ impl PracticeService {
         self.closing.send_replace(true);
     }
 
+    /// Whether the hub has begun to stop ([`Self::close_streams`]).
+    pub fn is_closing(&self) -> bool {
+        *self.closing.borrow()
+    }
+
     /// This hub instance's id and the leases of the attempts it runs.
     pub fn leases(&self) -> &Arc<Leases> {
         &self.leases

@@ -27,7 +27,7 @@ use tokio_stream::StreamExt;
 pub struct RunningHub {
     /// Where the gRPC API listens (useful with port 0).
     pub grpc_addr: SocketAddr,
-    /// Where `/healthz` and `/readyz` are served.
+    /// Where `/healthz`, `/readyz` and `/adapters` are served.
     pub http_addr: SocketAddr,
     /// Simulated back offices, by name.
     pub simulators: HashMap<String, SocketAddr>,
@@ -257,9 +257,8 @@ async fn serve(
         .build_v1alpha()?;
 
     let api = Api::new(Arc::clone(&service));
-    let (stop_all, _) = tokio::sync::broadcast::channel::<()>(1);
-    let mut grpc_stop = stop_all.subscribe();
-    let mut http_stop = stop_all.subscribe();
+    let (grpc_stop_tx, grpc_stop) = oneshot::channel::<()>();
+    let (http_stop_tx, http_stop) = oneshot::channel::<()>();
     let auth = crate::security::authn::Authenticator::build(
         &service.config().clients,
         &service.config().security,
@@ -313,10 +312,10 @@ async fn serve(
         ))
         .add_service(pb::delivery_admin_service_server::DeliveryAdminServiceServer::new(api));
     let grpc_stopped = async move {
-        let _ = grpc_stop.recv().await;
+        let _ = grpc_stop.await;
     };
     let http_stopped = async move {
-        let _ = http_stop.recv().await;
+        let _ = http_stop.await;
     };
     let app = crate::http::router(Arc::clone(&service), sink);
     let base_dir = service.config().base_dir.clone();
@@ -361,17 +360,23 @@ async fn serve(
             ),
         };
     let _ = stop.await;
+    // From here on `/readyz` answers 503 (shutting down).
     service.close_streams();
-    let _ = stop_all.send(());
+    let _ = grpc_stop_tx.send(());
     store_health.abort();
     health_reporter
         .set_not_serving::<pb::practice_service_server::PracticeServiceServer<Api>>()
         .await;
     grpc.await??;
-    http.await??;
     // The counts of the interval under way: nothing refused goes unrecorded.
     refusals.flush().await;
     workers.shutdown(grace).await;
+    // The HTTP listener last: while the deliveries in flight finish, their
+    // vendors' callbacks are still received, and a load balancer probing
+    // `/readyz` reads that this instance is going rather than finding the
+    // port closed.
+    let _ = http_stop_tx.send(());
+    http.await??;
     tracing::info!("stopped");
     Ok(())
 }
@@ -379,9 +384,6 @@ async fn serve(
 /// How often the gRPC health of the services that need the store is
 /// checked against it: as often as a load balancer typically probes.
 const STORE_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
-/// A ping slower than this counts as a store that does not answer (a
-/// connection to an unreachable server may hang far longer).
-const STORE_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Keeps `grpc.health.v1` of the services that need the store (practices,
 /// delivery administration) in step with it, as `/readyz` is: a gRPC load
@@ -400,7 +402,8 @@ async fn follow_store(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let answer = tokio::time::timeout(STORE_CHECK_TIMEOUT, service.store().ping()).await;
+        let answer =
+            tokio::time::timeout(crate::status::STORE_PING_TIMEOUT, service.store().ping()).await;
         let now_up = matches!(answer, Ok(Ok(())));
         if now_up == up {
             continue;

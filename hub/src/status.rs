@@ -1,23 +1,36 @@
-//! The hub's operational state, as `/readyz`, `GetHubStatus` and
-//! `raccordo status` report it: one computation, three views.
+//! The hub's operational state, in three views of two computations:
+//!
+//! - [`readiness`] (`/readyz`): whether this instance can accept and store
+//!   practices — the store answers (its migrations ran before the
+//!   listeners opened) and the hub is not shutting down. A vendor that is
+//!   down does not make an instance unready: its deliveries wait in the
+//!   outbox, and every other instance would be just as unable to reach it.
+//! - [`adapters_report`] (`/adapters`): each adapter instance's health
+//!   (breaker, connection) and its outbox (backlog, dead letters).
+//! - [`hub_status`] (`GetHubStatus`, `raccordo status`): both.
 
 use crate::practices::PracticeService;
-use raccordo_adapters::AdapterHealth;
 use serde::Serialize;
 use std::collections::BTreeMap;
+use std::time::Duration;
 
-/// The state of the hub right now.
+/// A store that takes longer than this to answer a readiness ping counts
+/// as away (a connection to an unreachable server may hang far longer than
+/// a load balancer waits).
+pub const STORE_PING_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Whether this instance can accept and store practices now.
 #[derive(Debug, Clone, Serialize)]
-pub struct HubStatus {
+pub struct Readiness {
     pub version: &'static str,
     /// This process's id, the owner of its delivery leases.
     pub instance_id: String,
     pub uptime_seconds: f64,
-    /// The store answers and no adapter instance is down.
+    /// The store answers and the hub is not shutting down.
     pub ready: bool,
     pub store: ComponentState,
-    /// By instance name.
-    pub adapters: BTreeMap<String, AdapterStatus>,
+    /// A stop has begun: calls are no longer accepted.
+    pub shutting_down: bool,
 }
 
 /// `up`, or `down` with the reason.
@@ -28,82 +41,147 @@ pub struct ComponentState {
     pub reason: Option<String>,
 }
 
-/// One adapter instance: its health and its outbox.
+impl ComponentState {
+    fn up() -> Self {
+        Self {
+            state: "up",
+            reason: None,
+        }
+    }
+
+    fn down(reason: String) -> Self {
+        Self {
+            state: "down",
+            reason: Some(reason),
+        }
+    }
+
+    /// Whether the component is up.
+    pub fn is_up(&self) -> bool {
+        self.state == "up"
+    }
+}
+
+/// Every adapter instance: its health and its outbox.
+#[derive(Debug, Clone, Serialize)]
+pub struct AdaptersReport {
+    /// The store the backlog is read from; when it is down the backlog is
+    /// unknown and left out.
+    pub store: ComponentState,
+    /// By instance name.
+    pub adapters: BTreeMap<String, AdapterStatus>,
+}
+
+/// One adapter instance.
 #[derive(Debug, Clone, Serialize)]
 pub struct AdapterStatus {
     pub kind: &'static str,
+    /// `up`, `degraded` or `down` (an open circuit breaker is `down`, a
+    /// half-open one `degraded`; the reason says which).
     pub state: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     pub max_concurrency: usize,
+    /// Read from the store; absent when the store does not answer.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub backlog: Option<Backlog>,
+}
+
+/// An adapter instance's share of the outbox.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Backlog {
     pub jobs_due: i64,
     pub jobs_scheduled: i64,
     pub jobs_in_flight: i64,
     pub dead_letters: i64,
-    pub oldest_due_age_seconds: f64,
+    /// How long the oldest due delivery has waited; absent when none is due.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oldest_due_age_seconds: Option<f64>,
 }
 
-/// Reads the store's outbox counts and every instance's health. With
-/// `with_backlog` false only the store is pinged (cheap enough for a load
-/// balancer probing every second).
-pub async fn hub_status(service: &PracticeService, with_backlog: bool) -> HubStatus {
-    let store = if with_backlog {
-        service
-            .store()
-            .ops_snapshot(chrono::Utc::now())
-            .await
-            .map(Some)
-    } else {
-        service.store().ping().await.map(|()| None)
+/// The whole picture, for `GetHubStatus`.
+#[derive(Debug, Clone)]
+pub struct HubStatus {
+    pub readiness: Readiness,
+    pub adapters: AdaptersReport,
+}
+
+/// Pings the store (bounded by [`STORE_PING_TIMEOUT`]): cheap enough for a
+/// load balancer probing every second.
+pub async fn readiness(service: &PracticeService) -> Readiness {
+    let store = match tokio::time::timeout(STORE_PING_TIMEOUT, service.store().ping()).await {
+        Ok(Ok(())) => ComponentState::up(),
+        Ok(Err(e)) => ComponentState::down(e.to_string()),
+        Err(_) => ComponentState::down(format!(
+            "no answer within {}",
+            humantime::format_duration(STORE_PING_TIMEOUT)
+        )),
     };
-    let (store_state, snapshot) = match store {
-        Ok(snapshot) => (
-            ComponentState {
-                state: "up",
-                reason: None,
-            },
-            snapshot,
-        ),
-        Err(e) => (
-            ComponentState {
-                state: "down",
-                reason: Some(e.to_string()),
-            },
+    let shutting_down = service.is_closing();
+    Readiness {
+        version: env!("CARGO_PKG_VERSION"),
+        instance_id: service.leases().owner().to_string(),
+        uptime_seconds: service.metrics().uptime().as_secs_f64(),
+        ready: store.is_up() && !shutting_down,
+        store,
+        shutting_down,
+    }
+}
+
+/// Reads the outbox counts from the store and every instance's health.
+pub async fn adapters_report(service: &PracticeService) -> AdaptersReport {
+    let snapshot = tokio::time::timeout(
+        STORE_PING_TIMEOUT,
+        service.store().ops_snapshot(chrono::Utc::now()),
+    )
+    .await;
+    let (store, snapshot) = match snapshot {
+        Ok(Ok(s)) => (ComponentState::up(), Some(s)),
+        Ok(Err(e)) => (ComponentState::down(e.to_string()), None),
+        Err(_) => (
+            ComponentState::down(format!(
+                "no answer within {}",
+                humantime::format_duration(STORE_PING_TIMEOUT)
+            )),
             None,
         ),
     };
-    let mut ready = store_state.state == "up";
-    let adapters: BTreeMap<String, AdapterStatus> = service
+    let adapters = service
         .adapters()
         .iter()
         .map(|(name, instance)| {
             let health = instance.adapter.health();
-            ready &= !matches!(health, AdapterHealth::Down(_));
-            let backlog = snapshot
-                .as_ref()
-                .and_then(|s| s.adapters.iter().find(|a| &a.adapter == name));
+            // An instance with nothing queued has no row in the snapshot:
+            // its counts are real zeros.
+            let backlog = snapshot.as_ref().map(|s| {
+                s.adapters
+                    .iter()
+                    .find(|a| &a.adapter == name)
+                    .map_or_else(Backlog::default, |b| Backlog {
+                        jobs_due: b.due,
+                        jobs_scheduled: b.scheduled,
+                        jobs_in_flight: b.in_flight,
+                        dead_letters: b.dead,
+                        oldest_due_age_seconds: b.oldest_due_age.map(|d| d.as_secs_f64()),
+                    })
+            });
             let status = AdapterStatus {
                 kind: instance.adapter.kind(),
                 state: health.state(),
                 reason: health.reason().map(str::to_string),
                 max_concurrency: instance.max_concurrency,
-                jobs_due: backlog.map_or(0, |b| b.due),
-                jobs_scheduled: backlog.map_or(0, |b| b.scheduled),
-                jobs_in_flight: backlog.map_or(0, |b| b.in_flight),
-                dead_letters: backlog.map_or(0, |b| b.dead),
-                oldest_due_age_seconds: backlog
-                    .and_then(|b| b.oldest_due_age)
-                    .map_or(0.0, |d| d.as_secs_f64()),
+                backlog,
             };
             (name.clone(), status)
         })
         .collect();
+    AdaptersReport { store, adapters }
+}
+
+/// Readiness and the adapters' report together.
+pub async fn hub_status(service: &PracticeService) -> HubStatus {
     HubStatus {
-        version: env!("CARGO_PKG_VERSION"),
-        instance_id: service.leases().owner().to_string(),
-        uptime_seconds: service.metrics().uptime().as_secs_f64(),
-        ready,
-        store: store_state,
-        adapters,
+        readiness: readiness(service).await,
+        adapters: adapters_report(service).await,
     }
 }

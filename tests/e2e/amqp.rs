@@ -490,10 +490,10 @@ async fn start_unchecked(n: &Names, proxy: &Proxy, o: Opts) -> TestHub {
     }
 }
 
-/// The `mq` adapter's entry in `/readyz`.
+/// The `mq` adapter's entry in `/adapters`.
 async fn adapter_health(hub: &TestHub) -> Value {
     let addr = hub.hub.as_ref().unwrap().http_addr;
-    let body: Value = reqwest::get(format!("http://{addr}/readyz"))
+    let body: Value = reqwest::get(format!("http://{addr}/adapters"))
         .await
         .unwrap()
         .json()
@@ -1043,7 +1043,7 @@ async fn a_thousand_practices_survive_connection_cuts() {
                     cuts.push(proxy.cut().await);
                     let start = tokio::time::Instant::now();
                     loop {
-                        let body: Value = reqwest::get(format!("http://{http}/readyz"))
+                        let body: Value = reqwest::get(format!("http://{http}/adapters"))
                             .await
                             .unwrap()
                             .json()

@@ -242,13 +242,63 @@ async fn status_shows_each_adapter_and_its_dead_letters() {
     assert!(text.contains("READY") && text.contains("vendor"), "{text}");
 
     let addr = hub.hub.as_ref().unwrap().http_addr;
-    let ready: serde_json::Value = reqwest::get(format!("http://{addr}/readyz"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(ready["ready"], true);
-    assert_eq!(ready["adapters"]["vendor"]["state"], "up");
+    let get = |path: &'static str| async move {
+        let r = reqwest::get(format!("http://{addr}{path}")).await.unwrap();
+        let code = r.status().as_u16();
+        (code, r.json::<serde_json::Value>().await.unwrap())
+    };
+    let (code, ready) = get("/readyz").await;
+    assert_eq!((code, &ready["ready"]), (200, &json!(true)), "{ready}");
+    assert_eq!(ready["store"]["state"], "up");
+    assert_eq!(ready["shutting_down"], false);
+    // Readiness carries no per-adapter counts it has not read.
+    assert!(ready.get("adapters").is_none(), "{ready}");
+    let (code, adapters) = get("/adapters").await;
+    assert_eq!(code, 200);
+    let vendor_report = &adapters["adapters"]["vendor"];
+    assert_eq!(vendor_report["state"], "up", "{adapters}");
+    assert_eq!(vendor_report["kind"], "rest");
+    assert_eq!(vendor_report["dead_letters"], 1, "{adapters}");
+    assert_eq!(vendor_report["jobs_due"], 0, "{adapters}");
+    assert!(vendor_report.get("oldest_due_age_seconds").is_none());
     hub.stop().await;
+}
+
+/// A stopping hub tells load balancers so at once: `/readyz` answers 503
+/// while the deliveries in flight finish, before the port closes.
+#[tokio::test]
+async fn readiness_turns_503_as_soon_as_the_hub_stops() {
+    let vendor = Vendor::start().await;
+    let mut options = HubOptions::new(&vendor.url());
+    options.shutdown_grace = "20s".into();
+    let mut hub = start_hub(options).await;
+    let p = hub
+        .submit(tari_request("016024", "in-flight-at-stop"))
+        .await;
+    vendor.hold();
+    hub.wait_delivery("016024", &p.id, pb::DeliveryStatus::Sent)
+        .await;
+    eventually("the delivery held at the vendor", || {
+        let held = vendor.held();
+        async move { (held == 1).then_some(()) }
+    })
+    .await;
+    let http = hub.hub.as_ref().unwrap().http_addr;
+    let running = hub.hub.take().unwrap();
+    let stopping = tokio::spawn(running.shutdown());
+    let body = eventually("/readyz to answer 503", || async {
+        let r = reqwest::get(format!("http://{http}/readyz")).await.ok()?;
+        (r.status().as_u16() == 503).then_some(())?;
+        r.json::<serde_json::Value>().await.ok()
+    })
+    .await;
+    assert_eq!(body["shutting_down"], true, "{body}");
+    assert_eq!(body["ready"], false, "{body}");
+    assert_eq!(body["store"]["state"], "up", "{body}");
+    vendor.release();
+    stopping.await.unwrap().unwrap();
+    assert!(
+        reqwest::get(format!("http://{http}/readyz")).await.is_err(),
+        "the listener closes once the deliveries finished"
+    );
 }

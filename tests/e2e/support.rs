@@ -461,6 +461,8 @@ pub struct HubOptions {
     pub extra_toml: String,
     /// TOML lines added to `[hub]`.
     pub hub_toml: String,
+    /// `hub.shutdown_grace`.
+    pub shutdown_grace: String,
     /// Files written beside the configuration before it loads.
     pub files: Vec<(String, String)>,
 }
@@ -475,6 +477,7 @@ impl HubOptions {
             grpc_listen: "127.0.0.1:0".into(),
             extra_toml: String::new(),
             hub_toml: String::new(),
+            shutdown_grace: "2s".into(),
             files: Vec::new(),
         }
     }
@@ -489,7 +492,7 @@ pub fn config_toml(o: &HubOptions) -> String {
 grpc_listen = "{grpc}"
 http_listen = "127.0.0.1:0"
 data_dir = "data"
-shutdown_grace = "2s"
+shutdown_grace = "{grace}"
 {hub_extra}
 
 [delivery]
@@ -570,6 +573,7 @@ deadline = "400ms"
         url = o.vendor_url,
         concurrency = o.max_concurrency,
         hub_extra = o.hub_toml,
+        grace = o.shutdown_grace,
     )
 }
 

@@ -1,5 +1,6 @@
 //! Client commands against a running hub (the same gRPC API front offices use).
 
+use super::connection::{self, Authorize, Target};
 use super::output;
 use super::{DlqCommand, PracticeCommand, ServerArgs};
 use crate::grpc::convert::{applicant_pb, contacts_pb, json_to_struct, person_pb};
@@ -9,6 +10,7 @@ use raccordo_adapters::model::{Applicant, ChannelInfo, ChannelKind, Submitter};
 use raccordo_proto::v1 as pb;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 /// A practice to submit, as JSON (see `config/examples/*.json`).
@@ -43,15 +45,21 @@ struct FileAttachment {
     content_base64: Option<String>,
 }
 
-async fn connect(server: &ServerArgs) -> anyhow::Result<Channel> {
-    Channel::from_shared(server.server.clone())
-        .with_context(|| format!("--server {} is not a valid URL", server.server))?
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach the hub at {}", server.server))
+/// The client stack every command uses: the channel, with the credential
+/// added to each call.
+type Authorized = InterceptedService<Channel, Authorize>;
+
+async fn connect(server: &ServerArgs) -> anyhow::Result<(Authorized, Target)> {
+    let target = connection::resolve(&server.connection, &connection::process_env)?;
+    let channel = target.connect().await?;
+    Ok((InterceptedService::new(channel, target.authorize()), target))
 }
 
-fn status_error(e: tonic::Status) -> anyhow::Error {
+/// The hub's refusal, with what to do about it: for authentication and
+/// authorization failures, what was presented (never a secret) and how to
+/// present something else.
+fn status_error(e: tonic::Status, target: &Target) -> anyhow::Error {
+    use tonic::Code;
     use tonic_types::StatusExt;
     let mut msg = format!("{:?}: {}", e.code(), e.message());
     if let Some(bad) = e.get_details_bad_request() {
@@ -63,6 +71,26 @@ fn status_error(e: tonic::Status) -> anyhow::Error {
         for v in bad.field_violations {
             msg.push_str(&format!("\n  {}: {}", v.field, v.description));
         }
+    }
+    match e.code() {
+        Code::Unauthenticated
+            if target.credential().is_none() && !target.has_client_certificate() =>
+        {
+            msg.push_str(&format!(
+                "\n  sent: {}\n  the hub at {} requires credentials: give --api-key-file FILE or \
+                 --token-file FILE, set {} or {}, present a client certificate \
+                 (--client-cert-file, --client-key-file), or choose a profile (--profile); \
+                 see docs/cli.md",
+                target.presented(),
+                target.url,
+                connection::ENV_API_KEY,
+                connection::ENV_TOKEN,
+            ));
+        }
+        Code::Unauthenticated | Code::PermissionDenied | Code::ResourceExhausted => {
+            msg.push_str(&format!("\n  sent: {}", target.presented()));
+        }
+        _ => {}
     }
     anyhow::anyhow!(msg)
 }
@@ -134,15 +162,15 @@ fn read_submission(file: &Path) -> anyhow::Result<pb::SubmitPracticeRequest> {
 
 /// `raccordo practice …`
 pub async fn practice(server: &ServerArgs, command: PracticeCommand) -> anyhow::Result<()> {
-    let mut client =
-        pb::practice_service_client::PracticeServiceClient::new(connect(server).await?);
+    let (channel, target) = connect(server).await?;
+    let mut client = pb::practice_service_client::PracticeServiceClient::new(channel);
     match command {
         PracticeCommand::Submit { file } => {
             let request = read_submission(&file)?;
             let reply = client
                 .submit_practice(request)
                 .await
-                .map_err(status_error)?
+                .map_err(|e| status_error(e, &target))?
                 .into_inner();
             let practice = reply.practice.unwrap_or_default();
             if reply.duplicate && !server.json {
@@ -161,7 +189,7 @@ pub async fn practice(server: &ServerArgs, command: PracticeCommand) -> anyhow::
                     include_content: false,
                 })
                 .await
-                .map_err(status_error)?
+                .map_err(|e| status_error(e, &target))?
                 .into_inner();
             output::practice(&practice, server.json);
         }
@@ -191,7 +219,7 @@ pub async fn practice(server: &ServerArgs, command: PracticeCommand) -> anyhow::
                     page_token: page_token.unwrap_or_default(),
                 })
                 .await
-                .map_err(status_error)?
+                .map_err(|e| status_error(e, &target))?
                 .into_inner();
             output::practice_list(&reply, server.json);
         }
@@ -203,9 +231,13 @@ pub async fn practice(server: &ServerArgs, command: PracticeCommand) -> anyhow::
                     from_sequence: from,
                 })
                 .await
-                .map_err(status_error)?
+                .map_err(|e| status_error(e, &target))?
                 .into_inner();
-            while let Some(event) = stream.message().await.map_err(status_error)? {
+            while let Some(event) = stream
+                .message()
+                .await
+                .map_err(|e| status_error(e, &target))?
+            {
                 output::event(&event, server.json);
             }
         }
@@ -223,7 +255,7 @@ pub async fn practice(server: &ServerArgs, command: PracticeCommand) -> anyhow::
                     operator_id: operator.unwrap_or_default(),
                 })
                 .await
-                .map_err(status_error)?
+                .map_err(|e| status_error(e, &target))?
                 .into_inner();
             output::practice(&practice, server.json);
         }
@@ -231,15 +263,14 @@ pub async fn practice(server: &ServerArgs, command: PracticeCommand) -> anyhow::
     Ok(())
 }
 
-/// `raccordo dlq …`
 /// `raccordo status`: fails (exit code 1) when the hub is not ready.
 pub async fn status(server: &ServerArgs) -> anyhow::Result<()> {
-    let mut client =
-        pb::delivery_admin_service_client::DeliveryAdminServiceClient::new(connect(server).await?);
+    let (channel, target) = connect(server).await?;
+    let mut client = pb::delivery_admin_service_client::DeliveryAdminServiceClient::new(channel);
     let status = client
         .get_hub_status(pb::GetHubStatusRequest {})
         .await
-        .map_err(status_error)?
+        .map_err(|e| status_error(e, &target))?
         .into_inner();
     output::hub_status(&status, server.json);
     if !status.ready {
@@ -248,9 +279,10 @@ pub async fn status(server: &ServerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `raccordo dlq …`
 pub async fn dlq(server: &ServerArgs, command: DlqCommand) -> anyhow::Result<()> {
-    let mut client =
-        pb::delivery_admin_service_client::DeliveryAdminServiceClient::new(connect(server).await?);
+    let (channel, target) = connect(server).await?;
+    let mut client = pb::delivery_admin_service_client::DeliveryAdminServiceClient::new(channel);
     match command {
         DlqCommand::List { tenant, limit } => {
             let reply = client
@@ -259,7 +291,7 @@ pub async fn dlq(server: &ServerArgs, command: DlqCommand) -> anyhow::Result<()>
                     limit,
                 })
                 .await
-                .map_err(status_error)?
+                .map_err(|e| status_error(e, &target))?
                 .into_inner();
             output::dead_letters(&reply.dead_letters, server.json);
         }
@@ -273,7 +305,7 @@ pub async fn dlq(server: &ServerArgs, command: DlqCommand) -> anyhow::Result<()>
                     operator_id: operator,
                 })
                 .await
-                .map_err(status_error)?
+                .map_err(|e| status_error(e, &target))?
                 .into_inner();
             if server.json {
                 output::dead_letters(&[dl], true);

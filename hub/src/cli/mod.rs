@@ -2,6 +2,7 @@
 //! small clients for engineers (practices, dead letters).
 
 mod client;
+pub mod connection;
 mod output;
 mod render;
 mod soap;
@@ -44,7 +45,8 @@ pub enum Command {
         #[arg(long, short, env = "RACCORDO_CONFIG")]
         config: PathBuf,
     },
-    /// Submit, read, list and watch practices on a running hub.
+    /// Submit, read, list and watch practices on a running hub (see
+    /// docs/cli.md for the connection and credential options).
     Practice {
         #[command(flatten)]
         server: ServerArgs,
@@ -53,7 +55,9 @@ pub enum Command {
     },
     /// A running hub's state: readiness, adapter instances, their queues,
     /// dead letters and the oldest pending delivery. Exits non-zero when
-    /// the hub is not ready.
+    /// the hub is not ready (its store does not answer, or it is stopping);
+    /// an adapter instance that is down is shown, and does not change the
+    /// exit status. Needs an admin client's credentials.
     Status {
         #[command(flatten)]
         server: ServerArgs,
@@ -101,7 +105,7 @@ pub enum Command {
         #[command(subcommand)]
         command: StoreCommand,
     },
-    /// Dead-lettered deliveries on a running hub.
+    /// Dead-lettered deliveries on a running hub (needs an admin client).
     Dlq {
         #[command(flatten)]
         server: ServerArgs,
@@ -129,20 +133,14 @@ pub enum SoapCommand {
     },
 }
 
-/// Where the hub is.
+/// Where the hub is, how to prove who we are, and how to print.
 #[derive(Debug, clap::Args)]
 pub struct ServerArgs {
-    /// The hub's gRPC address.
-    #[arg(
-        long,
-        global = true,
-        default_value = "http://127.0.0.1:50051",
-        env = "RACCORDO_SERVER"
-    )]
-    pub server: String,
     /// Print JSON instead of readable text.
     #[arg(long, global = true)]
     pub json: bool,
+    #[command(flatten)]
+    pub connection: connection::ConnectionArgs,
 }
 
 /// `raccordo practice …`
@@ -534,8 +532,8 @@ fn print_banner(hub: &crate::server::RunningHub) {
         hub.grpc_addr
     );
     println!(
-        "  health       http://{}/healthz   readiness http://{}/readyz",
-        hub.http_addr, hub.http_addr
+        "  health       http://{}/healthz   readiness http://{}/readyz   adapters http://{}/adapters",
+        hub.http_addr, hub.http_addr, hub.http_addr
     );
     println!("  metrics      http://{}/metrics", hub.http_addr);
     let mut sims: Vec<_> = hub.simulators.iter().collect();

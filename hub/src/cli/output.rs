@@ -224,26 +224,43 @@ pub fn dead_letters(items: &[pb::DeadLetter], as_json: bool) {
 
 /// `raccordo status`.
 pub fn hub_status(s: &pb::HubStatus, as_json: bool) {
+    // While the store does not answer the counts are unknown (the hub
+    // sends zeros): they are left out rather than shown as zeros.
+    let backlog_known = s.store_state == "up";
     if as_json {
         let adapters: Vec<Value> = s
             .adapters
             .iter()
             .map(|a| {
-                json!({
-                    "name": a.name, "kind": a.kind, "state": a.state, "reason": a.reason,
-                    "jobs_due": a.jobs_due, "jobs_scheduled": a.jobs_scheduled,
-                    "jobs_in_flight": a.jobs_in_flight, "dead_letters": a.dead_letters,
-                    "oldest_due_age_seconds": a.oldest_due_age_seconds,
+                let mut v = json!({
+                    "name": a.name, "kind": a.kind, "state": a.state,
                     "max_concurrency": a.max_concurrency,
-                })
+                });
+                if !a.reason.is_empty() {
+                    v["reason"] = json!(a.reason);
+                }
+                if backlog_known {
+                    v["jobs_due"] = json!(a.jobs_due);
+                    v["jobs_scheduled"] = json!(a.jobs_scheduled);
+                    v["jobs_in_flight"] = json!(a.jobs_in_flight);
+                    v["dead_letters"] = json!(a.dead_letters);
+                    if a.jobs_due > 0 {
+                        v["oldest_due_age_seconds"] = json!(a.oldest_due_age_seconds);
+                    }
+                }
+                v
             })
             .collect();
+        let mut store = json!({"state": s.store_state});
+        if !s.store_reason.is_empty() {
+            store["reason"] = json!(s.store_reason);
+        }
         println!(
             "{}",
             json!({
                 "version": s.version, "instance_id": s.instance_id,
                 "uptime_seconds": s.uptime_seconds, "ready": s.ready,
-                "store": {"state": s.store_state, "reason": s.store_reason},
+                "store": store,
                 "adapters": adapters,
             })
         );
@@ -266,7 +283,14 @@ pub fn hub_status(s: &pb::HubStatus, as_json: bool) {
         "ADAPTER", "KIND", "STATE", "DUE", "SCHEDULED", "IN FLIGHT", "DEAD", "OLDEST DUE"
     );
     for a in &s.adapters {
-        let oldest = if a.jobs_due == 0 {
+        let count = |n: i64| {
+            if backlog_known {
+                n.to_string()
+            } else {
+                "-".to_string()
+            }
+        };
+        let oldest = if !backlog_known || a.jobs_due == 0 {
             "-".to_string()
         } else {
             humantime::format_duration(std::time::Duration::from_secs(
@@ -279,15 +303,28 @@ pub fn hub_status(s: &pb::HubStatus, as_json: bool) {
             a.name,
             a.kind,
             a.state,
-            a.jobs_due,
-            a.jobs_scheduled,
-            a.jobs_in_flight,
+            count(a.jobs_due),
+            count(a.jobs_scheduled),
+            count(a.jobs_in_flight),
             a.max_concurrency,
-            a.dead_letters,
+            count(a.dead_letters),
             oldest
         );
         if !a.reason.is_empty() {
             println!("  {}: {}", a.name, a.reason);
         }
+    }
+    let down: Vec<&str> = s
+        .adapters
+        .iter()
+        .filter(|a| a.state == "down")
+        .map(|a| a.name.as_str())
+        .collect();
+    if !down.is_empty() {
+        println!(
+            "{} adapter instance(s) down: {} (their deliveries wait in the outbox)",
+            down.len(),
+            down.join(", ")
+        );
     }
 }

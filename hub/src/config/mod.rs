@@ -84,7 +84,7 @@ pub struct HubConfig {
     /// gRPC listener (Practice, Catalog, admin, health, reflection).
     #[serde(default = "default_grpc_listen")]
     pub grpc_listen: SocketAddr,
-    /// HTTP listener (`/healthz`, `/readyz`).
+    /// HTTP listener (`/healthz`, `/readyz`, `/adapters`, `/metrics`, callbacks).
     #[serde(default = "default_http_listen")]
     pub http_listen: SocketAddr,
     /// Where the embedded store lives (relative to the config file).

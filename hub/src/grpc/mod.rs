@@ -458,28 +458,43 @@ impl pb::delivery_admin_service_server::DeliveryAdminService for Api {
         &self,
         _request: Request<pb::GetHubStatusRequest>,
     ) -> Result<Response<pb::HubStatus>, Status> {
-        let s = crate::status::hub_status(&self.service, true).await;
+        let crate::status::HubStatus {
+            readiness,
+            adapters,
+        } = crate::status::hub_status(&self.service).await;
+        // The store as the backlog query found it when that failed: a
+        // client must not read the zeros sent then as an empty outbox.
+        let store = if adapters.store.is_up() {
+            readiness.store
+        } else {
+            adapters.store
+        };
         Ok(Response::new(pb::HubStatus {
-            version: s.version.to_string(),
-            instance_id: s.instance_id,
-            uptime_seconds: s.uptime_seconds,
-            ready: s.ready,
-            store_state: s.store.state.to_string(),
-            store_reason: s.store.reason.unwrap_or_default(),
-            adapters: s
+            version: readiness.version.to_string(),
+            instance_id: readiness.instance_id,
+            uptime_seconds: readiness.uptime_seconds,
+            ready: readiness.ready,
+            store_state: store.state.to_string(),
+            store_reason: store.reason.unwrap_or_default(),
+            adapters: adapters
                 .adapters
                 .into_iter()
-                .map(|(name, a)| pb::AdapterStatus {
-                    name,
-                    kind: a.kind.to_string(),
-                    state: a.state.to_string(),
-                    reason: a.reason.unwrap_or_default(),
-                    jobs_due: a.jobs_due,
-                    jobs_scheduled: a.jobs_scheduled,
-                    jobs_in_flight: a.jobs_in_flight,
-                    dead_letters: a.dead_letters,
-                    oldest_due_age_seconds: a.oldest_due_age_seconds,
-                    max_concurrency: a.max_concurrency as u32,
+                .map(|(name, a)| {
+                    // Zeros when the store does not answer: store_state says
+                    // the backlog is unknown then.
+                    let b = a.backlog.unwrap_or_default();
+                    pb::AdapterStatus {
+                        name,
+                        kind: a.kind.to_string(),
+                        state: a.state.to_string(),
+                        reason: a.reason.unwrap_or_default(),
+                        jobs_due: b.jobs_due,
+                        jobs_scheduled: b.jobs_scheduled,
+                        jobs_in_flight: b.jobs_in_flight,
+                        dead_letters: b.dead_letters,
+                        oldest_due_age_seconds: b.oldest_due_age_seconds.unwrap_or_default(),
+                        max_concurrency: a.max_concurrency as u32,
+                    }
                 })
                 .collect(),
         }))
