@@ -28,6 +28,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "event_audit_format",
         include_str!("../../../migrations/postgres/0004_event_audit_format.sql"),
     ),
+    (
+        5,
+        "sequenced_event_indexes",
+        include_str!("../../../migrations/postgres/0005_sequenced_event_indexes.sql"),
+    ),
 ];
 
 /// The advisory lock's first key ("RACC"); the second is the schema's,
