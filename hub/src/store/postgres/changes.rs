@@ -145,11 +145,11 @@ pub(super) async fn insert_new(
             owner: lease.owner.clone(),
         });
     state::persist(tx, &mut loaded, plan, new.received_at).await?;
-    if let (Some(_), Some((_, max_in_flight))) = (&job, lease) {
-        if !cluster::within_limit(tx, &new.adapter, now, max_in_flight).await? {
-            tx.roll_back_at_end();
-            return Ok(None);
-        }
+    if let (Some(_), Some((_, max_in_flight))) = (&job, lease)
+        && !cluster::within_limit(tx, &new.adapter, now, max_in_flight).await?
+    {
+        tx.roll_back_at_end();
+        return Ok(None);
     }
     Ok(Some((InsertOutcome::Created, job)))
 }
