@@ -26,7 +26,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc};
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
-use tokio_postgres::{AsyncMessage, NoTls, Socket};
+use tokio_postgres::{AsyncMessage, NoTls, SimpleQueryMessage, Socket};
 
 /// How often the feed reads while it cannot listen (or cannot read).
 pub(super) const POLL: Duration = Duration::from_secs(1);
@@ -173,16 +173,25 @@ where
         Ok(c) => c,
         Err(e) => return (false, pool::from_pg(e).to_string()),
     };
-    let statement = format!("LISTEN {EVENTS_CHANNEL}; LISTEN {WORK_CHANNEL}");
-    let listen = client.batch_execute(&statement);
+    // The channels are the database's, shared by every schema in it: the
+    // schema tells this store's work notices from another hub's.
+    let statement =
+        format!("LISTEN {EVENTS_CHANNEL}; LISTEN {WORK_CHANNEL}; SELECT current_schema()");
+    let listen = client.simple_query(&statement);
     tokio::pin!(listen);
     let mut listened = false;
+    let mut own_work = String::new();
     loop {
         // The connection is driven here: it delivers the LISTEN's answer
         // and, after it, the notifications.
         tokio::select! {
             done = &mut listen, if !listened => match done {
-                Ok(()) => {
+                Ok(messages) => {
+                    let schema = messages.iter().find_map(|m| match m {
+                        SimpleQueryMessage::Row(row) => row.get(0).map(str::to_string),
+                        _ => None,
+                    });
+                    own_work = format!("{}/", schema.unwrap_or_default());
                     listened = true;
                     if outage {
                         tracing::info!("the event feed listens to PostgreSQL again");
@@ -196,7 +205,10 @@ where
             message = std::future::poll_fn(|cx| connection.poll_message(cx)) => {
                 let notice = match message {
                     Some(Ok(AsyncMessage::Notification(n))) if n.channel() == WORK_CHANNEL => {
-                        Notice::Work(n.payload().to_string())
+                        match n.payload().strip_prefix(own_work.as_str()) {
+                            Some(adapter) => Notice::Work(adapter.to_string()),
+                            None => continue, // another schema's hub
+                        }
                     }
                     Some(Ok(AsyncMessage::Notification(_))) => Notice::Events,
                     Some(Ok(_)) => continue,

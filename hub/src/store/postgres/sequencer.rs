@@ -343,7 +343,7 @@ async fn assign(tx: &Tx) -> Result<(u64, bool), StoreError> {
         practices.sort_unstable();
         practices.dedup();
         tx.execute(
-            "SELECT pg_notify($1, adapter) FROM (
+            "SELECT pg_notify($1, current_schema() || '/' || adapter) FROM (
                 SELECT DISTINCT adapter FROM jobs WHERE practice_id = ANY($2) AND state = 'due') j",
             &[&WORK_CHANNEL, &practices],
         )
