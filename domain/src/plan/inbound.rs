@@ -2,7 +2,7 @@
 //! files, polls): which practice they are about, and what they change.
 
 use super::{Plan, PracticeState, Refused};
-use crate::adapter::{Anomaly, AnomalyClass, VendorReply};
+use crate::adapter::{Anomaly, AnomalyClass, Correlation, VendorReply};
 use crate::model::ExternalRef;
 use crate::practice::{EventDraft, EventKind, EventSource};
 use crate::status::admin_transition_allowed;
@@ -29,6 +29,20 @@ pub fn pick_correlated(
         n => Err(Refused(format!(
             "{n} practices match this correlation; the result names no tenant"
         ))),
+    }
+}
+
+/// The delivery a result answers: the operation its correlation names,
+/// else the practice's current one. While that delivery's attempt is in
+/// flight (and it is the reporting adapter's), the result waits for the
+/// attempt to end, so that it is applied after the vendor's acknowledgement.
+pub fn answered_delivery<'a>(
+    correlation: &'a Correlation,
+    state: &'a PracticeState,
+) -> Option<&'a str> {
+    match correlation {
+        Correlation::OperationId(op) => Some(op),
+        _ => state.current_operation_id.as_deref(),
     }
 }
 
@@ -363,6 +377,15 @@ mod tests {
         );
         assert_eq!(plan.events[0].to_status, Some(AdminStatus::Approved));
         assert_eq!(plan.state.status, AdminStatus::IntegrationRequested);
+    }
+
+    #[test]
+    fn a_result_answers_the_operation_it_names_else_the_current_one() {
+        let s = state(AdminStatus::Submitted, DeliveryStatus::Sent);
+        let by_op = Correlation::OperationId("op-0".into());
+        assert_eq!(answered_delivery(&by_op, &s), Some("op-0"));
+        let by_id = Correlation::PracticeId("p-1".into());
+        assert_eq!(answered_delivery(&by_id, &s), Some("op-1"));
     }
 
     #[test]

@@ -11,7 +11,8 @@ mod withdrawal;
 
 pub use attempt::{plan_attempt, plan_claim};
 pub use inbound::{
-    Correlated, Known, SINGLE_VALUED_KINDS, Verdict, pick_correlated, plan_report, plan_result,
+    Correlated, Known, SINGLE_VALUED_KINDS, Verdict, answered_delivery, pick_correlated,
+    plan_report, plan_result,
 };
 pub use submission::plan_submission;
 pub use withdrawal::{JobSnapshot, Withdrawal, plan_replay, plan_withdrawal};

@@ -402,10 +402,7 @@ pub(super) async fn apply_inbound(
     // Locked before the job is read: the attempt's end waits for this
     // transaction, or this one sees the attempt ended.
     let mut loaded = state::load(tx, &practice_id).await?;
-    let awaited = match &result.correlation {
-        Correlation::OperationId(op) => Some(op.clone()),
-        _ => loaded.state.current_operation_id.clone(),
-    };
+    let awaited = plan::answered_delivery(&result.correlation, &loaded.state).map(str::to_string);
     if let Some(op) = awaited
         && early::in_flight(tx, &op, &tenant_id, adapter).await?
     {

@@ -353,10 +353,7 @@ pub(super) fn apply_inbound(
         }
     }
     let mut loaded = state::load(conn, &practice_id)?;
-    let awaited = match &result.correlation {
-        Correlation::OperationId(op) => Some(op.clone()),
-        _ => loaded.state.current_operation_id.clone(),
-    };
+    let awaited = plan::answered_delivery(&result.correlation, &loaded.state).map(str::to_string);
     if let Some(op) = awaited
         && early::in_flight(conn, &op, &tenant_id, adapter)?
     {
