@@ -297,6 +297,25 @@ async fn early_vendor(State(v): State<Arc<EarlyVendor>>, headers: HeaderMap) -> 
 
 #[tokio::test]
 async fn a_vendor_calling_back_before_its_202_loses_nothing_and_applies_nothing_twice() {
+    early_callbacks_race("", &[]).await;
+}
+
+#[tokio::test]
+async fn on_postgres_a_vendor_calling_back_before_its_202_loses_nothing_either() {
+    let schema = crate::postgres::Schema::new();
+    let store = r#"
+[store]
+kind = "postgres"
+[store.postgres]
+url_file = "database.url"
+pool_size = 8
+"#;
+    early_callbacks_race(store, &[("database.url", schema.url.as_bytes())]).await;
+}
+
+/// [`race_count`] practices to the vendor that calls back first, on a hub
+/// whose configuration ends with `store` (files beside it).
+async fn early_callbacks_race(store: &str, files: &[(&str, &[u8])]) {
     let count = race_count();
     let vendor = Arc::new(EarlyVendor::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -306,9 +325,11 @@ async fn a_vendor_calling_back_before_its_202_loses_nothing_and_applies_nothing_
         .with_state(Arc::clone(&vendor));
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     let http = free_addr().await;
+    let mut files = files.to_vec();
+    files.push(("callback.secret", SECRET.as_bytes()));
     let mut hub = start(
-        &config(http, &rest_adapter(vaddr, http)),
-        &[("callback.secret", SECRET.as_bytes())],
+        &format!("{}{store}", config(http, &rest_adapter(vaddr, http))),
+        &files,
     )
     .await;
 
