@@ -247,8 +247,17 @@ pub struct InboundResult {
     /// What makes this result distinct (a callback's id, an AMQP
     /// `message_id`, a result file's content hash and row): a second result
     /// with the same receipt for the same adapter instance changes nothing
-    /// and is answered [`InboundOutcome::Duplicate`]. `None` applies every
-    /// time, so channels that can redeliver must set it.
+    /// and is answered as the first was ([`InboundOutcome::Duplicate`] for
+    /// one applied or pending, the same [`InboundError::Anomaly`] for an
+    /// anomaly). `None` applies every time, so channels that can redeliver
+    /// must set it.
+    ///
+    /// A result that arrives while the delivery it answers is still in
+    /// flight (the vendor called back before its acknowledgement reached
+    /// the hub) is stored and answered [`InboundOutcome::Pending`]; it is
+    /// applied, in arrival order, in the transaction that records the end
+    /// of that attempt, after the acknowledgement: the practice's events
+    /// keep the order in which the vendor acted.
     pub receipt: Option<String>,
 }
 
@@ -259,16 +268,74 @@ pub enum InboundOutcome {
     Applied,
     /// Stored earlier under the same receipt; nothing changed.
     Duplicate,
+    /// Stored now, to be applied when the attempt that delivered the
+    /// request it answers ends: the vendor answered before the hub recorded
+    /// its acknowledgement (see [`InboundResult`]). The sender must not
+    /// send it again.
+    Pending,
 }
 
 impl InboundOutcome {
-    /// `applied` or `duplicate`, for answers to vendors and logs.
+    /// `applied`, `duplicate` or `pending`, for answers to vendors and logs.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Applied => "applied",
             Self::Duplicate => "duplicate",
+            Self::Pending => "pending",
         }
     }
+}
+
+/// Why a result was recorded as an anomaly instead of being applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AnomalyClass {
+    /// The practice is concluded and the result says something new about
+    /// it (another status, reference or document).
+    Late,
+    /// The result contradicts the practice as earlier results left it: a
+    /// status the state machine does not allow from the current one, or a
+    /// second, different protocol number or vendor id from the same system.
+    Contradictory,
+}
+
+impl AnomalyClass {
+    /// Every class.
+    pub const ALL: [AnomalyClass; 2] = [AnomalyClass::Late, AnomalyClass::Contradictory];
+
+    /// `late` or `contradictory`: metrics labels, answers to vendors, logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Late => "late",
+            Self::Contradictory => "contradictory",
+        }
+    }
+}
+
+impl fmt::Display for AnomalyClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for AnomalyClass {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|c| c.as_str() == s)
+            .ok_or_else(|| format!("unknown anomaly class '{s}'"))
+    }
+}
+
+/// A result recorded on its practice as an `ANOMALY` event, not applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Anomaly {
+    pub class: AnomalyClass,
+    /// What arrived and why it was not applied: the event's reason, told
+    /// to the vendor that sent it. It may quote the vendor's own data, so
+    /// it is never logged.
+    pub reason: String,
 }
 
 /// Why an inbound result was not applied.
@@ -280,6 +347,11 @@ pub enum InboundError {
     /// The result is not acceptable in the practice's current state.
     #[error("{0}")]
     Refused(String),
+    /// The result was recorded as an anomaly on its practice (now, or
+    /// earlier under the same receipt) and not applied: the sender should
+    /// not retry, but learn that it was not applied.
+    #[error("recorded as an anomaly ({}): {}", .0.class, .0.reason)]
+    Anomaly(Anomaly),
     /// The hub could not store it now: the sender should retry.
     #[error("temporarily unavailable: {0}")]
     Unavailable(String),

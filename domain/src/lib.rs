@@ -33,7 +33,8 @@ pub mod retry;
 pub mod status;
 
 pub use adapter::{
-    AdapterError, AdapterHealth, DeliveryError, DeliveryRequest, FailureClass, FollowUp,
-    InboundOutcome, InboundResult, PollOutcome, PollRequest, ResultSink, VendorReply,
+    AdapterError, AdapterHealth, Anomaly, AnomalyClass, DeliveryError, DeliveryRequest,
+    FailureClass, FollowUp, InboundOutcome, InboundResult, PollOutcome, PollRequest, ResultSink,
+    VendorReply,
 };
 pub use message::NormalizedMessage;

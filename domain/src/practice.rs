@@ -120,7 +120,8 @@ impl EventSource {
 pub enum EventKind {
     StatusChanged,
     DeliveryChanged,
-    /// A change the state machine refused: recorded, not applied.
+    /// Recorded, not applied: a change the state machine refused, or a
+    /// vendor's result that came late or contradicts an earlier one.
     Anomaly,
 }
 

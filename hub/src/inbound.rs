@@ -4,7 +4,7 @@
 
 use crate::metrics::OutcomeLabels;
 use crate::practices::PracticeService;
-use crate::store::StoreError;
+use crate::store::{InboundVerdict, RecordedAnomaly, StoreError};
 use async_trait::async_trait;
 use raccordo_adapters::adapter::{InboundError, InboundOutcome};
 use raccordo_adapters::{InboundResult, ResultSink};
@@ -30,6 +30,8 @@ impl ResultSink for HubSink {
         let outcome = match &applied {
             Ok(InboundOutcome::Applied) => "applied",
             Ok(InboundOutcome::Duplicate) => "duplicate",
+            Ok(InboundOutcome::Pending) => "pending",
+            Err(InboundError::Anomaly(_)) => "anomaly",
             Err(InboundError::Uncorrelated(_)) => "uncorrelated",
             Err(InboundError::Refused(_)) => "refused",
             Err(InboundError::Unavailable(_)) => "unavailable",
@@ -58,9 +60,12 @@ impl ResultSink for HubSink {
 }
 
 impl HubSink {
-    /// Applies `result`; the store publishes its events once committed.
+    /// Applies `result`; the store publishes its events once committed. An
+    /// anomaly recorded now is counted and logged (class only: its reason
+    /// may quote the vendor's data); a repeat of one is answered the same
+    /// way without being counted again.
     async fn apply_result(&self, result: &InboundResult) -> Result<InboundOutcome, InboundError> {
-        let outcome = self
+        let verdict = self
             .service
             .store()
             .apply_inbound(result)
@@ -72,6 +77,21 @@ impl HubSink {
                 StoreError::Conflict(m) => InboundError::Refused(m),
                 other => InboundError::Unavailable(other.to_string()),
             })?;
-        Ok(outcome)
+        match verdict {
+            InboundVerdict::Applied => Ok(InboundOutcome::Applied),
+            InboundVerdict::Duplicate => Ok(InboundOutcome::Duplicate),
+            InboundVerdict::Pending => Ok(InboundOutcome::Pending),
+            InboundVerdict::Anomaly { anomaly, first } => {
+                if first && self.service.adapters().contains_key(&result.adapter) {
+                    self.service.metrics().count_anomalies(&[RecordedAnomaly {
+                        adapter: result.adapter.clone(),
+                        class: anomaly.class,
+                    }]);
+                }
+                tracing::warn!(adapter = %result.adapter, class = %anomaly.class, repeated = !first,
+                    "a vendor's result was recorded as an anomaly and not applied");
+                Err(InboundError::Anomaly(anomaly))
+            }
+        }
     }
 }

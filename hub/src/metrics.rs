@@ -74,8 +74,16 @@ pub struct OutcomeLabels {
     pub adapter: String,
     /// For attempts: delivered | rejection | transient | permanent |
     /// outcome_unknown. For inbound results: applied | duplicate |
-    /// uncorrelated | refused | unavailable.
+    /// pending | anomaly | uncorrelated | refused | unavailable.
     pub outcome: String,
+}
+
+/// An adapter instance and the class of an anomaly.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AnomalyLabels {
+    pub adapter: String,
+    /// late | contradictory
+    pub class: String,
 }
 
 /// An adapter instance's health state.
@@ -130,6 +138,8 @@ pub struct Metrics {
     pub adapter_state: Family<AdapterStateLabels, Gauge>,
     /// Results received through callbacks, reply queues and files.
     pub inbound_results: Family<OutcomeLabels, Counter>,
+    /// Results recorded as `ANOMALY` events instead of being applied.
+    pub anomalies: Family<AnomalyLabels, Counter>,
     /// Deliveries waiting for their next attempt whose time has come.
     pub jobs_due: Family<AdapterLabels, Gauge>,
     /// Deliveries waiting for a later retry.
@@ -178,6 +188,7 @@ impl Metrics {
             delivery_concurrency_limit: Family::default(),
             adapter_state: Family::default(),
             inbound_results: Family::default(),
+            anomalies: Family::default(),
             jobs_due: Family::default(),
             jobs_scheduled: Family::default(),
             oldest_due_seconds: Family::default(),
@@ -255,6 +266,11 @@ impl Metrics {
             m.inbound_results.clone(),
         );
         registry.register(
+            "anomalies",
+            "Vendor results recorded as ANOMALY events and not applied (late, contradictory)",
+            m.anomalies.clone(),
+        );
+        registry.register(
             "jobs_due",
             "Deliveries whose next attempt is due and not yet running",
             m.jobs_due.clone(),
@@ -313,6 +329,19 @@ impl Metrics {
             m.cluster_instances.clone(),
         );
         Self { registry, ..m }
+    }
+
+    /// Counts anomalies the store recorded (results that waited for their
+    /// attempt and were judged when it ended).
+    pub fn count_anomalies(&self, recorded: &[crate::store::RecordedAnomaly]) {
+        for a in recorded {
+            self.anomalies
+                .get_or_create(&AnomalyLabels {
+                    adapter: a.adapter.clone(),
+                    class: a.class.as_str().to_string(),
+                })
+                .inc();
+        }
     }
 
     /// Whether the store-derived gauges are older than [`SNAPSHOT_TTL`]; if

@@ -130,10 +130,12 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
         }
     };
     if !expired.is_empty() {
+        metrics.count_anomalies(&expired.anomalies);
         tracing::warn!(
             due_again = expired.due_again,
             dead_lettered = expired.dead_lettered,
             polls = expired.polls,
+            anomalies = expired.anomalies.len(),
             "deliveries interrupted by the last stop are re-sent with their operation ids"
         );
     }

@@ -97,6 +97,12 @@ pub struct Backlog {
     /// How long the oldest due delivery has waited; absent when none is due.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub oldest_due_age_seconds: Option<f64>,
+    /// `ANOMALY` events this instance's reports caused on stored practices
+    /// (results not applied: late, contradictory, or changes the state
+    /// machines do not allow), and when the last one was recorded.
+    pub anomalies: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_anomaly_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// The whole picture, for `GetHubStatus`.
@@ -154,16 +160,23 @@ pub async fn adapters_report(service: &PracticeService) -> AdaptersReport {
             // An instance with nothing queued has no row in the snapshot:
             // its counts are real zeros.
             let backlog = snapshot.as_ref().map(|s| {
-                s.adapters
-                    .iter()
-                    .find(|a| &a.adapter == name)
-                    .map_or_else(Backlog::default, |b| Backlog {
+                let anomalies = s.anomalies.iter().find(|a| &a.actor == name);
+                let counts = s.adapters.iter().find(|a| &a.adapter == name).map_or_else(
+                    Backlog::default,
+                    |b| Backlog {
                         jobs_due: b.due,
                         jobs_scheduled: b.scheduled,
                         jobs_in_flight: b.in_flight,
                         dead_letters: b.dead,
                         oldest_due_age_seconds: b.oldest_due_age.map(|d| d.as_secs_f64()),
-                    })
+                        ..Backlog::default()
+                    },
+                );
+                Backlog {
+                    anomalies: anomalies.map_or(0, |a| a.count),
+                    last_anomaly_at: anomalies.and_then(|a| a.last_at),
+                    ..counts
+                }
             });
             let status = AdapterStatus {
                 kind: instance.adapter.kind(),

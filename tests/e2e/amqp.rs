@@ -734,6 +734,58 @@ async fn unusable_replies_are_dead_lettered_with_the_reason_and_the_queue_flows(
 }
 
 #[tokio::test]
+async fn a_late_reply_is_recorded_as_an_anomaly_and_dead_lettered() {
+    let names = Names::new("late");
+    let broker = Broker::connect(&names).await;
+    let proxy = Proxy::start().await;
+    let mut hub = start(&names, &proxy, Opts::default()).await;
+
+    let p = hub.submit(tari("late-reply")).await;
+    broker.take(&names.inbox).await;
+    broker
+        .reply(
+            &p.id,
+            "r-1",
+            br#"{"status":"APPROVED","protocol":"2026/42"}"#,
+        )
+        .await;
+    let done = hub
+        .wait_status(TENANT, &p.id, pb::AdministrativeStatus::Approved)
+        .await;
+    // Another protocol number for the concluded practice: not merged.
+    broker
+        .reply(
+            &p.id,
+            "r-2",
+            br#"{"status":"APPROVED","protocol":"2026/43"}"#,
+        )
+        .await;
+    let d = broker.take(&names.dead).await;
+    let h = headers(&d.properties);
+    assert_eq!(text(d.properties.message_id()), "r-2");
+    assert_eq!(h["x-raccordo-reason"], "anomaly_late");
+    assert!(h["x-raccordo-detail"].contains("2026/43"), "{h:?}");
+    let after = hub
+        .wait_practice(TENANT, &p.id, "the anomaly recorded", |q| {
+            q.events.len() > done.events.len()
+        })
+        .await;
+    let last = after.events.last().unwrap();
+    assert_eq!(last.kind, pb::EventKind::Anomaly as i32);
+    let protocols: Vec<&str> = after
+        .external_refs
+        .iter()
+        .filter(|r| r.kind == "protocol")
+        .map(|r| r.value.as_str())
+        .collect();
+    assert_eq!(protocols, ["2026/42"]);
+    assert_eq!(broker.count(&names.results).await, 0);
+
+    hub.stop().await;
+    broker.cleanup().await;
+}
+
+#[tokio::test]
 async fn a_redelivered_reply_is_applied_once() {
     let names = Names::new("duplicate");
     let broker = Broker::connect(&names).await;

@@ -824,13 +824,19 @@ async fn killed_at_random_points_under_mixed_load_the_store_stays_consistent() {
         "callbacks refused: {:?}",
         callbacks.refused
     );
+    // An approval pushed for a practice withdrawn meanwhile is late: not
+    // applied, and the vendor is told so.
+    for (class, detail) in &callbacks.anomalies {
+        assert_eq!(class, "late", "{detail}");
+        assert!(detail.contains("concluded WITHDRAWN"), "{detail}");
+    }
     let verified = audit_verify(&config_path).unwrap_or_else(|e| panic!("audit verify: {e}"));
 
     let l = ledger.lock().unwrap();
     eprintln!(
         "crash test seed {seed}: {cycles} kills under load (+{early_kills} while starting) in {:.1?}; \
          {} practices acknowledged ({delivered} delivered, {} duplicates on retry), {} withdrawals, \
-         {} purge runs ({} killed) removing {} practices, {} callbacks accepted ({} uncorrelated); {}",
+         {} purge runs ({} killed) removing {} practices, {} callbacks accepted ({} uncorrelated, {} late); {}",
         began.elapsed(),
         l.acked.len(),
         l.duplicates,
@@ -840,6 +846,7 @@ async fn killed_at_random_points_under_mixed_load_the_store_stays_consistent() {
         l.purged,
         callbacks.accepted,
         callbacks.uncorrelated,
+        callbacks.anomalies.len(),
         verified.trim()
     );
 }

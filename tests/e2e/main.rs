@@ -2,6 +2,7 @@
 //! real SQLite file, and the real `raccordo` binary where a process matters.
 
 mod amqp;
+mod callbacks;
 mod cli;
 mod cluster;
 mod crash;

@@ -179,6 +179,10 @@ pub struct Callbacks {
     pub accepted: usize,
     /// Given up on: the hub kept not knowing the correlation id.
     pub uncorrelated: usize,
+    /// Answered 409 as not applied, recorded on the practice as an anomaly
+    /// (e.g. an approval for a practice withdrawn meanwhile): the class
+    /// and the detail.
+    pub anomalies: Vec<(String, String)>,
     /// Refused for another reason: (status, body).
     pub refused: Vec<(u16, String)>,
 }
@@ -409,7 +413,15 @@ async fn push_result(state: Arc<VendorState>, push: Push, url: String, key: Stri
             Ok(r) if r.status().is_client_error() && r.status() != StatusCode::NOT_FOUND => {
                 let status = r.status().as_u16();
                 let text = r.text().await.unwrap_or_default();
-                state.callbacks.lock().unwrap().refused.push((status, text));
+                let problem: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                let mut callbacks = state.callbacks.lock().unwrap();
+                match problem["anomaly"].as_str() {
+                    Some(class) if status == 409 => {
+                        let detail = problem["detail"].as_str().unwrap_or_default();
+                        callbacks.anomalies.push((class.into(), detail.into()));
+                    }
+                    _ => callbacks.refused.push((status, text)),
+                }
                 return;
             }
             _ if start.elapsed() > GIVE_UP => {

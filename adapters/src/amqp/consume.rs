@@ -125,6 +125,15 @@ async fn handle(link: &Link, session: &Session, delivery: Delivery) {
                 reason: "refused",
                 detail: m,
             }),
+            // Recorded on the practice as an ANOMALY event, not applied:
+            // the vendor finds it, with what it said, in the dead letters.
+            Err(InboundError::Anomaly(a)) => Disposition::DeadLetter(Unusable {
+                reason: match a.class {
+                    crate::adapter::AnomalyClass::Late => "anomaly_late",
+                    crate::adapter::AnomalyClass::Contradictory => "anomaly_contradictory",
+                },
+                detail: a.reason,
+            }),
             Err(InboundError::Unavailable(m)) => Disposition::Requeue(m),
         },
     };

@@ -21,7 +21,8 @@ use serde_json::Value;
 /// with these as `x-raccordo-reason` and `x-raccordo-detail`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unusable {
-    /// `malformed`, `uncorrelated` or `refused`.
+    /// `malformed`, `uncorrelated`, `refused`, or `anomaly_late` /
+    /// `anomaly_contradictory` (recorded on the practice, not applied).
     pub reason: &'static str,
     pub detail: String,
 }

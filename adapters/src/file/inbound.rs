@@ -231,13 +231,25 @@ impl Inbound {
             receipt: Some(format!("{sha}:{}", row.ordinal)),
         };
         match self.sink.apply(result).await {
-            Ok(crate::adapter::InboundOutcome::Applied) => Ok(true),
+            // Pending: stored, applied when the delivery's attempt ends.
+            Ok(
+                crate::adapter::InboundOutcome::Applied | crate::adapter::InboundOutcome::Pending,
+            ) => Ok(true),
             Ok(crate::adapter::InboundOutcome::Duplicate) => Ok(false),
             Err(InboundError::Unavailable(m)) => Err(RowFailure::Later(m)),
             Err(e @ InboundError::Uncorrelated(_)) => {
                 Err(RowFailure::Bad(row.at, format!("{e} (no such practice)")))
             }
             Err(InboundError::Refused(m)) => Err(RowFailure::Bad(row.at, m)),
+            // The anomaly's reason quotes the row: the report names only
+            // its class; the practice's ANOMALY event says what arrived.
+            Err(InboundError::Anomaly(a)) => Err(RowFailure::Bad(
+                row.at,
+                format!(
+                    "recorded as an anomaly ({}) on its practice and not applied",
+                    a.class
+                ),
+            )),
         }
     }
 

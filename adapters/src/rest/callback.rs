@@ -7,8 +7,12 @@
 //! body the mapping cannot read gets a problem+json error and changes
 //! nothing. A valid result is mapped with the instance's response mapping
 //! and applied through the [`ResultSink`]; the vendor gets 200 only after
-//! it is stored. A repeated callback (same `Idempotency-Key`, or the same
-//! correlation id and body) is answered 200 without being applied again.
+//! it is stored, 202 when it is stored to be applied once the hub has
+//! recorded the end of the request it answers (the vendor called back
+//! before its own 202 arrived), and 409 when it was recorded as an anomaly
+//! on its practice instead (late, or contradicting an earlier result). A
+//! repeated callback (same `Idempotency-Key`, or the same correlation id
+//! and body) is answered as the first was, without being applied again.
 
 use super::Inner;
 use super::config::CallbackConfig;
@@ -145,12 +149,25 @@ pub(super) fn router(inner: Arc<Inner>, sink: Arc<dyn ResultSink>) -> axum::Rout
 
 /// An RFC 7807 answer.
 fn problem(status: StatusCode, title: &str, detail: impl Into<String>) -> Response {
-    let body = serde_json::json!({
+    problem_with(status, title, detail, None)
+}
+
+/// An RFC 7807 answer with one extension member.
+fn problem_with(
+    status: StatusCode,
+    title: &str,
+    detail: impl Into<String>,
+    extension: Option<(&str, &str)>,
+) -> Response {
+    let mut body = serde_json::json!({
         "type": "about:blank",
         "title": title,
         "status": status.as_u16(),
         "detail": detail.into(),
     });
+    if let Some((key, value)) = extension {
+        body[key] = serde_json::Value::from(value);
+    }
     let mut resp = (status, body.to_string()).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -272,8 +289,14 @@ async fn receive(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, body: Bytes) -
         Ok(o) => {
             let state = o.as_str();
             tracing::info!(adapter = %name, correlation = %correlation, state, "callback result stored");
+            // Pending: stored, applied once the hub has recorded the end of
+            // the request it answers (202: accepted, nothing to re-send).
+            let status = match o {
+                InboundOutcome::Pending => StatusCode::ACCEPTED,
+                InboundOutcome::Applied | InboundOutcome::Duplicate => StatusCode::OK,
+            };
             (
-                StatusCode::OK,
+                status,
                 [(header::CONTENT_TYPE, "application/json")],
                 serde_json::json!({ "result": state }).to_string(),
             )
@@ -287,6 +310,13 @@ async fn receive(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, body: Bytes) -
         Err(InboundError::Refused(reason)) => {
             problem(StatusCode::CONFLICT, "Result refused", reason)
         }
+        // Recorded on the practice as an ANOMALY event, not applied.
+        Err(InboundError::Anomaly(a)) => problem_with(
+            StatusCode::CONFLICT,
+            "Result not applied",
+            a.reason,
+            Some(("anomaly", a.class.as_str())),
+        ),
         Err(InboundError::Unavailable(reason)) => {
             tracing::warn!(adapter = %name, "callback not stored: {reason}");
             let mut resp = problem(

@@ -352,6 +352,13 @@ async fn receive(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, body: Bytes) -
             &format!("no practice awaits X-Correlation-ID {correlation}"),
         ),
         Err(InboundError::Refused(reason)) => fault(v, true, &reason),
+        // Recorded on the practice, not applied: a Client/Sender fault whose
+        // code names the class, so the vendor does not retry it.
+        Err(InboundError::Anomaly(a)) => fault(
+            v,
+            true,
+            &format!("result not applied: anomaly ({}): {}", a.class, a.reason),
+        ),
         Err(InboundError::Unavailable(reason)) => {
             tracing::warn!(adapter = %name, "SOAP callback not stored: {reason}");
             fault(v, false, "the hub cannot store the result now; retry later")

@@ -2,7 +2,10 @@
 //! files, polls): which practice they are about, and what they change.
 
 use super::{Plan, PracticeState, Refused};
-use crate::adapter::VendorReply;
+use crate::adapter::{Anomaly, AnomalyClass, Correlation, VendorReply};
+use crate::model::ExternalRef;
+use crate::practice::{EventDraft, EventKind, EventSource};
+use crate::status::admin_transition_allowed;
 use chrono::{DateTime, Utc};
 
 /// A practice a result's correlation matched: (practice id, tenant id).
@@ -29,6 +32,20 @@ pub fn pick_correlated(
     }
 }
 
+/// The delivery a result answers: the operation its correlation names,
+/// else the practice's current one. While that delivery's attempt is in
+/// flight (and it is the reporting adapter's), the result waits for the
+/// attempt to end, so that it is applied after the vendor's acknowledgement.
+pub fn answered_delivery<'a>(
+    correlation: &'a Correlation,
+    state: &'a PracticeState,
+) -> Option<&'a str> {
+    match correlation {
+        Correlation::OperationId(op) => Some(op),
+        _ => state.current_operation_id.as_deref(),
+    }
+}
+
 /// A vendor's report on a practice (a result, a poll's progress).
 pub fn plan_report(
     state: PracticeState,
@@ -39,6 +56,165 @@ pub fn plan_report(
     let mut plan = Plan::from_state(state);
     plan.apply_report(reply, actor, now);
     plan
+}
+
+/// Reference kinds a reporting system assigns once per practice: a second,
+/// different value from the same system contradicts the first. Other kinds
+/// (`correlation_id`, one per delivery; a vendor's own kinds) accumulate.
+pub const SINGLE_VALUED_KINDS: [&str; 2] = ["protocol", "vendor_id"];
+
+/// What earlier results left on a practice, as a result is judged against:
+/// its references and the SHA-256 of its outcome documents.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Known {
+    pub references: Vec<ExternalRef>,
+    pub documents: Vec<String>,
+}
+
+/// How a result was taken.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Applied (possibly changing nothing: it repeated what is known).
+    Applied,
+    /// Recorded as an `ANOMALY` event, nothing else applied.
+    Anomaly(Anomaly),
+}
+
+/// A result that arrived after the delivery (callback, reply message,
+/// result file), judged against the practice before anything of it is
+/// applied — all of it or none:
+///
+/// - on a concluded practice, a result that says nothing new (the same
+///   status, known references and documents) is applied and changes
+///   nothing; one that says anything new is [`AnomalyClass::Late`];
+/// - on an open practice, a status the state machine does not allow, or a
+///   [`SINGLE_VALUED_KINDS`] reference that differs from the one the same
+///   system gave earlier, is [`AnomalyClass::Contradictory`];
+/// - anything else is applied like any report ([`plan_report`]).
+///
+/// An anomaly is recorded as an `ANOMALY` event whose reason says what
+/// arrived and why it was not applied; it is never merged.
+pub fn plan_result(
+    state: PracticeState,
+    known: &Known,
+    reply: &VendorReply,
+    actor: &str,
+    now: DateTime<Utc>,
+) -> (Plan, Verdict) {
+    let current = state.status;
+    let refs: Vec<ExternalRef> = reply
+        .external_refs
+        .iter()
+        .map(|r| ExternalRef {
+            system: if r.system.is_empty() {
+                actor.to_string()
+            } else {
+                r.system.clone()
+            },
+            ..r.clone()
+        })
+        .collect();
+    let is_known = |r: &ExternalRef| {
+        known
+            .references
+            .iter()
+            .any(|k| k.kind == r.kind && k.value == r.value && k.system == r.system)
+    };
+    let new_refs: Vec<&ExternalRef> = refs.iter().filter(|r| !is_known(r)).collect();
+    let new_documents = reply
+        .documents
+        .iter()
+        .filter(|d| !known.documents.contains(&d.meta.sha256))
+        .count();
+    let new_status = reply.status.filter(|s| *s != current);
+    let arrived = describe(reply, &refs);
+    let mut plan = Plan::from_state(state);
+    let anomaly = if current.is_terminal() {
+        let news = new_status.is_some() || !new_refs.is_empty() || new_documents > 0;
+        news.then(|| Anomaly {
+            class: AnomalyClass::Late,
+            reason: format!(
+                "late result: {actor} reported {arrived} for a practice already concluded \
+                 {current}: not applied"
+            ),
+        })
+    } else if let Some(to) = new_status.filter(|to| !admin_transition_allowed(current, *to)) {
+        Some(Anomaly {
+            class: AnomalyClass::Contradictory,
+            reason: format!(
+                "{actor} reported {to} while the practice is {current} ({arrived}): not applied"
+            ),
+        })
+    } else {
+        conflict(&new_refs, known).map(|(r, earlier)| Anomaly {
+            class: AnomalyClass::Contradictory,
+            reason: format!(
+                "{actor} reported {} {} but earlier gave {} ({arrived}): not applied",
+                r.kind, r.value, earlier.value
+            ),
+        })
+    };
+    let Some(anomaly) = anomaly else {
+        plan.apply_report(reply, actor, now);
+        return (plan, Verdict::Applied);
+    };
+    plan.events.push(EventDraft {
+        source: EventSource::Adapter,
+        kind: EventKind::Anomaly,
+        from_status: Some(current),
+        to_status: reply.status,
+        from_delivery: None,
+        to_delivery: None,
+        reason: Some(anomaly.reason.clone()),
+        vendor_code: reply.vendor_code.clone(),
+        actor: actor.to_string(),
+        occurred_at: Some(reply.occurred_at.unwrap_or(now)),
+    });
+    (plan, Verdict::Anomaly(anomaly))
+}
+
+/// The first new reference that contradicts one the same system gave
+/// earlier, with that earlier one.
+fn conflict<'a>(
+    new_refs: &[&'a ExternalRef],
+    known: &'a Known,
+) -> Option<(&'a ExternalRef, &'a ExternalRef)> {
+    new_refs
+        .iter()
+        .filter(|r| SINGLE_VALUED_KINDS.contains(&r.kind.as_str()))
+        .find_map(|r| {
+            known
+                .references
+                .iter()
+                .find(|k| k.kind == r.kind && k.system == r.system && k.value != r.value)
+                .map(|k| (*r, k))
+        })
+}
+
+/// What a result carries, for an anomaly's reason: `status APPROVED,
+/// protocol 2026/2, 1 document, reason "…"`.
+fn describe(reply: &VendorReply, refs: &[ExternalRef]) -> String {
+    let mut parts = Vec::new();
+    if let Some(status) = reply.status {
+        parts.push(format!("status {status}"));
+    }
+    if let Some(code) = &reply.vendor_code {
+        parts.push(format!("code {code}"));
+    }
+    parts.extend(refs.iter().map(|r| format!("{} {}", r.kind, r.value)));
+    match reply.documents.len() {
+        0 => {}
+        1 => parts.push("1 document".into()),
+        n => parts.push(format!("{n} documents")),
+    }
+    if let Some(reason) = &reply.reason {
+        parts.push(format!("reason \"{reason}\""));
+    }
+    if parts.is_empty() {
+        "an empty result".into()
+    } else {
+        parts.join(", ")
+    }
 }
 
 #[cfg(test)]
@@ -74,6 +250,142 @@ mod tests {
             Ok(None)
         );
         assert!(pick_correlated(both, None).is_err());
+    }
+
+    fn protocol(value: &str, system: &str) -> ExternalRef {
+        ExternalRef {
+            kind: "protocol".into(),
+            value: value.into(),
+            system: system.into(),
+            issued_at: None,
+        }
+    }
+
+    fn approved_with(value: &str) -> VendorReply {
+        VendorReply {
+            status: Some(AdminStatus::Approved),
+            external_refs: vec![protocol(value, "")],
+            ..VendorReply::default()
+        }
+    }
+
+    fn known(value: &str) -> Known {
+        Known {
+            references: vec![protocol(value, "suap")],
+            documents: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_result_that_fits_is_applied_whole() {
+        let (plan, verdict) = plan_result(
+            state(AdminStatus::Registered, DeliveryStatus::Acknowledged),
+            &known("2026/1"),
+            &approved_with("2026/1"),
+            "suap",
+            Utc::now(),
+        );
+        assert_eq!(verdict, Verdict::Applied);
+        assert_eq!(plan.state.status, AdminStatus::Approved);
+        assert_eq!(plan.events[0].kind, EventKind::StatusChanged);
+    }
+
+    #[test]
+    fn news_about_a_concluded_practice_is_a_late_anomaly_and_nothing_else() {
+        let (plan, verdict) = plan_result(
+            state(AdminStatus::Approved, DeliveryStatus::Acknowledged),
+            &known("2026/1"),
+            &approved_with("2026/2"),
+            "suap",
+            Utc::now(),
+        );
+        let Verdict::Anomaly(anomaly) = verdict else {
+            panic!("{verdict:?}")
+        };
+        assert_eq!(anomaly.class, AnomalyClass::Late);
+        assert!(anomaly.reason.contains("protocol 2026/2"), "{anomaly:?}");
+        assert!(anomaly.reason.contains("concluded APPROVED"), "{anomaly:?}");
+        assert!(plan.references.is_empty(), "not merged");
+        assert_eq!(plan.state.status, AdminStatus::Approved);
+        assert_eq!(plan.events.len(), 1);
+        assert_eq!(plan.events[0].kind, EventKind::Anomaly);
+        assert_eq!(plan.events[0].reason.as_deref(), Some(&*anomaly.reason));
+    }
+
+    #[test]
+    fn the_same_result_again_on_a_concluded_practice_changes_nothing() {
+        let (plan, verdict) = plan_result(
+            state(AdminStatus::Approved, DeliveryStatus::Acknowledged),
+            &known("2026/1"),
+            &approved_with("2026/1"),
+            "suap",
+            Utc::now(),
+        );
+        assert_eq!(verdict, Verdict::Applied);
+        assert!(plan.events.is_empty());
+    }
+
+    #[test]
+    fn a_second_protocol_number_from_the_same_system_contradicts() {
+        let reply = VendorReply {
+            status: Some(AdminStatus::InProgress),
+            external_refs: vec![protocol("2026/9", "")],
+            ..VendorReply::default()
+        };
+        let (plan, verdict) = plan_result(
+            state(AdminStatus::Registered, DeliveryStatus::Acknowledged),
+            &known("2026/1"),
+            &reply,
+            "suap",
+            Utc::now(),
+        );
+        assert!(
+            matches!(&verdict, Verdict::Anomaly(a) if a.class == AnomalyClass::Contradictory),
+            "{verdict:?}"
+        );
+        assert_eq!(plan.state.status, AdminStatus::Registered, "not applied");
+        // Another system's protocol number is its own.
+        let (_, verdict) = plan_result(
+            state(AdminStatus::Registered, DeliveryStatus::Acknowledged),
+            &known("2026/1"),
+            &reply,
+            "tributi",
+            Utc::now(),
+        );
+        assert_eq!(verdict, Verdict::Applied);
+    }
+
+    #[test]
+    fn a_status_the_state_machine_forbids_contradicts() {
+        let reply = VendorReply {
+            status: Some(AdminStatus::Approved),
+            ..VendorReply::default()
+        };
+        let (plan, verdict) = plan_result(
+            state(
+                AdminStatus::IntegrationRequested,
+                DeliveryStatus::Acknowledged,
+            ),
+            &Known::default(),
+            &reply,
+            "suap",
+            Utc::now(),
+        );
+        assert!(
+            matches!(&verdict, Verdict::Anomaly(a) if a.class == AnomalyClass::Contradictory),
+            "{verdict:?}"
+        );
+        assert_eq!(plan.events[0].to_status, Some(AdminStatus::Approved));
+        assert_eq!(plan.state.status, AdminStatus::IntegrationRequested);
+    }
+
+    #[test]
+    fn a_result_answers_the_operation_it_names_else_the_current_one() {
+        let s = state(AdminStatus::Submitted, DeliveryStatus::Sent);
+        let by_op = Correlation::OperationId("op-0".into());
+        assert_eq!(answered_delivery(&by_op, &s), Some("op-0"));
+        let by_id = Correlation::PracticeId("p-1".into());
+        assert_eq!(answered_delivery(&by_id, &s), Some("op-1"));
     }
 
     #[test]

@@ -10,7 +10,10 @@ mod submission;
 mod withdrawal;
 
 pub use attempt::{plan_attempt, plan_claim};
-pub use inbound::{Correlated, pick_correlated, plan_report};
+pub use inbound::{
+    Correlated, Known, SINGLE_VALUED_KINDS, Verdict, answered_delivery, pick_correlated,
+    plan_report, plan_result,
+};
 pub use submission::plan_submission;
 pub use withdrawal::{JobSnapshot, Withdrawal, plan_replay, plan_withdrawal};
 

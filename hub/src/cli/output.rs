@@ -247,6 +247,10 @@ pub fn hub_status(s: &pb::HubStatus, as_json: bool) {
                     if a.jobs_due > 0 {
                         v["oldest_due_age_seconds"] = json!(a.oldest_due_age_seconds);
                     }
+                    v["anomalies"] = json!(a.anomalies);
+                    if a.last_anomaly_at.is_some() {
+                        v["last_anomaly_at"] = ts(&a.last_anomaly_at);
+                    }
                 }
                 v
             })
@@ -279,8 +283,16 @@ pub fn hub_status(s: &pb::HubStatus, as_json: bool) {
         println!("store      {}: {}", s.store_state, s.store_reason);
     }
     println!(
-        "{:<16} {:<6} {:<9} {:>6} {:>9} {:>9} {:>5} {:>12}",
-        "ADAPTER", "KIND", "STATE", "DUE", "SCHEDULED", "IN FLIGHT", "DEAD", "OLDEST DUE"
+        "{:<16} {:<6} {:<9} {:>6} {:>9} {:>9} {:>5} {:>12} {:>9}",
+        "ADAPTER",
+        "KIND",
+        "STATE",
+        "DUE",
+        "SCHEDULED",
+        "IN FLIGHT",
+        "DEAD",
+        "OLDEST DUE",
+        "ANOMALIES"
     );
     for a in &s.adapters {
         let count = |n: i64| {
@@ -299,7 +311,7 @@ pub fn hub_status(s: &pb::HubStatus, as_json: bool) {
             .to_string()
         };
         println!(
-            "{:<16} {:<6} {:<9} {:>6} {:>9} {:>5}/{:<3} {:>5} {:>12}",
+            "{:<16} {:<6} {:<9} {:>6} {:>9} {:>5}/{:<3} {:>5} {:>12} {:>9}",
             a.name,
             a.kind,
             a.state,
@@ -308,10 +320,17 @@ pub fn hub_status(s: &pb::HubStatus, as_json: bool) {
             count(a.jobs_in_flight),
             a.max_concurrency,
             count(a.dead_letters),
-            oldest
+            oldest,
+            count(a.anomalies)
         );
         if !a.reason.is_empty() {
             println!("  {}: {}", a.name, a.reason);
+        }
+        if let Value::String(at) = ts(&a.last_anomaly_at) {
+            println!(
+                "  {}: last anomaly recorded at {at} (the practice's events say what arrived)",
+                a.name
+            );
         }
     }
     let down: Vec<&str> = s

@@ -170,10 +170,12 @@ pub fn spawn_keeper(service: Arc<PracticeService>) -> JoinHandle<()> {
                 .await;
             match service.store().expire_leases(Utc::now()).await {
                 Ok(expired) if !expired.is_empty() => {
+                    service.metrics().count_anomalies(&expired.anomalies);
                     tracing::warn!(
                         due_again = expired.due_again,
                         dead_lettered = expired.dead_lettered,
                         polls = expired.polls,
+                        anomalies = expired.anomalies.len(),
                         "delivery leases ran out without a result: made due again (OUTCOME_UNKNOWN, \
                          same operation ids)"
                     );

@@ -249,7 +249,15 @@ pub(super) async fn record(
         .when(|e: &crate::store::StoreError| e.is_transient())
         .await
     {
-        Ok(practice) => practice,
+        Ok(recorded) => {
+            if recorded.early_results > 0 {
+                tracing::info!(operation_id = %job.operation_id, adapter = %job.adapter,
+                    results = recorded.early_results, anomalies = recorded.anomalies.len(),
+                    "results that arrived before the attempt's end applied after it");
+            }
+            service.metrics().count_anomalies(&recorded.anomalies);
+            recorded.practice
+        }
         Err(e) => {
             tracing::error!(operation_id = %job.operation_id, error = %e,
                 "cannot record the delivery result; the job is due again when its lease runs out");

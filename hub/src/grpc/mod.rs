@@ -494,6 +494,8 @@ impl pb::delivery_admin_service_server::DeliveryAdminService for Api {
                         dead_letters: b.dead_letters,
                         oldest_due_age_seconds: b.oldest_due_age_seconds.unwrap_or_default(),
                         max_concurrency: a.max_concurrency as u32,
+                        anomalies: b.anomalies,
+                        last_anomaly_at: b.last_anomaly_at.map(to_timestamp),
                     }
                 })
                 .collect(),

@@ -12,6 +12,7 @@
 mod audit_record;
 #[cfg(test)]
 mod contract;
+mod early;
 pub mod postgres;
 mod schema;
 pub mod sqlite;
@@ -21,7 +22,7 @@ pub use schema::Migration;
 use crate::domain::practice::{Event, NewPractice, Practice};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use raccordo_adapters::adapter::{InboundOutcome, InboundResult};
+use raccordo_adapters::adapter::{Anomaly, AnomalyClass, InboundResult};
 use raccordo_adapters::model::{AdminStatus, Document, Operation};
 use raccordo_adapters::{DeliveryError, VendorReply};
 pub use raccordo_domain::audit::state::StateDifference;
@@ -157,7 +158,7 @@ impl Lease {
 }
 
 /// What an expiry sweep found.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ExpiredLeases {
     /// Deliveries due again (`OUTCOME_UNKNOWN`, same operation id).
     pub due_again: usize,
@@ -165,6 +166,44 @@ pub struct ExpiredLeases {
     pub dead_lettered: usize,
     /// Polls due again (the vendor had accepted: nothing is re-sent).
     pub polls: usize,
+    /// Anomalies recorded applying the early results of the attempts that
+    /// ended (see [`InboundVerdict::Pending`]).
+    pub anomalies: Vec<RecordedAnomaly>,
+}
+
+/// What the store did with a result that arrived after its delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InboundVerdict {
+    /// Applied now.
+    Applied,
+    /// Its receipt was recorded earlier (applied, or waiting): nothing changed.
+    Duplicate,
+    /// The delivery it answers is in flight (the vendor answered before the
+    /// hub recorded its acknowledgement): stored, and applied in the
+    /// transaction that records the end of that attempt, after it.
+    Pending,
+    /// Recorded as an `ANOMALY` event on the practice and not applied; with
+    /// `first` false, a repeat (same receipt) of a result recorded so
+    /// earlier, which records nothing again.
+    Anomaly { anomaly: Anomaly, first: bool },
+}
+
+/// An anomaly recorded on a practice from a result of `adapter`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedAnomaly {
+    pub adapter: String,
+    pub class: AnomalyClass,
+}
+
+/// What recording the end of an attempt did.
+#[derive(Debug, Default)]
+pub struct Recorded {
+    /// The practice as recorded, when asked for (attachment metadata only).
+    pub practice: Option<Practice>,
+    /// Early results of the attempt applied after it, in arrival order.
+    pub early_results: usize,
+    /// Anomalies recorded applying them.
+    pub anomalies: Vec<RecordedAnomaly>,
 }
 
 impl ExpiredLeases {
@@ -364,6 +403,12 @@ pub trait Store: Send + Sync + 'static {
     /// is finished already; a failure or an acceptance for polling changes
     /// nothing, since whoever holds the job now decides what comes next.
     ///
+    /// Results that arrived for this operation while the attempt was in
+    /// flight ([`InboundVerdict::Pending`]) are applied in the same
+    /// transaction, after the attempt's own change, in arrival order. The
+    /// sweep of [`Store::expire_leases`] does the same for the attempts
+    /// whose lease ran out.
+    ///
     /// With `read_back`, also returns the practice as recorded (attachment
     /// metadata only), read in the same transaction: what a synchronous
     /// submission answers with.
@@ -372,7 +417,7 @@ pub trait Store: Send + Sync + 'static {
         job: &ClaimedJob,
         result: AttemptResult,
         read_back: bool,
-    ) -> Result<Option<Practice>, StoreError>;
+    ) -> Result<Recorded, StoreError>;
 
     /// After a poll that found the result not ready: applies the vendor's
     /// intermediate report (if any) and schedules the next poll at `next`.
@@ -387,9 +432,13 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
 
     /// Applies a result that arrived after the delivery, in one
-    /// transaction; a result whose receipt was seen before changes nothing
-    /// and is reported [`InboundOutcome::Duplicate`].
-    async fn apply_inbound(&self, result: &InboundResult) -> Result<InboundOutcome, StoreError>;
+    /// transaction, judged by the domain (`plan::plan_result`): applied
+    /// whole, or recorded as an `ANOMALY` event and nothing else. A result
+    /// whose receipt was seen before changes nothing and is answered as the
+    /// first was ([`InboundVerdict::Duplicate`], or the anomaly again). A
+    /// result for a delivery in flight is stored and applied when its
+    /// attempt ends ([`InboundVerdict::Pending`]).
+    async fn apply_inbound(&self, result: &InboundResult) -> Result<InboundVerdict, StoreError>;
 
     /// Withdraws a practice; returns the adapter of the new job, if any.
     async fn withdraw(&self, withdrawal: Withdrawal) -> Result<Option<String>, StoreError>;
@@ -427,6 +476,17 @@ pub struct OpsSnapshot {
     pub past_deadline: Vec<PracticeCount>,
     /// Database bytes on disk, write-ahead log included.
     pub store_bytes: i64,
+    /// `ANOMALY` events on stored practices, by the actor that caused them
+    /// (an adapter instance's name for a vendor's report).
+    pub anomalies: Vec<AnomalyCount>,
+}
+
+/// The `ANOMALY` events one actor caused on stored practices.
+#[derive(Debug, Clone, Default)]
+pub struct AnomalyCount {
+    pub actor: String,
+    pub count: i64,
+    pub last_at: Option<DateTime<Utc>>,
 }
 
 /// The outbox of one adapter instance.

@@ -58,6 +58,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "event_audit_format",
         include_str!("../../migrations/0011_event_audit_format.sql"),
     ),
+    (
+        12,
+        "early_results",
+        include_str!("../../migrations/0012_early_results.sql"),
+    ),
 ];
 
 /// Applies pending migrations; returns the schema version.

@@ -1,8 +1,9 @@
 //! Results that arrive after the delivery (callbacks, reply messages, files).
 
 use super::*;
+use crate::store::InboundVerdict;
 use raccordo_adapters::VendorReply;
-use raccordo_adapters::adapter::{Correlation, InboundOutcome, InboundResult};
+use raccordo_adapters::adapter::{Correlation, InboundResult};
 use raccordo_adapters::model::{AdminStatus, ExternalRef};
 
 fn result(adapter: &str, correlation: Correlation, status: AdminStatus) -> InboundResult {
@@ -48,7 +49,7 @@ pub(super) async fn inbound_results_find_their_practice_three_ways(b: &Backend) 
     };
     assert_eq!(
         b.apply_inbound(&by_id).await.unwrap(),
-        InboundOutcome::Applied
+        InboundVerdict::Applied
     );
     let p1 = get(b, "p-1").await;
     assert_eq!(p1.status, AdminStatus::Registered);
@@ -61,13 +62,13 @@ pub(super) async fn inbound_results_find_their_practice_three_ways(b: &Backend) 
     );
     assert_eq!(
         b.apply_inbound(&by_op).await.unwrap(),
-        InboundOutcome::Applied
+        InboundVerdict::Applied
     );
     assert_eq!(get(b, "p-1").await.status, AdminStatus::InProgress);
     let by_ref = result(ADAPTER, by_protocol("2026/7"), AdminStatus::Approved);
     assert_eq!(
         b.apply_inbound(&by_ref).await.unwrap(),
-        InboundOutcome::Applied
+        InboundVerdict::Applied
     );
     let p1 = get(b, "p-1").await;
     assert_eq!(p1.status, AdminStatus::Approved);
@@ -104,7 +105,7 @@ pub(super) async fn a_repeated_receipt_changes_nothing(b: &Backend) {
     };
     assert_eq!(
         b.apply_inbound(&first).await.unwrap(),
-        InboundOutcome::Applied
+        InboundVerdict::Applied
     );
     let seen = events(b, "p-1").await;
     let again = InboundResult {
@@ -116,7 +117,7 @@ pub(super) async fn a_repeated_receipt_changes_nothing(b: &Backend) {
     };
     assert_eq!(
         b.apply_inbound(&again).await.unwrap(),
-        InboundOutcome::Duplicate
+        InboundVerdict::Duplicate
     );
     assert_eq!(events(b, "p-1").await, seen, "no event");
     assert_eq!(get(b, "p-1").await.status, AdminStatus::Registered);
@@ -127,7 +128,7 @@ pub(super) async fn a_repeated_receipt_changes_nothing(b: &Backend) {
     };
     assert_eq!(
         b.apply_inbound(&next).await.unwrap(),
-        InboundOutcome::Applied
+        InboundVerdict::Applied
     );
     assert_eq!(get(b, "p-1").await.status, AdminStatus::Approved);
 }
@@ -166,7 +167,7 @@ pub(super) async fn an_adapter_cannot_report_on_another_adapters_practice(b: &Ba
     assert_not_found(b.apply_inbound(&foreign_op).await);
     assert_eq!(
         b.apply_inbound(&registered).await.unwrap(),
-        InboundOutcome::Applied
+        InboundVerdict::Applied
     );
     // The reference the vendor gave is its own: only it can use it.
     let foreign_ref = result(OTHER_ADAPTER, by_protocol("P-1"), AdminStatus::Approved);
@@ -175,6 +176,6 @@ pub(super) async fn an_adapter_cannot_report_on_another_adapters_practice(b: &Ba
     let own_ref = result(ADAPTER, by_protocol("P-1"), AdminStatus::Approved);
     assert_eq!(
         b.apply_inbound(&own_ref).await.unwrap(),
-        InboundOutcome::Applied
+        InboundVerdict::Applied
     );
 }

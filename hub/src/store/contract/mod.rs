@@ -10,6 +10,7 @@
 
 mod audit;
 mod cluster;
+mod early;
 mod events;
 mod inbound;
 mod leases;
@@ -79,6 +80,12 @@ macro_rules! store_contract {
                 inbound::inbound_results_find_their_practice_three_ways,
                 inbound::a_repeated_receipt_changes_nothing,
                 inbound::an_adapter_cannot_report_on_another_adapters_practice,
+                early::a_result_for_a_delivery_in_flight_waits_and_follows_its_acknowledgement,
+                early::a_result_waiting_for_an_attempt_whose_lease_runs_out_is_applied_by_the_sweep,
+                early::a_result_for_a_failed_attempt_is_applied_when_the_failure_is_recorded,
+                early::a_late_result_is_an_anomaly_and_its_repeat_is_answered_the_same,
+                early::a_result_contradicting_an_earlier_one_is_an_anomaly,
+                early::results_racing_their_attempts_end_are_applied_once_after_it,
                 withdraw::withdrawing_a_never_sent_practice_cancels_its_delivery,
                 withdraw::withdrawing_a_maybe_sent_practice_forwards_the_withdrawal,
                 withdraw::withdrawing_a_concluded_practice_conflicts,

@@ -219,6 +219,7 @@ pub(super) async fn a_synchronous_submission_is_stored_claimed(b: &Backend) {
         .finish_attempt(&job, AttemptResult::Delivered(VendorReply::default()), true)
         .await
         .unwrap()
+        .practice
         .expect("read back when asked");
     assert_eq!(recorded, get(b, "p-1").await);
     assert_eq!(delivery_of(&recorded).status, DeliveryStatus::Acknowledged);
@@ -245,6 +246,7 @@ pub(super) async fn a_delivered_attempt_records_status_references_and_documents(
         .finish_attempt(&job, AttemptResult::Delivered(reply), true)
         .await
         .unwrap()
+        .practice
         .expect("read back when asked");
     assert_eq!(recorded, get(b, "p-1").await);
     assert_eq!(recorded.status, AdminStatus::Approved);

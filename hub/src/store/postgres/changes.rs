@@ -5,12 +5,15 @@
 use super::rows::{claimed_job, dead_letter_row};
 use super::state::{self, Loaded};
 use super::tx::{Tx, col};
-use super::{cluster, follow_up, leases};
+use super::{cluster, early, follow_up, leases};
 use crate::domain::practice::NewPractice;
 use crate::store::sqlite::rows::{CLAIMED_JOB_COLUMNS, DEAD_LETTER_SQL, ms, parse};
-use crate::store::{ClaimedJob, ClaimedWork, DeadLetter, InsertOutcome, Lease, StoreError};
+use crate::store::{
+    ClaimedJob, ClaimedWork, DeadLetter, InboundVerdict, InsertOutcome, Lease, RecordedAnomaly,
+    StoreError,
+};
 use chrono::{DateTime, Utc};
-use raccordo_adapters::adapter::{Correlation, InboundOutcome, InboundResult};
+use raccordo_adapters::adapter::{Correlation, InboundResult};
 use raccordo_domain::job::AttemptResult;
 use raccordo_domain::plan::{self, JobSnapshot, PracticeState, Withdrawal};
 
@@ -242,21 +245,24 @@ pub(super) async fn change(
 }
 
 /// Records how attempt `job` ended (one whose lease was lost only in
-/// part: see [`leases::record_result`]). The practice is locked before the
-/// job is read: a job changes only under its practice's lock, or by a
-/// statement that checks its lease.
+/// part: see [`leases::record_result`]), then applies the results that
+/// arrived while it was in flight. The practice is locked before the job
+/// is read: a job changes only under its practice's lock, or by a
+/// statement that checks its lease. Returns how many results waited and
+/// the anomalies they caused.
 pub(super) async fn finish_attempt(
     tx: &mut Tx,
     job: &ClaimedJob,
     result: &AttemptResult,
     now: DateTime<Utc>,
-) -> Result<(), StoreError> {
+) -> Result<(usize, Vec<RecordedAnomaly>), StoreError> {
     let mut loaded = state::load(tx, &job.practice_id).await?;
     if !leases::record_result(tx, job, result).await? {
-        return Ok(());
+        return Ok((0, Vec::new()));
     }
     let plan = plan::plan_attempt(loaded.state.clone(), job, result, now);
-    state::persist(tx, &mut loaded, plan, now).await
+    state::persist(tx, &mut loaded, plan, now).await?;
+    early::apply_waiting(tx, &job.operation_id, &job.tenant_id, now).await
 }
 
 /// The job `operation_id` as planners read it, with its practice.
@@ -334,12 +340,13 @@ pub(super) async fn replay(
 
 /// Applies a result that arrived after the delivery; every lookup is
 /// confined to the receiving adapter instance's own deliveries and
-/// references (see the SQLite store).
+/// references (see the SQLite store). A result for a delivery in flight
+/// waits for its attempt to end (see `store::early`).
 pub(super) async fn apply_inbound(
     tx: &mut Tx,
     result: &InboundResult,
     now: DateTime<Utc>,
-) -> Result<InboundOutcome, StoreError> {
+) -> Result<InboundVerdict, StoreError> {
     let adapter = result.adapter.as_str();
     let rows = match &result.correlation {
         Correlation::PracticeId(id) => {
@@ -383,17 +390,31 @@ pub(super) async fn apply_inbound(
             )
             .await?;
         if fresh == 0 {
-            return Ok(InboundOutcome::Duplicate);
+            let row = tx
+                .query_one(
+                    "SELECT outcome FROM inbound_receipts WHERE adapter = $1 AND receipt = $2",
+                    &[&adapter, receipt],
+                )
+                .await?;
+            return Ok(crate::store::early::repeated(col::<&str>(&row, 0)?));
         }
     }
-    change(tx, &practice_id, now, |state| {
-        Ok(plan::plan_report(
-            state,
-            &result.reply,
-            &result.adapter,
-            now,
-        ))
-    })
-    .await?;
-    Ok(InboundOutcome::Applied)
+    // Locked before the job is read: the attempt's end waits for this
+    // transaction, or this one sees the attempt ended.
+    let mut loaded = state::load(tx, &practice_id).await?;
+    let awaited = plan::answered_delivery(&result.correlation, &loaded.state).map(str::to_string);
+    if let Some(op) = awaited
+        && early::in_flight(tx, &op, &tenant_id, adapter).await?
+    {
+        early::park(tx, result, &op, &loaded, now).await?;
+        return Ok(InboundVerdict::Pending);
+    }
+    let verdict = early::judge(tx, &mut loaded, &result.reply, adapter, now).await?;
+    if let Some(receipt) = &result.receipt {
+        let outcome = crate::store::early::outcome_of(&verdict);
+        if outcome != crate::store::early::APPLIED {
+            early::set_outcome(tx, adapter, receipt, outcome).await?;
+        }
+    }
+    Ok(crate::store::early::verdict(verdict))
 }

@@ -23,6 +23,7 @@ pub const TABLES: &[&str] = &[
     "external_refs",
     "events",
     "jobs",
+    "early_results",
     "inbound_receipts",
     "audit_log",
     "audit_heads",
@@ -79,8 +80,9 @@ impl PgStore {
                 // against a hub writing to them meanwhile.
                 "BEGIN;
                  SET LOCAL statement_timeout = 0;
-                 LOCK TABLE practices, documents, external_refs, events, jobs, inbound_receipts,
-                    audit_log, audit_heads, event_cursor IN SHARE ROW EXCLUSIVE MODE",
+                 LOCK TABLE practices, documents, external_refs, events, jobs, early_results,
+                    inbound_receipts, audit_log, audit_heads, event_cursor
+                    IN SHARE ROW EXCLUSIVE MODE",
             )
             .await
             .map_err(pool::from_pg)?;
@@ -176,6 +178,16 @@ async fn copy(
         .await
         .map_err(pool::from_pg)?;
     report.event_cursor = row.get(0);
+    // Early results keep their ids (their arrival order): new ones are
+    // numbered after them.
+    client
+        .query_one(
+            "SELECT setval(pg_get_serial_sequence('early_results', 'id'),
+                COALESCE((SELECT MAX(id) FROM early_results), 0) + 1, false)",
+            &[],
+        )
+        .await
+        .map_err(pool::from_pg)?;
     Ok((report, source))
 }
 
@@ -401,7 +413,7 @@ mod tests {
     use crate::store::{AttemptResult, AuditEntry, Lease, Store};
     use chrono::Utc;
     use raccordo_adapters::VendorReply;
-    use raccordo_adapters::adapter::FollowUp;
+    use raccordo_adapters::adapter::{Correlation, FollowUp, InboundResult};
     use raccordo_adapters::model::{AdminStatus, Document, ExternalRef};
     use std::time::Duration;
 
@@ -524,6 +536,22 @@ mod tests {
             )
             .await
             .unwrap();
+        // A result for p3's delivery, still in flight: it waits.
+        let early = store
+            .apply_inbound(&InboundResult {
+                adapter: "tributi".into(),
+                tenant_id: None,
+                correlation: Correlation::OperationId(job("p3").operation_id.clone()),
+                reply: VendorReply {
+                    status: Some(AdminStatus::Approved),
+                    documents: vec![Document::new("esito.pdf", "application/pdf", vec![1, 2])],
+                    ..Default::default()
+                },
+                receipt: Some("early-1".into()),
+            })
+            .await
+            .unwrap();
+        assert_eq!(early, crate::store::InboundVerdict::Pending);
         store
             .record_audit(AuditEntry {
                 tenant_id: None,
@@ -584,6 +612,28 @@ mod tests {
             .unwrap();
         let events = target.practice_events("016024", "p5", 0).await.unwrap();
         assert!(events.iter().all(|e| e.cursor > last));
+        // The waiting result is the copy's to apply, when its attempt's
+        // lease runs out there; results that wait later are numbered after it.
+        let later = Utc::now() + chrono::Duration::hours(1);
+        target.expire_leases(later).await.unwrap();
+        let p3 = target.get_practice("016024", "p3", false).await.unwrap();
+        assert_eq!(p3.status, AdminStatus::Approved);
+        let again = target
+            .claim_work("tributi", &lease, later, 10, 100)
+            .await
+            .unwrap();
+        let p4 = again.jobs.iter().find(|j| j.practice_id == "p4").unwrap();
+        let waiting = target
+            .apply_inbound(&InboundResult {
+                adapter: "tributi".into(),
+                tenant_id: None,
+                correlation: Correlation::OperationId(p4.operation_id.clone()),
+                reply: VendorReply::default(),
+                receipt: Some("early-2".into()),
+            })
+            .await
+            .unwrap();
+        assert_eq!(waiting, crate::store::InboundVerdict::Pending);
         let report = target.verify_audit(None).await.unwrap();
         assert_eq!(report.differences, Vec::new());
         let (_, breaks) = (report.records, report.breaks);

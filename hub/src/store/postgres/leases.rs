@@ -84,6 +84,10 @@ pub(super) async fn expire(tx: &mut Tx, now: DateTime<Utc>) -> Result<ExpiredLea
         let result = AttemptResult::Failed(unknown, decision);
         let plan = plan::plan_attempt(loaded.state.clone(), &job, &result, now);
         state::persist(tx, &mut loaded, plan, now).await?;
+        // The attempt is over: the results that waited for it apply now.
+        let (_, anomalies) =
+            super::early::apply_waiting(tx, &job.operation_id, &job.tenant_id, now).await?;
+        expired.anomalies.extend(anomalies);
     }
     // A poll only asks: the vendor accepted the request, so it is simply
     // asked again. One statement: a concurrent sweep re-checks the row.

@@ -195,6 +195,7 @@ async fn remove(tx: &Tx, tenant: &str, ids: &[String], cutoff: i64) -> Result<u6
         "documents",
         "external_refs",
         "events",
+        "early_results",
         "jobs",
         "inbound_receipts",
     ] {

@@ -33,6 +33,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "sequenced_event_indexes",
         include_str!("../../../migrations/postgres/0005_sequenced_event_indexes.sql"),
     ),
+    (
+        6,
+        "early_results",
+        include_str!("../../../migrations/postgres/0006_early_results.sql"),
+    ),
 ];
 
 /// The advisory lock's first key ("RACC"); the second is the schema's,

@@ -24,6 +24,7 @@
 mod audit;
 mod changes;
 mod cluster;
+mod early;
 mod feed;
 mod follow_up;
 mod leases;
@@ -43,8 +44,8 @@ pub use pool::PgOptions;
 
 use super::{
     AttemptResult, AuditEntry, AuditReport, ClaimedJob, ClaimedPoll, ClaimedWork, DeadLetter,
-    EventFilter, ExpiredLeases, InsertOutcome, Lease, OpsSnapshot, PracticeFilter, Store,
-    StoreError, Withdrawal,
+    EventFilter, ExpiredLeases, InboundVerdict, InsertOutcome, Lease, OpsSnapshot, PracticeFilter,
+    Recorded, Store, StoreError, Withdrawal,
 };
 use crate::bus::EventBus;
 use crate::domain::practice::{Event, NewPractice, Practice};
@@ -54,7 +55,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use raccordo_adapters::VendorReply;
-use raccordo_adapters::adapter::{InboundOutcome, InboundResult};
+use raccordo_adapters::adapter::InboundResult;
 use raccordo_adapters::model::Document;
 use rows::{Value, params};
 use sequencer::Sequencer;
@@ -532,16 +533,20 @@ impl Store for PgStore {
         job: &ClaimedJob,
         result: AttemptResult,
         read_back: bool,
-    ) -> Result<Option<Practice>, StoreError> {
+    ) -> Result<Recorded, StoreError> {
         in_tx!(self, WRITE, |tx| {
-            changes::finish_attempt(&mut tx, job, &result, Utc::now()).await?;
-            if read_back {
-                Ok(Some(
-                    rows::get_practice(&tx, &job.tenant_id, &job.practice_id, false).await?,
-                ))
+            let (early_results, anomalies) =
+                changes::finish_attempt(&mut tx, job, &result, Utc::now()).await?;
+            let practice = if read_back {
+                Some(rows::get_practice(&tx, &job.tenant_id, &job.practice_id, false).await?)
             } else {
-                Ok(None)
-            }
+                None
+            };
+            Ok(Recorded {
+                practice,
+                early_results,
+                anomalies,
+            })
         })
     }
 
@@ -566,7 +571,7 @@ impl Store for PgStore {
         })
     }
 
-    async fn apply_inbound(&self, result: &InboundResult) -> Result<InboundOutcome, StoreError> {
+    async fn apply_inbound(&self, result: &InboundResult) -> Result<InboundVerdict, StoreError> {
         in_tx!(self, WRITE, |tx| changes::apply_inbound(
             &mut tx,
             result,

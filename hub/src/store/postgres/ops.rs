@@ -2,8 +2,8 @@
 
 use super::tx::{Tx, col};
 use crate::store::JobState;
-use crate::store::sqlite::rows::{ms, parse};
-use crate::store::{AdapterBacklog, OpsSnapshot, PracticeCount, StoreError};
+use crate::store::sqlite::rows::{from_ms, ms, parse};
+use crate::store::{AdapterBacklog, AnomalyCount, OpsSnapshot, PracticeCount, StoreError};
 use chrono::{DateTime, Utc};
 
 pub(super) async fn snapshot(tx: &Tx, now: DateTime<Utc>) -> Result<OpsSnapshot, StoreError> {
@@ -74,6 +74,22 @@ pub(super) async fn snapshot(tx: &Tx, now: DateTime<Utc>) -> Result<OpsSnapshot,
             })
         })
         .collect::<Result<Vec<_>, StoreError>>()?;
+    let anomalies = tx
+        .query(
+            "SELECT actor, COUNT(*), MAX(recorded_at) FROM events WHERE kind = 'anomaly'
+             GROUP BY actor",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(AnomalyCount {
+                actor: col(r, 0)?,
+                count: col(r, 1)?,
+                last_at: col::<Option<i64>>(r, 2)?.map(from_ms),
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
     // The whole database: the hub's tables are most of it.
     let store_bytes: i64 = col(
         &tx.query_one("SELECT pg_database_size(current_database())", &[])
@@ -85,5 +101,6 @@ pub(super) async fn snapshot(tx: &Tx, now: DateTime<Utc>) -> Result<OpsSnapshot,
         practices,
         past_deadline,
         store_bytes,
+        anomalies,
     })
 }

@@ -165,6 +165,7 @@ async fn a_practice_is_stored_read_back_and_delivered() {
         )
         .await
         .unwrap()
+        .practice
         .expect("read back");
     assert_eq!(done.id, "p1");
     let events = store.practice_events("016024", "p1", 0).await.unwrap();

@@ -7,11 +7,14 @@ use super::rows::{
     read_dead_letter,
 };
 use super::state::{self, Loaded};
-use super::{cluster, follow_up, leases};
+use super::{cluster, early, follow_up, leases};
 use crate::domain::practice::NewPractice;
-use crate::store::{ClaimedJob, ClaimedWork, DeadLetter, InsertOutcome, Lease, StoreError};
+use crate::store::{
+    ClaimedJob, ClaimedWork, DeadLetter, InboundVerdict, InsertOutcome, Lease, RecordedAnomaly,
+    StoreError,
+};
 use chrono::{DateTime, Utc};
-use raccordo_adapters::adapter::{Correlation, InboundOutcome, InboundResult};
+use raccordo_adapters::adapter::{Correlation, InboundResult};
 use raccordo_domain::job::AttemptResult;
 use raccordo_domain::plan::{self, JobSnapshot, PracticeState, Refused, Withdrawal};
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
@@ -217,20 +220,22 @@ pub(super) fn change(
 }
 
 /// Records how attempt `job` ended (an attempt whose lease was lost only
-/// in part: see [`leases::record_result`]).
+/// in part: see [`leases::record_result`]), then applies the results that
+/// arrived while it was in flight. Returns how many there were and the
+/// anomalies they caused.
 pub(super) fn finish_attempt(
     conn: &Connection,
     job: &ClaimedJob,
     result: &AttemptResult,
     now: DateTime<Utc>,
-) -> Result<(), StoreError> {
+) -> Result<(usize, Vec<RecordedAnomaly>), StoreError> {
     if !leases::record_result(conn, job, result)? {
-        return Ok(());
+        return Ok((0, Vec::new()));
     }
     change(conn, &job.practice_id, now, |state| {
         Ok(plan::plan_attempt(state, job, result, now))
     })?;
-    Ok(())
+    early::apply_waiting(conn, &job.operation_id, &job.tenant_id, now)
 }
 
 /// The job `operation_id` as planners read it, with its practice.
@@ -301,12 +306,13 @@ pub(super) fn replay(
 /// Applies a result that arrived after the delivery. A vendor reports only
 /// on what was sent to it: every lookup is confined to the receiving
 /// adapter instance's own deliveries and references, so one vendor's
-/// secret cannot touch another's practices.
+/// secret cannot touch another's practices. A result for a delivery in
+/// flight waits for its attempt to end (see `store::early`).
 pub(super) fn apply_inbound(
     conn: &Connection,
     result: &InboundResult,
     now: DateTime<Utc>,
-) -> Result<InboundOutcome, StoreError> {
+) -> Result<InboundVerdict, StoreError> {
     let adapter = result.adapter.as_str();
     let (sql, values): (&str, Vec<&str>) = match &result.correlation {
         Correlation::PracticeId(id) => (
@@ -338,16 +344,28 @@ pub(super) fn apply_inbound(
             )?
             .execute(params![result.adapter, receipt, tenant_id, practice_id, ms(now)])?;
         if fresh == 0 {
-            return Ok(InboundOutcome::Duplicate);
+            let outcome: String = conn
+                .prepare_cached(
+                    "SELECT outcome FROM inbound_receipts WHERE adapter = ?1 AND receipt = ?2",
+                )?
+                .query_row([adapter, receipt], |r| r.get(0))?;
+            return Ok(crate::store::early::repeated(&outcome));
         }
     }
-    change(conn, &practice_id, now, |state| {
-        Ok(plan::plan_report(
-            state,
-            &result.reply,
-            &result.adapter,
-            now,
-        ))
-    })?;
-    Ok(InboundOutcome::Applied)
+    let mut loaded = state::load(conn, &practice_id)?;
+    let awaited = plan::answered_delivery(&result.correlation, &loaded.state).map(str::to_string);
+    if let Some(op) = awaited
+        && early::in_flight(conn, &op, &tenant_id, adapter)?
+    {
+        early::park(conn, result, &op, &loaded, now)?;
+        return Ok(InboundVerdict::Pending);
+    }
+    let verdict = early::judge(conn, &mut loaded, &result.reply, adapter, now)?;
+    if let Some(receipt) = &result.receipt {
+        let outcome = crate::store::early::outcome_of(&verdict);
+        if outcome != crate::store::early::APPLIED {
+            early::set_outcome(conn, adapter, receipt, outcome)?;
+        }
+    }
+    Ok(crate::store::early::verdict(verdict))
 }

@@ -4,6 +4,7 @@
 //! domain's attempt planner's to say (an `OUTCOME_UNKNOWN` failure).
 
 use super::changes::change;
+use super::early;
 use super::rows::{CLAIMED_JOB_COLUMNS, ms, parse, read_claimed_job};
 use crate::store::{AttemptResult, ClaimedJob, ExpiredLeases, JobState, Lease, StoreError};
 use chrono::{DateTime, Utc};
@@ -89,6 +90,9 @@ pub(super) fn expire(
         change(conn, &job.practice_id, now, |state| {
             Ok(plan::plan_attempt(state, &job, &result, now))
         })?;
+        // The attempt is over: the results that waited for it apply now.
+        let (_, anomalies) = early::apply_waiting(conn, &job.operation_id, &job.tenant_id, now)?;
+        expired.anomalies.extend(anomalies);
     }
     // A poll only asks: the vendor accepted the request, so nothing is
     // unknown and the poll is simply asked again.

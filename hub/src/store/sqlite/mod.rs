@@ -17,6 +17,7 @@ mod audit;
 mod changes;
 mod checkpoint;
 mod cluster;
+mod early;
 mod follow_up;
 mod leases;
 pub mod offline;
@@ -36,8 +37,8 @@ mod writer;
 use super::schema;
 use super::{
     AttemptResult, AuditEntry, AuditRecord, AuditReport, ClaimedJob, ClaimedPoll, ClaimedWork,
-    DeadLetter, EventFilter, ExpiredLeases, InsertOutcome, Lease, OpsSnapshot, PracticeFilter,
-    Store, StoreError, Withdrawal,
+    DeadLetter, EventFilter, ExpiredLeases, InboundVerdict, InsertOutcome, Lease, OpsSnapshot,
+    PracticeFilter, Recorded, Store, StoreError, Withdrawal,
 };
 use crate::bus::EventBus;
 use crate::config::Synchronous;
@@ -46,7 +47,7 @@ use crate::metrics::StoreMetrics;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use raccordo_adapters::VendorReply;
-use raccordo_adapters::adapter::{InboundOutcome, InboundResult};
+use raccordo_adapters::adapter::InboundResult;
 use raccordo_adapters::model::Document;
 use readers::{ReaderPool, in_snapshot, keep_plans, open_read_only};
 use rows::{
@@ -529,11 +530,16 @@ impl Store for SqliteStore {
         job: &ClaimedJob,
         result: AttemptResult,
         read_back: bool,
-    ) -> Result<Option<Practice>, StoreError> {
+    ) -> Result<Recorded, StoreError> {
         let job = job.clone();
         self.write_owed(move |conn| {
-            changes::finish_attempt(conn, &job, &result, Utc::now())?;
-            read_back_if(read_back, conn, &job.tenant_id, &job.practice_id)
+            let (early_results, anomalies) =
+                changes::finish_attempt(conn, &job, &result, Utc::now())?;
+            Ok(Recorded {
+                practice: read_back_if(read_back, conn, &job.tenant_id, &job.practice_id)?,
+                early_results,
+                anomalies,
+            })
         })
         .await
     }
@@ -560,7 +566,7 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn apply_inbound(&self, result: &InboundResult) -> Result<InboundOutcome, StoreError> {
+    async fn apply_inbound(&self, result: &InboundResult) -> Result<InboundVerdict, StoreError> {
         let result = result.clone();
         self.write(move |conn| changes::apply_inbound(conn, &result, Utc::now()))
             .await

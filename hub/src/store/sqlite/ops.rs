@@ -2,9 +2,9 @@
 //! instance, practices by status, practices past their legal deadline and
 //! the database's size.
 
-use super::rows::{ms, parse};
+use super::rows::{from_ms, ms, parse};
 use crate::store::JobState;
-use crate::store::{AdapterBacklog, OpsSnapshot, PracticeCount, StoreError};
+use crate::store::{AdapterBacklog, AnomalyCount, OpsSnapshot, PracticeCount, StoreError};
 use chrono::{DateTime, Utc};
 use rusqlite::Connection;
 use std::path::Path;
@@ -81,6 +81,19 @@ pub(super) fn snapshot(
             })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
+    let anomalies = conn
+        .prepare_cached(
+            "SELECT actor, COUNT(*), MAX(recorded_at) FROM events WHERE kind = 'anomaly'
+             GROUP BY actor",
+        )?
+        .query_map([], |r| {
+            Ok(AnomalyCount {
+                actor: r.get(0)?,
+                count: r.get(1)?,
+                last_at: r.get::<_, Option<i64>>(2)?.map(from_ms),
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
     let file_len = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len() as i64);
     let mut wal = path.as_os_str().to_owned();
     wal.push("-wal");
@@ -90,5 +103,6 @@ pub(super) fn snapshot(
         practices,
         past_deadline,
         store_bytes,
+        anomalies,
     })
 }

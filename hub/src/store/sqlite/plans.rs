@@ -67,6 +67,12 @@ const INTENDED_SCANS: &[(&str, &str)] = &[
         "WHERE concluded_at IS NULL AND legal_deadline IS NOT NULL",
         "SCAN practices USING INDEX practices_by_service",
     ),
+    // `raccordo status`'s anomalies per adapter: a walk of the partial
+    // index `events_anomalies`, which holds the (rare) anomaly events only.
+    (
+        "FROM events WHERE kind = 'anomaly' GROUP BY actor",
+        "SCAN events USING COVERING INDEX events_anomalies",
+    ),
 ];
 
 #[cfg(test)]
@@ -108,6 +114,20 @@ mod tests {
             .unwrap();
         let job = claimed.expect("the first delivery, claimed");
         store.delivery_payload(&job).await.unwrap();
+        // A result that arrives while the attempt is in flight waits for it.
+        store
+            .apply_inbound(&InboundResult {
+                adapter: "tributi".into(),
+                tenant_id: None,
+                correlation: Correlation::OperationId(job.operation_id.clone()),
+                reply: VendorReply {
+                    status: Some(AdminStatus::InProgress),
+                    ..Default::default()
+                },
+                receipt: Some("early-1".into()),
+            })
+            .await
+            .unwrap();
         // Attempt recording: accepted with the vendor's reference.
         let accepted = VendorReply {
             status: Some(AdminStatus::Registered),
@@ -189,6 +209,21 @@ mod tests {
             .unwrap();
         let work = store
             .claim_work("tributi", &lease, Utc::now(), 10, 100)
+            .await
+            .unwrap();
+        // A result for p-3's delivery in flight, applied when its lease
+        // runs out below.
+        store
+            .apply_inbound(&InboundResult {
+                adapter: "tributi".into(),
+                tenant_id: None,
+                correlation: Correlation::PracticeId("p-3".into()),
+                reply: VendorReply {
+                    status: Some(AdminStatus::Registered),
+                    ..Default::default()
+                },
+                receipt: Some("early-2".into()),
+            })
             .await
             .unwrap();
         // Leases renewed, then run out (what start-up and the sweep do).
@@ -352,6 +387,8 @@ mod tests {
             "INSERT OR IGNORE INTO inbound_receipts",
             "lease_expires_at <=",
             "DELETE FROM inbound_receipts",
+            "INSERT INTO early_results",
+            "DELETE FROM early_results",
             purge::CANDIDATES_SQL,
         ] {
             assert!(

@@ -106,10 +106,11 @@ pub(super) const STILL_CONCLUDED_SQL: &str =
     "SELECT 1 FROM practices WHERE id = ?1 AND concluded_at IS NOT NULL AND concluded_at < ?2";
 
 /// The rows of a practice, children first (foreign keys are on).
-pub(super) const DELETE_SQL: [&str; 6] = [
+pub(super) const DELETE_SQL: [&str; 7] = [
     "DELETE FROM documents WHERE practice_id = ?1",
     "DELETE FROM external_refs WHERE practice_id = ?1",
     "DELETE FROM events WHERE practice_id = ?1",
+    "DELETE FROM early_results WHERE practice_id = ?1",
     "DELETE FROM jobs WHERE practice_id = ?1",
     "DELETE FROM inbound_receipts WHERE practice_id = ?1",
     "DELETE FROM practices WHERE id = ?1",
