@@ -10,6 +10,17 @@
 
 #![forbid(unsafe_code)]
 
+/// The hub's version and the commit it was built from, as
+/// `raccordo --version` prints them: `0.1.0 (1a2b3c4d5e6f)`, with `+dirty`
+/// after the hash when the tree had uncommitted changes, or `unknown` when
+/// the build had no git checkout to read (`hub/build.rs`).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("RACCORDO_COMMIT"),
+    ")"
+);
+
 pub mod adapters;
 pub mod bus;
 pub mod cli;

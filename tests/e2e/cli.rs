@@ -593,3 +593,40 @@ async fn over_mutual_tls_a_client_certificate_is_the_credential() {
     );
     hub.stop().await;
 }
+
+/// `raccordo --version` names the version and the commit built: the short
+/// hash of `HEAD` in a git checkout (with `+dirty` for uncommitted changes),
+/// `unknown` without one.
+#[tokio::test]
+async fn version_names_the_version_and_the_commit() {
+    let home = tempfile::tempdir().unwrap();
+    let out = raccordo(home.path(), &["--version"], &[]).await;
+    assert!(out.status.success(), "{out:?}");
+    let line = String::from_utf8(out.stdout).unwrap();
+    let line = line.trim_end();
+    let prefix = concat!("raccordo ", env!("CARGO_PKG_VERSION"), " (");
+    let commit = line
+        .strip_prefix(prefix)
+        .and_then(|rest| rest.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("--version printed {line:?}, not {prefix}COMMIT)"));
+    if commit == "unknown" {
+        return;
+    }
+    let hash = commit.strip_suffix("+dirty").unwrap_or(commit);
+    assert!(
+        hash.len() == 12 && hash.bytes().all(|b| b.is_ascii_hexdigit()),
+        "--version printed commit {commit:?}"
+    );
+    // Built from this checkout: the hash is its HEAD's (unless a packager
+    // named the commit).
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .output();
+    if let Ok(head) = head
+        && head.status.success()
+        && std::env::var_os("RACCORDO_BUILD_COMMIT").is_none()
+    {
+        assert_eq!(hash, String::from_utf8(head.stdout).unwrap().trim());
+    }
+}

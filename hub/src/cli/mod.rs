@@ -15,7 +15,12 @@ use std::path::PathBuf;
 
 /// Raccordo integration hub.
 #[derive(Debug, Parser)]
-#[command(name = "raccordo", version, about, propagate_version = true)]
+#[command(
+    name = "raccordo",
+    version = crate::VERSION,
+    about,
+    propagate_version = true
+)]
 pub struct Cli {
     /// Log format (logs go to stderr).
     #[arg(
