@@ -30,6 +30,26 @@ use std::time::{Duration, Instant};
 /// How long a store snapshot serves scrapes before it is read again.
 pub const SNAPSHOT_TTL: Duration = Duration::from_secs(5);
 
+/// How a delivery attempt ends (`delivery_attempts_total{outcome}`).
+const ATTEMPT_OUTCOMES: [&str; 5] = [
+    "delivered",
+    "rejection",
+    "transient",
+    "permanent",
+    "outcome_unknown",
+];
+
+/// How an inbound result ends (`inbound_results_total{outcome}`).
+const INBOUND_OUTCOMES: [&str; 7] = [
+    "applied",
+    "duplicate",
+    "pending",
+    "anomaly",
+    "uncorrelated",
+    "refused",
+    "unavailable",
+];
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 type FloatGauge = Gauge<f64, AtomicU64>;
 
@@ -162,6 +182,9 @@ pub struct Metrics {
     pub store_gauges_reporter: Gauge,
     /// Hub instances alive at this instance's last heartbeat.
     pub cluster_instances: Gauge,
+    /// The adapter instances of the configuration (see [`Metrics::declare`]),
+    /// whose store-derived gauges read 0 rather than vanish when idle.
+    declared_adapters: Mutex<Vec<String>>,
 }
 
 impl Default for Metrics {
@@ -195,6 +218,7 @@ impl Metrics {
             dead_letters: Family::default(),
             store_gauges_reporter: Gauge::default(),
             cluster_instances: Gauge::default(),
+            declared_adapters: Mutex::new(Vec::new()),
             practices: Family::default(),
             practices_past_deadline: Family::default(),
             store_transaction_duration: latency_histogram(),
@@ -331,6 +355,70 @@ impl Metrics {
         Self { registry, ..m }
     }
 
+    /// Creates, at 0, every series the configuration makes possible (the
+    /// handles `get_or_create` returns are dropped at once): per
+    /// route, the submissions of each of its tenants by result; per adapter
+    /// instance, its attempts by outcome, retries, dead letters, inbound
+    /// results and anomalies by class. An alert rule on, say, dead letters
+    /// then has a series from the start instead of none until something
+    /// fails. Labels come from the configuration only, so the sets stay
+    /// bounded by it.
+    pub fn declare(&self, config: &crate::config::Config) {
+        for route in &config.routes {
+            for tenant in &route.tenants {
+                for result in ["accepted", "duplicate", "invalid", "conflict", "error"] {
+                    drop(self.submissions.get_or_create(&SubmissionLabels {
+                        tenant: tenant.clone(),
+                        service: route.service.clone(),
+                        mode: route.mode.as_str().to_string(),
+                        result: result.to_string(),
+                    }));
+                }
+            }
+        }
+        for adapter in config.adapters.keys() {
+            let labels = AdapterLabels {
+                adapter: adapter.clone(),
+            };
+            let outcome = |outcome: &str| OutcomeLabels {
+                adapter: adapter.clone(),
+                outcome: outcome.to_string(),
+            };
+            for o in ATTEMPT_OUTCOMES {
+                drop(self.delivery_attempts.get_or_create(&outcome(o)));
+            }
+            for o in INBOUND_OUTCOMES {
+                drop(self.inbound_results.get_or_create(&outcome(o)));
+            }
+            for class in ["late", "contradictory"] {
+                drop(self.anomalies.get_or_create(&AnomalyLabels {
+                    adapter: adapter.clone(),
+                    class: class.to_string(),
+                }));
+            }
+            drop(self.retries_scheduled.get_or_create(&labels));
+            drop(self.dead_lettered.get_or_create(&labels));
+            drop(self.deliveries_in_flight.get_or_create(&labels));
+        }
+        *self.declared_adapters.lock().expect("metrics lock") =
+            config.adapters.keys().cloned().collect();
+        self.fill_declared_adapters();
+    }
+
+    /// The store-derived gauges of every declared adapter, at 0 where the
+    /// snapshot has nothing for it.
+    fn fill_declared_adapters(&self) {
+        for adapter in self.declared_adapters.lock().expect("metrics lock").iter() {
+            let labels = AdapterLabels {
+                adapter: adapter.clone(),
+            };
+            drop(self.jobs_due.get_or_create(&labels));
+            drop(self.jobs_scheduled.get_or_create(&labels));
+            drop(self.dead_letters.get_or_create(&labels));
+            drop(self.oldest_due_seconds.get_or_create(&labels));
+        }
+    }
+
     /// Counts anomalies the store recorded (results that waited for their
     /// attempt and were judged when it ended).
     pub fn count_anomalies(&self, recorded: &[crate::store::RecordedAnomaly]) {
@@ -362,6 +450,11 @@ impl Metrics {
     /// this instance reports them again.
     pub fn withhold_snapshot(&self) {
         self.apply_snapshot(&OpsSnapshot::default());
+        // Empty, not zero: this instance does not speak for the store.
+        for family in [&self.jobs_due, &self.jobs_scheduled, &self.dead_letters] {
+            family.clear();
+        }
+        self.oldest_due_seconds.clear();
         *self.snapshot_at.lock().expect("metrics lock") = None;
     }
 
@@ -384,6 +477,7 @@ impl Metrics {
                 .get_or_create(&labels)
                 .set(a.oldest_due_age.map_or(0.0, |d| d.as_secs_f64()));
         }
+        self.fill_declared_adapters();
         for p in &snapshot.practices {
             self.practices
                 .get_or_create(&PracticeLabels {

@@ -89,6 +89,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
 
     let db = config.database_path();
     let metrics = Arc::new(Metrics::new());
+    metrics.declare(&config);
     // Every committed event reaches the bus in cursor order: from the
     // SQLite store after its commit, from the PostgreSQL store's feed
     // (whichever instance committed it).

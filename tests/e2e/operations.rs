@@ -134,6 +134,31 @@ async fn metrics_count_successes_retries_dead_letters_and_invalid_calls() {
     hub.stop().await;
 }
 
+/// Before any traffic, every series the configuration makes possible is
+/// there at 0: alert rules (dead letters, anomalies, failing attempts)
+/// see a series from the start, not only after the first failure.
+#[tokio::test]
+async fn every_configured_series_exists_at_zero_before_any_traffic() {
+    let vendor = Vendor::start().await;
+    let hub = start_hub(HubOptions::new(&vendor.url())).await;
+    let m = scrape(&hub).await;
+    for series in [
+        r#"raccordo_submissions_total{tenant="016024",service="TARI",mode="deferred",result="accepted"}"#,
+        r#"raccordo_submissions_total{tenant="028060",service="TARI",mode="deferred",result="invalid"}"#,
+        r#"raccordo_delivery_attempts_total{adapter="vendor",outcome="delivered"}"#,
+        r#"raccordo_delivery_attempts_total{adapter="vendor",outcome="outcome_unknown"}"#,
+        r#"raccordo_delivery_retries_scheduled_total{adapter="vendor"}"#,
+        r#"raccordo_delivery_dead_lettered_total{adapter="vendor"}"#,
+        r#"raccordo_inbound_results_total{adapter="vendor",outcome="applied"}"#,
+        r#"raccordo_anomalies_total{adapter="vendor",class="late"}"#,
+        r#"raccordo_jobs_due{adapter="vendor"}"#,
+        r#"raccordo_dead_letters{adapter="vendor"}"#,
+    ] {
+        assert_eq!(sample(&m, series), Some(0.0), "{series} in\n{m}");
+    }
+    hub.stop().await;
+}
+
 #[tokio::test]
 async fn labels_cannot_be_invented_by_callers() {
     let vendor = Vendor::start().await;
