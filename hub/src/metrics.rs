@@ -449,23 +449,25 @@ impl Metrics {
     /// The next [`snapshot_due`](Self::snapshot_due) is at once, for when
     /// this instance reports them again.
     pub fn withhold_snapshot(&self) {
-        self.apply_snapshot(&OpsSnapshot::default());
         // Empty, not zero: this instance does not speak for the store.
-        for family in [&self.jobs_due, &self.jobs_scheduled, &self.dead_letters] {
-            family.clear();
-        }
-        self.oldest_due_seconds.clear();
+        self.clear_store_gauges();
+        self.store_size_bytes.set(0);
         *self.snapshot_at.lock().expect("metrics lock") = None;
     }
 
-    /// Replaces the store-derived gauges (label sets that vanished go too).
-    pub fn apply_snapshot(&self, snapshot: &OpsSnapshot) {
+    /// Removes every series of the store-derived gauges.
+    fn clear_store_gauges(&self) {
         for family in [&self.jobs_due, &self.jobs_scheduled, &self.dead_letters] {
             family.clear();
         }
         self.oldest_due_seconds.clear();
         self.practices.clear();
         self.practices_past_deadline.clear();
+    }
+
+    /// Replaces the store-derived gauges (label sets that vanished go too).
+    pub fn apply_snapshot(&self, snapshot: &OpsSnapshot) {
+        self.clear_store_gauges();
         for a in &snapshot.adapters {
             let labels = AdapterLabels {
                 adapter: a.adapter.clone(),

@@ -118,17 +118,17 @@ async fn handle(link: &Link, session: &Session, delivery: Delivery) {
         Ok(result) => match sink.apply(result).await {
             Ok(_) => Disposition::Ack,
             Err(InboundError::Uncorrelated(m)) => Disposition::DeadLetter(Unusable {
-                reason: "uncorrelated",
+                class: "uncorrelated",
                 detail: format!("no practice matches {m}"),
             }),
             Err(InboundError::Refused(m)) => Disposition::DeadLetter(Unusable {
-                reason: "refused",
+                class: "refused",
                 detail: m,
             }),
             // Recorded on the practice as an ANOMALY event, not applied:
             // the vendor finds it, with what it said, in the dead letters.
             Err(InboundError::Anomaly(a)) => Disposition::DeadLetter(Unusable {
-                reason: match a.class {
+                class: match a.class {
                     crate::adapter::AnomalyClass::Late => "anomaly_late",
                     crate::adapter::AnomalyClass::Contradictory => "anomaly_contradictory",
                 },
@@ -149,12 +149,12 @@ async fn handle(link: &Link, session: &Session, delivery: Delivery) {
             Ok(()) => {
                 // The detail can quote the reply: it travels with the
                 // dead-lettered message, not into the log.
-                tracing::warn!(adapter = %link.name, %message_id, class = why.reason,
+                tracing::warn!(adapter = %link.name, %message_id, class = why.class,
                     "reply dead-lettered to '{}'", consume.dead_letter_exchange);
                 delivery.ack(BasicAckOptions::default()).await.map(|_| ())
             }
             Err(e) => {
-                tracing::error!(adapter = %link.name, %message_id, class = why.reason,
+                tracing::error!(adapter = %link.name, %message_id, class = why.class,
                     "cannot dead-letter an unusable reply: {e}; handing it back to the broker");
                 requeue(&delivery, consume.requeue_delay).await
             }
@@ -199,7 +199,7 @@ async fn dead_letter(
     let consume = link.config.consume.as_ref().ok_or("no consume section")?;
     let mut headers = delivery.properties.headers().clone().unwrap_or_default();
     let detail: String = why.detail.chars().take(1000).collect();
-    headers.insert("x-raccordo-reason".into(), long(why.reason));
+    headers.insert("x-raccordo-reason".into(), long(why.class));
     headers.insert("x-raccordo-detail".into(), long(&detail));
     headers.insert("x-raccordo-adapter".into(), long(&link.name));
     headers.insert("x-raccordo-queue".into(), long(&consume.queue));

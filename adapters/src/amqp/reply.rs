@@ -21,16 +21,19 @@ use serde_json::Value;
 /// with these as `x-raccordo-reason` and `x-raccordo-detail`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unusable {
+    /// A fixed code, never the vendor's words (so it may be logged):
     /// `malformed`, `uncorrelated`, `refused`, or `anomaly_late` /
     /// `anomaly_contradictory` (recorded on the practice, not applied).
-    pub reason: &'static str,
+    pub class: &'static str,
+    /// What was wrong, in words that may quote the vendor: only for the
+    /// dead-lettered message's header, never for the log.
     pub detail: String,
 }
 
 impl Unusable {
     pub(crate) fn malformed(detail: impl Into<String>) -> Self {
         Self {
-            reason: "malformed",
+            class: "malformed",
             detail: detail.into(),
         }
     }
@@ -81,7 +84,7 @@ pub fn parse(
             (None, Some(op)) => Correlation::OperationId(op),
             (None, None) => {
                 return Err(Unusable {
-                    reason: "uncorrelated",
+                    class: "uncorrelated",
                     detail:
                         "no correlation_id property and no practice_id or operation_id in the body"
                             .into(),
@@ -173,7 +176,7 @@ mod tests {
     fn unusable_replies_say_why() {
         let m = canonical_mapping();
         let e = parse("mq", &m, &props(), b"not json").unwrap_err();
-        assert_eq!(e.reason, "malformed");
+        assert_eq!(e.class, "malformed");
         let e = parse("mq", &m, &props(), br#"{"status":"BOH"}"#).unwrap_err();
         assert!(e.detail.contains("'BOH'"), "{}", e.detail);
         let e = parse(
@@ -183,7 +186,7 @@ mod tests {
             br#"{"status":"APPROVED"}"#,
         )
         .unwrap_err();
-        assert_eq!(e.reason, "uncorrelated");
+        assert_eq!(e.class, "uncorrelated");
         let e = parse(
             "mq",
             &m,
