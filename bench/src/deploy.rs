@@ -40,8 +40,13 @@ impl Deployment {
         // A file, not a variable: the in-process hub reads it as well, and
         // the URL (it carries the password) stays out of the config.
         std::fs::write(dir.join("database-url"), &schema.url)?;
-        let store =
-            "\n[store]\nkind = \"postgres\"\n[store.postgres]\nurl_file = \"database-url\"\n";
+        let mut store =
+            "\n[store]\nkind = \"postgres\"\n[store.postgres]\nurl_file = \"database-url\"\n"
+                .to_string();
+        if let Some(size) = o.pg_pool_size {
+            store.push_str(&format!("pool_size = {size}\n"));
+        }
+        let store = store.as_str();
         let mut deployment = Self {
             hubs: Vec::new(),
             schema: Some(schema),

@@ -92,6 +92,10 @@ pub struct Options {
     /// them in turn.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
     pub instances: u16,
+    /// Connections each hub keeps to PostgreSQL (`store.postgres.pool_size`;
+    /// the hub's default when not given).
+    #[arg(long)]
+    pub pg_pool_size: Option<u32>,
     /// The PostgreSQL database for `--store postgres` (its user needs
     /// CREATE on it: each run works in a schema of its own, dropped after).
     #[arg(
