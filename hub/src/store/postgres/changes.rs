@@ -4,7 +4,7 @@
 
 use super::rows::{claimed_job, dead_letter_row};
 use super::state::{self, Loaded};
-use super::tx::{Tx, col};
+use super::tx::{Tx, col, owned};
 use super::{cluster, early, follow_up, leases};
 use crate::domain::practice::NewPractice;
 use crate::store::sqlite::rows::{CLAIMED_JOB_COLUMNS, DEAD_LETTER_SQL, ms, parse};
@@ -40,20 +40,20 @@ async fn existing(tx: &Tx, new: &NewPractice) -> Result<Option<InsertOutcome>, S
 ///
 /// With a `lease`, the job is stored as attempt 1 in flight under it and
 /// returned, if the adapter's `max_in_flight` allows. Whether it does is
-/// estimated first, without a lock, and checked at the end under the
-/// adapter's claim lock (`cluster::within_limit`): the lock is held for the
-/// last round trip and the commit, not for all of the writes, so the
-/// synchronous submissions of one adapter do not queue behind each other's
-/// work. Estimated free, found over the limit at the end (another claim
-/// came first): the transaction is rolled back and `None` returned, for the
-/// caller to store the practice again without a lease (its job due).
-/// Without a lease the answer is always `Some`.
+/// estimated first, without a lock, and checked with the commit under the
+/// adapter's claim lock (`cluster::check_within_limit_at_commit`): the lock
+/// is held for the server's work at the commit, not for all of the writes,
+/// so the synchronous submissions of one adapter do not queue behind each
+/// other's work. Estimated free, found over the limit at the end (another
+/// claim came first): the transaction fails with an error that
+/// `cluster::is_over_limit` recognizes, for the caller to store the
+/// practice again without a lease (its job due).
 pub(super) async fn insert_new(
     tx: &mut Tx,
     new: &NewPractice,
     content: &str,
     lease: Option<(&Lease, u32)>,
-) -> Result<Option<(InsertOutcome, Option<ClaimedJob>)>, StoreError> {
+) -> Result<(InsertOutcome, Option<ClaimedJob>), StoreError> {
     let now = Utc::now();
     // A repeated key is found by the insert below (it inserts nothing):
     // no look-up before it, which new submissions would all pay.
@@ -103,24 +103,23 @@ pub(super) async fn insert_new(
         let found = existing(tx, new).await?.ok_or_else(|| {
             StoreError::Unavailable("a concurrent submission with the same key vanished".into())
         })?;
-        return Ok(Some((found, None)));
+        return Ok((found, None));
     }
     for (i, a) in new.attachments.iter().enumerate() {
-        tx.execute(
+        tx.execute_later(
             "INSERT INTO documents (practice_id, tenant_id, role, position, name, media_type, size_bytes, sha256, content)
              VALUES ($1, $2, 'attachment', $3, $4, $5, $6, $7, $8)",
-            &[
-                &new.id,
-                &new.tenant_id,
-                &(i as i64),
-                &a.meta.name,
-                &a.meta.media_type,
-                &(a.meta.size_bytes as i64),
-                &a.meta.sha256,
-                &a.content,
+            owned![
+                new.id.clone(),
+                new.tenant_id.clone(),
+                i as i64,
+                a.meta.name.clone(),
+                a.meta.media_type.clone(),
+                a.meta.size_bytes as i64,
+                a.meta.sha256.clone(),
+                a.content.clone(),
             ],
-        )
-        .await?;
+        );
     }
     let mut loaded = Loaded {
         id: new.id.clone(),
@@ -148,18 +147,19 @@ pub(super) async fn insert_new(
             owner: lease.owner.clone(),
         });
     state::persist(tx, &mut loaded, plan, new.received_at).await?;
-    if let (Some(_), Some((_, max_in_flight))) = (&job, lease)
-        && !cluster::within_limit(tx, &new.adapter, now, max_in_flight).await?
-    {
-        tx.roll_back_at_end();
-        return Ok(None);
+    if let (Some(_), Some((_, max_in_flight))) = (&job, lease) {
+        cluster::check_within_limit_at_commit(tx, &new.adapter, now, max_in_flight);
     }
-    Ok(Some((InsertOutcome::Created, job)))
+    Ok((InsertOutcome::Created, job))
 }
 
 /// Claims up to `limit` pieces of work of `adapter`, within what its
 /// `max_in_flight` leaves free in the whole cluster: due polls first, then
 /// due jobs. Rows another instance is claiming are skipped, not waited for.
+/// What is free is counted without a lock, and the count checked again
+/// with the commit under the adapter's claim lock
+/// (`cluster::check_within_limit_at_commit`): over the limit, the claim
+/// fails with an error `cluster::is_over_limit` recognizes.
 pub(super) async fn claim_work(
     tx: &mut Tx,
     adapter: &str,
@@ -169,7 +169,9 @@ pub(super) async fn claim_work(
     max_in_flight: u32,
 ) -> Result<ClaimedWork, StoreError> {
     let wanted = limit;
-    let limit = cluster::free_slots(tx, adapter, now, limit, max_in_flight).await?;
+    let in_flight = cluster::in_flight(tx, adapter, now).await?;
+    let free = i64::from(max_in_flight).saturating_sub(in_flight).max(0);
+    let limit = u32::try_from(free).unwrap_or(u32::MAX).min(wanted);
     if limit == 0 {
         return Ok(ClaimedWork {
             saturated: wanted > 0,
@@ -183,6 +185,9 @@ pub(super) async fn claim_work(
     } else {
         claim_due(tx, adapter, lease, now, left).await?
     };
+    if !polls.is_empty() || !jobs.is_empty() {
+        cluster::check_within_limit_at_commit(tx, adapter, now, max_in_flight);
+    }
     Ok(ClaimedWork {
         polls,
         jobs,
@@ -221,12 +226,17 @@ async fn claim_due(
         jobs.push(claimed_job(row)?);
     }
     // Practices in a fixed order: two claims never lock them crosswise.
+    // Locked and loaded in one flight, then changed.
     jobs.sort_by(|a, b| a.practice_id.cmp(&b.practice_id));
-    for job in &jobs {
-        change(tx, &job.practice_id, now, |state| {
-            Ok(plan::plan_claim(state, job))
-        })
-        .await?;
+    let ids: Vec<[&(dyn tokio_postgres::types::ToSql + Sync); 1]> =
+        jobs.iter().map(|job| [&job.practice_id as _]).collect();
+    let loads: Vec<(&str, super::tx::Params<'_>)> =
+        ids.iter().map(|id| (state::LOAD, &id[..])).collect();
+    let practices = tx.flight_all(&loads).await?;
+    for (job, practice) in jobs.iter().zip(&practices) {
+        let mut loaded = state::loaded(practice.first().ok_or(StoreError::NotFound)?)?;
+        let plan = plan::plan_claim(loaded.state.clone(), job);
+        state::persist(tx, &mut loaded, plan, now).await?;
     }
     Ok(jobs)
 }
@@ -245,7 +255,7 @@ pub(super) async fn change(
 }
 
 /// Records how attempt `job` ended (one whose lease was lost only in
-/// part: see [`leases::record_result`]), then applies the results that
+/// part: see [`leases::lease_held`]), then applies the results that
 /// arrived while it was in flight. The practice is locked before the job
 /// is read: a job changes only under its practice's lock, or by a
 /// statement that checks its lease. Returns how many results waited and
@@ -256,13 +266,23 @@ pub(super) async fn finish_attempt(
     result: &AttemptResult,
     now: DateTime<Utc>,
 ) -> Result<(usize, Vec<RecordedAnomaly>), StoreError> {
-    let mut loaded = state::load(tx, &job.practice_id).await?;
-    if !leases::record_result(tx, job, result).await? {
+    // One flight, run in this order: the practice's lock, then the job and
+    // the results that waited for it, read under that lock.
+    let [practice, job_row, waiting] = tx
+        .flight([
+            (state::LOAD, &[&job.practice_id]),
+            (leases::RESULT_JOB, &[&job.operation_id]),
+            (early::WAITING, &[&job.operation_id, &job.tenant_id]),
+        ])
+        .await?;
+    let mut loaded = state::loaded(practice.first().ok_or(StoreError::NotFound)?)?;
+    let job_row = job_row.first().ok_or(StoreError::NotFound)?;
+    if !leases::lease_held(job_row, job, result)? {
         return Ok((0, Vec::new()));
     }
     let plan = plan::plan_attempt(loaded.state.clone(), job, result, now);
     state::persist(tx, &mut loaded, plan, now).await?;
-    early::apply_waiting(tx, &job.operation_id, &job.tenant_id, now).await
+    early::apply(tx, &waiting, &job.operation_id, &job.tenant_id, now).await
 }
 
 /// The job `operation_id` as planners read it, with its practice.

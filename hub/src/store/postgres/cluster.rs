@@ -3,7 +3,7 @@
 //! cluster), which instance runs each singleton, and how many instances
 //! are alive.
 
-use super::tx::{Tx, col};
+use super::tx::{Tx, col, owned};
 use crate::store::StoreError;
 use crate::store::sqlite::rows::ms;
 use chrono::{DateTime, Utc};
@@ -14,38 +14,37 @@ use chrono::{DateTime, Utc};
 /// only serialize their claims a little more.
 const CLAIM_LOCK_CLASS: i32 = 0x5241_4341;
 
-/// How many more pieces of work of `adapter` may be claimed now, at most
-/// `wanted`: `max_in_flight` minus what is in flight under a lease that has
-/// not run out by `now`, whoever holds it. Takes the adapter's claim lock
-/// first, held until the transaction ends, so that the count stays true
-/// until this transaction's own claims are committed.
-pub(super) async fn free_slots(
+/// Queues the check that what is in flight for `adapter`, counting this
+/// transaction's own uncommitted claims, is within `max_in_flight`: sent
+/// last, just before the `COMMIT`, by a transaction that claimed first. It
+/// takes the adapter's claim lock (held to the commit: the next check
+/// counts this transaction's claims) and counts in the server, so the lock
+/// is held for the server's work at the commit only, not for round trips
+/// to the hub. Over the limit, the transaction fails with an error that
+/// [`is_over_limit`] recognizes, and nothing it wrote stands.
+pub(super) fn check_within_limit_at_commit(
     tx: &Tx,
     adapter: &str,
     now: DateTime<Utc>,
-    wanted: u32,
     max_in_flight: u32,
-) -> Result<u32, StoreError> {
-    let in_flight = lock_and_count(tx, adapter, now).await?;
-    let free = i64::from(max_in_flight).saturating_sub(in_flight).max(0);
-    Ok(u32::try_from(free).unwrap_or(u32::MAX).min(wanted))
+) {
+    tx.execute_at_commit(
+        "SELECT raccordo_claim_within_limit($1, $2, $3, $4)",
+        owned![
+            CLAIM_LOCK_CLASS,
+            adapter.to_string(),
+            ms(now),
+            i64::from(max_in_flight)
+        ],
+    );
 }
 
-/// Whether what is in flight for `adapter` now, counting this
-/// transaction's own uncommitted claims, is within `max_in_flight`. For a
-/// transaction that claimed first and checks at its end: it takes the
-/// adapter's claim lock (held to the commit, as in [`free_slots`]) only for
-/// its last statements, not for all of its work. One round trip: the lock
-/// and the count go out together and run in that order, so the count sees
-/// every claim committed before the lock was granted.
-pub(super) async fn within_limit(
-    tx: &Tx,
-    adapter: &str,
-    now: DateTime<Utc>,
-    max_in_flight: u32,
-) -> Result<bool, StoreError> {
-    let in_flight = lock_and_count(tx, adapter, now).await?;
-    Ok(in_flight <= i64::from(max_in_flight))
+/// The SQLSTATE `raccordo_claim_within_limit` raises over the limit.
+pub(super) const OVER_LIMIT: &str = "RA001";
+
+/// Whether `e` is the failure of [`check_within_limit_at_commit`].
+pub(super) fn is_over_limit(e: &StoreError) -> bool {
+    matches!(e, StoreError::Conflict(m) if m.ends_with(&format!("({OVER_LIMIT})")))
 }
 
 /// Counts what is in flight for `adapter` under a lease alive at `now`.
@@ -60,21 +59,6 @@ pub(super) async fn in_flight(
     now: DateTime<Utc>,
 ) -> Result<i64, StoreError> {
     col(&tx.query_one(IN_FLIGHT, &[&adapter, &ms(now)]).await?, 0)
-}
-
-/// Takes `adapter`'s claim lock, then counts what is in flight (a count
-/// that, under the lock, every other claimer waits for), in one round trip.
-async fn lock_and_count(tx: &Tx, adapter: &str, now: DateTime<Utc>) -> Result<i64, StoreError> {
-    let row = tx
-        .execute_then_query_one(
-            (
-                "SELECT pg_advisory_xact_lock($1, hashtext(current_schema() || '/' || $2))",
-                &[&CLAIM_LOCK_CLASS, &adapter],
-            ),
-            (IN_FLIGHT, &[&adapter, &ms(now)]),
-        )
-        .await?;
-    col(&row, 0)
 }
 
 /// Takes or renews the singleton `name` for `owner`; whether it holds it.

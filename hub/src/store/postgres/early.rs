@@ -5,7 +5,7 @@
 //! ordered by it, so a waiting result is never missed.
 
 use super::state::{self, Loaded};
-use super::tx::{Tx, col};
+use super::tx::{Tx, col, owned};
 use crate::store::early;
 use crate::store::sqlite::rows::ms;
 use crate::store::{RecordedAnomaly, StoreError};
@@ -17,12 +17,20 @@ use raccordo_domain::plan::{self, Known, Verdict};
 
 /// The references and outcome documents of practice `loaded`.
 async fn known(tx: &Tx, loaded: &Loaded) -> Result<Known, StoreError> {
-    let references = tx
-        .query(
-            "SELECT kind, value, system FROM external_refs WHERE practice_id = $1 AND tenant_id = $2",
-            &[&loaded.id, &loaded.tenant_id],
-        )
-        .await?
+    let [references, documents] = tx
+        .flight([
+            (
+                "SELECT kind, value, system FROM external_refs WHERE practice_id = $1 AND tenant_id = $2",
+                &[&loaded.id, &loaded.tenant_id],
+            ),
+            (
+                "SELECT sha256 FROM documents
+                 WHERE practice_id = $1 AND tenant_id = $2 AND role = 'outcome'",
+                &[&loaded.id, &loaded.tenant_id],
+            ),
+        ])
+        .await?;
+    let references = references
         .iter()
         .map(|r| {
             Ok(ExternalRef {
@@ -33,13 +41,7 @@ async fn known(tx: &Tx, loaded: &Loaded) -> Result<Known, StoreError> {
             })
         })
         .collect::<Result<_, StoreError>>()?;
-    let documents = tx
-        .query(
-            "SELECT sha256 FROM documents
-             WHERE practice_id = $1 AND tenant_id = $2 AND role = 'outcome'",
-            &[&loaded.id, &loaded.tenant_id],
-        )
-        .await?
+    let documents = documents
         .iter()
         .map(|r| col(r, 0))
         .collect::<Result<_, StoreError>>()?;
@@ -124,6 +126,23 @@ pub(super) async fn set_outcome(
     Ok(())
 }
 
+/// The results that wait for the attempt of `operation_id` (of
+/// `tenant_id`), in arrival order. Read under the practice's lock (in the
+/// same flight as taking it, or after): none can be added until the
+/// transaction ends.
+pub(super) async fn waiting(
+    tx: &Tx,
+    operation_id: &str,
+    tenant_id: &str,
+) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+    tx.query(WAITING, &[&operation_id, &tenant_id]).await
+}
+
+/// The statement of [`waiting`] (parameters: operation id, tenant), for a
+/// caller that sends it in a flight with others.
+pub(super) const WAITING: &str = "SELECT practice_id, adapter, receipt, reply FROM early_results
+     WHERE operation_id = $1 AND tenant_id = $2 ORDER BY id";
+
 /// Applies, in arrival order, the results that waited for the attempt of
 /// `operation_id` (of `tenant_id`), now ended, and deletes them. The
 /// caller holds the practice's lock. Returns how many there were and the
@@ -134,18 +153,23 @@ pub(super) async fn apply_waiting(
     tenant_id: &str,
     now: DateTime<Utc>,
 ) -> Result<(usize, Vec<RecordedAnomaly>), StoreError> {
-    let rows = tx
-        .query(
-            "SELECT practice_id, adapter, receipt, reply FROM early_results
-             WHERE operation_id = $1 AND tenant_id = $2 ORDER BY id",
-            &[&operation_id, &tenant_id],
-        )
-        .await?;
+    let rows = waiting(tx, operation_id, tenant_id).await?;
+    apply(tx, &rows, operation_id, tenant_id, now).await
+}
+
+/// Applies the results `rows` read by [`waiting`] (see [`apply_waiting`]).
+pub(super) async fn apply(
+    tx: &mut Tx,
+    rows: &[tokio_postgres::Row],
+    operation_id: &str,
+    tenant_id: &str,
+    now: DateTime<Utc>,
+) -> Result<(usize, Vec<RecordedAnomaly>), StoreError> {
     if rows.is_empty() {
         return Ok((0, Vec::new()));
     }
     let mut anomalies = Vec::new();
-    for row in &rows {
+    for row in rows {
         let practice_id: &str = col(row, 0)?;
         let adapter: &str = col(row, 1)?;
         let receipt: Option<&str> = col(row, 2)?;
@@ -157,10 +181,9 @@ pub(super) async fn apply_waiting(
         }
         anomalies.extend(early::recorded(adapter, &verdict));
     }
-    tx.execute(
+    tx.execute_later(
         "DELETE FROM early_results WHERE operation_id = $1 AND tenant_id = $2",
-        &[&operation_id, &tenant_id],
-    )
-    .await?;
+        owned![operation_id.to_string(), tenant_id.to_string()],
+    );
     Ok((rows.len(), anomalies))
 }

@@ -102,24 +102,24 @@ pub(super) async fn expire(tx: &mut Tx, now: DateTime<Utc>) -> Result<ExpiredLea
     Ok(expired)
 }
 
-/// Whether `result` of `job` is recorded: the same rule as the SQLite
-/// store's (an attempt that lost its lease keeps only a conclusive answer,
-/// and only for a job not finished). The caller holds the practice's lock.
-pub(super) async fn record_result(
-    tx: &Tx,
+/// The statement that reads the job an attempt ended (parameter: its
+/// operation id), locked, for [`lease_held`]. The caller holds the
+/// practice's lock (sent in the same flight, after it).
+pub(super) const RESULT_JOB: &str =
+    "SELECT state, lease_owner, attempts FROM jobs WHERE operation_id = $1 FOR UPDATE";
+
+/// Whether `result` of `job` is recorded, from the job's row of
+/// [`RESULT_JOB`]: the same rule as the SQLite store's (an attempt that
+/// lost its lease keeps only a conclusive answer, and only for a job not
+/// finished).
+pub(super) fn lease_held(
+    row: &tokio_postgres::Row,
     job: &ClaimedJob,
     result: &AttemptResult,
 ) -> Result<bool, StoreError> {
-    let row = tx
-        .query_opt(
-            "SELECT state, lease_owner, attempts FROM jobs WHERE operation_id = $1 FOR UPDATE",
-            &[&job.operation_id],
-        )
-        .await?
-        .ok_or(StoreError::NotFound)?;
-    let state: JobState = parse("job state", col::<&str>(&row, 0)?)?;
-    let owner: Option<&str> = col(&row, 1)?;
-    let attempts: i64 = col(&row, 2)?;
+    let state: JobState = parse("job state", col::<&str>(row, 0)?)?;
+    let owner: Option<&str> = col(row, 1)?;
+    let attempts: i64 = col(row, 2)?;
     let held = state.is_running()
         && owner == Some(job.owner.as_str())
         && attempts == i64::from(job.attempt);

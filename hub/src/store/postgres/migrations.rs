@@ -38,6 +38,16 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "early_results",
         include_str!("../../../migrations/postgres/0006_early_results.sql"),
     ),
+    (
+        7,
+        "live_job_indexes",
+        include_str!("../../../migrations/postgres/0007_live_job_indexes.sql"),
+    ),
+    (
+        8,
+        "claim_check",
+        include_str!("../../../migrations/postgres/0008_claim_check.sql"),
+    ),
 ];
 
 /// The advisory lock's first key ("RACC"); the second is the schema's,
@@ -94,7 +104,13 @@ async fn apply(client: &Object) -> Result<i64, StoreError> {
         let failed = |e: tokio_postgres::Error| {
             from_pg(e).context(&format!("migration {version} ({name}) failed"))
         };
-        client.batch_execute("BEGIN").await.map_err(failed)?;
+        // A migration rebuilds indexes of tables that may hold millions of
+        // rows: `store.postgres.statement_timeout` bounds the hub's
+        // statements, not the upgrade (SET LOCAL: this transaction only).
+        client
+            .batch_execute("BEGIN; SET LOCAL statement_timeout = 0")
+            .await
+            .map_err(failed)?;
         let applied = async {
             client.batch_execute(sql).await?;
             client

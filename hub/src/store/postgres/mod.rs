@@ -315,9 +315,7 @@ impl Store for PgStore {
         let content =
             serde_json::to_string(&new.content).map_err(|e| StoreError::Internal(e.to_string()))?;
         in_tx!(self, WRITE, |tx| {
-            let (outcome, _) = changes::insert_new(&mut tx, &new, &content, None)
-                .await?
-                .ok_or_else(|| StoreError::Internal("no limit applies without a lease".into()))?;
+            let (outcome, _) = changes::insert_new(&mut tx, &new, &content, None).await?;
             let stored = if read_back && matches!(outcome, InsertOutcome::Created) {
                 Some(rows::get_practice(&tx, &new.tenant_id, &new.id, false).await?)
             } else {
@@ -335,17 +333,22 @@ impl Store for PgStore {
     ) -> Result<(InsertOutcome, Option<ClaimedJob>), StoreError> {
         let content =
             serde_json::to_string(&new.content).map_err(|e| StoreError::Internal(e.to_string()))?;
-        let mut lease = Some((lease, max_in_flight));
-        loop {
-            let stored = in_tx!(self, WRITE, |tx| changes::insert_new(
-                &mut tx, &new, &content, lease
-            )
-            .await)?;
-            match stored {
-                Some(stored) => return Ok(stored),
-                // Over the adapter's limit after all: stored due instead.
-                None => lease = None,
+        let stored = in_tx!(self, WRITE, |tx| changes::insert_new(
+            &mut tx,
+            &new,
+            &content,
+            Some((lease, max_in_flight))
+        )
+        .await);
+        match stored {
+            // Over the adapter's limit after all: stored due instead.
+            Err(e) if cluster::is_over_limit(&e) => {
+                in_tx!(self, WRITE, |tx| changes::insert_new(
+                    &mut tx, &new, &content, None
+                )
+                .await)
             }
+            stored => stored,
         }
     }
 
@@ -447,15 +450,31 @@ impl Store for PgStore {
         limit: u32,
         max_in_flight: u32,
     ) -> Result<ClaimedWork, StoreError> {
-        in_tx!(self, WRITE, |tx| changes::claim_work(
-            &mut tx,
-            adapter,
-            lease,
-            now,
-            limit,
-            max_in_flight
-        )
-        .await)
+        // Claims are checked against the limit at their commit; one that
+        // another instance's claims overtook runs again, from a new count.
+        let mut runs = 0;
+        loop {
+            runs += 1;
+            let claimed = in_tx!(self, WRITE, |tx| changes::claim_work(
+                &mut tx,
+                adapter,
+                lease,
+                now,
+                limit,
+                max_in_flight
+            )
+            .await);
+            match claimed {
+                Err(e) if cluster::is_over_limit(&e) && runs < MAX_RUNS => continue,
+                Err(e) if cluster::is_over_limit(&e) => {
+                    return Ok(ClaimedWork {
+                        saturated: true,
+                        ..Default::default()
+                    });
+                }
+                claimed => return claimed,
+            }
+        }
     }
 
     async fn renew_leases(

@@ -168,6 +168,8 @@ pub fn from_pg(e: tokio_postgres::Error) -> StoreError {
         }
         "53100" | "53200" => StoreError::Full(message),
         "XX001" | "XX002" => StoreError::Corrupt(message),
+        // An adapter over its limit, raised by the claim check.
+        super::cluster::OVER_LIMIT => StoreError::Conflict(message),
         _ => StoreError::Internal(message),
     }
 }

@@ -8,7 +8,6 @@ use crate::store::sqlite::rows::{
     event_from_row, from_ms, ms, practice_from_row,
 };
 use crate::store::{ClaimedJob, DeadLetter, PracticeFilter, StoreError};
-use futures::future::try_join;
 use raccordo_adapters::model::{Document, DocumentMeta, ExternalRef, Operation, sha256_hex};
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
@@ -114,25 +113,31 @@ async fn details(
     ids: &[String],
     with_content: bool,
 ) -> Result<(Vec<Row>, Vec<Row>), StoreError> {
+    let [docs, refs] = tx
+        .flight([
+            (&documents_sql(with_content), &[&ids]),
+            (REFERENCES_SQL, &[&ids]),
+        ])
+        .await?;
+    Ok((docs, refs))
+}
+
+/// The documents of practices `$1`, their content only if asked for.
+fn documents_sql(with_content: bool) -> String {
     let content = if with_content {
         "content"
     } else {
         "''::BYTEA AS content"
     };
-    let docs = format!(
+    format!(
         "SELECT practice_id, role, name, media_type, size_bytes, sha256, {content} FROM documents
          WHERE practice_id = ANY($1) ORDER BY practice_id, role, position"
-    );
-    try_join(
-        tx.query(&docs, &[&ids]),
-        tx.query(
-            "SELECT practice_id, kind, value, system, issued_at FROM external_refs
-             WHERE practice_id = ANY($1) ORDER BY practice_id, issued_at, kind",
-            &[&ids],
-        ),
     )
-    .await
 }
+
+/// The references of practices `$1`.
+const REFERENCES_SQL: &str = "SELECT practice_id, kind, value, system, issued_at FROM external_refs
+     WHERE practice_id = ANY($1) ORDER BY practice_id, issued_at, kind";
 
 /// Adds the rows of `details` to `practices`.
 fn fill(
@@ -210,12 +215,14 @@ pub(super) async fn get_practice(
     let sql =
         format!("SELECT {PRACTICE_COLUMNS} {PRACTICE_FROM} WHERE p.tenant_id = $1 AND p.id = $2");
     let ids = vec![id.to_string()];
-    let (row, (docs, refs)) = try_join(
-        tx.query_opt(&sql, &[&tenant_id, &id]),
-        details(tx, &ids, with_content),
-    )
-    .await?;
-    let mut practices = [practice(&row.ok_or(StoreError::NotFound)?)?];
+    let [row, docs, refs] = tx
+        .flight([
+            (&sql, &[&tenant_id, &id]),
+            (&documents_sql(with_content), &[&ids]),
+            (REFERENCES_SQL, &[&ids]),
+        ])
+        .await?;
+    let mut practices = [practice(row.first().ok_or(StoreError::NotFound)?)?];
     fill(&mut practices, &docs, &refs, with_content)?;
     let [p] = practices;
     Ok(p)

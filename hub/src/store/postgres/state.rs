@@ -2,14 +2,13 @@
 //! persisting the plan they return: the only place the PostgreSQL store
 //! writes a practice's change.
 
-use super::tx::{Pending, Tx, col};
+use super::tx::{Pending, Tx, col, owned};
 use crate::domain::practice::{Event, EventDraft};
 use crate::store::StoreError;
 use crate::store::sqlite::rows::{from_ms, ms, parse};
 use chrono::{DateTime, Utc};
 use raccordo_domain::audit::{REFERENCES_ACTION, ReferenceRecord, references_detail};
 use raccordo_domain::plan::{ErrorChange, JobUpdate, NewJob, OutcomeChange, Plan, PracticeState};
-use raccordo_domain::status::DeliveryStatus;
 
 /// A practice as loaded for a change (see the SQLite store's `Loaded`).
 #[derive(Debug)]
@@ -35,31 +34,38 @@ pub(super) struct Loaded {
 /// insert rows that reference the practice (their foreign-key check).
 pub(super) async fn load(tx: &Tx, practice_id: &str) -> Result<Loaded, StoreError> {
     let row = tx
-        .query_opt(
-            "SELECT id, tenant_id, service_code, applicant_id, status, delivery_status, current_operation_id,
-                    last_sequence, legal_term_days
-             FROM practices WHERE id = $1 FOR NO KEY UPDATE",
-            &[&practice_id],
-        )
+        .query_opt(LOAD, &[&practice_id])
         .await?
         .ok_or(StoreError::NotFound)?;
-    let last_sequence: i64 = col(&row, 7)?;
-    let delivery: Option<String> = col(&row, 5)?;
+    loaded(&row)
+}
+
+/// The statement of [`load`] (parameter: the practice's id), for a caller
+/// that sends it in a flight with others; [`loaded`] reads its row.
+pub(super) const LOAD: &str =
+    "SELECT id, tenant_id, service_code, applicant_id, status, delivery_status, current_operation_id,
+            last_sequence, legal_term_days
+     FROM practices WHERE id = $1 FOR NO KEY UPDATE";
+
+/// The practice in a row of [`LOAD`].
+pub(super) fn loaded(row: &tokio_postgres::Row) -> Result<Loaded, StoreError> {
+    let last_sequence: i64 = col(row, 7)?;
+    let delivery: Option<String> = col(row, 5)?;
     Ok(Loaded {
-        id: col(&row, 0)?,
-        tenant_id: col(&row, 1)?,
-        service_code: col(&row, 2)?,
-        applicant_id: col(&row, 3)?,
+        id: col(row, 0)?,
+        tenant_id: col(row, 1)?,
+        service_code: col(row, 2)?,
+        applicant_id: col(row, 3)?,
         last_sequence,
         stored_sequence: last_sequence,
         state: PracticeState {
-            status: parse("status", col::<&str>(&row, 4)?)?,
+            status: parse("status", col::<&str>(row, 4)?)?,
             delivery_status: delivery
                 .as_deref()
                 .map(|s| parse("delivery_status", s))
                 .transpose()?,
-            current_operation_id: col(&row, 6)?,
-            legal_term_days: col::<i64>(&row, 8)? as u32,
+            current_operation_id: col(row, 6)?,
+            legal_term_days: col::<i64>(row, 8)? as u32,
         },
         new_job_lease: None,
     })
@@ -76,10 +82,10 @@ pub(super) async fn persist(
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     if let Some(job) = &plan.job {
-        update_job(tx, job, now).await?;
+        update_job(tx, job, now);
     }
     if let Some(job) = &plan.new_job {
-        insert_job(tx, loaded, job, now).await?;
+        insert_job(tx, loaded, job, now);
     }
     // The references added (one already stored is kept as it was) are
     // recorded in the audit trail with the change. One statement for all.
@@ -131,56 +137,56 @@ pub(super) async fn persist(
     for doc in &plan.documents {
         // The same document reported twice (a re-sent result) is stored
         // once; the practice's row lock orders concurrent reports.
-        tx.execute(
+        tx.execute_later(
             "INSERT INTO documents (practice_id, tenant_id, role, position, name, media_type, size_bytes, sha256, content)
              SELECT $1, $2, 'outcome', COALESCE(MAX(position), -1) + 1, $3, $4, $5, $6, $7
              FROM documents WHERE practice_id = $1 AND role = 'outcome'
              HAVING NOT EXISTS (SELECT 1 FROM documents WHERE practice_id = $1 AND role = 'outcome' AND sha256 = $6)",
-            &[
-                &loaded.id,
-                &loaded.tenant_id,
-                &doc.meta.name,
-                &doc.meta.media_type,
-                &(doc.meta.size_bytes as i64),
-                &doc.meta.sha256,
-                &doc.content,
+            owned![
+                loaded.id.clone(),
+                loaded.tenant_id.clone(),
+                doc.meta.name.clone(),
+                doc.meta.media_type.clone(),
+                doc.meta.size_bytes as i64,
+                doc.meta.sha256.clone(),
+                doc.content.clone(),
             ],
-        )
-        .await?;
+        );
     }
     append_events(tx, loaded, plan.events, now);
-    save_practice(tx, loaded, plan.state, plan.outcome).await
+    save_practice(tx, loaded, plan.state, plan.outcome);
+    Ok(())
 }
 
-/// Writes the practice's columns that the plan changed, in one statement.
-async fn save_practice(
+/// Writes the practice's columns that the plan changed, in one statement
+/// (sent with the transaction's next one).
+fn save_practice(
     tx: &Tx,
     loaded: &mut Loaded,
     after: PracticeState,
     outcome: Option<OutcomeChange>,
-) -> Result<(), StoreError> {
+) {
     let unchanged = after == loaded.state && loaded.last_sequence == loaded.stored_sequence;
     if unchanged && outcome.is_none() {
-        return Ok(());
+        return;
     }
-    let delivery = after.delivery_status.map(DeliveryStatus::as_str);
+    let delivery = after.delivery_status.map(|d| d.as_str().to_string());
     match outcome {
         None if after.status == loaded.state.status => {
-            tx.execute(
+            tx.execute_later(
                 "UPDATE practices SET delivery_status = $1, current_operation_id = $2, last_sequence = $3
                  WHERE id = $4",
-                &[
-                    &delivery,
-                    &after.current_operation_id,
-                    &loaded.last_sequence,
-                    &loaded.id,
+                owned![
+                    delivery,
+                    after.current_operation_id.clone(),
+                    loaded.last_sequence,
+                    loaded.id.clone(),
                 ],
             )
-            .await?
         }
         outcome => {
             let outcome = outcome.unwrap_or_default();
-            tx.execute(
+            tx.execute_later(
                 "UPDATE practices SET status = $1, delivery_status = $2, current_operation_id = $3,
                     last_sequence = $4,
                     legal_deadline = COALESCE($5, legal_deadline),
@@ -189,35 +195,34 @@ async fn save_practice(
                     outcome_reason = CASE WHEN $7 THEN $8 ELSE outcome_reason END,
                     outcome_vendor_code = CASE WHEN $7 THEN $9 ELSE outcome_vendor_code END
                  WHERE id = $10",
-                &[
-                    &after.status.as_str(),
-                    &delivery,
-                    &after.current_operation_id,
-                    &loaded.last_sequence,
-                    &outcome.legal_deadline.map(ms),
-                    &outcome.concluded_at.map(ms),
-                    &outcome.terminal,
-                    &outcome.reason,
-                    &outcome.vendor_code,
-                    &loaded.id,
+                owned![
+                    after.status.as_str().to_string(),
+                    delivery,
+                    after.current_operation_id.clone(),
+                    loaded.last_sequence,
+                    outcome.legal_deadline.map(ms),
+                    outcome.concluded_at.map(ms),
+                    outcome.terminal,
+                    outcome.reason,
+                    outcome.vendor_code,
+                    loaded.id.clone(),
                 ],
             )
-            .await?
         }
     };
     loaded.state = after;
     loaded.stored_sequence = loaded.last_sequence;
-    Ok(())
 }
 
-async fn update_job(tx: &Tx, job: &JobUpdate, now: DateTime<Utc>) -> Result<(), StoreError> {
+/// Changes a job as planned (sent with the transaction's next statement).
+fn update_job(tx: &Tx, job: &JobUpdate, now: DateTime<Utc>) {
     // 0: keep the error, 1: clear it, 2: set it.
-    let (error_change, reason, class): (i64, Option<&str>, Option<&str>) = match &job.error {
+    let (error_change, reason, class): (i64, Option<String>, Option<String>) = match &job.error {
         ErrorChange::Keep => (0, None, None),
         ErrorChange::Clear => (1, None, None),
-        ErrorChange::Set { reason, class } => (2, Some(reason.as_str()), Some(class.as_str())),
+        ErrorChange::Set { reason, class } => (2, Some(reason.clone()), Some(class.clone())),
     };
-    tx.execute(
+    tx.execute_later(
         "UPDATE jobs SET state = $1, next_attempt_at = COALESCE($2, next_attempt_at),
             last_error = CASE $3::BIGINT WHEN 0 THEN last_error WHEN 1 THEN NULL ELSE $4 END,
             failure_class = CASE $3::BIGINT WHEN 0 THEN failure_class WHEN 1 THEN NULL ELSE $5 END,
@@ -229,57 +234,49 @@ async fn update_job(tx: &Tx, job: &JobUpdate, now: DateTime<Utc>) -> Result<(), 
             lease_owner = CASE WHEN $1 IN ('in_flight', 'poll_in_flight') THEN lease_owner END,
             lease_expires_at = CASE WHEN $1 IN ('in_flight', 'poll_in_flight') THEN lease_expires_at END
          WHERE operation_id = $10",
-        &[
-            &job.state.as_str(),
-            &job.next_attempt_at.map(ms),
-            &error_change,
-            &reason,
-            &class,
-            &job.reset_attempts,
-            &job.poll.as_ref().map(|p| p.token.as_str()),
-            &job.poll.as_ref().map(|p| ms(p.deadline)),
-            &ms(now),
-            &job.operation_id,
+        owned![
+            job.state.as_str().to_string(),
+            job.next_attempt_at.map(ms),
+            error_change,
+            reason,
+            class,
+            job.reset_attempts,
+            job.poll.as_ref().map(|p| p.token.clone()),
+            job.poll.as_ref().map(|p| ms(p.deadline)),
+            ms(now),
+            job.operation_id.clone(),
         ],
-    )
-    .await?;
-    Ok(())
+    );
 }
 
-async fn insert_job(
-    tx: &Tx,
-    loaded: &Loaded,
-    job: &NewJob,
-    now: DateTime<Utc>,
-) -> Result<(), StoreError> {
+/// Stores a new job (sent with the transaction's next statement).
+fn insert_job(tx: &Tx, loaded: &Loaded, job: &NewJob, now: DateTime<Utc>) {
     let (lease_owner, lease_expires_at) = loaded
         .new_job_lease
         .as_ref()
-        .map(|(owner, until)| (Some(owner.as_str()), Some(*until)))
+        .map(|(owner, until)| (Some(owner.clone()), Some(*until)))
         .unwrap_or_default();
-    tx.execute(
+    tx.execute_later(
         "INSERT INTO jobs (operation_id, practice_id, tenant_id, adapter, operation, state, attempts,
             max_attempts, next_attempt_at, created_at, updated_at, traceparent, lease_owner,
             lease_expires_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11, $12, $13)",
-        &[
-            &job.operation_id,
-            &loaded.id,
-            &loaded.tenant_id,
-            &job.adapter,
-            &job.operation.as_str(),
-            &job.state.as_str(),
-            &(job.attempts as i64),
-            &(job.max_attempts as i64),
-            &ms(job.next_attempt_at),
-            &ms(now),
-            &job.traceparent,
-            &lease_owner,
-            &lease_expires_at,
+        owned![
+            job.operation_id.clone(),
+            loaded.id.clone(),
+            loaded.tenant_id.clone(),
+            job.adapter.clone(),
+            job.operation.as_str().to_string(),
+            job.state.as_str().to_string(),
+            job.attempts as i64,
+            job.max_attempts as i64,
+            ms(job.next_attempt_at),
+            ms(now),
+            job.traceparent.clone(),
+            lease_owner,
+            lease_expires_at,
         ],
-    )
-    .await?;
-    Ok(())
+    );
 }
 
 /// Queues events with the next sequence numbers; they are written, linked

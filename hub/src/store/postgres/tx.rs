@@ -5,22 +5,45 @@
 //! tenant's audit chain: both are given after the commit by the sequencer
 //! (see `sequencer`), so an event-writing transaction takes no lock that
 //! every other one needs, and commits of all instances run side by side.
+//!
+//! Writes whose result nobody reads (a job's or a practice's update) are
+//! queued ([`Tx::execute_later`]) and sent in one flight with the next
+//! statement that must be awaited, or with the commit: a transaction costs
+//! the round trips of its reads, not one per statement.
 
 use super::pool::{from_pg, is_retryable};
 use crate::domain::practice::Event;
 use crate::store::StoreError;
 use deadpool_postgres::Object;
 use deadpool_postgres::Pool;
-use futures::future::try_join;
+use futures::future::try_join_all;
 use raccordo_adapters::model::AdminStatus;
 use raccordo_domain::status::DeliveryStatus;
 use std::future::Future;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio_postgres::Row;
 use tokio_postgres::types::{FromSql, ToSql};
 
 /// Statement parameters.
 pub(super) type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+
+/// An owned statement parameter, for a write sent later.
+pub(super) type Owned = Box<dyn ToSql + Sync + Send>;
+
+/// Owned parameters of a write sent later: `owned![a, b.clone(), …]`.
+macro_rules! owned {
+    ($($value:expr),* $(,)?) => {
+        vec![$(Box::new($value) as $crate::store::postgres::tx::Owned),*]
+    };
+}
+pub(super) use owned;
+
+/// A write queued by [`Tx::execute_later`].
+struct Queued {
+    sql: String,
+    params: Vec<Owned>,
+}
 
 /// What the transaction appends to an audit chain, written at its end.
 pub(super) enum Pending {
@@ -54,8 +77,12 @@ pub(super) struct Tx {
     /// Whether the last failure is worth running the transaction again
     /// (a deadlock or serialization failure).
     retryable: AtomicBool,
-    /// Whether the body chose to undo its work (see [`Tx::roll_back_at_end`]).
-    roll_back: AtomicBool,
+    /// Writes not sent yet: they go out, in this order, ahead of the next
+    /// statement sent.
+    queued: Mutex<Vec<Queued>>,
+    /// Statements sent last, just before the `COMMIT` (after the events):
+    /// a check that takes a lock every writer of the cluster waits for.
+    at_commit: Mutex<Vec<Queued>>,
     pub(super) pending: Vec<Pending>,
 }
 
@@ -85,16 +112,51 @@ impl Tx {
             begin,
             begun: AtomicBool::new(false),
             retryable: AtomicBool::new(false),
-            roll_back: AtomicBool::new(false),
+            queued: Mutex::new(Vec::new()),
+            at_commit: Mutex::new(Vec::new()),
             pending: Vec::new(),
         }
     }
 
-    /// Makes the transaction end with a rollback even if its body returns
-    /// a value: for a body that finds, at its end, that what it wrote must
-    /// not stand (and says so in that value).
-    pub(super) fn roll_back_at_end(&self) {
-        self.roll_back.store(true, Ordering::Relaxed);
+    /// Queues a write whose result nobody reads: it is sent, in order, with
+    /// the next statement or the commit, and its failure is that
+    /// statement's (the transaction is aborted either way).
+    pub(super) fn execute_later(&self, sql: &str, params: Vec<Owned>) {
+        self.lock_queue().push(Queued {
+            sql: sql.to_string(),
+            params,
+        });
+    }
+
+    /// Queues a statement sent last, just before the `COMMIT`: one that
+    /// takes a lock shared by many transactions (held to the commit), so
+    /// that it is held for the server's work at the end only. Its failure
+    /// fails the commit.
+    pub(super) fn execute_at_commit(&self, sql: &str, params: Vec<Owned>) {
+        lock(&self.at_commit).push(Queued {
+            sql: sql.to_string(),
+            params,
+        });
+    }
+
+    fn lock_queue(&self) -> std::sync::MutexGuard<'_, Vec<Queued>> {
+        lock(&self.queued)
+    }
+
+    fn has_queued(&self) -> bool {
+        !self.lock_queue().is_empty() || !lock(&self.at_commit).is_empty()
+    }
+
+    /// Prepares `writes` (cached after a connection's first use).
+    async fn prepare(
+        &self,
+        writes: &[Queued],
+    ) -> Result<Vec<tokio_postgres::Statement>, StoreError> {
+        let mut statements = Vec::with_capacity(writes.len());
+        for w in writes {
+            statements.push(self.statement(&w.sql).await?);
+        }
+        Ok(statements)
     }
 
     fn client(&self) -> &Object {
@@ -115,21 +177,38 @@ impl Tx {
             .map_err(|e| self.fail(e))
     }
 
-    /// Awaits `request`, which sends its statement when first polled; the
-    /// first one is preceded by the transaction's `BEGIN`, in the same
-    /// flight. Statements issued together (`try_join`) go out together.
+    /// Awaits `request`, which sends its statements when first polled (so
+    /// they must be prepared already). It is preceded, in the same flight,
+    /// by the transaction's `BEGIN` if not yet sent and by the queued
+    /// writes. Two sends of one transaction are never awaited together:
+    /// one that waits to prepare a queued write would let the other
+    /// overtake it; statements that go out together go in one send.
     async fn send<T>(
         &self,
         request: impl Future<Output = Result<T, tokio_postgres::Error>>,
     ) -> Result<T, StoreError> {
-        let result = if self.begun.swap(true, Ordering::Relaxed) {
-            request.await
-        } else {
-            try_join(self.client().batch_execute(self.begin), request)
-                .await
-                .map(|((), r)| r)
+        let queued = std::mem::take(&mut *self.lock_queue());
+        let statements = self.prepare(&queued).await?;
+        let params = params_of(&queued);
+        let writes = try_join_all(
+            statements
+                .iter()
+                .zip(&params)
+                .map(|(stmt, params)| self.client().execute(stmt, params)),
+        );
+        let begin = !self.begun.swap(true, Ordering::Relaxed);
+        let begin = async {
+            if begin {
+                self.client().batch_execute(self.begin).await
+            } else {
+                Ok(())
+            }
         };
-        result.map_err(|e| self.fail(e))
+        // Polled in this order the first time: sent in this order.
+        futures::future::try_join3(begin, writes, request)
+            .await
+            .map(|(_, _, r)| r)
+            .map_err(|e| self.fail(e))
     }
 
     /// Every row of `sql`.
@@ -164,27 +243,41 @@ impl Tx {
         self.send(self.client().execute(&stmt, params)).await
     }
 
-    /// Runs `first`, then `second`, whose one row it returns, in one flight:
-    /// both are prepared before either is sent, so they leave, and run, in
-    /// this order (`second` sees what `first` did or waited for).
-    pub(super) async fn execute_then_query_one(
+    /// The rows of each statement of `statements`, sent in one flight and
+    /// run in this order: all are prepared before any is sent, so a later
+    /// one sees what an earlier one did or waited for (a row lock).
+    pub(super) async fn flight<const N: usize>(
         &self,
-        (first, first_params): (&str, Params<'_>),
-        (second, second_params): (&str, Params<'_>),
-    ) -> Result<Row, StoreError> {
-        let (first, second) = (self.statement(first).await?, self.statement(second).await?);
-        let (_, row) = try_join(
-            self.send(self.client().execute(&first, first_params)),
-            self.send(self.client().query_one(&second, second_params)),
-        )
-        .await?;
-        Ok(row)
+        statements: [(&str, Params<'_>); N],
+    ) -> Result<[Vec<Row>; N], StoreError> {
+        let rows = self.flight_all(&statements).await?;
+        Ok(rows
+            .try_into()
+            .unwrap_or_else(|_| unreachable!("one result per statement")))
+    }
+
+    /// [`flight`](Self::flight) of any number of statements.
+    pub(super) async fn flight_all(
+        &self,
+        statements: &[(&str, Params<'_>)],
+    ) -> Result<Vec<Vec<Row>>, StoreError> {
+        let mut prepared = Vec::with_capacity(statements.len());
+        for (sql, _) in statements {
+            prepared.push(self.statement(sql).await?);
+        }
+        let queries = try_join_all(
+            prepared
+                .iter()
+                .zip(statements)
+                .map(|(stmt, (_, params))| self.client().query(stmt, params)),
+        );
+        self.send(queries).await
     }
 
     /// Ends the transaction with `result`: writes the pending records,
     /// commits, or rolls back.
     pub(super) async fn end<R>(mut self, result: Result<R, StoreError>) -> Ended<R> {
-        if !self.begun.load(Ordering::Relaxed) && self.pending.is_empty() {
+        if !self.begun.load(Ordering::Relaxed) && self.pending.is_empty() && !self.has_queued() {
             // Nothing was sent: nothing to commit or roll back.
             self.release();
             return match result {
@@ -193,13 +286,6 @@ impl Tx {
             };
         }
         let outcome = match result {
-            Ok(value) if self.roll_back.load(Ordering::Relaxed) => {
-                self.pending.clear();
-                if self.client().batch_execute("ROLLBACK").await.is_ok() {
-                    self.release();
-                }
-                return Ended::Done(Ok((value, false)));
-            }
             Ok(value) => self
                 .write_pending_and_commit()
                 .await
@@ -232,9 +318,33 @@ impl Tx {
     }
 
     async fn commit(&self) -> Result<(), StoreError> {
-        self.send(self.client().batch_execute("COMMIT"))
-            .await
-            .map_err(|e| e.context("commit failed"))
+        self.commit_after(futures::future::ok(())).await
+    }
+
+    /// Sends `last` (a statement's request, prepared), the statements
+    /// queued to run at the commit, and the `COMMIT`, in one flight and in
+    /// this order (after the queued writes, as every send).
+    async fn commit_after(
+        &self,
+        last: impl Future<Output = Result<(), tokio_postgres::Error>>,
+    ) -> Result<(), StoreError> {
+        let at_commit = std::mem::take(&mut *lock(&self.at_commit));
+        let statements = self.prepare(&at_commit).await?;
+        let params = params_of(&at_commit);
+        let checks = try_join_all(
+            statements
+                .iter()
+                .zip(&params)
+                .map(|(stmt, params)| self.client().execute(stmt, params)),
+        );
+        self.send(futures::future::try_join3(
+            last,
+            checks,
+            self.client().batch_execute("COMMIT"),
+        ))
+        .await
+        .map(|_| ())
+        .map_err(|e| e.context("commit failed"))
     }
 
     /// Writes the pending records: events without their cursor, audit
@@ -260,14 +370,11 @@ impl Tx {
                     action,
                     practice_id,
                     detail,
-                } => {
-                    self.execute(
-                        "INSERT INTO audit_log (tenant_id, recorded_at, actor, action, practice_id, detail)
-                         VALUES ($1, $2, $3, $4, $5, $6)",
-                        &[&tenant_id, &recorded_at, &actor, &action, &practice_id, &detail],
-                    )
-                    .await?;
-                }
+                } => self.execute_later(
+                    "INSERT INTO audit_log (tenant_id, recorded_at, actor, action, practice_id, detail)
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                    owned![tenant_id, recorded_at, actor, action, practice_id, detail],
+                ),
             }
         }
         if events.is_empty() {
@@ -324,13 +431,23 @@ impl Tx {
             &opt(|e| e.vendor_code.as_deref()),
             &text(|e| e.actor.as_str()),
         ];
-        try_join(
-            self.send(self.client().execute(&insert, params)),
-            self.commit(),
-        )
-        .await?;
-        Ok(())
+        // One flight: the insert, the checks at the commit, the `COMMIT`.
+        let insert = self.client().execute(&insert, params);
+        self.commit_after(async { insert.await.map(|_| ()) }).await
     }
+}
+
+/// Locks `m`; a panic while it was held left a whole vector behind.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The parameters of `writes`, as statements take them.
+fn params_of(writes: &[Queued]) -> Vec<Vec<&(dyn ToSql + Sync)>> {
+    writes
+        .iter()
+        .map(|w| w.params.iter().map(|p| p.as_ref() as _).collect())
+        .collect()
 }
 
 /// The rows of one statement, outside any transaction: a statement sees
