@@ -156,8 +156,12 @@ async fn execute(url: &str, sql: &str) -> anyhow::Result<()> {
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
         .map_err(|e| {
+            // tokio-postgres's Display says only "db error": the server's
+            // message (a missing role, a wrong password) is in the source.
+            let detail = e.as_db_error().map_or_else(|| e.to_string(), |db| db.to_string());
             anyhow::anyhow!(
-                "cannot connect to the bench database (--database-url / RACCORDO_BENCH_DATABASE_URL): {e}"
+                "cannot connect to the bench database (--database-url / RACCORDO_BENCH_DATABASE_URL): \
+                 {detail} (scripts/ensure-postgres creates the default role and database)"
             )
         })?;
     let task = tokio::spawn(connection);
