@@ -20,12 +20,16 @@ pub type Client = pb::practice_service_client::PracticeServiceClient<Channel>;
 
 impl Deployment {
     /// Starts the hubs `o` asks for, writing their configuration into `dir`
-    /// (which holds the SQLite store, seeded or empty, in `dir/data`).
+    /// (which holds the SQLite store, seeded or empty, in `dir/data`). On
+    /// PostgreSQL, with `seeded`, that SQLite store is first copied into the
+    /// run's schema (`raccordo store copy`'s import), so reads meet the
+    /// same rows on both stores.
     pub async fn start(
         o: &Options,
         vendor: &Vendor,
         bin: Option<&Path>,
         dir: &Path,
+        seeded: Option<&Path>,
     ) -> anyhow::Result<Self> {
         if o.store == "sqlite" {
             let (grpc, http) = hub::listen_addrs();
@@ -47,6 +51,12 @@ impl Deployment {
             store.push_str(&format!("pool_size = {size}\n"));
         }
         let store = store.as_str();
+        if let Some(db) = seeded {
+            if let Err(e) = import(&schema.url, db).await {
+                schema.drop().await;
+                return Err(e);
+            }
+        }
         let mut deployment = Self {
             hubs: Vec::new(),
             schema: Some(schema),
@@ -148,6 +158,30 @@ impl Schema {
             eprintln!("  could not drop schema {}: {e}", self.name);
         }
     }
+}
+
+/// Copies the SQLite store `db` into the (empty) schema of `url`.
+async fn import(url: &str, db: &Path) -> anyhow::Result<()> {
+    use raccordo::store::postgres::{PgOptions, PgStore};
+    let started = std::time::Instant::now();
+    let target = PgStore::open(url, &PgOptions::default(), None, None)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot open the bench schema: {e}"))?;
+    let source = raccordo::store::sqlite::offline::Offline::take(db)
+        .map_err(|e| anyhow::anyhow!("the seeded store {}: {e}", db.display()))?;
+    let report = target
+        .import_sqlite(source, false)
+        .await
+        .map_err(|e| anyhow::anyhow!("copying the seeded store into PostgreSQL failed: {e}"))?;
+    // Fresh statistics, as after a restore an operator's ANALYZE would give.
+    drop(target);
+    execute(url, "ANALYZE").await?;
+    let rows: i64 = report.rows.iter().map(|(_, n)| *n as i64).sum();
+    eprintln!(
+        "  seeded store copied into PostgreSQL: {rows} rows in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 /// Runs one statement on a connection of its own (no TLS: the bench's

@@ -29,14 +29,16 @@ pub const SCENARIOS: [&str; 9] = [
     "growth",
 ];
 
-/// The scenarios that run on `--store postgres` (the others seed or watch
-/// one embedded store).
-const ON_POSTGRES: [&str; 5] = [
+/// The scenarios that run on `--store postgres` (the others watch one
+/// embedded store). `reads` seeds an SQLite store and copies it into the
+/// run's schema, as `raccordo store copy` does.
+const ON_POSTGRES: [&str; 6] = [
     "ceiling",
     "bare-echo",
     "bare-pass-through",
     "sync",
     "deferred",
+    "reads",
 ];
 
 /// The scenarios `growth` runs on each store size.
@@ -289,7 +291,10 @@ async fn submit(
         Some(s) => s.fresh_copy()?,
         None => tempfile::tempdir()?,
     };
-    let hubs = Deployment::start(o, vendor, bin, dir.path()).await?;
+    let seeded = store
+        .filter(|_| o.store == "postgres")
+        .map(|_| crate::seed::db_path(dir.path()));
+    let hubs = Deployment::start(o, vendor, bin, dir.path(), seeded.as_deref()).await?;
     match store {
         Some(s) => footprint.seeded_store_started(hubs.first(), s.len()),
         None => footprint.empty_store_started(hubs.first()).await,
@@ -470,16 +475,18 @@ async fn reads(
     footprint: &mut Footprint,
 ) -> anyhow::Result<Row> {
     let dir = store.fresh_copy()?;
-    let (grpc, http) = hub::listen_addrs();
-    let config = hub::write_config(dir.path(), vendor.addr, grpc, http)?;
-    let hub = Hub::start(&config, grpc, bin, &o.hub_log).await?;
-    footprint.seeded_store_started(&hub, store.len());
-    let client = pb::practice_service_client::PracticeServiceClient::new(hub.channel.clone());
+    // On PostgreSQL the same seeded rows, copied into the run's schema.
+    let seeded = (o.store == "postgres").then(|| crate::seed::db_path(dir.path()));
+    let hubs = Deployment::start(o, vendor, bin, dir.path(), seeded.as_deref()).await?;
+    footprint.seeded_store_started(hubs.first(), store.len());
+    // Several instances: each request goes to the next one in turn.
+    let clients = hubs.clients();
     let ids = Arc::clone(&store.ids);
-    let cpu_before = hub.pid.and_then(procfs::cpu_seconds);
-    let get_client = client.clone();
+    let cpu_before = hubs.hub_cpu_seconds();
+    let db_cpu_before = hubs.database_cpu_seconds();
+    let get_clients = clients.clone();
     let get = load::run(o.in_flight, o.warmup / 2, o.duration / 2, move |i| {
-        let mut client = get_client.clone();
+        let mut client = get_clients[i as usize % get_clients.len()].clone();
         let id = ids[(i.wrapping_mul(2_654_435_761) % ids.len() as u64) as usize].to_string();
         async move {
             client
@@ -495,26 +502,31 @@ async fn reads(
     })
     .await;
     let owner = fiscal_code(FOLDER_OWNER);
-    let list_client = client.clone();
+    let list_clients = clients.clone();
     let list_owner = owner.clone();
-    let list = load::run(o.in_flight, o.warmup / 2, o.duration / 2, move |_| {
-        list_folder(list_client.clone(), list_owner.clone())
+    let list = load::run(o.in_flight, o.warmup / 2, o.duration / 2, move |i| {
+        list_folder(
+            list_clients[i as usize % list_clients.len()].clone(),
+            list_owner.clone(),
+        )
     })
     .await;
     // The latency one desk operator sees: the same listing, one at a time.
+    let client = clients[0].clone();
     let list_alone = load::run(1, o.warmup / 4, o.duration / 4, move |_| {
         list_folder(client.clone(), owner.clone())
     })
     .await;
-    let cpu_after = hub.pid.and_then(procfs::cpu_seconds);
-    let peak = hub.pid.and_then(procfs::rss_mib).map(|r| r.1);
-    let healthy_ms = hub.time_to_healthy.as_secs_f64() * 1000.0;
+    let cpu_after = hubs.hub_cpu_seconds();
+    let db_cpu_after = hubs.database_cpu_seconds();
+    let peak = hubs.peak_rss_mib();
+    let healthy_ms = hubs.first().time_to_healthy.as_secs_f64() * 1000.0;
     for w in [&get, &list, &list_alone] {
         if let Some(e) = &w.first_error {
             eprintln!("  first error: {e}");
         }
     }
-    hub.stop().await;
+    hubs.stop().await;
     let ops = (get.ok + list.ok + list_alone.ok).max(1) as f64;
     Ok(Row {
         rate: get.rate(),
@@ -530,6 +542,13 @@ async fn reads(
             ("list alone p50 ms".into(), list_alone.ms(0.5)),
             ("list alone p99 ms".into(), list_alone.ms(0.99)),
             ("healthy ms".into(), healthy_ms),
-        ],
+        ]
+        .into_iter()
+        .chain(
+            db_cpu_before
+                .zip(db_cpu_after)
+                .map(|(a, b)| ("database CPU µs/op".into(), (b - a) * 1e6 / ops)),
+        )
+        .collect(),
     })
 }

@@ -22,7 +22,7 @@ pub const FOLDER_OWNER: u64 = 7;
 const SEED_IN_FLIGHT: usize = 1024;
 
 /// Where the hub's configuration (`data_dir = "data"`) finds the store.
-fn db_path(dir: &Path) -> PathBuf {
+pub(crate) fn db_path(dir: &Path) -> PathBuf {
     dir.join("data").join("raccordo.db")
 }
 
