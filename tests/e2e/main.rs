@@ -1,6 +1,7 @@
 //! End-to-end tests: real HTTP vendors on loopback, the real gRPC stack, a
 //! real SQLite file, and the real `raccordo` binary where a process matters.
 
+#[cfg(feature = "amqp")]
 mod amqp;
 mod callbacks;
 mod cli;
