@@ -16,8 +16,10 @@ mod postgres;
 mod practice_api;
 mod process;
 mod rest_modi;
+mod route_render;
 mod security;
 mod soap;
+
 mod store_tools;
 mod support;
 mod tls;
