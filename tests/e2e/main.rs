@@ -19,7 +19,7 @@ mod rest_modi;
 mod route_render;
 mod security;
 mod soap;
-
+mod soap_modi;
 mod store_tools;
 mod support;
 mod tls;
