@@ -15,15 +15,34 @@
 //! - [`soap`]: the SOAP adapter (ModI `BLOCK_SOAP`, `NONBLOCK_PULL_SOAP`,
 //!   `NONBLOCK_PUSH_SOAP`; WS-Security, hardened XML).
 //! - [`message_xml`]: the normalized message as XML.
+//! - [`registry`]: the adapter kinds, the one list the hub's configuration
+//!   and builder read.
+//!
+//! Each protocol is a cargo feature (`rest`, `soap`, `amqp`, `file`; all on
+//! by default). Without `rest`, [`rest`] keeps only its JSON reply mapping,
+//! which the AMQP adapter shares.
 
 #![forbid(unsafe_code)]
 
 pub mod adapter;
+#[cfg(feature = "amqp")]
 pub mod amqp;
+#[cfg(feature = "file")]
 pub mod file;
 pub mod http;
+#[cfg(feature = "xml")]
 pub mod message_xml;
+pub mod registry;
+#[cfg(feature = "rest")]
 pub mod rest;
+/// Without the REST adapter: its JSON reply mapping alone, which the AMQP
+/// adapter shares (`consume.reply`).
+#[cfg(not(feature = "rest"))]
+pub mod rest {
+    pub mod config;
+    pub mod response;
+}
+#[cfg(feature = "soap")]
 pub mod soap;
 pub mod template;
 

@@ -296,6 +296,58 @@ pub fn template_source(
     }
 }
 
+/// Where an operation's body template comes from: the `template` (a file)
+/// and `template_inline` keys under `key`, read when the body is chosen to
+/// be a template (`selector = "template"`: `body`, `format`).
+#[derive(Debug, Clone, Copy)]
+pub struct BodyTemplate<'a> {
+    /// The table the keys are in (`submit`, `outbound`).
+    pub key: &'a str,
+    /// The key that chooses the body (`body`, `format`).
+    pub selector: &'a str,
+    /// Whether the selector chose `"template"`.
+    pub selected: bool,
+    pub file: Option<&'a str>,
+    pub inline: Option<&'a str>,
+}
+
+impl BodyTemplate<'_> {
+    /// Compiles the body template into `templates` under `name` when it is
+    /// selected, and refuses template keys set for a body that does not use
+    /// them. Errors name `{key}.template` and, for a template that does not
+    /// compile, its file (or key) and line.
+    pub fn add_to(
+        &self,
+        templates: &mut Templates,
+        name: &str,
+        escape: Escape,
+        config_dir: &std::path::Path,
+    ) -> Result<(), crate::adapter::AdapterError> {
+        use crate::adapter::AdapterError;
+        let key = self.key;
+        if !self.selected {
+            if self.file.is_some() || self.inline.is_some() {
+                return Err(AdapterError::new(
+                    format!("{key}.template"),
+                    format!("is set but {} is not \"template\"", self.selector),
+                ));
+            }
+            return Ok(());
+        }
+        let (source, origin) = template_source(
+            key,
+            self.file,
+            self.inline,
+            config_dir,
+            &format!("{} = \"template\"", self.selector),
+        )?;
+        // "file: line N: …" — the engineer opens the file at the line.
+        templates
+            .add(name, source, escape)
+            .map_err(|e| AdapterError::new(format!("{key}.template"), format!("{origin}: {e}")))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

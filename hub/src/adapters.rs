@@ -1,10 +1,7 @@
-//! Building adapter instances from configuration.
+//! Building adapter instances from configuration: the kinds and how each
+//! builds are the adapter registry's ([`raccordo_adapters::registry`]).
 
 use crate::config::AdapterConfig;
-use raccordo_adapters::amqp::AmqpAdapter;
-use raccordo_adapters::file::FileAdapter;
-use raccordo_adapters::rest::RestAdapter;
-use raccordo_adapters::soap::SoapAdapter;
 use raccordo_adapters::{Adapter, AdapterError};
 use std::path::Path;
 use std::sync::Arc;
@@ -38,35 +35,11 @@ pub fn build(
     config: &AdapterConfig,
     base_dir: &Path,
 ) -> Result<AdapterInstance, AdapterError> {
-    fn boxed(a: impl Adapter + 'static, max: usize) -> (Arc<dyn Adapter>, usize) {
-        (Arc::new(a), max)
-    }
-    let (adapter, max_concurrency) = match config {
-        AdapterConfig::Rest(c) => {
-            let a = RestAdapter::build(name, (**c).clone(), base_dir)?;
-            let max = a.max_concurrency();
-            boxed(a, max)
-        }
-        AdapterConfig::File(c) => {
-            let a = FileAdapter::build(name, (**c).clone(), base_dir)?;
-            let max = a.max_concurrency();
-            boxed(a, max)
-        }
-        AdapterConfig::Amqp(c) => {
-            let a = AmqpAdapter::build(name, (**c).clone(), base_dir)?;
-            let max = a.max_concurrency();
-            boxed(a, max)
-        }
-        AdapterConfig::Soap(c) => {
-            let a = SoapAdapter::build(name, (**c).clone(), base_dir)?;
-            let max = a.max_concurrency();
-            boxed(a, max)
-        }
-    };
+    let built = config.build(name, base_dir)?;
     Ok(AdapterInstance {
         name: name.to_string(),
-        max_concurrency,
-        slots: Arc::new(Semaphore::new(max_concurrency)),
-        adapter,
+        max_concurrency: built.max_concurrency,
+        slots: Arc::new(Semaphore::new(built.max_concurrency)),
+        adapter: built.adapter,
     })
 }

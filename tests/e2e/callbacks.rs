@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const SECRET: &str = "callback-secret-0123456789";
-const SOAP_PASSWORD: &str = "callback-s3cret&<>";
+pub(crate) const SOAP_PASSWORD: &str = "callback-s3cret&<>";
 
 /// Practices of the race test: `RACCORDO_TEST_EARLY_CALLBACKS` (a smaller
 /// number runs faster), 1,000 by default.
@@ -180,7 +180,7 @@ async fn scrape(http: SocketAddr) -> String {
 }
 
 /// Kinds and statuses of a practice's events, as the order checks read them.
-fn trail(p: &pb::Practice) -> Vec<String> {
+pub(crate) fn trail(p: &pb::Practice) -> Vec<String> {
     p.events
         .iter()
         .map(|e| {
@@ -608,7 +608,12 @@ fn vendor_token() -> String {
 }
 
 /// A SOAP callback with `esito` and protocol number `numero`.
-fn soap_callback(correlation: &str, message_id: &str, esito: &str, numero: &str) -> String {
+pub(crate) fn soap_callback(
+    correlation: &str,
+    message_id: &str,
+    esito: &str,
+    numero: &str,
+) -> String {
     format!(
         r#"<?xml version="1.0" encoding="UTF-8"?>
 <soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" xmlns:wsa="http://www.w3.org/2005/08/addressing">
@@ -628,7 +633,11 @@ fn soap_callback(correlation: &str, message_id: &str, esito: &str, numero: &str)
 }
 
 /// POSTs a SOAP callback to `url`; returns the status and the envelope.
-async fn post_soap(client: &reqwest::Client, url: &str, envelope: String) -> (u16, String) {
+pub(crate) async fn post_soap(
+    client: &reqwest::Client,
+    url: &str,
+    envelope: String,
+) -> (u16, String) {
     let resp = client
         .post(url)
         .header("content-type", "text/xml; charset=utf-8")

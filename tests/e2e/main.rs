@@ -1,6 +1,7 @@
 //! End-to-end tests: real HTTP vendors on loopback, the real gRPC stack, a
 //! real SQLite file, and the real `raccordo` binary where a process matters.
 
+#[cfg(feature = "amqp")]
 mod amqp;
 mod callbacks;
 mod cli;
@@ -15,8 +16,10 @@ mod postgres;
 mod practice_api;
 mod process;
 mod rest_modi;
+mod route_render;
 mod security;
 mod soap;
+mod soap_modi;
 mod store_tools;
 mod support;
 mod tls;

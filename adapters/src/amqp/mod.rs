@@ -26,7 +26,7 @@ use crate::adapter::{
 };
 use crate::model::Operation;
 use crate::rest::config::BodyKind;
-use crate::template::{Escape, Templates};
+use crate::template::{BodyTemplate, Escape, Templates};
 use async_trait::async_trait;
 use config::{AmqpConfig, AmqpPublish};
 use lapin::options::BasicPublishOptions;
@@ -184,6 +184,42 @@ impl AmqpAdapter {
         }
     }
 
+    /// The message `request` is published as, without sending it.
+    fn publication(&self, request: &DeliveryRequest) -> Result<Publication, DeliveryError> {
+        let name = request.operation().as_str();
+        let op = self.operation(request.operation()).ok_or_else(|| {
+            DeliveryError::permanent(format!(
+                "adapter '{}' has no '{name}' publication configured",
+                self.link.name
+            ))
+        })?;
+        let render = |field: &str, source: &str| {
+            self.templates
+                .render_str(source, request)
+                .map_err(|e| DeliveryError::permanent(format!("{name}.{field} template: {e}")))
+                .and_then(|v| short(&format!("{name}.{field}"), &v))
+        };
+        let exchange = render("exchange", &op.exchange)?;
+        let routing_key = render("routing_key", &op.routing_key)?;
+        let body = match op.body {
+            BodyKind::Empty => Vec::new(),
+            BodyKind::Normalized => serde_json::to_vec(&*request.message)
+                .map_err(|e| DeliveryError::permanent(format!("cannot encode message: {e}")))?,
+            BodyKind::Template => self
+                .templates
+                .render(name, request)
+                .map_err(|e| DeliveryError::permanent(format!("{name} template: {e}")))?
+                .into_bytes(),
+        };
+        Ok(Publication {
+            exchange,
+            routing_key,
+            mandatory: op.mandatory,
+            properties: self.properties(op, request)?,
+            body,
+        })
+    }
+
     fn properties(
         &self,
         op: &AmqpPublish,
@@ -218,6 +254,67 @@ impl AmqpAdapter {
             props = props.with_reply_to(short("reply_to", r)?);
         }
         Ok(props)
+    }
+}
+
+/// One message as it is published: where, with which properties, what.
+struct Publication {
+    exchange: ShortString,
+    routing_key: ShortString,
+    mandatory: bool,
+    properties: BasicProperties,
+    body: Vec<u8>,
+}
+
+impl Publication {
+    /// The publication as text for `raccordo route render`: the broker
+    /// (never its password), exchange, routing key, properties, headers
+    /// and body.
+    fn render(&self, endpoint: &str) -> String {
+        let p = &self.properties;
+        let mut out = format!("AMQP publish to {endpoint}\n");
+        out.push_str(&format!("exchange: {}\n", self.exchange));
+        out.push_str(&format!("routing_key: {}\n", self.routing_key));
+        out.push_str(&format!("mandatory: {}\n", self.mandatory));
+        let text = |v: &Option<ShortString>| v.as_ref().map(ShortString::to_string);
+        let delivery_mode = p.delivery_mode().map(|m| match m {
+            2 => "2 (persistent)".to_string(),
+            other => format!("{other} (transient)"),
+        });
+        for (name, value) in [
+            ("message_id", text(p.message_id())),
+            ("correlation_id", text(p.correlation_id())),
+            ("content_type", text(p.content_type())),
+            ("delivery_mode", delivery_mode),
+            ("timestamp", p.timestamp().map(|t| t.to_string())),
+            ("type", text(p.kind())),
+            ("app_id", text(p.app_id())),
+            ("reply_to", text(p.reply_to())),
+        ] {
+            if let Some(v) = value {
+                out.push_str(&format!("property {name}: {v}\n"));
+            }
+        }
+        if let Some(headers) = p.headers() {
+            for (k, v) in headers.inner() {
+                out.push_str(&format!("header {k}: {}\n", header_text(v)));
+            }
+        }
+        out.push('\n');
+        out.push_str(&String::from_utf8_lossy(&self.body));
+        out.push('\n');
+        out
+    }
+}
+
+/// A header value as text (the hub sets strings and integers).
+fn header_text(value: &AMQPValue) -> String {
+    match value {
+        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        AMQPValue::ShortString(s) => s.to_string(),
+        AMQPValue::LongLongInt(n) => n.to_string(),
+        AMQPValue::LongInt(n) => n.to_string(),
+        other => format!("{other:?}"),
     }
 }
 
@@ -272,25 +369,19 @@ fn add_templates(
             .add(field, source.clone(), Escape::None)
             .map_err(|e| AdapterError::new(format!("{name}.{field}"), e))?;
     }
-    if op.body != BodyKind::Template {
-        if op.template.is_some() || op.template_inline.is_some() {
-            return Err(AdapterError::new(
-                format!("{name}.template"),
-                "is set but body is not \"template\"",
-            ));
-        }
-        return Ok(());
+    BodyTemplate {
+        key: name,
+        selector: "body",
+        selected: op.body == BodyKind::Template,
+        file: op.template.as_deref(),
+        inline: op.template_inline.as_deref(),
     }
-    let (source, origin) = crate::template::template_source(
+    .add_to(
+        templates,
         name,
-        op.template.as_deref(),
-        op.template_inline.as_deref(),
+        Escape::for_content_type(&op.content_type),
         config_dir,
-        "body = \"template\"",
-    )?;
-    templates
-        .add(name, source, Escape::for_content_type(&op.content_type))
-        .map_err(|e| AdapterError::new(format!("{name}.template"), format!("{origin}: {e}")))
+    )
 }
 
 /// A publish that failed before its confirm.
@@ -327,32 +418,13 @@ impl Adapter for AmqpAdapter {
 
     async fn deliver(&self, request: DeliveryRequest) -> Result<VendorReply, DeliveryError> {
         self.link.ensure_started(&self.stop_rx);
-        let name = request.operation().as_str();
-        let op = self.operation(request.operation()).ok_or_else(|| {
-            DeliveryError::permanent(format!(
-                "adapter '{}' has no '{name}' publication configured",
-                self.link.name
-            ))
-        })?;
-        let render = |field: &str, source: &str| {
-            self.templates
-                .render_str(source, &request)
-                .map_err(|e| DeliveryError::permanent(format!("{name}.{field} template: {e}")))
-                .and_then(|v| short(&format!("{name}.{field}"), &v))
-        };
-        let exchange = render("exchange", &op.exchange)?;
-        let routing_key = render("routing_key", &op.routing_key)?;
-        let body = match op.body {
-            BodyKind::Empty => Vec::new(),
-            BodyKind::Normalized => serde_json::to_vec(&*request.message)
-                .map_err(|e| DeliveryError::permanent(format!("cannot encode message: {e}")))?,
-            BodyKind::Template => self
-                .templates
-                .render(name, &request)
-                .map_err(|e| DeliveryError::permanent(format!("{name} template: {e}")))?
-                .into_bytes(),
-        };
-        let properties = self.properties(op, &request)?;
+        let Publication {
+            exchange,
+            routing_key,
+            mandatory,
+            properties,
+            body,
+        } = self.publication(&request)?;
 
         let session = self
             .link
@@ -379,7 +451,7 @@ impl Adapter for AmqpAdapter {
                     exchange.clone(),
                     routing_key.clone(),
                     BasicPublishOptions {
-                        mandatory: op.mandatory,
+                        mandatory,
                         immediate: false,
                     },
                     &body,
@@ -432,6 +504,13 @@ impl Adapter for AmqpAdapter {
         // Connect now: publishing and consuming share the connection.
         self.link.ensure_started(&self.stop_rx);
         Ok(())
+    }
+
+    fn render(&self, request: &DeliveryRequest) -> Option<Result<String, DeliveryError>> {
+        Some(
+            self.publication(request)
+                .map(|p| p.render(&self.link.endpoint)),
+        )
     }
 
     fn health(&self) -> AdapterHealth {

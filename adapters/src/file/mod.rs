@@ -23,11 +23,11 @@ use crate::adapter::{
 };
 use crate::message::{NormalizedMessage, SCHEMA_V1};
 use crate::model::{Operation, sha256_hex};
-use crate::template::{Escape, Templates};
+use crate::template::{BodyTemplate, Escape, Templates};
 use async_trait::async_trait;
 use base64::Engine;
 use config::{
-    AttachmentFiles, FileConfig, InboundCompletion, OutboundCompletion, OutboundFormat,
+    AttachmentFiles, Encoding, FileConfig, InboundCompletion, OutboundCompletion, OutboundFormat,
     TemplateEscape,
 };
 use name::NameTemplate;
@@ -116,25 +116,19 @@ impl FileAdapter {
             ));
         }
         let mut templates = Templates::new();
-        match (out.format, &out.template, &out.template_inline) {
-            (OutboundFormat::Template, file, inline) => {
-                let (source, origin) = crate::template::template_source(
-                    "outbound",
-                    file.as_deref(),
-                    inline.as_deref(),
-                    config_dir,
-                    "format = \"template\"",
-                )?;
-                add_template(&mut templates, source, &origin, out.escape)?;
-            }
-            (_, None, None) => {}
-            _ => {
-                return Err(AdapterError::new(
-                    "outbound.template",
-                    "is set but format is not \"template\"",
-                ));
-            }
+        BodyTemplate {
+            key: "outbound",
+            selector: "format",
+            selected: out.format == OutboundFormat::Template,
+            file: out.template.as_deref(),
+            inline: out.template_inline.as_deref(),
         }
+        .add_to(
+            &mut templates,
+            "request",
+            template_escape(out.escape),
+            config_dir,
+        )?;
         if let Some(inb) = config.inbound.as_mut() {
             inb.folder = resolve(config_dir, &inb.folder);
             if inb.folder == config.outbound.folder {
@@ -290,19 +284,12 @@ fn check_suffix(key: &str, suffix: &str) -> Result<usize, AdapterError> {
     Ok(suffix.len())
 }
 
-fn add_template(
-    t: &mut Templates,
-    source: String,
-    origin: &str,
-    escape: TemplateEscape,
-) -> Result<(), AdapterError> {
-    let escape = match escape {
+fn template_escape(escape: TemplateEscape) -> Escape {
+    match escape {
         TemplateEscape::None => Escape::None,
         TemplateEscape::Xml => Escape::Xml,
         TemplateEscape::Json => Escape::Json,
-    };
-    t.add("request", source, escape)
-        .map_err(|e| AdapterError::new("outbound.template", format!("{origin}: {e}")))
+    }
 }
 
 /// `REQUEST.N.ORIGINAL`, sanitised and bounded.
@@ -396,6 +383,23 @@ impl Adapter for FileAdapter {
         result
     }
 
+    fn render(&self, request: &DeliveryRequest) -> Option<Result<String, DeliveryError>> {
+        if !self.supports(request.operation()) {
+            return Some(Err(DeliveryError::permanent(
+                "no request file is written for withdrawals (outbound.withdrawals = false)",
+            )));
+        }
+        let rendered = self
+            .names
+            .render(request)
+            .map_err(|e| DeliveryError::permanent(format!("outbound.name_template {e}")))
+            .and_then(|name| {
+                let files = self.encode(request, &name)?;
+                Ok(render_files(&self.config.outbound, &name, &files))
+            });
+        Some(rendered)
+    }
+
     async fn start_inbound(&self, sink: Arc<dyn ResultSink>) -> Result<(), AdapterError> {
         let Some(cfg) = self.config.inbound.clone() else {
             return Ok(());
@@ -427,6 +431,70 @@ impl Adapter for FileAdapter {
     }
 }
 
+/// The marker or manifest written after a delivery's files, if any: its
+/// name and bytes.
+fn completion_file(
+    out: &config::OutboundConfig,
+    name: &str,
+    files: &[OutFile],
+) -> Option<(String, Vec<u8>)> {
+    match out.completion {
+        OutboundCompletion::Rename => None,
+        OutboundCompletion::Marker => Some((format!("{name}{}", out.marker_suffix), Vec::new())),
+        OutboundCompletion::Manifest => {
+            let lines: String = files
+                .iter()
+                .map(|f| format!("{}  {}\n", sha256_hex(&f.bytes), f.name))
+                .collect();
+            Some((format!("{name}{}", out.manifest_suffix), lines.into_bytes()))
+        }
+    }
+}
+
+/// The files of a delivery as text for `raccordo route render`: the
+/// folder, each file's name and size in writing order, then the request
+/// file's content and the marker or manifest. Attachments are named, not
+/// printed (they may be binary).
+fn render_files(out: &config::OutboundConfig, name: &str, files: &[OutFile]) -> String {
+    let mut text = format!("file drop into {}\n", out.folder.display());
+    for f in files {
+        text.push_str(&format!("file {} ({} bytes)\n", f.name, f.bytes.len()));
+    }
+    let completion = completion_file(out, name, files);
+    if let Some((marker, bytes)) = &completion {
+        let what = match out.completion {
+            OutboundCompletion::Manifest => "manifest",
+            _ => "marker",
+        };
+        text.push_str(&format!(
+            "{what} {marker} ({} bytes), written last\n",
+            bytes.len()
+        ));
+    }
+    if let Some(request) = files.iter().find(|f| f.name == name) {
+        // Shown as text in the file's encoding; the file holds the bytes.
+        let shown = match (std::str::from_utf8(&request.bytes), out.encoding) {
+            (Ok(utf8), _) => utf8.to_string(),
+            (Err(_), Encoding::Latin1) => request.bytes.iter().map(|&b| char::from(b)).collect(),
+            (Err(_), Encoding::Utf8) => String::from_utf8_lossy(&request.bytes).into_owned(),
+        };
+        let encoding = match out.encoding {
+            Encoding::Utf8 => "utf-8",
+            Encoding::Latin1 => "iso-8859-1",
+        };
+        text.push_str(&format!("\n--- {} ({encoding}) ---\n", request.name));
+        text.push_str(&shown);
+        if !shown.ends_with('\n') {
+            text.push('\n');
+        }
+    }
+    if let Some((marker, bytes)) = completion.filter(|(_, b)| !b.is_empty()) {
+        text.push_str(&format!("\n--- {marker} ---\n"));
+        text.push_str(&String::from_utf8_lossy(&bytes));
+    }
+    text
+}
+
 /// Writes every file of a delivery atomically, makes them durable, then
 /// writes the marker or manifest (so the vendor sees it last).
 fn write_delivery(
@@ -439,18 +507,7 @@ fn write_delivery(
         fsio::write_atomic(&folder, &f.name, &f.bytes)?;
     }
     fsio::sync_dir(&folder)?;
-    let last = match out.completion {
-        OutboundCompletion::Rename => None,
-        OutboundCompletion::Marker => Some((format!("{name}{}", out.marker_suffix), Vec::new())),
-        OutboundCompletion::Manifest => {
-            let lines: String = files
-                .iter()
-                .map(|f| format!("{}  {}\n", sha256_hex(&f.bytes), f.name))
-                .collect();
-            Some((format!("{name}{}", out.manifest_suffix), lines.into_bytes()))
-        }
-    };
-    if let Some((marker, bytes)) = last {
+    if let Some((marker, bytes)) = completion_file(out, name, &files) {
         fsio::write_atomic(&folder, &marker, &bytes)?;
         fsio::sync_dir(&folder)?;
     }

@@ -1,12 +1,15 @@
-//! HTTP transport shared by HTTP-based adapters (REST today, SOAP later):
-//! the client (timeouts, TLS and client certificates), authentication,
-//! a per-instance circuit breaker and rate limit, the vendor's pacing
-//! headers, bounded reply bodies and failure classification. Protocol
-//! code builds requests and maps replies; everything between is here, the
-//! same for every protocol.
+//! What the HTTP-based adapters (REST, SOAP) share: the transport — the
+//! client (timeouts, TLS and client certificates), authentication, a
+//! per-instance circuit breaker and rate limit, the vendor's pacing
+//! headers, bounded reply bodies and failure classification — and the
+//! adapter skeleton ([`adapter::HttpAdapter`]) both protocols plug into.
+//! Protocol code builds requests and maps replies; everything between is
+//! here, the same for every protocol.
 
+pub mod adapter;
 pub mod auth;
 pub mod breaker;
+pub mod callback;
 pub mod config;
 pub mod limit;
 pub mod reply;

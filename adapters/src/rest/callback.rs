@@ -14,13 +14,10 @@
 //! repeated callback (same `Idempotency-Key`, or the same correlation id
 //! and body) is answered as the first was, without being applied again.
 
-use super::Inner;
+use super::Protocol;
 use super::config::CallbackConfig;
-use crate::adapter::{
-    AdapterError, Correlation, InboundError, InboundOutcome, InboundResult, ResultSink, VendorReply,
-};
+use crate::adapter::{AdapterError, InboundError, InboundOutcome, ResultSink};
 use crate::http::auth::read_secret;
-use crate::model::sha256_hex;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -30,8 +27,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The external-reference kind under which a vendor's correlation id is stored.
-pub const CORRELATION_KIND: &str = "correlation_id";
+pub use crate::http::callback::CORRELATION_KIND;
+use crate::http::callback::apply_correlated;
 
 /// The callback side of one instance, ready to serve.
 #[derive(Clone)]
@@ -88,50 +85,13 @@ impl CallbackSettings {
 }
 
 struct Ctx {
-    inner: Arc<Inner>,
+    inner: Arc<Protocol>,
     settings: CallbackSettings,
     sink: Arc<dyn ResultSink>,
 }
 
 /// The routes, to be mounted under `/callbacks/{instance}`.
-/// Applies a pushed result named by the vendor's correlation id: as the
-/// reference the vendor returned when it accepted the request, else as our
-/// operation id (a vendor that adopted it may call back before its
-/// acceptance was recorded). The receipt is the vendor's message id, or a
-/// hash of correlation and body, so a re-sent callback applies once.
-pub(crate) async fn apply_correlated(
-    sink: &dyn ResultSink,
-    adapter: &str,
-    correlation: &str,
-    reply: VendorReply,
-    message_id: Option<&str>,
-    body: &[u8],
-) -> Result<InboundOutcome, InboundError> {
-    let receipt = message_id.map(str::to_string).unwrap_or_else(|| {
-        let mut keyed = correlation.as_bytes().to_vec();
-        keyed.push(b'\n');
-        keyed.extend_from_slice(body);
-        sha256_hex(&keyed)
-    });
-    let mut result = InboundResult {
-        adapter: adapter.to_string(),
-        tenant_id: None,
-        correlation: Correlation::ExternalRef {
-            kind: CORRELATION_KIND.into(),
-            value: correlation.to_string(),
-        },
-        reply,
-        receipt: Some(receipt),
-    };
-    let outcome = sink.apply(result.clone()).await;
-    if !matches!(outcome, Err(InboundError::Uncorrelated(_))) {
-        return outcome;
-    }
-    result.correlation = Correlation::OperationId(correlation.to_string());
-    sink.apply(result).await
-}
-
-pub(super) fn router(inner: Arc<Inner>, sink: Arc<dyn ResultSink>) -> axum::Router {
+pub(super) fn router(inner: Arc<Protocol>, sink: Arc<dyn ResultSink>) -> axum::Router {
     let settings = inner
         .callback
         .clone()

@@ -20,25 +20,28 @@ pub mod config;
 pub mod response;
 
 use crate::adapter::{
-    Adapter, AdapterError, AdapterHealth, DeliveryError, DeliveryRequest, FollowUp, PollOutcome,
-    PollRequest, ResultSink, VendorReply,
+    AdapterError, DeliveryError, DeliveryRequest, FollowUp, PollOutcome, PollRequest, ResultSink,
+    VendorReply,
 };
+use crate::http::adapter::{HttpAdapter, HttpProtocol, endpoint, poll_backoff};
+use crate::http::config::AuthConfig;
 use crate::http::{HttpReply, Transport, TransportSettings};
 use crate::model::{Document, ExternalRef, Operation};
-use crate::template::{Escape, Templates};
+use crate::template::{BodyTemplate, Escape, Templates};
 use async_trait::async_trait;
 use config::{BodyKind, Pattern, RestConfig, RestOperation};
 use response::{Mapped, RemoteDocument};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A configured REST adapter instance.
-pub struct RestAdapter {
-    inner: Arc<Inner>,
-}
+/// A configured REST adapter instance: the HTTP adapter skeleton speaking
+/// [`Protocol`].
+pub type RestAdapter = HttpAdapter<Protocol>;
 
-struct Inner {
+/// The REST side of an instance: how requests are built and replies read.
+pub struct Protocol {
     name: String,
     config: RestConfig,
     base: reqwest::Url,
@@ -50,10 +53,11 @@ struct Inner {
 impl std::fmt::Debug for RestAdapter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Credentials are secrets: never printed.
+        let p = self.protocol();
         f.debug_struct("RestAdapter")
-            .field("name", &self.inner.name)
-            .field("base_url", &self.inner.config.base_url)
-            .field("pattern", &self.inner.config.pattern)
+            .field("name", &p.name)
+            .field("base_url", &p.config.base_url)
+            .field("pattern", &p.config.pattern)
             .finish_non_exhaustive()
     }
 }
@@ -68,18 +72,7 @@ impl RestAdapter {
     /// the key (relative to the instance) and the reason; template errors
     /// also name the file and line.
     pub fn build(name: &str, config: RestConfig, config_dir: &Path) -> Result<Self, AdapterError> {
-        let base = reqwest::Url::parse(&config.base_url).map_err(|e| {
-            AdapterError::new(
-                "base_url",
-                format!("'{}' is not a URL: {e}", config.base_url),
-            )
-        })?;
-        if !matches!(base.scheme(), "http" | "https") {
-            return Err(AdapterError::new(
-                "base_url",
-                "must be an http:// or https:// URL",
-            ));
-        }
+        let base = endpoint("base_url", &config.base_url)?;
         if config.max_concurrency == 0 {
             return Err(AdapterError::new("max_concurrency", "must be at least 1"));
         }
@@ -125,30 +118,23 @@ impl RestAdapter {
                 "is shorter than pull.initial_interval",
             ));
         }
-        Ok(Self {
-            inner: Arc::new(Inner {
-                name: name.to_string(),
-                config,
-                base,
-                transport,
-                templates,
-                callback,
-            }),
-        })
-    }
-
-    /// Deliveries this instance runs at once.
-    pub fn max_concurrency(&self) -> usize {
-        self.inner.config.max_concurrency
+        Ok(Self::new(Protocol {
+            name: name.to_string(),
+            config,
+            base,
+            transport,
+            templates,
+            callback,
+        }))
     }
 
     /// OAuth2 tokens fetched so far (0 for other credentials).
     pub fn tokens_fetched(&self) -> u64 {
-        self.inner.transport.auth().tokens_fetched()
+        self.protocol().transport.auth().tokens_fetched()
     }
 }
 
-impl Inner {
+impl Protocol {
     fn operation(&self, op: Operation) -> Option<&RestOperation> {
         match op {
             Operation::Submit => Some(&self.config.submit),
@@ -405,10 +391,7 @@ impl Inner {
                 let progress = self.progress(&reply.body);
                 let has_news = progress.status.is_some() || !progress.external_refs.is_empty();
                 let pull = &self.config.pull;
-                let backoff = pull
-                    .initial_interval
-                    .saturating_mul(1u32 << request.polls.min(16))
-                    .min(pull.max_interval);
+                let backoff = poll_backoff(pull.initial_interval, pull.max_interval, request.polls);
                 Ok(PollOutcome::Pending {
                     progress: has_news.then_some(progress),
                     token: None,
@@ -422,43 +405,18 @@ impl Inner {
         }
     }
 
-    fn render(&self, request: &DeliveryRequest) -> Result<String, DeliveryError> {
+    /// The request for `request`, if its operation is configured.
+    fn request_for(
+        &self,
+        request: &DeliveryRequest,
+    ) -> Result<reqwest::RequestBuilder, DeliveryError> {
         let op = self.operation(request.operation()).ok_or_else(|| {
             DeliveryError::permanent(format!(
                 "no '{}' operation configured",
                 request.operation().as_str()
             ))
         })?;
-        let built = self
-            .build_request(op, request)?
-            .build()
-            .map_err(|e| DeliveryError::permanent(format!("cannot build the request: {e}")))?;
-        let mut out = format!("{} {}\n", built.method(), built.url());
-        for (k, v) in &self.config.headers {
-            out.push_str(&format!("{k}: {v}\n"));
-        }
-        let auth = match &self.config.auth {
-            config::RestAuth::None => None,
-            config::RestAuth::Header { name, .. } => Some(name.to_ascii_lowercase()),
-            _ => Some("authorization".to_string()),
-        };
-        if let Some(h) = auth {
-            out.push_str(&format!("{h}: <redacted>\n"));
-        }
-        for (k, v) in built.headers() {
-            let value = if v.is_sensitive() {
-                "<redacted>"
-            } else {
-                v.to_str().unwrap_or("<binary>")
-            };
-            out.push_str(&format!("{k}: {value}\n"));
-        }
-        out.push('\n');
-        if let Some(body) = built.body().and_then(|b| b.as_bytes()) {
-            out.push_str(&String::from_utf8_lossy(body));
-            out.push('\n');
-        }
-        Ok(out)
+        self.build_request(op, request)
     }
 }
 
@@ -482,60 +440,59 @@ fn add_operation_templates(
             .add(&format!("{name}.query.{key}"), value.clone(), Escape::None)
             .map_err(|e| AdapterError::new(format!("{name}.query.{key}"), e))?;
     }
-    if op.body != BodyKind::Template {
-        if op.template.is_some() || op.template_inline.is_some() {
-            return Err(AdapterError::new(
-                format!("{name}.template"),
-                "is set but body is not \"template\"",
-            ));
-        }
-        return Ok(());
+    BodyTemplate {
+        key: name,
+        selector: "body",
+        selected: op.body == BodyKind::Template,
+        file: op.template.as_deref(),
+        inline: op.template_inline.as_deref(),
     }
-    let (source, origin) = crate::template::template_source(
+    .add_to(
+        templates,
         name,
-        op.template.as_deref(),
-        op.template_inline.as_deref(),
+        Escape::for_content_type(&op.content_type),
         config_dir,
-        "body = \"template\"",
-    )?;
-    // "file: line N: …" — the engineer opens the file at the line.
-    templates
-        .add(name, source, Escape::for_content_type(&op.content_type))
-        .map_err(|e| AdapterError::new(format!("{name}.template"), format!("{origin}: {e}")))
+    )
 }
 
 #[async_trait]
-impl Adapter for RestAdapter {
-    fn kind(&self) -> &'static str {
-        "rest"
+impl HttpProtocol for Protocol {
+    const KIND: &'static str = "rest";
+
+    fn transport(&self) -> &Transport {
+        &self.transport
+    }
+
+    fn max_concurrency(&self) -> usize {
+        self.config.max_concurrency
+    }
+
+    fn static_headers(&self) -> &BTreeMap<String, String> {
+        &self.config.headers
+    }
+
+    fn auth(&self) -> &AuthConfig {
+        &self.config.auth
     }
 
     fn supports(&self, operation: Operation) -> bool {
-        self.inner.operation(operation).is_some()
+        self.operation(operation).is_some()
+    }
+
+    fn request(&self, request: &DeliveryRequest) -> Result<reqwest::RequestBuilder, DeliveryError> {
+        self.request_for(request)
     }
 
     async fn deliver(&self, request: DeliveryRequest) -> Result<VendorReply, DeliveryError> {
-        self.inner.deliver(request).await
+        Protocol::deliver(self, request).await
     }
 
     async fn poll(&self, request: PollRequest) -> Result<PollOutcome, DeliveryError> {
-        self.inner.poll(request).await
+        Protocol::poll(self, request).await
     }
 
-    fn render(&self, request: &DeliveryRequest) -> Option<Result<String, DeliveryError>> {
-        Some(self.inner.render(request))
-    }
-
-    fn http_routes(&self, sink: Arc<dyn ResultSink>) -> Option<axum::Router> {
-        self.inner.callback.as_ref()?;
-        Some(callback::router(Arc::clone(&self.inner), sink))
-    }
-
-    fn health(&self) -> AdapterHealth {
-        self.inner.transport.health()
-    }
-
-    fn share(&self, instances: u32) {
-        self.inner.transport.share(instances);
+    fn callback_routes(this: &Arc<Self>, sink: Arc<dyn ResultSink>) -> Option<axum::Router> {
+        this.callback.as_ref()?;
+        Some(callback::router(Arc::clone(this), sink))
     }
 }

@@ -12,7 +12,7 @@
 //!   fault (Client/Sender); a hub that cannot store now with a
 //!   Server/Receiver fault, so the vendor retries.
 
-use super::Inner;
+use super::Protocol;
 use super::config::{PushConfig, SoapVersion};
 use super::response::{Mapper, refused};
 use super::security::{ReceivedToken, verify_token};
@@ -128,13 +128,13 @@ impl TokenIndexes {
 }
 
 struct Ctx {
-    inner: Arc<Inner>,
+    inner: Arc<Protocol>,
     settings: CallbackSettings,
     sink: Arc<dyn ResultSink>,
 }
 
 /// The routes, to be mounted under `/callbacks/{instance}`.
-pub(super) fn router(inner: Arc<Inner>, sink: Arc<dyn ResultSink>) -> axum::Router {
+pub(super) fn router(inner: Arc<Protocol>, sink: Arc<dyn ResultSink>) -> axum::Router {
     let settings = inner
         .callback
         .clone()
@@ -327,7 +327,7 @@ async fn receive(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, body: Bytes) -
         Err(e) => return fault(v, true, &format!("unreadable result: {}", e.reason)),
     };
     let message_id = text(idx.header_message_id);
-    let outcome = crate::rest::callback::apply_correlated(
+    let outcome = crate::http::callback::apply_correlated(
         ctx.sink.as_ref(),
         name,
         &correlation,

@@ -24,18 +24,21 @@ pub mod wsdl;
 pub mod xml;
 
 use crate::adapter::{
-    Adapter, AdapterError, AdapterHealth, DeliveryError, DeliveryRequest, FailureClass, FollowUp,
-    PollOutcome, PollRequest, ResultSink, VendorReply,
+    AdapterError, DeliveryError, DeliveryRequest, FailureClass, FollowUp, PollOutcome, PollRequest,
+    ResultSink, VendorReply,
 };
+use crate::http::adapter::{HttpAdapter, HttpProtocol, endpoint, poll_backoff};
+use crate::http::callback::CORRELATION_KIND;
+use crate::http::config::AuthConfig;
 use crate::http::{HttpReply, Transport, TransportSettings};
 use crate::model::{ExternalRef, Operation};
-use crate::rest::callback::CORRELATION_KIND;
-use crate::template::{Escape, Templates};
+use crate::template::{BodyTemplate, Escape, Templates};
 use async_trait::async_trait;
 use config::{BodyKind, Pattern, SoapConfig, SoapOperation, SoapVersion};
 use quick_xml::escape::escape;
 use response::{Mapper, Reply, refused};
 use security::{OutgoingEnvelope, SecurityStep};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,12 +48,12 @@ use xml::{NsMatch, Step, XPath};
 pub const WSA_NS: &str = "http://www.w3.org/2005/08/addressing";
 const WSA_ANONYMOUS: &str = "http://www.w3.org/2005/08/addressing/anonymous";
 
-/// A configured SOAP adapter instance.
-pub struct SoapAdapter {
-    inner: Arc<Inner>,
-}
+/// A configured SOAP adapter instance: the HTTP adapter skeleton speaking
+/// [`Protocol`].
+pub type SoapAdapter = HttpAdapter<Protocol>;
 
-pub(crate) struct Inner {
+/// The SOAP side of an instance: how envelopes are built and replies read.
+pub struct Protocol {
     name: String,
     config: SoapConfig,
     transport: Transport,
@@ -75,10 +78,11 @@ struct Indexes {
 impl std::fmt::Debug for SoapAdapter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Credentials are secrets: never printed.
+        let p = self.protocol();
         f.debug_struct("SoapAdapter")
-            .field("name", &self.inner.name)
-            .field("endpoint", &self.inner.config.endpoint)
-            .field("pattern", &self.inner.config.pattern)
+            .field("name", &p.name)
+            .field("endpoint", &p.config.endpoint)
+            .field("pattern", &p.config.pattern)
             .finish_non_exhaustive()
     }
 }
@@ -110,18 +114,7 @@ impl SoapAdapter {
     /// Builds an instance: compiles templates and paths, reads secrets and
     /// prepares the HTTP client. Errors name the key and the reason.
     pub fn build(name: &str, config: SoapConfig, config_dir: &Path) -> Result<Self, AdapterError> {
-        let endpoint = reqwest::Url::parse(&config.endpoint).map_err(|e| {
-            AdapterError::new(
-                "endpoint",
-                format!("'{}' is not a URL: {e}", config.endpoint),
-            )
-        })?;
-        if !matches!(endpoint.scheme(), "http" | "https") {
-            return Err(AdapterError::new(
-                "endpoint",
-                "must be an http:// or https:// URL",
-            ));
-        }
+        endpoint("endpoint", &config.endpoint)?;
         if config.max_concurrency == 0 {
             return Err(AdapterError::new("max_concurrency", "must be at least 1"));
         }
@@ -212,30 +205,23 @@ impl SoapAdapter {
             (_, Some(push)) => Some(callback::CallbackSettings::build(name, push, config_dir)?),
             (_, None) => None,
         };
-        Ok(Self {
-            inner: Arc::new(Inner {
-                name: name.to_string(),
-                config,
-                transport,
-                templates,
-                poll_templates,
-                security,
-                mapper,
-                idx: Indexes {
-                    header_correlation,
-                    header_message_id,
-                    pull_correlation,
-                    pull_state,
-                    token,
-                },
-                callback,
-            }),
-        })
-    }
-
-    /// Deliveries this instance runs at once.
-    pub fn max_concurrency(&self) -> usize {
-        self.inner.config.max_concurrency
+        Ok(Self::new(Protocol {
+            name: name.to_string(),
+            config,
+            transport,
+            templates,
+            poll_templates,
+            security,
+            mapper,
+            idx: Indexes {
+                header_correlation,
+                header_message_id,
+                pull_correlation,
+                pull_state,
+                token,
+            },
+            callback,
+        }))
     }
 }
 
@@ -266,25 +252,14 @@ fn add_operation(
             .add(&format!("{name}.header.{i}"), h.clone(), Escape::Xml)
             .map_err(|e| AdapterError::new(format!("{name}.soap_headers[{i}]"), e))?;
     }
-    if op.body == BodyKind::Normalized {
-        if op.template.is_some() || op.template_inline.is_some() {
-            return Err(AdapterError::new(
-                format!("{name}.template"),
-                "is set but body is \"normalized\"",
-            ));
-        }
-        return Ok(());
+    BodyTemplate {
+        key: name,
+        selector: "body",
+        selected: op.body == BodyKind::Template,
+        file: op.template.as_deref(),
+        inline: op.template_inline.as_deref(),
     }
-    let (source, origin) = crate::template::template_source(
-        name,
-        op.template.as_deref(),
-        op.template_inline.as_deref(),
-        config_dir,
-        "body = \"template\"",
-    )?;
-    templates
-        .add(name, source, Escape::Xml)
-        .map_err(|e| AdapterError::new(format!("{name}.template"), format!("{origin}: {e}")))
+    .add_to(templates, name, Escape::Xml, config_dir)
 }
 
 /// Assembles an envelope from the security steps' output.
@@ -347,7 +322,7 @@ fn normalized_body(request: &DeliveryRequest) -> Result<String, DeliveryError> {
     })
 }
 
-impl Inner {
+impl Protocol {
     fn operation(&self, op: Operation) -> Option<&SoapOperation> {
         match op {
             Operation::Submit => Some(&self.config.submit),
@@ -627,10 +602,7 @@ impl Inner {
         }
         let progress = self.mapper.map(&status, &self.name, false)?;
         let has_news = progress.status.is_some() || !progress.external_refs.is_empty();
-        let backoff = pull
-            .initial_interval
-            .saturating_mul(1u32 << request.polls.min(16))
-            .min(pull.max_interval);
+        let backoff = poll_backoff(pull.initial_interval, pull.max_interval, request.polls);
         Ok(PollOutcome::Pending {
             progress: has_news.then_some(progress),
             token: None,
@@ -639,29 +611,6 @@ impl Inner {
                 .unwrap_or(backoff)
                 .max(Duration::from_millis(10)),
         })
-    }
-
-    fn render(&self, request: &DeliveryRequest) -> Result<String, DeliveryError> {
-        let built = self
-            .build_request(request)?
-            .build()
-            .map_err(|e| DeliveryError::permanent(format!("cannot build the request: {e}")))?;
-        let mut out = format!("{} {}\n", built.method(), built.url());
-        for (k, v) in &self.config.headers {
-            out.push_str(&format!("{k}: {v}\n"));
-        }
-        if !matches!(self.config.auth, crate::http::config::AuthConfig::None) {
-            out.push_str("authorization: <redacted>\n");
-        }
-        for (k, v) in built.headers() {
-            out.push_str(&format!("{k}: {}\n", v.to_str().unwrap_or("<binary>")));
-        }
-        out.push('\n');
-        if let Some(body) = built.body().and_then(|b| b.as_bytes()) {
-            out.push_str(&redact_passwords(&String::from_utf8_lossy(body)));
-            out.push('\n');
-        }
-        Ok(out)
     }
 }
 
@@ -687,38 +636,48 @@ fn redact_passwords(envelope: &str) -> String {
 }
 
 #[async_trait]
-impl Adapter for SoapAdapter {
-    fn kind(&self) -> &'static str {
-        "soap"
+impl HttpProtocol for Protocol {
+    const KIND: &'static str = "soap";
+
+    fn transport(&self) -> &Transport {
+        &self.transport
+    }
+
+    fn max_concurrency(&self) -> usize {
+        self.config.max_concurrency
+    }
+
+    fn static_headers(&self) -> &BTreeMap<String, String> {
+        &self.config.headers
+    }
+
+    fn auth(&self) -> &AuthConfig {
+        &self.config.auth
     }
 
     fn supports(&self, operation: Operation) -> bool {
-        self.inner.operation(operation).is_some()
+        self.operation(operation).is_some()
+    }
+
+    fn request(&self, request: &DeliveryRequest) -> Result<reqwest::RequestBuilder, DeliveryError> {
+        self.build_request(request)
     }
 
     async fn deliver(&self, request: DeliveryRequest) -> Result<VendorReply, DeliveryError> {
-        self.inner.deliver(request).await
+        Protocol::deliver(self, request).await
     }
 
     async fn poll(&self, request: PollRequest) -> Result<PollOutcome, DeliveryError> {
-        self.inner.poll(request).await
+        Protocol::poll(self, request).await
     }
 
-    fn render(&self, request: &DeliveryRequest) -> Option<Result<String, DeliveryError>> {
-        Some(self.inner.render(request))
+    fn redact_body(&self, body: &str) -> String {
+        redact_passwords(body)
     }
 
-    fn http_routes(&self, sink: Arc<dyn ResultSink>) -> Option<axum::Router> {
-        self.inner.callback.as_ref()?;
-        Some(callback::router(Arc::clone(&self.inner), sink))
-    }
-
-    fn health(&self) -> AdapterHealth {
-        self.inner.transport.health()
-    }
-
-    fn share(&self, instances: u32) {
-        self.inner.transport.share(instances);
+    fn callback_routes(this: &Arc<Self>, sink: Arc<dyn ResultSink>) -> Option<axum::Router> {
+        this.callback.as_ref()?;
+        Some(callback::router(Arc::clone(this), sink))
     }
 }
 

@@ -5,6 +5,7 @@ mod client;
 pub mod connection;
 mod output;
 mod render;
+#[cfg(feature = "soap")]
 mod soap;
 mod store;
 
@@ -118,6 +119,7 @@ pub enum Command {
         command: DlqCommand,
     },
     /// Tools for SOAP back offices.
+    #[cfg(feature = "soap")]
     Soap {
         #[command(subcommand)]
         command: SoapCommand,
@@ -125,6 +127,7 @@ pub enum Command {
 }
 
 /// `raccordo soap …`
+#[cfg(feature = "soap")]
 #[derive(Debug, Subcommand)]
 pub enum SoapCommand {
     /// List a WSDL's services, ports, operations, SOAP versions and
@@ -358,6 +361,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let operation = operation.parse().map_err(anyhow::Error::msg)?;
             render::render(&config, &tenant, &service, &practice, operation)
         }
+        #[cfg(feature = "soap")]
         Command::Soap {
             command: SoapCommand::Inspect { wsdl, operation },
         } => soap::inspect(&wsdl, operation.as_deref()).await,

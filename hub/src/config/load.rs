@@ -1,6 +1,6 @@
 //! Reading the configuration file and its environment overrides.
 
-use super::{AdapterConfig, Config};
+use super::Config;
 use std::path::{Path, PathBuf};
 
 /// Prefix of environment overrides: `RACCORDO__STORE__SYNCHRONOUS=normal`
@@ -44,7 +44,7 @@ pub fn load(path: &Path) -> Result<Config, LoadError> {
         err(key, without_location(e.into_inner().to_string()))
     })?;
     for (name, raw) in std::mem::take(&mut cfg.adapters_raw) {
-        let adapter = AdapterConfig::parse(raw).map_err(|(key, reason)| {
+        let adapter = raccordo_adapters::registry::parse(raw).map_err(|(key, reason)| {
             let key = if key.is_empty() {
                 format!("adapters.{name}")
             } else {
@@ -71,4 +71,65 @@ fn without_location(mut reason: String) -> String {
         }
     }
     reason
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_toml(toml: &str) -> Result<Config, LoadError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raccordo.toml");
+        std::fs::write(&path, toml).unwrap();
+        load(&path)
+    }
+
+    #[test]
+    fn an_amqp_adapter_loads_or_is_refused_with_the_feature_to_build() {
+        let result = load_toml(
+            r#"
+[adapters.broker]
+kind = "amqp"
+url = "amqp://raccordo@127.0.0.1:5672/%2f"
+[adapters.broker.submit]
+exchange = "practices"
+routing_key = "practices.{{ tenant_id }}"
+"#,
+        );
+        if cfg!(feature = "amqp") {
+            let cfg = result.expect("loads");
+            assert_eq!(cfg.adapters["broker"].kind(), "amqp");
+        } else {
+            let err = result.map(drop).unwrap_err();
+            assert_eq!(err.key.as_deref(), Some("adapters.broker.kind"));
+            assert_eq!(
+                err.reason,
+                "adapter kind amqp is not built into this hub; build with --features amqp"
+            );
+        }
+    }
+
+    #[test]
+    fn an_unknown_adapter_kind_lists_the_known_ones() {
+        let err = load_toml("[adapters.x]\nkind = \"ftp\"\n")
+            .map(drop)
+            .unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("adapters.x.kind"));
+        assert_eq!(
+            err.reason,
+            "unknown adapter kind 'ftp' (known: rest, file, amqp, soap)"
+        );
+    }
+
+    #[cfg(feature = "rest")]
+    #[test]
+    fn errors_inside_an_adapter_table_name_the_key() {
+        let err = load_toml(
+            "[adapters.v]\nkind = \"rest\"\nbase_url = \"http://127.0.0.1:9\"\n\
+             max_concurrency = \"lots\"\n[adapters.v.submit]\npath = \"/p\"\n",
+        )
+        .map(drop)
+        .unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("adapters.v.max_concurrency"));
+    }
 }

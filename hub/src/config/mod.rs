@@ -13,10 +13,7 @@ mod load;
 pub use check::{ConfigIssue, check, warnings};
 pub use load::{LoadError, load};
 
-use raccordo_adapters::amqp::config::AmqpConfig;
-use raccordo_adapters::file::config::FileConfig;
-use raccordo_adapters::rest::config::RestConfig;
-use raccordo_adapters::soap::config::SoapConfig;
+use raccordo_adapters::registry::AdapterSpec;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -403,59 +400,10 @@ pub struct TenantConfig {
     pub retention_days: Option<u32>,
 }
 
-/// `[adapters.NAME]`: one vendor connection; `kind` picks the protocol.
-#[derive(Debug, Clone)]
-pub enum AdapterConfig {
-    // Boxed: configurations differ much in size, and are built once.
-    Rest(Box<RestConfig>),
-    File(Box<FileConfig>),
-    Amqp(Box<AmqpConfig>),
-    Soap(Box<SoapConfig>),
-}
-
-/// The adapter kinds this hub knows.
-pub const ADAPTER_KINDS: &[&str] = &["rest", "file", "amqp", "soap"];
-
-impl AdapterConfig {
-    /// Parses one `[adapters.NAME]` table; errors give the key inside it.
-    pub fn parse(raw: serde_json::Value) -> Result<Self, (String, String)> {
-        let serde_json::Value::Object(mut table) = raw else {
-            return Err((String::new(), "must be a table".into()));
-        };
-        let kinds = ADAPTER_KINDS.join(", ");
-        let kind = match table.remove("kind") {
-            Some(serde_json::Value::String(k)) => k,
-            Some(_) => return Err(("kind".into(), format!("must be a string, one of: {kinds}"))),
-            None => return Err(("kind".into(), format!("is required, one of: {kinds}"))),
-        };
-        let body = serde_json::Value::Object(table);
-        let typed = |e: serde_path_to_error::Error<serde_json::Error>| {
-            let path = e.path().to_string();
-            (
-                if path == "." { String::new() } else { path },
-                e.into_inner().to_string(),
-            )
-        };
-        match kind.as_str() {
-            "rest" => serde_path_to_error::deserialize(body)
-                .map(|c| AdapterConfig::Rest(Box::new(c)))
-                .map_err(typed),
-            "file" => serde_path_to_error::deserialize(body)
-                .map(|c| AdapterConfig::File(Box::new(c)))
-                .map_err(typed),
-            "amqp" => serde_path_to_error::deserialize(body)
-                .map(|c| AdapterConfig::Amqp(Box::new(c)))
-                .map_err(typed),
-            "soap" => serde_path_to_error::deserialize(body)
-                .map(|c| AdapterConfig::Soap(Box::new(c)))
-                .map_err(typed),
-            other => Err((
-                "kind".into(),
-                format!("unknown adapter kind '{other}' (known: {kinds})"),
-            )),
-        }
-    }
-}
+/// `[adapters.NAME]`: one vendor connection, parsed as its `kind` says by
+/// the adapter registry ([`raccordo_adapters::registry`]), which also
+/// builds it.
+pub type AdapterConfig = std::sync::Arc<dyn AdapterSpec>;
 
 /// `[services.CODE]`: a catalogue entry, shared by every tenant routing it.
 #[derive(Debug, Clone, Deserialize)]
