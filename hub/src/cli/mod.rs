@@ -507,13 +507,26 @@ fn parse_instant(s: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
     Ok(day.and_time(chrono::NaiveTime::MIN).and_utc())
 }
 
+/// `raccordo check`: every problem of the file in one run, each with its
+/// line and column (or the environment variable that set the key), sorted
+/// as the file reads; warnings too. Fails if there is any problem.
 fn check(path: &std::path::Path) -> anyhow::Result<()> {
-    let cfg = crate::config::load(path)?;
-    for warning in crate::config::warnings(&cfg) {
-        eprintln!("{}: warning: {warning}", path.display());
+    let (cfg, mut problems) = crate::config::load_lenient(path, std::env::vars())?;
+    problems.extend(
+        crate::config::check(&cfg)
+            .into_iter()
+            .map(|i| cfg.locate(i)),
+    );
+    problems.sort_by(|a, b| a.place.cmp(&b.place));
+    let mut warnings: Vec<_> = crate::config::warnings(&cfg)
+        .into_iter()
+        .map(|i| cfg.locate(i))
+        .collect();
+    warnings.sort_by(|a, b| a.place.cmp(&b.place));
+    for warning in &warnings {
+        eprintln!("{}: warning: {}", warning.place_in(path), warning.issue);
     }
-    let issues = crate::config::check(&cfg);
-    if issues.is_empty() {
+    if problems.is_empty() {
         println!(
             "{}: ok ({} tenants, {} services, {} routes, {} adapters)",
             path.display(),
@@ -524,10 +537,19 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    for issue in &issues {
-        eprintln!("{}: {issue}", path.display());
+    for problem in &problems {
+        eprintln!("{}", problem.display(path));
     }
-    anyhow::bail!("{} problem(s) in {}", issues.len(), path.display())
+    let counted = if problems.iter().any(|p| p.issue.key.contains('[')) {
+        " (indexes count from 0 in the order of the file: routes[0] is its first [[routes]])"
+    } else {
+        ""
+    };
+    anyhow::bail!(
+        "{} problem(s) in {}{counted}",
+        problems.len(),
+        path.display()
+    )
 }
 
 fn print_banner(hub: &crate::server::RunningHub) {
