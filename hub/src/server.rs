@@ -267,7 +267,13 @@ async fn serve(
         &service.config().security,
         &service.config().base_dir,
     )
-    .map_err(|(client, (key, reason))| anyhow::anyhow!("clients.{client}.{key}: {reason}"))?;
+    .map_err(|refused| {
+        let lines: Vec<String> = refused
+            .into_iter()
+            .map(|(client, (key, reason))| format!("clients.{client}.{key}: {reason}"))
+            .collect();
+        anyhow::anyhow!(lines.join("\n"))
+    })?;
     if auth.is_anonymous() {
         tracing::warn!("no [clients] declared: the API accepts every caller (development only)");
     }

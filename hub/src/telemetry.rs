@@ -26,14 +26,15 @@ pub enum LogFormat {
 pub const MAX_FIELD_BYTES: usize = 1024;
 
 /// Installs the global subscriber. `RUST_LOG` overrides the default level
-/// (`info` for the hub, `warn` for dependencies).
-pub fn init(format: LogFormat) {
+/// (`info` for the hub, `warn` for dependencies). `color`: whether the
+/// text format may colour its lines (see `--color`: by default only on a
+/// terminal, since in a file or a collector colour codes are noise).
+pub fn init(format: LogFormat, color: bool) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,raccordo=info"));
-    // Colours only on a terminal: in a file or a collector they are noise.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+        .with_ansi(color && format == LogFormat::Text);
     let _ = match format {
         // Field by field: the text format has no quoting of its own.
         LogFormat::Text => builder

@@ -5,6 +5,7 @@
 mod amqp;
 mod callbacks;
 mod cli;
+mod cli_output;
 mod cluster;
 mod crash;
 mod delivery;

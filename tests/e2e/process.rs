@@ -165,7 +165,7 @@ fn check_names_the_file_and_the_key_of_each_problem() {
         "routes[1].adapter: 'vendr' is not declared under [adapters]",
         "adapters.vendor.base_url",
         "services.CERT.fields[0].pattern",
-        "routes[0].tenants: '999999' is not declared under [tenants]",
+        "routes[0].tenants[1]: '999999' is not declared under [tenants]",
         "delivery.lease: must be at least 1s",
         "hub.max_calls_in_progress: must be at least 1",
         "hub.max_watch_streams_per_client: must be at least 1",

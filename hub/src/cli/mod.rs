@@ -4,10 +4,12 @@
 mod client;
 pub mod connection;
 mod output;
+pub mod practice_json;
 mod render;
 #[cfg(feature = "soap")]
 mod soap;
 mod store;
+pub mod style;
 
 use crate::telemetry::LogFormat;
 use anyhow::Context;
@@ -32,6 +34,26 @@ pub struct Cli {
         env = "RACCORDO_LOG_FORMAT"
     )]
     pub log_format: LogFormat,
+    /// Colour: `auto` on a terminal unless NO_COLOR is set, `always` (also
+    /// into a file or a pipe), `never`. For the hub's log lines too.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "auto",
+        env = "RACCORDO_COLOR"
+    )]
+    pub color: style::ColorChoice,
+    /// The time zone of the times shown to people (IANA name; JSON output
+    /// is always in UTC).
+    #[arg(
+        long,
+        global = true,
+        default_value = style::DEFAULT_TIME_ZONE,
+        env = "RACCORDO_TIME_ZONE",
+        value_name = "ZONE"
+    )]
+    pub time_zone: String,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -40,12 +62,21 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Start the hub.
+    #[command(after_help = "Examples:
+  raccordo serve --config /etc/raccordo/raccordo.toml
+  RACCORDO__HUB__GRPC_LISTEN=0.0.0.0:50051 raccordo serve -c raccordo.toml
+  raccordo --log-format json serve -c raccordo.toml 2>>/var/log/raccordo.log")]
     Serve {
         /// Configuration file (TOML).
         #[arg(long, short, env = "RACCORDO_CONFIG")]
         config: PathBuf,
     },
-    /// Validate a configuration without starting anything.
+    /// Validate a configuration without starting anything: every problem
+    /// in one run, each with its line and column in the file (or the
+    /// environment variable that set the key). Exits non-zero on any.
+    #[command(after_help = "Examples:
+  raccordo check --config raccordo.toml
+  RACCORDO__HUB__GRPC_LISTEN=0.0.0.0:50051 raccordo check -c raccordo.toml")]
     Check {
         /// Configuration file (TOML).
         #[arg(long, short, env = "RACCORDO_CONFIG")]
@@ -53,12 +84,19 @@ pub enum Command {
     },
     /// Submit, read, list and watch practices on a running hub (see
     /// docs/cli.md for the connection and credential options).
+    #[command(after_help = "Examples:
+  raccordo practice submit config/examples/residence-certificate.json
+  raccordo practice list --tenant 016024 --status SUBMITTED
+  raccordo practice watch --tenant 016024 --until APPROVED --timeout 30s ID")]
     Practice {
         #[command(flatten)]
         server: ServerArgs,
         #[command(subcommand)]
         command: PracticeCommand,
     },
+    #[command(after_help = "Examples:
+  raccordo status --server hub-1.comune.local:50051 --api-key-file ~/.raccordo/ops.key
+  raccordo status --profile production --json")]
     /// A running hub's state: readiness, adapter instances, their queues,
     /// dead letters and the oldest pending delivery. Exits non-zero when
     /// the hub is not ready (its store does not answer, or it is stopping);
@@ -69,10 +107,15 @@ pub enum Command {
         server: ServerArgs,
     },
     /// Routes of a configuration, offline.
+    #[command(after_help = "Examples:
+  raccordo route render -c raccordo.toml -t 016024 -s CERT_RESIDENZA -p config/examples/residence-certificate.json")]
     Route {
         #[command(subcommand)]
         command: RouteCommand,
     },
+    #[command(after_help = "Examples:
+  raccordo audit verify --config raccordo.toml
+  raccordo audit export --config raccordo.toml --tenant 016024 --from 2026-01-01 > audit.jsonl")]
     /// The audit trail in the hub's database: verify its hash chains, or
     /// export a tenant's records. Reads the configured store directly (the
     /// SQLite file on the hub's machine, or PostgreSQL), also while the hub
@@ -81,6 +124,9 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    #[command(after_help = "Examples:
+  raccordo purge --config raccordo.toml --dry-run
+  raccordo purge --config raccordo.toml")]
     /// Remove concluded practices older than their tenant's
     /// `retention_days`, with their documents. The audit trail is kept and
     /// records each purge. Works on the configured store in short
@@ -92,6 +138,9 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    #[command(after_help = "Examples:
+  raccordo migrate --config raccordo.toml --dry-run --sql
+  raccordo migrate --config raccordo.toml")]
     /// Apply the configured store's pending schema migrations (the hub
     /// also applies them at start). On SQLite, applying is refused while a
     /// hub runs on the file; on PostgreSQL, one instance migrates at a time.
@@ -107,19 +156,39 @@ pub enum Command {
         sql: bool,
     },
     /// Back up the store, or copy it from SQLite to PostgreSQL.
+    #[command(after_help = "Examples:
+  raccordo store backup --config raccordo.toml --to /backup/raccordo-2026-05-28.db
+  raccordo store copy --from config:sqlite.toml --to config:postgres.toml")]
     Store {
         #[command(subcommand)]
         command: StoreCommand,
     },
     /// Dead-lettered deliveries on a running hub (needs an admin client).
+    #[command(after_help = "Examples:
+  raccordo dlq list --tenant 028060
+  raccordo dlq replay 019cadec-4139-7d10-9a4e-3f1c2b5d6e70 --operator op-017")]
     Dlq {
         #[command(flatten)]
         server: ServerArgs,
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// The services a municipality offers on a running hub, with their
+    /// form fields.
+    #[command(after_help = "Examples:
+  raccordo catalog list --tenant 016024
+  raccordo catalog list --tenant 016024 --json")]
+    Catalog {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(subcommand)]
+        command: CatalogCommand,
+    },
     /// Tools for SOAP back offices.
     #[cfg(feature = "soap")]
+    #[command(after_help = "Examples:
+  raccordo soap inspect https://protocollo.example.it/ws?wsdl
+  raccordo soap inspect servizio.wsdl --operation ProtocollaDocumento")]
     Soap {
         #[command(subcommand)]
         command: SoapCommand,
@@ -132,6 +201,9 @@ pub enum Command {
 pub enum SoapCommand {
     /// List a WSDL's services, ports, operations, SOAP versions and
     /// actions; with --operation, print a starting request template.
+    #[command(after_help = "Examples:
+  raccordo soap inspect servizio.wsdl
+  raccordo soap inspect https://protocollo.example.it/ws?wsdl --operation ProtocollaDocumento")]
     Inspect {
         /// A WSDL file or an http(s):// URL.
         wsdl: String,
@@ -154,13 +226,21 @@ pub struct ServerArgs {
 /// `raccordo practice …`
 #[derive(Debug, Subcommand)]
 pub enum PracticeCommand {
-    /// Submit a practice described by a JSON file (`-` for stdin); see
-    /// config/examples/ for the format.
+    /// Submit a practice described by a JSON file (`-` for stdin): a
+    /// SubmitPracticeRequest in the API's JSON (docs/api.md), where
+    /// `idempotency_key` may be left out (a fresh one is used) and an
+    /// attachment may give `path` (relative to the file) for `content`.
+    #[command(after_help = "Examples:
+  raccordo practice submit config/examples/residence-certificate.json
+  raccordo practice submit --json - < practice.json")]
     Submit {
         /// The JSON file.
         file: PathBuf,
     },
     /// Show one practice with its events.
+    #[command(after_help = "Examples:
+  raccordo practice get --tenant 016024 019cadec-4138-7c55-8f21-6a9e0d4c3b21
+  raccordo practice get --tenant 016024 --json 019cadec-4138-7c55-8f21-6a9e0d4c3b21")]
     Get {
         #[arg(long, short)]
         tenant: String,
@@ -168,6 +248,10 @@ pub enum PracticeCommand {
         id: String,
     },
     /// List practices, newest first.
+    #[command(after_help = "Examples:
+  raccordo practice list --tenant 016024
+  raccordo practice list --tenant 016024 --applicant RSSMRA45D25F205N --status APPROVED
+  raccordo practice list --tenant 016024 --json --limit 500 > practices.json")]
     List {
         #[arg(long, short)]
         tenant: String,
@@ -185,7 +269,11 @@ pub enum PracticeCommand {
         #[arg(long)]
         page_token: Option<String>,
     },
-    /// Follow a practice's events until it concludes.
+    /// Follow a practice's events until it concludes, reaches the status
+    /// given with --until, or --timeout passes (then it exits non-zero).
+    #[command(after_help = "Examples:
+  raccordo practice watch --tenant 016024 019cadec-4138-7c55-8f21-6a9e0d4c3b21
+  raccordo practice watch --tenant 016024 --until APPROVED --timeout 30s 019cadec-4138-7c55-8f21-6a9e0d4c3b21")]
     Watch {
         #[arg(long, short)]
         tenant: String,
@@ -194,8 +282,18 @@ pub enum PracticeCommand {
         /// Replay from this sequence number.
         #[arg(long, default_value_t = 1)]
         from: u64,
+        /// Stop with success once the practice has this administrative
+        /// status (APPROVED, REGISTERED, …); fail if it concludes otherwise.
+        #[arg(long, value_name = "STATUS")]
+        until: Option<String>,
+        /// Give up after this long (30s, 2m), exiting non-zero.
+        #[arg(long, value_name = "DURATION", value_parser = client::parse_timeout)]
+        timeout: Option<std::time::Duration>,
     },
     /// Withdraw a practice for the applicant (or an operator).
+    #[command(after_help = "Examples:
+  raccordo practice withdraw --tenant 016024 --reason \"presentata per errore\" 019cadec-4138-7c55-8f21-6a9e0d4c3b21
+  raccordo practice withdraw --tenant 028060 --operator op-017 019cadec-4138-7c55-8f21-6a9e0d4c3b21")]
     Withdraw {
         #[arg(long, short)]
         tenant: String,
@@ -206,6 +304,42 @@ pub enum PracticeCommand {
         #[arg(long)]
         operator: Option<String>,
     },
+    /// Download an outcome document (a certificate, a receipt), checking
+    /// its SHA-256 against the one the hub recorded before writing it.
+    #[command(after_help = "Examples:
+  raccordo practice document --tenant 016024 019cadec-4138-7c55-8f21-6a9e0d4c3b21
+  raccordo practice document --tenant 016024 019cadec-4138-7c55-8f21-6a9e0d4c3b21 certificato.pdf -o ~/Scaricati/
+  raccordo practice document --tenant 016024 019cadec-4138-7c55-8f21-6a9e0d4c3b21 -o - | pdftotext - -")]
+    Document {
+        #[arg(long, short)]
+        tenant: String,
+        /// Practice id.
+        id: String,
+        /// The document's name; needed only when there are several.
+        name: Option<String>,
+        /// Where to write it: a file, a folder (the document's name inside
+        /// it), or `-` for standard output [default: the document's name
+        /// in the current folder].
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// `raccordo catalog …`
+#[derive(Debug, Subcommand)]
+pub enum CatalogCommand {
+    /// The services a tenant offers: code, mode, legal term, regime,
+    /// title and form fields.
+    #[command(after_help = "Examples:
+  raccordo catalog list --tenant 016024
+  raccordo catalog list --tenant 016024 --json")]
+    List {
+        #[arg(long, short)]
+        tenant: String,
+    },
 }
 
 /// `raccordo route …`
@@ -213,6 +347,9 @@ pub enum PracticeCommand {
 pub enum RouteCommand {
     /// Print the request the vendor would receive for a sample practice
     /// (method, URL, headers with secrets redacted, body); nothing is sent.
+    #[command(after_help = "Examples:
+  raccordo route render -c raccordo.toml -t 016024 -s CERT_RESIDENZA -p config/examples/residence-certificate.json
+  raccordo route render -c raccordo.toml -t 028060 -s TARI_DICHIARAZIONE -p tari.json --operation withdraw")]
     Render {
         /// Configuration file (TOML).
         #[arg(long, short, env = "RACCORDO_CONFIG")]
@@ -235,6 +372,9 @@ pub enum RouteCommand {
 /// `raccordo audit …`
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
+    #[command(after_help = "Examples:
+  raccordo audit verify --config raccordo.toml
+  raccordo audit verify --config raccordo.toml --tenant 016024")]
     /// Recompute every record's hash and report the first broken link of
     /// each tenant's chain; compare each practice's stored status,
     /// applicant, tenant, outcome and references with what its records
@@ -249,6 +389,9 @@ pub enum AuditCommand {
         tenant: Option<String>,
     },
     /// Print a tenant's records as JSON lines, oldest first.
+    #[command(after_help = "Examples:
+  raccordo audit export --config raccordo.toml --tenant 016024 > audit-016024.jsonl
+  raccordo audit export --config raccordo.toml --tenant 016024 --from 2026-01-01 --to 2026-02-01")]
     Export {
         #[arg(long, short, env = "RACCORDO_CONFIG")]
         config: PathBuf,
@@ -266,6 +409,9 @@ pub enum AuditCommand {
 /// `raccordo store …`
 #[derive(Debug, Subcommand)]
 pub enum StoreCommand {
+    #[command(after_help = "Examples:
+  raccordo store copy --from config:sqlite.toml --to config:postgres.toml
+  RACCORDO_DATABASE_URL=postgres://… raccordo store copy --from sqlite:data/raccordo.db --to postgres:env:RACCORDO_DATABASE_URL")]
     /// Copy a stopped hub's SQLite store into PostgreSQL, in one
     /// transaction: every practice, event, delivery, document and audit
     /// record, with cursors, sequences and audit links as they were. Then
@@ -288,6 +434,8 @@ pub enum StoreCommand {
         #[arg(long)]
         replace: bool,
     },
+    #[command(after_help = "Examples:
+  raccordo store backup --config raccordo.toml --to /backup/raccordo-2026-05-28.db")]
     /// Write a consistent copy of the SQLite store to a new file, also
     /// while the hub runs (SQLite's `VACUUM INTO`). For PostgreSQL, use
     /// pg_dump or pg_basebackup (docs/deployment.md).
@@ -305,6 +453,9 @@ pub enum StoreCommand {
 #[derive(Debug, Subcommand)]
 pub enum DlqCommand {
     /// List dead-lettered deliveries.
+    #[command(after_help = "Examples:
+  raccordo dlq list
+  raccordo dlq list --tenant 028060 --json")]
     List {
         /// Only this tenant.
         #[arg(long, short)]
@@ -313,6 +464,8 @@ pub enum DlqCommand {
         limit: u32,
     },
     /// Send a dead-lettered delivery again (same operation id).
+    #[command(after_help = "Examples:
+  raccordo dlq replay 019cadec-4139-7d10-9a4e-3f1c2b5d6e70 --operator op-017")]
     Replay {
         /// Operation id (from `dlq list`).
         operation_id: String,
@@ -324,6 +477,12 @@ pub enum DlqCommand {
 
 /// Runs a command; the process exit code is derived from the result.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let printer = |server: &ServerArgs| -> anyhow::Result<output::Printer> {
+        Ok(output::Printer {
+            json: server.json,
+            style: style::Style::new(cli.color.for_stdout(), &cli.time_zone)?,
+        })
+    };
     match cli.command {
         Command::Serve { config } => {
             let cfg = crate::config::load(&config)?;
@@ -332,9 +491,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             hub.run_until_signal().await
         }
         Command::Check { config } => check(&config),
-        Command::Practice { server, command } => client::practice(&server, command).await,
-        Command::Dlq { server, command } => client::dlq(&server, command).await,
-        Command::Status { server } => client::status(&server).await,
+        Command::Practice { server, command } => {
+            client::practice(&server, &printer(&server)?, command).await
+        }
+        Command::Dlq { server, command } => client::dlq(&server, &printer(&server)?, command).await,
+        Command::Status { server } => client::status(&server, &printer(&server)?).await,
+        Command::Catalog { server, command } => {
+            client::catalog(&server, &printer(&server)?, command).await
+        }
         Command::Audit { command } => audit(command).await,
         Command::Purge { config, dry_run } => purge(&config, dry_run).await,
         Command::Migrate {
@@ -511,13 +675,26 @@ fn parse_instant(s: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
     Ok(day.and_time(chrono::NaiveTime::MIN).and_utc())
 }
 
+/// `raccordo check`: every problem of the file in one run, each with its
+/// line and column (or the environment variable that set the key), sorted
+/// as the file reads; warnings too. Fails if there is any problem.
 fn check(path: &std::path::Path) -> anyhow::Result<()> {
-    let cfg = crate::config::load(path)?;
-    for warning in crate::config::warnings(&cfg) {
-        eprintln!("{}: warning: {warning}", path.display());
+    let (cfg, mut problems) = crate::config::load_lenient(path, std::env::vars())?;
+    problems.extend(
+        crate::config::check(&cfg)
+            .into_iter()
+            .map(|i| cfg.locate(i)),
+    );
+    problems.sort_by(|a, b| a.place.cmp(&b.place));
+    let mut warnings: Vec<_> = crate::config::warnings(&cfg)
+        .into_iter()
+        .map(|i| cfg.locate(i))
+        .collect();
+    warnings.sort_by(|a, b| a.place.cmp(&b.place));
+    for warning in &warnings {
+        eprintln!("{}: warning: {}", warning.place_in(path), warning.issue);
     }
-    let issues = crate::config::check(&cfg);
-    if issues.is_empty() {
+    if problems.is_empty() {
         println!(
             "{}: ok ({} tenants, {} services, {} routes, {} adapters)",
             path.display(),
@@ -528,10 +705,19 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    for issue in &issues {
-        eprintln!("{}: {issue}", path.display());
+    for problem in &problems {
+        eprintln!("{}", problem.display(path));
     }
-    anyhow::bail!("{} problem(s) in {}", issues.len(), path.display())
+    let counted = if problems.iter().any(|p| p.issue.key.contains('[')) {
+        " (indexes count from 0 in the order of the file: routes[0] is its first [[routes]])"
+    } else {
+        ""
+    };
+    anyhow::bail!(
+        "{} problem(s) in {}{counted}",
+        problems.len(),
+        path.display()
+    )
 }
 
 fn print_banner(hub: &crate::server::RunningHub) {
@@ -556,4 +742,32 @@ fn print_banner(hub: &crate::server::RunningHub) {
         hub.grpc_addr
     );
     println!("Stop with Ctrl-C.");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every command's `--help` ends with examples to copy.
+    #[test]
+    fn every_command_has_examples_in_its_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for sub in cmd.get_subcommands() {
+                let path = format!("{path} {}", sub.get_name());
+                let help = sub
+                    .get_after_help()
+                    .map(|h| h.to_string())
+                    .unwrap_or_default();
+                if !help.starts_with("Examples:\n  raccordo ") {
+                    missing.push(path.clone());
+                }
+                walk(sub, &path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "raccordo", &mut missing);
+        assert!(missing.is_empty(), "no examples in: {missing:?}");
+        Cli::command().debug_assert();
+    }
 }

@@ -3,43 +3,10 @@
 
 use anyhow::Context;
 use raccordo_adapters::message::{MessageAttachment, SCHEMA_V1};
-use raccordo_adapters::model::{
-    Applicant, ChannelInfo, DocumentMeta, Operation, Submitter, sha256_hex,
-};
+use raccordo_adapters::model::{DocumentMeta, Operation, sha256_hex};
 use raccordo_adapters::{DeliveryRequest, NormalizedMessage};
-use serde::Deserialize;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-
-/// The sample practice: the same JSON as `raccordo practice submit`.
-#[derive(Deserialize)]
-struct Sample {
-    #[serde(default)]
-    tenant_id: Option<String>,
-    #[serde(default)]
-    service_code: Option<String>,
-    applicant: Applicant,
-    #[serde(default)]
-    submitter: Option<Submitter>,
-    #[serde(default)]
-    channel: ChannelInfo,
-    #[serde(default)]
-    data: serde_json::Map<String, serde_json::Value>,
-    #[serde(default)]
-    attachments: Vec<SampleAttachment>,
-    #[serde(default)]
-    withdrawal_reason: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct SampleAttachment {
-    name: String,
-    media_type: String,
-    #[serde(default)]
-    path: Option<PathBuf>,
-    #[serde(default)]
-    content_base64: Option<String>,
-}
 
 /// Prints the request the route's adapter would send for `practice`.
 pub fn render(
@@ -63,18 +30,35 @@ pub fn render(
     let instance = crate::adapters::build(&route.adapter, adapter_cfg, &cfg.base_dir)
         .map_err(|e| anyhow::anyhow!("adapters.{}.{}: {}", route.adapter, e.key, e.reason))?;
 
+    // The format of `practice submit` (the API's JSON), where tenant and
+    // service may be left out and a withdrawal may give its reason.
     let text = std::fs::read_to_string(practice)
         .with_context(|| format!("cannot read {}", practice.display()))?;
-    let mut de = serde_json::Deserializer::from_str(&text);
-    let sample: Sample = serde_path_to_error::deserialize(&mut de)
-        .map_err(|e| anyhow::anyhow!("{}: {}: {}", practice.display(), e.path(), e.inner()))?;
+    let mut json: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not valid JSON", practice.display()))?;
+    let withdrawal_reason = json.as_object_mut().and_then(|o| {
+        ["withdrawal_reason", "withdrawalReason"]
+            .iter()
+            .find_map(|k| o.remove(*k))
+    });
+    let withdrawal_reason = match withdrawal_reason {
+        None => None,
+        Some(serde_json::Value::String(r)) => Some(r),
+        Some(_) => anyhow::bail!(
+            "{}: withdrawal_reason: must be a string",
+            practice.display()
+        ),
+    };
+    let base = practice.parent().unwrap_or(Path::new("."));
+    let request = super::practice_json::submission_from_json(&mut json, base)
+        .with_context(|| practice.display().to_string())?;
     for (what, given, want) in [
-        ("tenant_id", &sample.tenant_id, tenant),
-        ("service_code", &sample.service_code, service),
+        ("tenant_id", &request.tenant_id, tenant),
+        ("service_code", &request.service_code, service),
     ] {
-        if let Some(g) = given.as_deref().filter(|g| *g != want) {
+        if !given.is_empty() && given != want {
             anyhow::bail!(
-                "{}: {what} is {g}, but --{} {want} was asked",
+                "{}: {what} is {given}, but --{} {want} was asked",
                 practice.display(),
                 if what == "tenant_id" {
                     "tenant"
@@ -84,34 +68,28 @@ pub fn render(
             );
         }
     }
-    let base = practice.parent().unwrap_or(Path::new("."));
+    let sample = crate::grpc::convert::submit_input(request)
+        .map_err(|e| anyhow::anyhow!("{}: {}", practice.display(), e.message()))?;
+    let applicant = sample
+        .applicant
+        .with_context(|| format!("{}: applicant: is required", practice.display()))?;
     let attachments = sample
         .attachments
         .iter()
-        .enumerate()
-        .map(|(i, a)| {
+        .map(|a| {
             use base64::Engine;
-            let bytes = match (&a.path, &a.content_base64) {
-                (Some(p), None) => std::fs::read(base.join(p)).with_context(|| {
-                    format!("attachments[{i}].path: cannot read {}", p.display())
-                })?,
-                (None, Some(b)) => base64::engine::general_purpose::STANDARD
-                    .decode(b)
-                    .with_context(|| format!("attachments[{i}].content_base64 is not base64"))?,
-                _ => anyhow::bail!("attachments[{i}]: set exactly one of path and content_base64"),
-            };
-            Ok(MessageAttachment {
+            MessageAttachment {
                 meta: DocumentMeta {
                     name: a.name.clone(),
                     media_type: a.media_type.clone(),
-                    size_bytes: bytes.len() as u64,
-                    sha256: sha256_hex(&bytes),
+                    size_bytes: a.content.len() as u64,
+                    sha256: sha256_hex(&a.content),
                 },
                 content_base64: (route.attachments == crate::config::AttachmentMode::Inline)
-                    .then(|| base64::engine::general_purpose::STANDARD.encode(&bytes)),
-            })
+                    .then(|| base64::engine::general_purpose::STANDARD.encode(&a.content)),
+            }
         })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+        .collect();
     let message = NormalizedMessage {
         schema: SCHEMA_V1.into(),
         message_id: "00000000-0000-7000-8000-000000000001".into(),
@@ -119,13 +97,13 @@ pub fn render(
         practice_id: "00000000-0000-7000-8000-000000000000".into(),
         tenant_id: tenant.into(),
         service_code: service.into(),
-        applicant: sample.applicant,
+        applicant,
         submitter: sample.submitter,
         channel: sample.channel,
         data: sample.data,
         attachments,
         submitted_at: chrono::Utc::now(),
-        withdrawal_reason: sample.withdrawal_reason,
+        withdrawal_reason,
     };
     let request = DeliveryRequest {
         message: Arc::new(message),

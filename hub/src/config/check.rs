@@ -3,6 +3,7 @@
 //! engineer fixes a file in one pass.
 
 use super::Config;
+use super::suggest::did_you_mean;
 use crate::domain::identifiers::is_istat_code;
 use std::fmt;
 
@@ -16,7 +17,11 @@ pub struct ConfigIssue {
 
 impl fmt::Display for ConfigIssue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.key, self.reason)
+        if self.key.is_empty() {
+            write!(f, "{}", self.reason)
+        } else {
+            write!(f, "{}: {}", self.key, self.reason)
+        }
     }
 }
 
@@ -106,22 +111,27 @@ pub fn check(cfg: &Config) -> Vec<ConfigIssue> {
             );
         }
     }
-    if let Err((client, (key, reason))) =
+    if let Err(refused) =
         crate::security::authn::Authenticator::build(&cfg.clients, &cfg.security, &cfg.base_dir)
     {
-        let key = if key.is_empty() {
-            format!("clients.{client}")
-        } else {
-            format!("clients.{client}.{key}")
-        };
-        add(key, reason);
+        for (client, (key, reason)) in refused {
+            let key = if key.is_empty() {
+                format!("clients.{client}")
+            } else {
+                format!("clients.{client}.{key}")
+            };
+            add(key, reason);
+        }
     }
     for (name, client) in &cfg.clients {
         for (i, t) in client.tenants.iter().enumerate() {
-            if t != "*" && !cfg.tenants.contains_key(t) {
+            if t != "*" && !cfg.tenants.contains_key(t) && !cfg.declares("tenants", t) {
                 add(
                     format!("clients.{name}.tenants[{i}]"),
-                    format!("{t} is not a tenant of this hub"),
+                    format!(
+                        "{t} is not a tenant of this hub{}",
+                        did_you_mean(t, cfg.tenants.keys().map(String::as_str))
+                    ),
                 );
             }
         }
@@ -225,37 +235,49 @@ pub fn check(cfg: &Config) -> Vec<ConfigIssue> {
     }
     let mut bound = std::collections::HashMap::new();
     for (i, route) in cfg.routes.iter().enumerate() {
-        let key = format!("routes[{i}]");
+        let key = cfg.route_key(i);
         if route.tenants.is_empty() {
             add(format!("{key}.tenants"), "lists no tenant".into());
         }
-        for t in &route.tenants {
-            if !cfg.tenants.contains_key(t) {
+        for (t_index, t) in route.tenants.iter().enumerate() {
+            if !cfg.tenants.contains_key(t) && !cfg.declares("tenants", t) {
                 add(
-                    format!("{key}.tenants"),
-                    format!("'{t}' is not declared under [tenants]"),
+                    format!("{key}.tenants[{t_index}]"),
+                    format!(
+                        "'{t}' is not declared under [tenants]{}",
+                        did_you_mean(t, cfg.tenants.keys().map(String::as_str))
+                    ),
                 );
             }
             if let Some(prev) = bound.insert((t.clone(), route.service.clone()), i) {
                 add(
                     format!("{key}.service"),
                     format!(
-                        "tenant {t} already routes '{}' in routes[{prev}]",
-                        route.service
+                        "tenant {t} already routes '{}' in {}",
+                        route.service,
+                        cfg.route_key(prev)
                     ),
                 );
             }
         }
-        if !cfg.services.contains_key(&route.service) {
+        if !cfg.services.contains_key(&route.service) && !cfg.declares("services", &route.service) {
             add(
                 format!("{key}.service"),
-                format!("'{}' is not declared under [services]", route.service),
+                format!(
+                    "'{}' is not declared under [services]{}",
+                    route.service,
+                    did_you_mean(&route.service, cfg.services.keys().map(String::as_str))
+                ),
             );
         }
-        if !cfg.adapters.contains_key(&route.adapter) {
+        if !cfg.adapters.contains_key(&route.adapter) && !cfg.declares("adapters", &route.adapter) {
             add(
                 format!("{key}.adapter"),
-                format!("'{}' is not declared under [adapters]", route.adapter),
+                format!(
+                    "'{}' is not declared under [adapters]{}",
+                    route.adapter,
+                    did_you_mean(&route.adapter, cfg.adapters.keys().map(String::as_str))
+                ),
             );
         }
         if route.max_attempts == Some(0) {

@@ -2,16 +2,21 @@
 //!
 //! One TOML file, every key overridable by an environment variable
 //! (`RACCORDO__HUB__GRPC_LISTEN=0.0.0.0:50051`). [`load`] reads and
-//! deserializes it (unknown keys are errors that name the key); [`check`]
-//! then validates what the types cannot (routes to unknown adapters, bad
-//! patterns, templates that do not compile) and builds nothing.
-//! Every key is documented in `docs/configuration.md`.
+//! types it, reporting every problem with its line and column (or the
+//! variable that set the key); [`check`] then validates what the types
+//! cannot (routes to unknown adapters, bad patterns, templates that do not
+//! compile) and builds nothing. Every key is documented in
+//! `docs/configuration.md`.
 
 mod check;
+mod collect;
+mod document;
 mod load;
+pub mod suggest;
 
 pub use check::{ConfigIssue, check, warnings};
-pub use load::{LoadError, load};
+pub use document::{Origins, Place};
+pub use load::{LoadError, LocatedIssue, load, load_lenient};
 
 use raccordo_adapters::registry::AdapterSpec;
 use serde::Deserialize;
@@ -35,13 +40,10 @@ pub struct Config {
     /// Municipalities served, keyed by ISTAT code.
     #[serde(default)]
     pub tenants: BTreeMap<String, TenantConfig>,
-    /// Vendor connections, keyed by instance name (typed by [`load`]).
+    /// Vendor connections, keyed by instance name (typed per `kind` by
+    /// [`load`], so errors can name the key inside the adapter's table).
     #[serde(skip)]
     pub adapters: BTreeMap<String, AdapterConfig>,
-    /// `[adapters.*]` as written: parsed per `kind` in a second step, so
-    /// errors can name the key inside the adapter's table.
-    #[serde(default, rename = "adapters")]
-    pub(crate) adapters_raw: BTreeMap<String, serde_json::Value>,
     /// The catalogue: service definitions, keyed by service code.
     #[serde(default)]
     pub services: BTreeMap<String, ServiceConfig>,
@@ -64,6 +66,17 @@ pub struct Config {
     /// The file it was read from, for messages.
     #[serde(skip)]
     pub source: PathBuf,
+    /// Where each key was written (or which variable set it).
+    #[serde(skip)]
+    pub(crate) origins: std::sync::Arc<Origins>,
+    /// Entries that did not type ([`load_lenient`]), as `section.NAME` or
+    /// `routes[i]`: declared, so references to them are not reported.
+    #[serde(skip)]
+    pub(crate) unusable: std::collections::BTreeSet<String>,
+    /// The position in the file of each route kept, when
+    /// [`load_lenient`] left some out; empty when all are kept.
+    #[serde(skip)]
+    pub(crate) route_index: Vec<usize>,
 }
 
 /// `[hub]`: listeners and data.
@@ -597,6 +610,17 @@ fn default_deadline() -> Duration {
 }
 
 impl Config {
+    /// `routes[i]` as the file numbers the route kept at `i` (counted
+    /// from 0, in the order the file lists `[[routes]]`).
+    pub fn route_key(&self, i: usize) -> String {
+        format!("routes[{}]", self.route_index.get(i).copied().unwrap_or(i))
+    }
+
+    /// Whether `section.name` is declared, even if it did not type.
+    pub fn declares(&self, section: &str, name: &str) -> bool {
+        self.unusable.contains(&format!("{section}.{name}"))
+    }
+
     /// The route serving `service` for `tenant`, if any.
     pub fn route(&self, tenant: &str, service: &str) -> Option<&RouteConfig> {
         self.routes

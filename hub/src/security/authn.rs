@@ -216,74 +216,118 @@ fn build_jwt(cfg: &JwtConfig, base_dir: &Path) -> Result<JwtVerifier, ClientErro
     })
 }
 
+/// One `[clients.NAME]`, verified; the error names the key.
+fn build_client(name: &str, c: &ClientConfig, base_dir: &Path) -> Result<Client, ClientError> {
+    let api_key_sha256 = match &c.api_key_sha256 {
+        Some(h) => Some(parse_hash(h).ok_or_else(|| {
+            (
+                "api_key_sha256".to_string(),
+                "must be 64 hexadecimal digits (sha256sum of the key)".to_string(),
+            )
+        })?),
+        None => None,
+    };
+    let certificate_sha256 = match &c.certificate_sha256 {
+        Some(h) => Some(parse_hash(h).ok_or_else(|| {
+            (
+                "certificate_sha256".to_string(),
+                "must be 64 hexadecimal digits (sha256sum of the DER certificate)".to_string(),
+            )
+        })?),
+        None => None,
+    };
+    let jwt = match &c.jwt {
+        Some(j) => Some(build_jwt(j, base_dir)?),
+        None => None,
+    };
+    if api_key_sha256.is_none() && jwt.is_none() && certificate_sha256.is_none() {
+        return Err((
+            String::new(),
+            "declares no credential: set api_key_sha256, certificate_sha256 or jwt".into(),
+        ));
+    }
+    if c.role == Role::Citizen && jwt.is_none() {
+        return Err((
+            "jwt".into(),
+            "a citizen client needs verified tokens carrying the fiscal code".into(),
+        ));
+    }
+    if c.tenants.is_empty() && c.role != Role::Admin {
+        return Err((
+            "tenants".into(),
+            "list the ISTAT codes it acts for, or [\"*\"]".into(),
+        ));
+    }
+    if c.requests_per_second == 0 {
+        return Err(("requests_per_second".into(), "must be at least 1".into()));
+    }
+    let rate = f64::from(c.requests_per_second);
+    Ok(Client {
+        name: name.to_string(),
+        role: c.role,
+        tenants: c.tenants.clone(),
+        api_key_sha256,
+        certificate_sha256,
+        jwt,
+        operator_id: c.operator_id.clone(),
+        rate,
+        burst: c.burst.map_or(rate * 2.0, f64::from).max(1.0),
+    })
+}
+
 impl Authenticator {
-    /// Builds the verifier; errors name the key inside `[clients.NAME]`.
+    /// Builds the verifier; each error names a client and the key inside
+    /// `[clients.NAME]`, and every client's problems are reported. Two
+    /// clients with one API key or one certificate are refused: a caller
+    /// presenting it could be taken for either.
     pub fn build(
         clients: &BTreeMap<String, ClientConfig>,
         settings: &SecurityConfig,
         base_dir: &Path,
-    ) -> Result<Self, (String, ClientError)> {
+    ) -> Result<Self, Vec<(String, ClientError)>> {
         let mut built = Vec::new();
+        let mut refused = Vec::new();
         for (name, c) in clients {
-            let fail = |e: ClientError| (name.clone(), e);
-            let api_key_sha256 = match &c.api_key_sha256 {
-                Some(h) => Some(parse_hash(h).ok_or_else(|| {
-                    fail((
-                        "api_key_sha256".into(),
-                        "must be 64 hexadecimal digits (sha256sum of the key)".into(),
-                    ))
-                })?),
-                None => None,
-            };
-            let certificate_sha256 = match &c.certificate_sha256 {
-                Some(h) => Some(parse_hash(h).ok_or_else(|| {
-                    fail((
-                        "certificate_sha256".into(),
-                        "must be 64 hexadecimal digits (sha256sum of the DER certificate)".into(),
-                    ))
-                })?),
-                None => None,
-            };
-            let jwt = match &c.jwt {
-                Some(j) => Some(build_jwt(j, base_dir).map_err(fail)?),
-                None => None,
-            };
-            if api_key_sha256.is_none() && jwt.is_none() && certificate_sha256.is_none() {
-                return Err(fail((
-                    String::new(),
-                    "declares no credential: set api_key_sha256, certificate_sha256 or jwt".into(),
-                )));
+            match build_client(name, c, base_dir) {
+                Ok(client) => built.push(client),
+                Err(e) => refused.push((name.clone(), e)),
             }
-            if c.role == Role::Citizen && jwt.is_none() {
-                return Err(fail((
-                    "jwt".into(),
-                    "a citizen client needs verified tokens carrying the fiscal code".into(),
-                )));
+        }
+        let mut api_keys: HashMap<[u8; 32], &str> = HashMap::new();
+        let mut certificates: HashMap<[u8; 32], &str> = HashMap::new();
+        for client in &built {
+            for (hash, seen, key, what) in [
+                (
+                    &client.api_key_sha256,
+                    &mut api_keys,
+                    "api_key_sha256",
+                    "API key",
+                ),
+                (
+                    &client.certificate_sha256,
+                    &mut certificates,
+                    "certificate_sha256",
+                    "certificate",
+                ),
+            ] {
+                let Some(hash) = hash else { continue };
+                if let Some(first) = seen.insert(*hash, &client.name) {
+                    seen.insert(*hash, first);
+                    refused.push((
+                        client.name.clone(),
+                        (
+                            key.into(),
+                            format!(
+                                "the same {what} as clients.{first}: each client needs its \
+                                 own, or a caller presenting it could be taken for either"
+                            ),
+                        ),
+                    ));
+                }
             }
-            if c.tenants.is_empty() && c.role != Role::Admin {
-                return Err(fail((
-                    "tenants".into(),
-                    "list the ISTAT codes it acts for, or [\"*\"]".into(),
-                )));
-            }
-            if c.requests_per_second == 0 {
-                return Err(fail((
-                    "requests_per_second".into(),
-                    "must be at least 1".into(),
-                )));
-            }
-            let rate = f64::from(c.requests_per_second);
-            built.push(Client {
-                name: name.clone(),
-                role: c.role,
-                tenants: c.tenants.clone(),
-                api_key_sha256,
-                certificate_sha256,
-                jwt,
-                operator_id: c.operator_id.clone(),
-                rate,
-                burst: c.burst.map_or(rate * 2.0, f64::from).max(1.0),
-            });
+        }
+        if !refused.is_empty() {
+            return Err(refused);
         }
         Ok(Self {
             anonymous: built.is_empty(),
