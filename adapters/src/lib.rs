@@ -15,6 +15,8 @@
 //! - [`soap`]: the SOAP adapter (ModI `BLOCK_SOAP`, `NONBLOCK_PULL_SOAP`,
 //!   `NONBLOCK_PUSH_SOAP`; WS-Security, hardened XML).
 //! - [`message_xml`]: the normalized message as XML.
+//! - [`outcome`]: outcome data and base64 documents in results, shared by
+//!   every adapter's result mapping.
 
 #![forbid(unsafe_code)]
 
@@ -23,6 +25,7 @@ pub mod amqp;
 pub mod file;
 pub mod http;
 pub mod message_xml;
+pub mod outcome;
 pub mod rest;
 pub mod soap;
 pub mod template;

@@ -102,6 +102,7 @@ impl RestAdapter {
             },
             config_dir,
         )?;
+        config.response.validate_outcome("response")?;
         let callback = match (config.pattern, &config.callback) {
             (Pattern::Push, None) => {
                 return Err(AdapterError::new(
@@ -403,7 +404,9 @@ impl Inner {
             }
             200..=299 => {
                 let progress = self.progress(&reply.body);
-                let has_news = progress.status.is_some() || !progress.external_refs.is_empty();
+                let has_news = progress.status.is_some()
+                    || !progress.external_refs.is_empty()
+                    || !progress.outcome_data.is_empty();
                 let pull = &self.config.pull;
                 let backoff = pull
                     .initial_interval

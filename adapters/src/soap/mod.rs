@@ -626,7 +626,9 @@ impl Inner {
             });
         }
         let progress = self.mapper.map(&status, &self.name, false)?;
-        let has_news = progress.status.is_some() || !progress.external_refs.is_empty();
+        let has_news = progress.status.is_some()
+            || !progress.external_refs.is_empty()
+            || !progress.outcome_data.is_empty();
         let backoff = pull
             .initial_interval
             .saturating_mul(1u32 << request.polls.min(16))

@@ -39,6 +39,14 @@ fn event_json(e: &pb::PracticeEvent) -> Value {
         "to_delivery": (e.to_delivery != 0).then(|| delivery_name(e.to_delivery)),
         "reason": e.reason, "vendor_code": e.vendor_code, "actor": e.actor,
         "occurred_at": ts(&e.occurred_at), "recorded_at": ts(&e.recorded_at),
+        "outcome_data": outcome_data_json(e.outcome_data.as_ref()),
+    })
+}
+
+/// Outcome data as JSON (`null` when there is none).
+fn outcome_data_json(data: Option<&prost_types::Struct>) -> Value {
+    data.map_or(Value::Null, |s| {
+        Value::Object(crate::grpc::convert::struct_to_json(s.clone()))
     })
 }
 
@@ -58,6 +66,7 @@ fn practice_json(p: &pb::Practice) -> Value {
             })).collect::<Vec<_>>(),
         })),
         "external_refs": p.external_refs.iter().map(|r| json!({"kind": r.kind, "value": r.value, "system": r.system})).collect::<Vec<_>>(),
+        "outcome_data": outcome_data_json(p.outcome_data.as_ref()),
         "received_at": ts(&p.received_at), "legal_deadline": ts(&p.legal_deadline), "concluded_at": ts(&p.concluded_at),
         "events": p.events.iter().map(event_json).collect::<Vec<_>>(),
     })
@@ -74,6 +83,8 @@ fn event_line(e: &pb::PracticeEvent) -> String {
             },
             status_name(e.to_status)
         )
+    } else if e.kind == pb::EventKind::OutcomeDataChanged as i32 {
+        "outcome data".to_string()
     } else {
         format!(
             "delivery {} -> {}",
@@ -96,8 +107,12 @@ fn event_line(e: &pb::PracticeEvent) -> String {
     } else {
         format!("  ({})", e.reason)
     };
+    let data = match outcome_data_json(e.outcome_data.as_ref()) {
+        Value::Null => String::new(),
+        data => format!("  {data}"),
+    };
     format!(
-        "  #{:<3} {} {change}{anomaly}  by {}{reason}",
+        "  #{:<3} {} {change}{anomaly}  by {}{reason}{data}",
         e.sequence,
         when.as_str().unwrap_or(""),
         e.actor
@@ -129,6 +144,11 @@ pub fn practice(p: &pb::Practice, as_json: bool) {
     }
     for r in &p.external_refs {
         println!("  ref       {} {} ({})", r.kind, r.value, r.system);
+    }
+    if let Value::Object(data) = outcome_data_json(p.outcome_data.as_ref()) {
+        for (name, value) in data {
+            println!("  data      {name} = {value}");
+        }
     }
     if let Some(o) = &p.outcome {
         let reason = if o.reason.is_empty() {
