@@ -10,6 +10,7 @@ mod delivery;
 mod file_drop;
 mod hostile;
 mod operations;
+mod outcome_data;
 mod overload;
 mod postgres;
 mod practice_api;
