@@ -17,6 +17,8 @@
 //! - [`message_xml`]: the normalized message as XML.
 //! - [`registry`]: the adapter kinds, the one list the hub's configuration
 //!   and builder read.
+//! - [`outcome`]: outcome data and base64 documents in results, shared by
+//!   every adapter's result mapping.
 //!
 //! Each protocol is a cargo feature (`rest`, `soap`, `amqp`, `file`; all on
 //! by default). Without `rest`, [`rest`] keeps only its JSON reply mapping,
@@ -32,6 +34,7 @@ pub mod file;
 pub mod http;
 #[cfg(feature = "xml")]
 pub mod message_xml;
+pub mod outcome;
 pub mod registry;
 #[cfg(feature = "rest")]
 pub mod rest;

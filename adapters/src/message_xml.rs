@@ -10,6 +10,8 @@
 //!   field is a `<field name="…" type="…">` element (`type` is `string`,
 //!   `number`, `boolean`, `null`, `object` or `array`; objects and arrays
 //!   nest `<field>` children, array items without `name`).
+//!   `outcome_data` (the outcome data results set so far) is written the
+//!   same way.
 //! - `attachments` is a list of `<attachment>` elements; an attachment
 //!   written as a separate file carries `<file>` with that file's name.
 //!
@@ -49,17 +51,17 @@ pub fn to_xml_from_map(map: &Map<String, Value>) -> Result<Vec<u8>, String> {
     for key in ORDER {
         let Some(v) = map.get(*key) else { continue };
         match *key {
-            "data" => {
+            // Both hold fields of names the catalogue chose.
+            "data" | "outcome_data" => {
                 let Value::Object(fields) = v else {
-                    return Err("data is not an object".into());
+                    return Err(format!("{key} is not an object"));
                 };
-                w.write_event(Event::Start(BytesStart::new("data")))
+                w.write_event(Event::Start(BytesStart::new(*key)))
                     .map_err(io)?;
                 for (name, value) in fields {
                     write_field(&mut w, Some(name), value).map_err(io)?;
                 }
-                w.write_event(Event::End(BytesEnd::new("data")))
-                    .map_err(io)?;
+                w.write_event(Event::End(BytesEnd::new(*key))).map_err(io)?;
             }
             "attachments" => {
                 let items = v.as_array().map(Vec::as_slice).unwrap_or_default();
@@ -211,6 +213,7 @@ mod tests {
             }],
             submitted_at: chrono::Utc::now(),
             withdrawal_reason: None,
+            outcome_data: Default::default(),
         }
     }
 
@@ -283,5 +286,27 @@ mod tests {
         );
         // Optional members without a value are omitted, not empty.
         assert!(!s.contains("submitter") && !s.contains("withdrawal_reason"));
+        assert!(!s.contains("outcome_data"), "{s}");
+    }
+
+    #[test]
+    fn outcome_data_is_written_as_fields_after_the_submission() {
+        let mut m = message();
+        m.operation = Operation::Withdraw;
+        m.outcome_data = serde_json::json!({"importo_dovuto": 120.5, "codice": "A&B"})
+            .as_object()
+            .cloned()
+            .unwrap();
+        let s = String::from_utf8(to_xml(&m).unwrap()).unwrap();
+        assert!(
+            s.contains(r#"<field name="importo_dovuto" type="number">120.5</field>"#),
+            "{s}"
+        );
+        assert!(
+            s.contains(r#"<field name="codice" type="string">A&amp;B</field>"#),
+            "{s}"
+        );
+        let data = s.find("<outcome_data>").expect("outcome_data");
+        assert!(s.find("<submitted_at>").unwrap() < data, "{s}");
     }
 }

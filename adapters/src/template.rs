@@ -212,6 +212,9 @@ impl DeliveryContext {
             "attachments" => serde(&m.attachments),
             "submitted_at" => serde(&m.submitted_at),
             "withdrawal_reason" => Value::from(m.withdrawal_reason.as_deref()?),
+            // Undefined when empty, as it is absent from the JSON form.
+            "outcome_data" if m.outcome_data.is_empty() => return None,
+            "outcome_data" => serde(&m.outcome_data),
             "route" => serde(&*self.route_vars),
             _ => return None,
         })
@@ -380,6 +383,7 @@ mod tests {
                 attachments: vec![],
                 submitted_at: chrono::Utc::now(),
                 withdrawal_reason: None,
+                outcome_data: Default::default(),
             }),
             attempt: 1,
             route_vars: Arc::new(
@@ -406,6 +410,9 @@ mod tests {
             contacts: Contacts::default(),
         });
         message.withdrawal_reason = Some("errore".into());
+        message
+            .outcome_data
+            .insert("importo_dovuto".into(), serde_json::json!(120.5));
         message.data.insert("n".into(), serde_json::json!(12.5));
         message
             .data

@@ -135,6 +135,7 @@ fn request(practice: &str, op: Operation, attachment: Option<&[u8]>) -> Delivery
                 .unwrap_or_default(),
             submitted_at: chrono::Utc::now(),
             withdrawal_reason: None,
+            outcome_data: Default::default(),
         }),
         attempt: 1,
         route_vars: Arc::new(serde_json::Map::new()),

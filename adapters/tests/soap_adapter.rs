@@ -53,6 +53,7 @@ fn request() -> DeliveryRequest {
             attachments: vec![],
             submitted_at: chrono::Utc::now(),
             withdrawal_reason: None,
+            outcome_data: Default::default(),
         }),
         attempt: 1,
         route_vars: Arc::new(serde_json::Map::new()),
@@ -757,4 +758,29 @@ async fn the_normalized_message_can_be_the_body() {
         "{body}"
     );
     assert!(!body[5..].contains("<?xml"), "one declaration only");
+}
+
+#[tokio::test]
+async fn outcome_data_is_read_by_path_as_text() {
+    let (url, _) = server(ok("certificato_11.xml")).await;
+    let adapter = build(config(
+        &url,
+        serde_json::json!({"response": {"outcome_data": {
+            "intestatario": "c:rispostaCertificato/c:intestatario",
+            "data_protocollo": "c:rispostaCertificato/c:protocollo/c:data",
+            "assente": "c:rispostaCertificato/c:nulla"
+        }}}),
+    ));
+    let reply = adapter.deliver(request()).await.unwrap();
+    assert_eq!(
+        serde_json::Value::Object(reply.outcome_data),
+        serde_json::json!({"intestatario": "Niccolò Mazzà", "data_protocollo": "2026-11-23"})
+    );
+    // A path that does not compile is named with its field.
+    let cfg = config(
+        &url,
+        serde_json::json!({"response": {"outcome_data": {"x": "z:undeclared/z:prefix"}}}),
+    );
+    let err = SoapAdapter::build("a", cfg, Path::new(".")).unwrap_err();
+    assert_eq!(err.key, "response.outcome_data.x");
 }

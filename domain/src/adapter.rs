@@ -59,6 +59,12 @@ pub struct VendorReply {
     pub external_refs: Vec<ExternalRef>,
     /// Outcome documents (a certificate, a receipt).
     pub documents: Vec<Document>,
+    /// Outcome data the front office needs (the amount due, a
+    /// certificate's number and validity, an appointment slot), by field
+    /// name; empty when the vendor sent none. The hub checks it against the
+    /// service's `outcome_data` declaration before applying it, and merges
+    /// it into what earlier results set.
+    pub outcome_data: Map<String, Value>,
     /// When it happened according to the vendor.
     pub occurred_at: Option<DateTime<Utc>>,
     /// The vendor accepted the request but the result must be fetched

@@ -15,7 +15,7 @@ pub const SCHEMA_V1: &str = "raccordo.practice/v1";
 /// The top-level members of a serialized [`NormalizedMessage`], in
 /// document order (the XML form writes them in this order; templates see
 /// them by these names).
-pub const MESSAGE_FIELDS: [&str; 13] = [
+pub const MESSAGE_FIELDS: [&str; 14] = [
     "schema",
     "message_id",
     "operation",
@@ -29,6 +29,7 @@ pub const MESSAGE_FIELDS: [&str; 13] = [
     "attachments",
     "submitted_at",
     "withdrawal_reason",
+    "outcome_data",
 ];
 
 /// An attachment as carried in the message.
@@ -66,4 +67,40 @@ pub struct NormalizedMessage {
     /// For `withdraw`: the applicant's reason.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub withdrawal_reason: Option<String>,
+    /// The outcome data the back office's results set so far, checked
+    /// against the service's declaration (a withdrawal of a registered
+    /// practice carries what its registration set); omitted when empty.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub outcome_data: serde_json::Map<String, serde_json::Value>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The published schemas describe every member the message has: a
+    /// member added here and not there would reach vendors undocumented.
+    #[test]
+    fn the_published_schemas_name_every_member() {
+        let json: serde_json::Value =
+            serde_json::from_str(include_str!("../../docs/schemas/practice-v1.schema.json"))
+                .expect("the JSON Schema parses");
+        let xsd = include_str!("../../docs/schemas/practice-v1.xsd");
+        let properties = json["properties"].as_object().expect("properties");
+        for member in MESSAGE_FIELDS {
+            assert!(
+                properties.contains_key(member),
+                "JSON Schema lacks {member}"
+            );
+            assert!(
+                xsd.contains(&format!(r#"<xs:element name="{member}""#)),
+                "XSD lacks {member}"
+            );
+        }
+        assert_eq!(
+            properties.len(),
+            MESSAGE_FIELDS.len(),
+            "no member the message lacks"
+        );
+    }
 }

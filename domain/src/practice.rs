@@ -84,6 +84,9 @@ pub struct Practice {
     pub received_at: DateTime<Utc>,
     pub legal_deadline: Option<DateTime<Utc>>,
     pub concluded_at: Option<DateTime<Utc>>,
+    /// The outcome data the vendor's results set, merged field by field
+    /// (a later result's value replaces an earlier one's); empty if none.
+    pub outcome_data: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Who caused an event.
@@ -123,6 +126,9 @@ pub enum EventKind {
     /// Recorded, not applied: a change the state machine refused, or a
     /// vendor's result that came late or contradicts an earlier one.
     Anomaly,
+    /// A vendor's result set outcome data without changing the status
+    /// (with a status change, the data rides on that event).
+    OutcomeData,
 }
 
 impl EventKind {
@@ -132,14 +138,20 @@ impl EventKind {
             Self::StatusChanged => "status",
             Self::DeliveryChanged => "delivery",
             Self::Anomaly => "anomaly",
+            Self::OutcomeData => "outcome_data",
         }
     }
 
     /// Parses a stored name.
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::StatusChanged, Self::DeliveryChanged, Self::Anomaly]
-            .into_iter()
-            .find(|v| v.as_str() == s)
+        [
+            Self::StatusChanged,
+            Self::DeliveryChanged,
+            Self::Anomaly,
+            Self::OutcomeData,
+        ]
+        .into_iter()
+        .find(|v| v.as_str() == s)
     }
 }
 
@@ -166,6 +178,10 @@ pub struct Event {
     pub vendor_code: Option<String>,
     /// Operator id, adapter instance or "hub".
     pub actor: String,
+    /// The outcome data the result behind this event set (the fields it
+    /// added or changed), on that result's status change or
+    /// [`EventKind::OutcomeData`] event.
+    pub outcome_data: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl Event {
@@ -189,6 +205,8 @@ pub struct EventDraft {
     pub vendor_code: Option<String>,
     pub actor: String,
     pub occurred_at: Option<DateTime<Utc>>,
+    /// See [`Event::outcome_data`].
+    pub outcome_data: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl EventDraft {
@@ -205,6 +223,7 @@ impl EventDraft {
             vendor_code: None,
             actor: actor.to_string(),
             occurred_at: None,
+            outcome_data: None,
         }
     }
 
@@ -226,6 +245,7 @@ impl EventDraft {
             vendor_code: None,
             actor: actor.to_string(),
             occurred_at: None,
+            outcome_data: None,
         }
     }
 

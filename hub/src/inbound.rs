@@ -68,7 +68,7 @@ impl HubSink {
         let verdict = self
             .service
             .store()
-            .apply_inbound(result)
+            .apply_inbound_checked(result, Some(self.service.outcome_check()))
             .await
             .map_err(|e| match e {
                 StoreError::NotFound => {

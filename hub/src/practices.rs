@@ -243,6 +243,12 @@ impl PracticeService {
         &self.config
     }
 
+    /// The check inbound results' outcome data passes (the catalogue's
+    /// `outcome_data` declarations).
+    pub fn outcome_check(&self) -> crate::store::OutcomeCheck {
+        crate::domain::outcome::inbound_check(self.config.clone())
+    }
+
     /// The store.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store

@@ -395,6 +395,9 @@ title = "Dichiarazione TARI"
 name = "superficie_mq"
 type = "number"
 required = true
+[[services.TARI.outcome_data]]
+name = "importo_dovuto"
+type = "number"
 
 [services.PASSO]
 title = "Passo carrabile"
@@ -779,6 +782,60 @@ async fn a_late_reply_is_recorded_as_an_anomaly_and_dead_lettered() {
         .map(|r| r.value.as_str())
         .collect();
     assert_eq!(protocols, ["2026/42"]);
+    assert_eq!(broker.count(&names.results).await, 0);
+
+    hub.stop().await;
+    broker.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_reply_carries_outcome_data_and_one_the_catalogue_refuses_is_dead_lettered() {
+    let names = Names::new("outcome");
+    let broker = Broker::connect(&names).await;
+    let proxy = Proxy::start().await;
+    let mut hub = start(&names, &proxy, Opts::default()).await;
+
+    let p = hub.submit(tari("outcome-data")).await;
+    broker.take(&names.inbox).await;
+    broker
+        .reply(
+            &p.id,
+            "bad-1",
+            br#"{"status":"APPROVED","outcome_data":{"importo_dovuto":"tanti"}}"#,
+        )
+        .await;
+    broker
+        .reply(
+            &p.id,
+            "good-1",
+            br#"{"status":"APPROVED","outcome_data":{"importo_dovuto":120.5}}"#,
+        )
+        .await;
+    let d = broker.take(&names.dead).await;
+    let h = headers(&d.properties);
+    assert_eq!(text(d.properties.message_id()), "bad-1");
+    assert_eq!(h["x-raccordo-reason"], "refused");
+    assert!(
+        h["x-raccordo-detail"].contains("outcome_data.importo_dovuto: must be a number"),
+        "{h:?}"
+    );
+    let done = hub
+        .wait_status(TENANT, &p.id, pb::AdministrativeStatus::Approved)
+        .await;
+    let data = raccordo::grpc::convert::struct_to_json(done.outcome_data.clone().unwrap());
+    assert_eq!(
+        Value::Object(data),
+        serde_json::json!({"importo_dovuto": 120.5})
+    );
+    let approved = done
+        .events
+        .iter()
+        .find(|e| {
+            e.kind == pb::EventKind::StatusChanged as i32
+                && e.to_status == pb::AdministrativeStatus::Approved as i32
+        })
+        .unwrap();
+    assert!(approved.outcome_data.is_some(), "the approval carries it");
     assert_eq!(broker.count(&names.results).await, 0);
 
     hub.stop().await;

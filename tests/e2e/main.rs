@@ -12,6 +12,7 @@ mod delivery;
 mod file_drop;
 mod hostile;
 mod operations;
+mod outcome_data;
 mod overload;
 mod postgres;
 mod practice_api;

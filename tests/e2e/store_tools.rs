@@ -204,7 +204,7 @@ async fn a_sqlite_store_copied_into_postgres_serves_the_same_practices_and_trail
         all.extend(args);
         let out = ok(&all, &[]);
         assert!(
-            out.contains("at schema version 12, nothing to apply"),
+            out.contains("at schema version 13, nothing to apply"),
             "{out}"
         );
     }
@@ -430,7 +430,7 @@ async fn migrate_lists_then_applies_pending_migrations_on_both_stores() {
     );
     assert!(out.contains("at schema version 0"), "{out}");
     assert!(
-        out.contains("   1  init") && out.contains("  12  early_results"),
+        out.contains("   1  init") && out.contains("  13  outcome_data"),
         "{out}"
     );
     assert!(!out.contains("CREATE TABLE"), "{out}");
@@ -447,13 +447,13 @@ async fn migrate_lists_then_applies_pending_migrations_on_both_stores() {
     );
     assert!(out.contains("CREATE TABLE practices"), "{out}");
     let out = ok(&["migrate", "--config", path(&sqlite_toml)], &[]);
-    assert!(out.contains("applied   12  early_results"), "{out}");
+    assert!(out.contains("applied   13  outcome_data"), "{out}");
     let out = ok(
         &["migrate", "--config", path(&sqlite_toml), "--dry-run"],
         &[],
     );
     assert!(
-        out.contains("at schema version 12, nothing to apply"),
+        out.contains("at schema version 13, nothing to apply"),
         "{out}"
     );
     // --sql only with --dry-run (a usage error: exit code 2).

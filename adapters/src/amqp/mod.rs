@@ -157,6 +157,7 @@ impl AmqpAdapter {
                                 "is empty: map the vendor's status codes to canonical statuses",
                             ));
                         }
+                        m.validate_outcome("consume.reply")?;
                         m.clone()
                     }
                 }

@@ -6,7 +6,7 @@
 //! in the body. The body is JSON mapped by the same pointers and status
 //! table as the REST adapter's replies; without a configured mapping it is
 //! the canonical reply (`status`, `reason`, `protocol`, `vendor_id`,
-//! `documents`, `occurred_at`). The reply's `message_id` is the dedupe
+//! `documents`, `outcome_data`, `occurred_at`). The reply's `message_id` is the dedupe
 //! receipt, so a redelivered reply applies once.
 
 use crate::adapter::{Correlation, InboundResult};
@@ -54,6 +54,9 @@ pub fn canonical_mapping() -> ResponseMapping {
         documents_pointer: Some("/documents".into()),
         date_pointer: None,
         required_pointers: Vec::new(),
+        outcome_data: Default::default(),
+        outcome_data_pointer: Some("/outcome_data".into()),
+        base64_documents: Vec::new(),
         error_map: Default::default(),
     }
 }

@@ -262,6 +262,15 @@ pub struct FieldMapping {
     /// The vendor's own id of the practice, recorded as a `vendor_id` reference.
     #[serde(default)]
     pub vendor_id: Option<String>,
+    /// Outcome data: a field of the service's `outcome_data` declaration →
+    /// the column (attribute, key) holding its value, taken as text (the
+    /// hub types it by the declaration); an empty cell says nothing.
+    #[serde(default)]
+    pub outcome_data: BTreeMap<String, String>,
+    /// Outcome documents sent as one base64 column each, with the name and
+    /// media type given here (`field` is the column).
+    #[serde(default)]
+    pub base64_documents: Vec<crate::outcome::Base64Document>,
 }
 
 fn default_concurrency() -> usize {

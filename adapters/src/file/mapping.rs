@@ -5,7 +5,9 @@ use super::config::FieldMapping;
 use super::parse::Row;
 use crate::adapter::{Correlation, VendorReply};
 use crate::model::ExternalRef;
+use crate::outcome::collect_outcome_data;
 use chrono::{DateTime, NaiveDate, Utc};
+use serde_json::Value;
 
 /// What a row says, in canonical terms.
 #[derive(Debug, Clone)]
@@ -94,6 +96,17 @@ pub fn map_row(row: &Row, f: &FieldMapping, system: &str) -> Result<Mapped, Stri
             issued_at: None,
         });
     }
+    let mut documents = Vec::new();
+    for spec in &f.base64_documents {
+        if let Some(text) = row.fields.get(&spec.field) {
+            documents.extend(spec.decode(text)?);
+        }
+    }
+    let outcome_data = collect_outcome_data(&f.outcome_data, |column| {
+        row.fields
+            .get(column)
+            .map(|v| Value::String(v.trim().to_string()))
+    });
     Ok(Mapped {
         correlation,
         tenant_id: get(&f.tenant_id),
@@ -102,7 +115,8 @@ pub fn map_row(row: &Row, f: &FieldMapping, system: &str) -> Result<Mapped, Stri
             vendor_code: get(&f.status),
             reason: get(&f.reason),
             external_refs: refs,
-            documents: Vec::new(),
+            documents,
+            outcome_data,
             occurred_at: None,
             follow_up: None,
         },
@@ -187,6 +201,41 @@ mod tests {
             }
         );
         assert_eq!(by_ref.reply.status, Some(AdminStatus::Registered));
+    }
+
+    #[test]
+    fn maps_outcome_data_columns_and_a_base64_column() {
+        let mut f = mapping();
+        f.outcome_data = [
+            ("importo_dovuto".to_string(), "importo".to_string()),
+            ("scadenza".to_string(), "scadenza".to_string()),
+        ]
+        .into();
+        f.base64_documents = vec![crate::outcome::Base64Document {
+            field: "avviso_b64".into(),
+            name: "avviso.pdf".into(),
+            media_type: "application/pdf".into(),
+            max_bytes: 1024,
+        }];
+        let m = map_row(
+            &row(&[
+                ("id_pratica", "p1"),
+                ("importo", " 120.50 "),
+                ("scadenza", ""),
+                ("avviso_b64", "JVBERi0x"),
+            ]),
+            &f,
+            "tributi",
+        )
+        .unwrap();
+        assert_eq!(
+            Value::Object(m.reply.outcome_data),
+            serde_json::json!({"importo_dovuto": "120.50"})
+        );
+        assert_eq!(m.reply.documents[0].content, b"%PDF-1");
+        assert_eq!(m.reply.documents[0].meta.name, "avviso.pdf");
+        let e = map_row(&row(&[("id_pratica", "p1"), ("avviso_b64", "§§")]), &f, "t").unwrap_err();
+        assert!(e.contains("avviso_b64") && e.contains("base64"), "{e}");
     }
 
     #[test]

@@ -197,6 +197,13 @@ impl FileAdapter {
                     "is empty: map the vendor's status codes to canonical statuses",
                 ));
             }
+            let error = |(key, reason): (String, String)| AdapterError::new(key, reason);
+            crate::outcome::validate_outcome_fields("inbound.fields.outcome_data", &f.outcome_data)
+                .map_err(error)?;
+            for (i, d) in f.base64_documents.iter().enumerate() {
+                d.validate(&format!("inbound.fields.base64_documents[{i}]"))
+                    .map_err(error)?;
+            }
         }
         Ok(Self {
             name: name.to_string(),
@@ -337,6 +344,7 @@ fn sample_request(operation: Operation, n: u8) -> DeliveryRequest {
             attachments: vec![],
             submitted_at: chrono::Utc::now(),
             withdrawal_reason: None,
+            outcome_data: Default::default(),
         }),
         attempt: 1,
         route_vars: Arc::new(Default::default()),

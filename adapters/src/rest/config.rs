@@ -1,7 +1,9 @@
 //! Configuration of a REST adapter instance (`kind = "rest"`).
 
+use crate::adapter::AdapterError;
 use crate::http::config::{BreakerConfig, RateLimitConfig, TlsConfig};
 use crate::model::AdminStatus;
+use crate::outcome::{Base64Document, validate_outcome_fields};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -197,10 +199,38 @@ pub struct ResponseMapping {
     /// without one is a permanent mapping error naming it.
     #[serde(default)]
     pub required_pointers: Vec<String>,
+    /// Outcome data: a field of the service's `outcome_data` declaration →
+    /// the JSON pointer of its value (`importo_dovuto = "/importo"`).
+    /// Absent or null values are left out.
+    #[serde(default)]
+    pub outcome_data: BTreeMap<String, String>,
+    /// An object whose members are all outcome data, taken whole (the
+    /// canonical reply's `/outcome_data`); `outcome_data` entries win.
+    #[serde(default)]
+    pub outcome_data_pointer: Option<String>,
+    /// Outcome documents sent as one base64 field each, with the name and
+    /// media type given here (`field` is a JSON pointer).
+    #[serde(default)]
+    pub base64_documents: Vec<Base64Document>,
     /// Vendor error codes (problem+json `code` or `type`) → failure class
     /// (`transient`, `permanent`, `rejection`), overriding the HTTP status.
     #[serde(default)]
     pub error_map: BTreeMap<String, ErrorClass>,
+}
+
+impl ResponseMapping {
+    /// Checks the outcome data and base64 document entries; `prefix` is the
+    /// mapping's configuration key (`response`, `consume.reply`).
+    pub fn validate_outcome(&self, prefix: &str) -> Result<(), AdapterError> {
+        let error = |(key, reason): (String, String)| AdapterError::new(key, reason);
+        validate_outcome_fields(&format!("{prefix}.outcome_data"), &self.outcome_data)
+            .map_err(error)?;
+        for (i, d) in self.base64_documents.iter().enumerate() {
+            d.validate(&format!("{prefix}.base64_documents[{i}]"))
+                .map_err(error)?;
+        }
+        Ok(())
+    }
 }
 
 /// A failure class an engineer can assign to a vendor error code.
@@ -225,6 +255,9 @@ impl Default for ResponseMapping {
             date_pointer: None,
             documents_pointer: None,
             required_pointers: Vec::new(),
+            outcome_data: BTreeMap::new(),
+            outcome_data_pointer: None,
+            base64_documents: Vec::new(),
             error_map: BTreeMap::new(),
         }
     }

@@ -95,6 +95,7 @@ impl RestAdapter {
             },
             config_dir,
         )?;
+        config.response.validate_outcome("response")?;
         let callback = match (config.pattern, &config.callback) {
             (Pattern::Push, None) => {
                 return Err(AdapterError::new(
@@ -389,7 +390,9 @@ impl Protocol {
             }
             200..=299 => {
                 let progress = self.progress(&reply.body);
-                let has_news = progress.status.is_some() || !progress.external_refs.is_empty();
+                let has_news = progress.status.is_some()
+                    || !progress.external_refs.is_empty()
+                    || !progress.outcome_data.is_empty();
                 let pull = &self.config.pull;
                 let backoff = poll_backoff(pull.initial_interval, pull.max_interval, request.polls);
                 Ok(PollOutcome::Pending {

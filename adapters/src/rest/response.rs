@@ -5,8 +5,9 @@ use crate::adapter::{DeliveryError, FailureClass, VendorReply};
 use crate::http::reply::scalar_text;
 pub use crate::http::reply::{classify_failure, parse_retry_after};
 use crate::model::{Document, ExternalRef};
+use crate::outcome::collect_outcome_data;
 use base64::Engine;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use std::time::Duration;
 
 /// A mapped reply, plus outcome documents the vendor only linked to.
@@ -134,6 +135,23 @@ fn map_body(
         }
     };
 
+    for spec in &mapping.base64_documents {
+        let text = match json.pointer(&spec.field) {
+            None | Some(Value::Null) => continue,
+            Some(Value::String(text)) => text,
+            Some(_) => {
+                return Err(DeliveryError::permanent(format!(
+                    "vendor reply: document at {}: not a base64 string",
+                    spec.field
+                )));
+            }
+        };
+        let document = spec
+            .decode(text)
+            .map_err(|e| DeliveryError::permanent(format!("vendor reply: {e}")))?;
+        documents.extend(document);
+    }
+
     Ok(Mapped {
         reply: VendorReply {
             status,
@@ -141,11 +159,44 @@ fn map_body(
             reason: text_at(&mapping.reason_pointer),
             external_refs: refs,
             documents,
+            outcome_data: outcome_data(mapping, &json)?,
             occurred_at,
             follow_up: None,
         },
         remote_documents,
     })
+}
+
+/// The reply's outcome data: the members of the object at
+/// `outcome_data_pointer`, then each `outcome_data` entry's value, as the
+/// vendor wrote it (the hub types it by the service's declaration).
+fn outcome_data(
+    mapping: &ResponseMapping,
+    json: &Value,
+) -> Result<Map<String, Value>, DeliveryError> {
+    let mut data = Map::new();
+    if let Some(ptr) = &mapping.outcome_data_pointer {
+        match json.pointer(ptr) {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(members)) => {
+                data.extend(
+                    members
+                        .iter()
+                        .filter(|(_, v)| !v.is_null())
+                        .map(|(k, v)| (k.clone(), v.clone())),
+                );
+            }
+            Some(_) => {
+                return Err(DeliveryError::permanent(format!(
+                    "vendor reply: {ptr} is not an object of outcome data"
+                )));
+            }
+        }
+    }
+    data.extend(collect_outcome_data(&mapping.outcome_data, |ptr| {
+        json.pointer(ptr).cloned()
+    }));
+    Ok(data)
 }
 
 fn parse_date(text: &str) -> Option<chrono::DateTime<chrono::Utc>> {
@@ -240,6 +291,41 @@ mod tests {
         assert_eq!(reply.external_refs[1].value, "77");
         assert_eq!(reply.documents[0].content, b"hello");
         assert_eq!(reply.documents[0].meta.size_bytes, 5);
+    }
+
+    #[test]
+    fn maps_outcome_data_and_a_base64_document() {
+        let m = ResponseMapping {
+            outcome_data: [
+                ("importo_dovuto".to_string(), "/importo".to_string()),
+                ("scadenza".to_string(), "/rate/0/scadenza".to_string()),
+                ("assente".to_string(), "/manca".to_string()),
+            ]
+            .into(),
+            outcome_data_pointer: Some("/extra".into()),
+            base64_documents: vec![crate::outcome::Base64Document {
+                field: "/avviso_pdf".into(),
+                name: "avviso.pdf".into(),
+                media_type: "application/pdf".into(),
+                max_bytes: 1024,
+            }],
+            ..mapping()
+        };
+        let body = br#"{"esito":"OK","importo":120.5,"rate":[{"scadenza":"2026-12-16"}],
+            "extra":{"codice_avviso":"3012","nullo":null},"avviso_pdf":"JVBERi0x"}"#;
+        let reply = map_success(&m, body, "tributi").unwrap().reply;
+        assert_eq!(
+            Value::Object(reply.outcome_data),
+            serde_json::json!({"importo_dovuto": 120.5, "scadenza": "2026-12-16", "codice_avviso": "3012"})
+        );
+        assert_eq!(reply.documents.len(), 1);
+        assert_eq!(reply.documents[0].meta.name, "avviso.pdf");
+        assert_eq!(reply.documents[0].content, b"%PDF-1");
+        let err = map_success(&m, br#"{"esito":"OK","avviso_pdf":"%%%"}"#, "x").unwrap_err();
+        assert_eq!(err.class, FailureClass::Permanent);
+        assert!(err.reason.contains("/avviso_pdf"), "{}", err.reason);
+        let err = map_success(&m, br#"{"esito":"OK","extra":[1]}"#, "x").unwrap_err();
+        assert!(err.reason.contains("/extra"), "{}", err.reason);
     }
 
     #[test]

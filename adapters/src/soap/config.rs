@@ -224,6 +224,11 @@ pub struct ResponseMapping {
     /// Paths every successful reply must have.
     #[serde(default)]
     pub required_paths: Vec<String>,
+    /// Outcome data: a field of the service's `outcome_data` declaration →
+    /// the path of its element (`importo_dovuto = "t:esito/t:importo"`),
+    /// whose text is the value (the hub types it by the declaration).
+    #[serde(default)]
+    pub outcome_data: BTreeMap<String, String>,
 }
 
 impl Default for ResponseMapping {
@@ -238,6 +243,7 @@ impl Default for ResponseMapping {
             date_path: None,
             documents: Vec::new(),
             required_paths: Vec::new(),
+            outcome_data: BTreeMap::new(),
         }
     }
 }

@@ -601,7 +601,9 @@ impl Protocol {
             });
         }
         let progress = self.mapper.map(&status, &self.name, false)?;
-        let has_news = progress.status.is_some() || !progress.external_refs.is_empty();
+        let has_news = progress.status.is_some()
+            || !progress.external_refs.is_empty()
+            || !progress.outcome_data.is_empty();
         let backoff = poll_backoff(pull.initial_interval, pull.max_interval, request.polls);
         Ok(PollOutcome::Pending {
             progress: has_news.then_some(progress),

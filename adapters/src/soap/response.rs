@@ -232,6 +232,8 @@ pub struct Mapper {
     date: Option<usize>,
     documents: Vec<usize>,
     required: Vec<usize>,
+    /// Each outcome data field with its capture index.
+    outcome: Vec<(String, usize)>,
     fault_code: Option<usize>,
 }
 
@@ -253,6 +255,7 @@ impl Mapper {
             date: None,
             documents: Vec::new(),
             required: Vec::new(),
+            outcome: Vec::new(),
             fault_code: None,
         };
         m.status = m.add_opt("response.status_path", &mapping.status_path, namespaces)?;
@@ -275,6 +278,12 @@ impl Mapper {
         for (i, p) in mapping.required_paths.iter().enumerate() {
             let idx = m.add(&format!("response.required_paths[{i}]"), p, namespaces)?;
             m.required.push(idx);
+        }
+        crate::outcome::validate_outcome_fields("response.outcome_data", &mapping.outcome_data)
+            .map_err(|(key, reason)| AdapterError::new(key, reason))?;
+        for (name, path) in &mapping.outcome_data {
+            let idx = m.add(&format!("response.outcome_data.{name}"), path, namespaces)?;
+            m.outcome.push((name.clone(), idx));
         }
         m.fault_code = m.add_opt("faults.code_path", &faults.code_path, namespaces)?;
         Ok(m)
@@ -389,12 +398,22 @@ impl Mapper {
                 documents.push(document(spec, cap, n, &reply.attachments)?);
             }
         }
+        // Text as the vendor wrote it: the hub types it by the declaration.
+        let outcome_data = self
+            .outcome
+            .iter()
+            .filter_map(|(name, i)| {
+                let text = self.text(reply, Some(*i))?;
+                Some((name.clone(), serde_json::Value::String(text)))
+            })
+            .collect();
         Ok(VendorReply {
             status,
             vendor_code,
             reason: self.text(reply, self.reason),
             external_refs: refs,
             documents,
+            outcome_data,
             occurred_at,
             follow_up: None,
         })

@@ -29,6 +29,7 @@ pub fn request() -> DeliveryRequest {
             attachments: vec![],
             submitted_at: chrono::Utc::now(),
             withdrawal_reason: None,
+            outcome_data: Default::default(),
         }),
         attempt: 1,
         route_vars: Arc::new(serde_json::Map::new()),

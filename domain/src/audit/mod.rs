@@ -58,11 +58,17 @@ pub fn next_link(head: Option<(i64, String)>) -> (i64, String) {
 /// The format of the event records written now. Format 1 (no `format` in
 /// `detail`) kept the event's own columns; format 2 adds the practice's
 /// service and applicant, so the chain also vouches for who a practice
-/// belongs to. Whoever links a record chooses its format and keeps it on
-/// the event row (`audit_format`, empty for 1), and the record is rebuilt
-/// in that format: older records verify as they were written, and so do
-/// those an instance of an earlier version links during an upgrade.
-pub const EVENT_FORMAT: i64 = 2;
+/// belongs to; format 3 adds the digest of the outcome data an event
+/// carries (none when it carries none). Whoever links a record chooses its
+/// format and keeps it on the event row (`audit_format`, empty for 1), and
+/// the record is rebuilt in that format: older records verify as they were
+/// written, and so do those an instance of an earlier version links during
+/// an upgrade (it knows nothing of outcome data, and its format says so).
+pub const EVENT_FORMAT: i64 = 3;
+
+/// The `format` a [`REFERENCES_ACTION`] record's detail names: the
+/// references record has not changed since format 2.
+const REFERENCES_FORMAT: i64 = 2;
 
 /// The action of the record that keeps the external references a change
 /// added to a practice (format 2 on; references are not events).
@@ -70,7 +76,7 @@ pub const REFERENCES_ACTION: &str = "references";
 
 /// What the audit trail keeps of a practice event (its `detail`): the
 /// event's own columns, so the record is recomputed from the event row.
-#[derive(serde::Serialize)]
+#[derive(Clone, serde::Serialize)]
 pub struct EventAudit<'a> {
     pub sequence: i64,
     pub source: &'a str,
@@ -90,11 +96,16 @@ pub struct EventAudit<'a> {
     /// the fiscal code itself (the trail is exported and handed over).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub applicant: Option<String>,
+    /// Format 3 on: [`outcome_data_digest`] of the outcome data the event
+    /// carries; absent when it carries none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome_data: Option<String>,
 }
 
 impl<'a> EventAudit<'a> {
     /// Adds what a record of `format` (`None`: format 1) carries besides
-    /// the event's columns: the practice's service and applicant.
+    /// the event's columns: the practice's service and applicant (format
+    /// 2 on), and keeps the outcome data's digest only from format 3.
     pub fn in_format(
         mut self,
         format: Option<i64>,
@@ -107,6 +118,9 @@ impl<'a> EventAudit<'a> {
             self.service_code = Some(service_code);
             self.applicant = Some(applicant_digest(practice_id, applicant_id));
         }
+        if format.is_none_or(|f| f < 3) {
+            self.outcome_data = None;
+        }
         self
     }
 
@@ -114,6 +128,14 @@ impl<'a> EventAudit<'a> {
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("strings and integers always serialize")
     }
+}
+
+/// How an event record vouches for the outcome data its event carries:
+/// SHA-256 of the data's JSON as the event row stores it. The values (an
+/// amount due, a certificate number) may be personal; the digest is not,
+/// and whoever holds the row can check it.
+pub fn outcome_data_digest(stored_json: &str) -> String {
+    sha256_hex(stored_json.as_bytes())
 }
 
 /// How an event record names the practice's applicant: SHA-256 over the
@@ -160,7 +182,7 @@ pub fn references_detail(references: &[ReferenceRecord]) -> String {
         references: &'a [ReferenceRecord],
     }
     serde_json::to_string(&Detail {
-        format: EVENT_FORMAT,
+        format: REFERENCES_FORMAT,
         references,
     })
     .expect("strings always serialize")
@@ -219,6 +241,7 @@ mod tests {
             format: None,
             service_code: None,
             applicant: None,
+            outcome_data: None,
         };
         let v1 = r#"{"sequence":1,"source":"applicant","from_status":null,"to_status":"SUBMITTED","from_delivery":null,"to_delivery":null,"reason":"r","vendor_code":null}"#;
         assert_eq!(event().to_json(), v1);
@@ -229,7 +252,7 @@ mod tests {
             v1
         );
         let v2 = event()
-            .in_format(Some(EVENT_FORMAT), "p-1", "TARI", "RSSMRA85M01H501Q")
+            .in_format(Some(2), "p-1", "TARI", "RSSMRA85M01H501Q")
             .to_json();
         assert_eq!(
             v2,
@@ -249,6 +272,49 @@ mod tests {
         assert_ne!(
             applicant_digest("p-1", "RSSMRA85M01H501Q"),
             applicant_digest("p-2", "RSSMRA85M01H501Q")
+        );
+    }
+
+    /// Outcome data adds a member only to the records of events that
+    /// carry some: the others hash exactly as before.
+    #[test]
+    fn an_event_with_outcome_data_records_its_digest() {
+        let stored = r#"{"importo_dovuto":120.5}"#;
+        let event = EventAudit {
+            sequence: 3,
+            source: "adapter",
+            from_status: Some("REGISTERED"),
+            to_status: Some("APPROVED"),
+            from_delivery: None,
+            to_delivery: None,
+            reason: None,
+            vendor_code: None,
+            format: None,
+            service_code: None,
+            applicant: None,
+            outcome_data: Some(outcome_data_digest(stored)),
+        };
+        let v3 = event
+            .clone()
+            .in_format(Some(EVENT_FORMAT), "p-1", "TARI", "RSSMRA85M01H501Q")
+            .to_json();
+        assert_eq!(
+            v3,
+            format!(
+                r#"{{"sequence":3,"source":"adapter","from_status":"REGISTERED","to_status":"APPROVED","from_delivery":null,"to_delivery":null,"reason":null,"vendor_code":null,"format":3,"service_code":"TARI","applicant":"{}","outcome_data":"{}"}}"#,
+                applicant_digest("p-1", "RSSMRA85M01H501Q"),
+                sha256_hex(stored.as_bytes())
+            )
+        );
+        assert!(!v3.contains("120.5"), "no values in the trail");
+        // A record linked in format 2 (an instance of an earlier version)
+        // is rebuilt without it, as it was hashed.
+        let v2 = event
+            .in_format(Some(2), "p-1", "TARI", "RSSMRA85M01H501Q")
+            .to_json();
+        assert!(
+            !v2.contains("outcome_data") && v2.contains(r#""format":2"#),
+            "{v2}"
         );
     }
 

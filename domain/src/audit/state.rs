@@ -442,6 +442,7 @@ mod tests {
             format: None,
             service_code: None,
             applicant: None,
+            outcome_data: None,
         }
         .in_format(format, "p-1", "TARI", CF)
         .to_json()

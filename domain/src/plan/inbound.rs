@@ -1,7 +1,7 @@
 //! Results that arrive after the delivery (callbacks, reply queues, result
 //! files, polls): which practice they are about, and what they change.
 
-use super::{Plan, PracticeState, Refused};
+use super::{Plan, PracticeState, Refused, new_outcome_data};
 use crate::adapter::{Anomaly, AnomalyClass, Correlation, VendorReply};
 use crate::model::ExternalRef;
 use crate::practice::{EventDraft, EventKind, EventSource};
@@ -85,8 +85,9 @@ pub enum Verdict {
 /// applied — all of it or none:
 ///
 /// - on a concluded practice, a result that says nothing new (the same
-///   status, known references and documents) is applied and changes
-///   nothing; one that says anything new is [`AnomalyClass::Late`];
+///   status, known references, documents and outcome data) is applied
+///   and changes nothing; one that says anything new is
+///   [`AnomalyClass::Late`];
 /// - on an open practice, a status the state machine does not allow, or a
 ///   [`SINGLE_VALUED_KINDS`] reference that differs from the one the same
 ///   system gave earlier, is [`AnomalyClass::Contradictory`];
@@ -127,10 +128,14 @@ pub fn plan_result(
         .filter(|d| !known.documents.contains(&d.meta.sha256))
         .count();
     let new_status = reply.status.filter(|s| *s != current);
+    let new_data = new_outcome_data(&state.outcome_data, &reply.outcome_data);
     let arrived = describe(reply, &refs);
     let mut plan = Plan::from_state(state);
     let anomaly = if current.is_terminal() {
-        let news = new_status.is_some() || !new_refs.is_empty() || new_documents > 0;
+        let news = new_status.is_some()
+            || !new_refs.is_empty()
+            || new_documents > 0
+            || !new_data.is_empty();
         news.then(|| Anomaly {
             class: AnomalyClass::Late,
             reason: format!(
@@ -169,6 +174,8 @@ pub fn plan_result(
         vendor_code: reply.vendor_code.clone(),
         actor: actor.to_string(),
         occurred_at: Some(reply.occurred_at.unwrap_or(now)),
+        // What arrived is recorded with the anomaly, not merged.
+        outcome_data: (!reply.outcome_data.is_empty()).then(|| reply.outcome_data.clone()),
     });
     (plan, Verdict::Anomaly(anomaly))
 }
@@ -206,6 +213,11 @@ fn describe(reply: &VendorReply, refs: &[ExternalRef]) -> String {
         0 => {}
         1 => parts.push("1 document".into()),
         n => parts.push(format!("{n} documents")),
+    }
+    if !reply.outcome_data.is_empty() {
+        // Names only: the values are on the event's outcome data.
+        let names: Vec<&str> = reply.outcome_data.keys().map(String::as_str).collect();
+        parts.push(format!("outcome data {}", names.join(", ")));
     }
     if let Some(reason) = &reply.reason {
         parts.push(format!("reason \"{reason}\""));
@@ -386,6 +398,138 @@ mod tests {
         assert_eq!(answered_delivery(&by_op, &s), Some("op-0"));
         let by_id = Correlation::PracticeId("p-1".into());
         assert_eq!(answered_delivery(&by_id, &s), Some("op-1"));
+    }
+
+    fn with_data(status: AdminStatus, data: serde_json::Value) -> VendorReply {
+        VendorReply {
+            status: Some(status),
+            outcome_data: data.as_object().cloned().unwrap(),
+            ..VendorReply::default()
+        }
+    }
+
+    #[test]
+    fn outcome_data_rides_on_the_status_change_or_on_an_event_of_its_own() {
+        let (plan, _) = plan_result(
+            state(AdminStatus::Submitted, DeliveryStatus::Acknowledged),
+            &Known::default(),
+            &with_data(
+                AdminStatus::Registered,
+                serde_json::json!({"importo": 120.5}),
+            ),
+            "tributi",
+            Utc::now(),
+        );
+        assert_eq!(plan.events.len(), 1);
+        assert_eq!(plan.events[0].kind, EventKind::StatusChanged);
+        assert_eq!(
+            plan.events[0].outcome_data,
+            Some(
+                serde_json::json!({"importo": 120.5})
+                    .as_object()
+                    .cloned()
+                    .unwrap()
+            )
+        );
+        // The same status with one field more: only the new field, on an
+        // event of its own; the practice holds both.
+        let (plan, verdict) = plan_result(
+            plan.state,
+            &Known::default(),
+            &with_data(
+                AdminStatus::Registered,
+                serde_json::json!({"importo": 120.5, "avviso": "3012"}),
+            ),
+            "tributi",
+            Utc::now(),
+        );
+        assert_eq!(verdict, Verdict::Applied);
+        assert_eq!(plan.events.len(), 1);
+        assert_eq!(plan.events[0].kind, EventKind::OutcomeData);
+        assert_eq!(
+            plan.events[0].outcome_data,
+            Some(
+                serde_json::json!({"avviso": "3012"})
+                    .as_object()
+                    .cloned()
+                    .unwrap()
+            )
+        );
+        assert_eq!(
+            serde_json::Value::Object(plan.state.outcome_data.clone()),
+            serde_json::json!({"importo": 120.5, "avviso": "3012"})
+        );
+        // Saying it all again says nothing.
+        let (plan, _) = plan_result(
+            plan.state,
+            &Known::default(),
+            &with_data(
+                AdminStatus::Registered,
+                serde_json::json!({"avviso": "3012"}),
+            ),
+            "tributi",
+            Utc::now(),
+        );
+        assert!(plan.events.is_empty());
+    }
+
+    #[test]
+    fn new_outcome_data_for_a_concluded_practice_is_late_and_not_merged() {
+        let mut concluded = state(AdminStatus::Approved, DeliveryStatus::Acknowledged);
+        concluded.outcome_data = serde_json::json!({"importo": 10})
+            .as_object()
+            .cloned()
+            .unwrap();
+        let (plan, verdict) = plan_result(
+            concluded.clone(),
+            &Known::default(),
+            &with_data(AdminStatus::Approved, serde_json::json!({"importo": 12})),
+            "tributi",
+            Utc::now(),
+        );
+        let Verdict::Anomaly(anomaly) = verdict else {
+            panic!("{verdict:?}")
+        };
+        assert_eq!(anomaly.class, AnomalyClass::Late);
+        assert!(
+            anomaly.reason.contains("outcome data importo"),
+            "{anomaly:?}"
+        );
+        assert!(
+            !anomaly.reason.contains("12"),
+            "names, not values: {anomaly:?}"
+        );
+        assert_eq!(plan.state.outcome_data, concluded.outcome_data);
+        assert_eq!(
+            plan.events[0].outcome_data,
+            Some(
+                serde_json::json!({"importo": 12})
+                    .as_object()
+                    .cloned()
+                    .unwrap()
+            )
+        );
+        let (_, verdict) = plan_result(
+            concluded,
+            &Known::default(),
+            &with_data(AdminStatus::Approved, serde_json::json!({"importo": 10})),
+            "tributi",
+            Utc::now(),
+        );
+        assert_eq!(verdict, Verdict::Applied, "the same data again");
+    }
+
+    #[test]
+    fn outcome_data_of_a_refused_transition_is_recorded_not_merged() {
+        let plan = plan_report(
+            state(AdminStatus::Withdrawn, DeliveryStatus::Acknowledged),
+            &with_data(AdminStatus::Approved, serde_json::json!({"importo": 1})),
+            "suap",
+            Utc::now(),
+        );
+        assert_eq!(plan.events[0].kind, EventKind::Anomaly);
+        assert!(plan.events[0].outcome_data.is_some());
+        assert!(plan.state.outcome_data.is_empty());
     }
 
     #[test]

@@ -21,9 +21,10 @@ use crate::adapter::VendorReply;
 use crate::apply::{StatusState, plan_reply};
 use crate::job::JobState;
 use crate::model::{AdminStatus, Document, ExternalRef, Operation};
-use crate::practice::{EventDraft, EventKind};
+use crate::practice::{EventDraft, EventKind, EventSource};
 use crate::status::{DeliveryStatus, delivery_transition_allowed};
 use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
 
 /// What planners read of a stored practice.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,6 +34,8 @@ pub struct PracticeState {
     /// The practice's current delivery (the job whose status it shows).
     pub current_operation_id: Option<String>,
     pub legal_term_days: u32,
+    /// The outcome data earlier results set (merged).
+    pub outcome_data: Map<String, Value>,
 }
 
 impl PracticeState {
@@ -199,7 +202,14 @@ impl Plan {
     }
 
     /// Applies a vendor's report: its administrative effect (or an anomaly),
-    /// its references and its documents.
+    /// its outcome data, its references and its documents.
+    ///
+    /// The outcome data it adds or changes ([`new_outcome_data`]) is
+    /// merged into the practice's and carried by the report's status
+    /// change, or by an [`EventKind::OutcomeData`] event when the status
+    /// stays: a watcher sees it with the result that set it. A status the
+    /// state machine refuses is an anomaly, and its data is recorded on
+    /// that event, not merged.
     pub fn apply_report(&mut self, reply: &VendorReply, actor: &str, now: DateTime<Utc>) {
         let planned = plan_reply(
             &StatusState {
@@ -210,7 +220,35 @@ impl Plan {
             actor,
             now,
         );
+        let data = new_outcome_data(&self.state.outcome_data, &reply.outcome_data);
+        let first = self.events.len();
         self.events.extend(planned.events);
+        if !data.is_empty() {
+            match self.events[first..].last_mut() {
+                Some(event) => {
+                    if event.kind != EventKind::Anomaly {
+                        self.state.outcome_data.extend(data.clone());
+                    }
+                    event.outcome_data = Some(data);
+                }
+                None => {
+                    self.state.outcome_data.extend(data.clone());
+                    self.events.push(EventDraft {
+                        source: EventSource::Adapter,
+                        kind: EventKind::OutcomeData,
+                        from_status: None,
+                        to_status: None,
+                        from_delivery: None,
+                        to_delivery: None,
+                        reason: None,
+                        vendor_code: reply.vendor_code.clone(),
+                        actor: actor.to_string(),
+                        occurred_at: Some(reply.occurred_at.unwrap_or(now)),
+                        outcome_data: Some(data),
+                    });
+                }
+            }
+        }
         if let Some(to) = planned.new_status {
             let earlier = self.outcome.take().unwrap_or_default();
             self.outcome = Some(OutcomeChange {
@@ -238,6 +276,19 @@ impl Plan {
     }
 }
 
+/// The fields of `reported` that `known` does not hold with the same
+/// value: what a result adds to or changes in a practice's outcome data.
+pub fn new_outcome_data(
+    known: &Map<String, Value>,
+    reported: &Map<String, Value>,
+) -> Map<String, Value> {
+    reported
+        .iter()
+        .filter(|(name, value)| known.get(*name) != Some(*value))
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect()
+}
+
 #[cfg(test)]
 pub(crate) mod fixtures {
     use super::*;
@@ -249,6 +300,7 @@ pub(crate) mod fixtures {
             delivery_status: Some(delivery),
             current_operation_id: Some("op-1".into()),
             legal_term_days: 30,
+            outcome_data: Map::new(),
         }
     }
 }

@@ -20,6 +20,7 @@ pub fn plan_submission(new: &NewPractice, operation_id: &str, claim: bool) -> Pl
         delivery_status: Some(delivery),
         current_operation_id: Some(operation_id.to_string()),
         legal_term_days: new.legal_term_days,
+        outcome_data: serde_json::Map::new(),
     });
     let (source, actor) = match new.content.channel.operator_id.as_str() {
         "" => (EventSource::Applicant, "applicant"),

@@ -49,6 +49,13 @@ fn rfc3339(t: &Option<Timestamp>) -> Value {
         })
 }
 
+/// Outcome data as JSON (`null` when there is none).
+fn outcome_data_json(data: Option<&prost_types::Struct>) -> Value {
+    data.map_or(Value::Null, |s| {
+        Value::Object(crate::grpc::convert::struct_to_json(s.clone()))
+    })
+}
+
 /// A JSON array of canonical messages.
 fn json_array<T: prost::Message>(name: &str, items: &[T]) -> Value {
     Value::Array(items.iter().map(|m| to_json(name, m)).collect())
@@ -70,6 +77,8 @@ impl Printer {
                 },
                 self.style.status(status_name(e.to_status))
             )
+        } else if e.kind == pb::EventKind::OutcomeDataChanged as i32 {
+            "outcome data".to_string()
         } else {
             format!(
                 "delivery {} -> {}",
@@ -91,8 +100,12 @@ impl Printer {
         } else {
             format!("  ({})", e.reason)
         };
+        let data = match outcome_data_json(e.outcome_data.as_ref()) {
+            Value::Null => String::new(),
+            data => format!("  {data}"),
+        };
         format!(
-            "  #{:<3} {} {change}{anomaly}  by {}{reason}",
+            "  #{:<3} {} {change}{anomaly}  by {}{reason}{data}",
             e.sequence,
             self.time(&e.recorded_at),
             e.actor
@@ -127,6 +140,11 @@ impl Printer {
         }
         for r in &p.external_refs {
             println!("  ref       {} {} ({})", r.kind, r.value, r.system);
+        }
+        if let Value::Object(data) = outcome_data_json(p.outcome_data.as_ref()) {
+            for (name, value) in data {
+                println!("  data      {name} = {value}");
+            }
         }
         if let Some(o) = &p.outcome {
             let reason = if o.reason.is_empty() {

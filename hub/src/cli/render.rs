@@ -104,6 +104,7 @@ pub fn render(
         attachments,
         submitted_at: chrono::Utc::now(),
         withdrawal_reason,
+        outcome_data: Default::default(),
     };
     let request = DeliveryRequest {
         message: Arc::new(message),

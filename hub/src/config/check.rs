@@ -200,36 +200,48 @@ pub fn check(cfg: &Config) -> Vec<ConfigIssue> {
                 "must be at least 1".into(),
             );
         }
-        let mut seen = std::collections::HashSet::new();
-        for (i, field) in service.fields.iter().enumerate() {
-            let key = format!("services.{code}.fields[{i}]");
-            if field.name.is_empty() {
-                add(format!("{key}.name"), "is empty".into());
-            } else if !seen.insert(field.name.as_str()) {
-                add(
-                    format!("{key}.name"),
-                    format!("field '{}' is declared twice", field.name),
-                );
-            }
-            if field.pattern.is_some() && field.field_type != super::FieldType::String {
-                add(
-                    format!("{key}.pattern"),
-                    "applies to string fields only".into(),
-                );
-            }
-            if let Some(p) = &field.pattern
-                && let Err(e) = regex::Regex::new(&format!("^(?:{p})$"))
-            {
-                // regex reports over several lines; keep one line per problem.
-                let e = e
-                    .to_string()
-                    .split_whitespace()
-                    .collect::<Vec<_>>()
-                    .join(" ");
-                add(
-                    format!("{key}.pattern"),
-                    format!("not a valid regular expression: {e}"),
-                );
+        for (list, fields) in [
+            ("fields", &service.fields),
+            ("outcome_data", &service.outcome_data),
+        ] {
+            let mut seen = std::collections::HashSet::new();
+            for (i, field) in fields.iter().enumerate() {
+                let key = format!("services.{code}.{list}[{i}]");
+                if field.name.is_empty() {
+                    add(format!("{key}.name"), "is empty".into());
+                } else if !seen.insert(field.name.as_str()) {
+                    add(
+                        format!("{key}.name"),
+                        format!("field '{}' is declared twice", field.name),
+                    );
+                }
+                if list == "outcome_data" && field.required {
+                    add(
+                        format!("{key}.required"),
+                        "results bring outcome data in parts: an outcome field cannot be required"
+                            .into(),
+                    );
+                }
+                if field.pattern.is_some() && field.field_type != super::FieldType::String {
+                    add(
+                        format!("{key}.pattern"),
+                        "applies to string fields only".into(),
+                    );
+                }
+                if let Some(p) = &field.pattern
+                    && let Err(e) = regex::Regex::new(&format!("^(?:{p})$"))
+                {
+                    // regex reports over several lines; keep one line per problem.
+                    let e = e
+                        .to_string()
+                        .split_whitespace()
+                        .collect::<Vec<_>>()
+                        .join(" ");
+                    add(
+                        format!("{key}.pattern"),
+                        format!("not a valid regular expression: {e}"),
+                    );
+                }
             }
         }
     }

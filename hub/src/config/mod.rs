@@ -434,6 +434,12 @@ pub struct ServiceConfig {
     /// The form fields submissions are validated against.
     #[serde(default)]
     pub fields: Vec<FieldConfig>,
+    /// The outcome data vendors' results may carry (an amount due, a
+    /// certificate's number), declared like form fields; results are
+    /// checked against it, and typed by it. Results bring it in parts, so
+    /// no field is `required`.
+    #[serde(default)]
+    pub outcome_data: Vec<FieldConfig>,
 }
 
 /// `[[services.CODE.fields]]`.

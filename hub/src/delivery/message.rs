@@ -36,6 +36,7 @@ pub fn build_message(
             Operation::Withdraw => practice.outcome.as_ref().and_then(|o| o.reason.clone()),
             Operation::Submit => None,
         },
+        outcome_data: practice.outcome_data.clone(),
     }
 }
 
@@ -58,6 +59,7 @@ pub fn submission_message(new: &NewPractice, mode: AttachmentMode) -> Normalized
         attachments: message_attachments(&new.attachments, mode == AttachmentMode::Inline),
         submitted_at: new.received_at,
         withdrawal_reason: None,
+        outcome_data: Default::default(),
     }
 }
 

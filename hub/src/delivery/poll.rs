@@ -9,12 +9,57 @@
 
 use super::worker::{policy, record};
 use crate::adapters::AdapterInstance;
+use crate::domain::outcome::checked_reply;
 use crate::practices::PracticeService;
 use crate::store::{AttemptResult, ClaimedPoll};
 use chrono::Utc;
 use raccordo_adapters::{DeliveryError, FailureClass, PollOutcome, PollRequest, VendorReply};
 use std::time::Duration;
 use tracing::Instrument;
+
+/// What a poll found, its outcome data checked and typed for the
+/// practice's service (read only when the vendor sent some): data the
+/// declaration refuses is a permanent failure, as in a synchronous reply.
+async fn checked_poll(
+    service: &PracticeService,
+    claimed: &ClaimedPoll,
+    found: PollOutcome,
+) -> Result<PollOutcome, DeliveryError> {
+    let reply = match &found {
+        PollOutcome::Done(reply) => reply,
+        PollOutcome::Pending {
+            progress: Some(reply),
+            ..
+        } => reply,
+        PollOutcome::Pending { progress: None, .. } => return Ok(found),
+    };
+    if reply.outcome_data.is_empty() {
+        return Ok(found);
+    }
+    let job = &claimed.job;
+    let practice = service
+        .store()
+        .get_practice(&job.tenant_id, &job.practice_id, false)
+        .await
+        .map_err(|e| DeliveryError::transient(format!("cannot read the practice: {e}")))?;
+    let config = service.config();
+    Ok(match found {
+        PollOutcome::Done(reply) => {
+            PollOutcome::Done(checked_reply(config, &practice.service_code, reply)?)
+        }
+        PollOutcome::Pending {
+            progress,
+            token,
+            poll_after,
+        } => PollOutcome::Pending {
+            progress: progress
+                .map(|r| checked_reply(config, &practice.service_code, r))
+                .transpose()?,
+            token,
+            poll_after,
+        },
+    })
+}
 
 /// Polls once and records what was found.
 pub(super) async fn poll_once(
@@ -36,6 +81,10 @@ pub(super) async fn poll_once(
         })
         .instrument(span)
         .await;
+    let outcome = match outcome {
+        Ok(found) => checked_poll(service, &claimed, found).await,
+        Err(e) => Err(e),
+    };
     let now = Utc::now();
     let (progress, token, after, error) = match outcome {
         Ok(PollOutcome::Done(reply)) => {

@@ -83,6 +83,7 @@ mod tests {
             attachments: Vec::new(),
             submitted_at: chrono::Utc::now(),
             withdrawal_reason: None,
+            outcome_data: Default::default(),
         }
     }
 

@@ -4,6 +4,7 @@ use super::build_message;
 use crate::adapters::AdapterInstance;
 use crate::config::AttachmentMode;
 use crate::config::RouteConfig;
+use crate::domain::outcome::checked_reply;
 use crate::domain::practice::Practice;
 use crate::domain::retry::{RetryDecision, RetryPolicy};
 use crate::metrics::AdapterLabels;
@@ -321,6 +322,7 @@ pub(crate) async fn deliver(
         .as_deref()
         .and_then(TraceContext::parse)
         .map(|t| t.child());
+    let service_code = message.service_code.clone();
     let request = DeliveryRequest {
         message: Arc::new(message),
         attempt: job.attempt,
@@ -339,7 +341,11 @@ pub(crate) async fn deliver(
             .clone(),
     );
     let started = std::time::Instant::now();
-    let outcome = instance.adapter.deliver(request).await;
+    let outcome = instance
+        .adapter
+        .deliver(request)
+        .await
+        .and_then(|reply| checked_reply(service.config(), &service_code, reply));
     drop(in_flight);
     metrics
         .delivery_duration

@@ -202,6 +202,71 @@ pub fn check_form(
     }
 }
 
+/// Checks a vendor result's outcome data against the service's
+/// `outcome_data` declaration and types it: text (an XML element, a CSV
+/// cell) is read as the declared integer, number or boolean, so the
+/// practice holds the same JSON whatever protocol carried it. The first
+/// offending field is the error: `outcome_data.NAME: reason`, or an
+/// undeclared one (nothing is silently dropped).
+pub fn check_outcome_data(
+    data: &serde_json::Map<String, Value>,
+    fields: &[FieldConfig],
+) -> Result<serde_json::Map<String, Value>, String> {
+    let mut typed = serde_json::Map::new();
+    for (name, value) in data {
+        let path = format!("outcome_data.{}", cut(name));
+        let Some(field) = fields.iter().find(|f| &f.name == name) else {
+            return Err(format!(
+                "{path}: is not declared in the service's outcome_data"
+            ));
+        };
+        let value = typed_text(value, field.field_type);
+        check_value(&value, field).map_err(|reason| format!("{path}: {reason}"))?;
+        typed.insert(name.clone(), value);
+    }
+    Ok(typed)
+}
+
+/// `value` as `ty` when it is text that reads as one (`"12"` for an
+/// integer, `"120.50"` for a number, `"true"` for a boolean), or a number
+/// in the one JSON form of its type (integers as integers, numbers as
+/// floating point), so that the same amount compares equal whichever way
+/// it came; else as it is.
+fn typed_text(value: &Value, ty: FieldType) -> Value {
+    let float = |f: f64| {
+        Some(f)
+            .filter(|f| f.is_finite())
+            .and_then(serde_json::Number::from_f64)
+            .map(Value::Number)
+    };
+    let whole = |f: f64| (f.fract() == 0.0 && f.abs() < 9e15).then(|| Value::from(f as i64));
+    if let Value::Number(n) = value {
+        let normal = match ty {
+            FieldType::Integer => n
+                .as_i64()
+                .map(Value::from)
+                .or_else(|| n.as_f64().and_then(whole)),
+            FieldType::Number => n.as_f64().and_then(float),
+            _ => None,
+        };
+        return normal.unwrap_or_else(|| value.clone());
+    }
+    let Some(text) = value.as_str().map(str::trim) else {
+        return value.clone();
+    };
+    let parsed = match ty {
+        FieldType::Integer => text.parse::<i64>().ok().map(Value::from),
+        FieldType::Number => text.parse::<f64>().ok().and_then(float),
+        FieldType::Boolean => match text {
+            "true" => Some(Value::Bool(true)),
+            "false" => Some(Value::Bool(false)),
+            _ => None,
+        },
+        FieldType::String | FieldType::Date | FieldType::Email => None,
+    };
+    parsed.unwrap_or_else(|| value.clone())
+}
+
 fn check_value(value: &Value, field: &FieldConfig) -> Result<(), String> {
     match field.field_type {
         FieldType::String => {
@@ -400,6 +465,58 @@ mod tests {
             ]
         );
         assert!(v.0[1].description.contains("[0-9]{5}"));
+    }
+
+    #[test]
+    fn outcome_data_is_typed_by_its_declaration() {
+        let fields = vec![
+            field("importo_dovuto", FieldType::Number, false, None),
+            field("rate", FieldType::Integer, false, None),
+            field("pagato", FieldType::Boolean, false, None),
+            field("scadenza", FieldType::Date, false, None),
+            field("numero", FieldType::String, false, Some("C-[0-9]+")),
+        ];
+        let data = serde_json::json!({"importo_dovuto": " 120.50", "rate": "3", "pagato": "false",
+            "scadenza": "2026-12-16", "numero": "C-12"});
+        let typed = check_outcome_data(data.as_object().unwrap(), &fields).unwrap();
+        assert_eq!(
+            Value::Object(typed),
+            serde_json::json!({"importo_dovuto": 120.5, "rate": 3, "pagato": false,
+                "scadenza": "2026-12-16", "numero": "C-12"})
+        );
+        // JSON values are taken as they are.
+        let data = serde_json::json!({"importo_dovuto": 7, "rate": 2});
+        assert!(check_outcome_data(data.as_object().unwrap(), &fields).is_ok());
+    }
+
+    #[test]
+    fn bad_outcome_data_names_the_field() {
+        let fields = vec![
+            field("importo_dovuto", FieldType::Number, false, None),
+            field("scadenza", FieldType::Date, false, None),
+            field("numero", FieldType::String, false, Some("C-[0-9]+")),
+        ];
+        for (data, want) in [
+            (
+                serde_json::json!({"importo_dovuto": "tanti"}),
+                "outcome_data.importo_dovuto: must be a number",
+            ),
+            (
+                serde_json::json!({"scadenza": "16/12/2026"}),
+                "outcome_data.scadenza: must be a date as YYYY-MM-DD",
+            ),
+            (
+                serde_json::json!({"numero": "X"}),
+                "outcome_data.numero: does not match the pattern C-[0-9]+",
+            ),
+            (
+                serde_json::json!({"sconosciuto": 1}),
+                "outcome_data.sconosciuto: is not declared in the service's outcome_data",
+            ),
+        ] {
+            let e = check_outcome_data(data.as_object().unwrap(), &fields).unwrap_err();
+            assert_eq!(e, want);
+        }
     }
 
     #[test]

@@ -359,6 +359,7 @@ pub fn practice_pb(p: &Practice, events: &[Event]) -> pb::Practice {
         legal_deadline: p.legal_deadline.map(to_timestamp),
         concluded_at: p.concluded_at.map(to_timestamp),
         mode: mode_pb(p.mode) as i32,
+        outcome_data: (!p.outcome_data.is_empty()).then(|| json_to_struct(&p.outcome_data)),
     }
 }
 
@@ -380,6 +381,7 @@ pub fn event_pb(e: &Event) -> pb::PracticeEvent {
             EventKind::StatusChanged => pb::EventKind::StatusChanged,
             EventKind::DeliveryChanged => pb::EventKind::DeliveryChanged,
             EventKind::Anomaly => pb::EventKind::Anomaly,
+            EventKind::OutcomeData => pb::EventKind::OutcomeDataChanged,
         } as i32,
         from_status: e.from_status.map_or(0, |s| status_pb(s) as i32),
         to_status: e.to_status.map_or(0, |s| status_pb(s) as i32),
@@ -390,6 +392,7 @@ pub fn event_pb(e: &Event) -> pb::PracticeEvent {
         cursor: e.cursor as u64,
         service_code: e.service_code.clone(),
         actor: e.actor.clone(),
+        outcome_data: e.outcome_data.as_ref().map(json_to_struct),
     }
 }
 
@@ -404,18 +407,20 @@ pub fn service_pb(entry: &CatalogEntry) -> pb::Service {
         legal_term_days: s.legal_term_days,
         administrative_regime: s.regime.clone(),
         mode: mode_pb(entry.mode) as i32,
-        fields: s
-            .fields
-            .iter()
-            .map(|f| pb::FormField {
-                name: f.name.clone(),
-                r#type: f.field_type.as_str().to_string(),
-                required: f.required,
-                pattern: f.pattern.clone().unwrap_or_default(),
-                description: f.description.clone(),
-            })
-            .collect(),
+        fields: s.fields.iter().map(form_field_pb).collect(),
         withdrawal_forwarded: entry.withdrawal_forwarded,
+        outcome_fields: s.outcome_data.iter().map(form_field_pb).collect(),
+    }
+}
+
+/// A declared field (form or outcome data) → the wire message.
+fn form_field_pb(f: &crate::config::FieldConfig) -> pb::FormField {
+    pb::FormField {
+        name: f.name.clone(),
+        r#type: f.field_type.as_str().to_string(),
+        required: f.required,
+        pattern: f.pattern.clone().unwrap_or_default(),
+        description: f.description.clone(),
     }
 }
 

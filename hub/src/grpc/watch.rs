@@ -383,6 +383,7 @@ mod tests {
             reason: Some("ok".into()),
             vendor_code: Some("V-9".into()),
             actor: "sim".into(),
+            outcome_data: None,
         }
     }
 

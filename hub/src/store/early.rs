@@ -24,10 +24,11 @@
 //!
 //! [`InboundVerdict::Pending`]: super::InboundVerdict::Pending
 
-use super::{InboundVerdict, RecordedAnomaly, StoreError};
+use super::{InboundVerdict, OutcomeCheck, RecordedAnomaly, StoreError};
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use raccordo_adapters::VendorReply;
+use raccordo_adapters::adapter::InboundResult;
 use raccordo_adapters::adapter::{Anomaly, AnomalyClass};
 use raccordo_adapters::model::{AdminStatus, Document, ExternalRef};
 use raccordo_domain::plan::Verdict;
@@ -86,6 +87,26 @@ pub(super) fn recorded(adapter: &str, v: &Verdict) -> Option<RecordedAnomaly> {
     }
 }
 
+/// `result` with its outcome data checked and typed by `check` for
+/// `service` (see [`Store::apply_inbound_checked`]); refused as a
+/// conflict naming the field.
+///
+/// [`Store::apply_inbound_checked`]: crate::store::Store::apply_inbound_checked
+pub(super) fn checked(
+    result: &InboundResult,
+    service: &str,
+    check: &OutcomeCheck,
+) -> Result<InboundResult, StoreError> {
+    let outcome_data = check(service, &result.reply.outcome_data).map_err(StoreError::Conflict)?;
+    Ok(InboundResult {
+        reply: VendorReply {
+            outcome_data,
+            ..result.reply.clone()
+        },
+        ..result.clone()
+    })
+}
+
 /// A vendor's reply as `early_results.reply` holds it (JSON).
 #[derive(Debug, Serialize, Deserialize)]
 struct StoredReply {
@@ -99,6 +120,9 @@ struct StoredReply {
     external_refs: Vec<ExternalRef>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     documents: Vec<StoredDocument>,
+    /// Already checked and typed by the service's declaration.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    outcome_data: serde_json::Map<String, serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     occurred_at: Option<DateTime<Utc>>,
 }
@@ -128,6 +152,7 @@ pub(super) fn encode(reply: &VendorReply) -> Result<String, StoreError> {
                 content_base64: b64.encode(&d.content),
             })
             .collect(),
+        outcome_data: reply.outcome_data.clone(),
         occurred_at: reply.occurred_at,
     };
     serde_json::to_string(&stored).map_err(|e| StoreError::Internal(e.to_string()))
@@ -154,6 +179,7 @@ pub(super) fn decode(text: &str) -> Result<VendorReply, StoreError> {
         reason: stored.reason,
         external_refs: stored.external_refs,
         documents,
+        outcome_data: stored.outcome_data,
         occurred_at: stored.occurred_at,
         follow_up: None,
     })
@@ -180,6 +206,10 @@ mod tests {
                 "application/pdf",
                 b"%PDF".to_vec(),
             )],
+            outcome_data: serde_json::json!({"importo_dovuto": 120.5})
+                .as_object()
+                .cloned()
+                .unwrap(),
             occurred_at: Some(Utc::now()),
             follow_up: None,
         };
@@ -189,6 +219,7 @@ mod tests {
         assert_eq!(back.reason, reply.reason);
         assert_eq!(back.external_refs, reply.external_refs);
         assert_eq!(back.documents, reply.documents);
+        assert_eq!(back.outcome_data, reply.outcome_data);
         assert_eq!(back.occurred_at, reply.occurred_at);
     }
 

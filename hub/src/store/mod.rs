@@ -13,6 +13,7 @@ mod audit_record;
 #[cfg(test)]
 mod contract;
 mod early;
+mod outcome_data;
 pub mod postgres;
 mod schema;
 pub mod sqlite;
@@ -252,6 +253,18 @@ pub struct DeadLetter {
     pub dead_lettered_at: DateTime<Utc>,
 }
 
+/// Checks and types a result's outcome data for its practice's service:
+/// `(service_code, data)` → the data typed by the service's declaration,
+/// or why it is refused, naming the field (the hub's catalogue).
+pub type OutcomeCheck = std::sync::Arc<
+    dyn Fn(
+            &str,
+            &serde_json::Map<String, serde_json::Value>,
+        ) -> Result<serde_json::Map<String, serde_json::Value>, String>
+        + Send
+        + Sync,
+>;
+
 /// Durable state of the hub.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -438,7 +451,24 @@ pub trait Store: Send + Sync + 'static {
     /// first was ([`InboundVerdict::Duplicate`], or the anomaly again). A
     /// result for a delivery in flight is stored and applied when its
     /// attempt ends ([`InboundVerdict::Pending`]).
-    async fn apply_inbound(&self, result: &InboundResult) -> Result<InboundVerdict, StoreError>;
+    ///
+    /// Its outcome data is taken as it is: the hub applies results with
+    /// [`apply_inbound_checked`](Self::apply_inbound_checked).
+    async fn apply_inbound(&self, result: &InboundResult) -> Result<InboundVerdict, StoreError> {
+        self.apply_inbound_checked(result, None).await
+    }
+
+    /// [`apply_inbound`](Self::apply_inbound), with the result's outcome
+    /// data (when it carries some) first checked and typed by `check` for
+    /// the service of the practice it correlates to, before anything is
+    /// stored: data the check refuses refuses the result
+    /// ([`StoreError::Conflict`] with the check's reason), even one that
+    /// would wait for its attempt.
+    async fn apply_inbound_checked(
+        &self,
+        result: &InboundResult,
+        check: Option<OutcomeCheck>,
+    ) -> Result<InboundVerdict, StoreError>;
 
     /// Withdraws a practice; returns the adapter of the new job, if any.
     async fn withdraw(&self, withdrawal: Withdrawal) -> Result<Option<String>, StoreError>;

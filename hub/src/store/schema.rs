@@ -63,6 +63,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "early_results",
         include_str!("../../migrations/0012_early_results.sql"),
     ),
+    (
+        13,
+        "outcome_data",
+        include_str!("../../migrations/0013_outcome_data.sql"),
+    ),
 ];
 
 /// Applies pending migrations; returns the schema version.

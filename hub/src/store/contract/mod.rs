@@ -16,6 +16,7 @@ mod inbound;
 mod leases;
 mod ops;
 mod outbox;
+mod outcome;
 mod practices;
 mod withdraw;
 
@@ -86,6 +87,9 @@ macro_rules! store_contract {
                 early::a_late_result_is_an_anomaly_and_its_repeat_is_answered_the_same,
                 early::a_result_contradicting_an_earlier_one_is_an_anomaly,
                 early::results_racing_their_attempts_end_are_applied_once_after_it,
+                outcome::outcome_data_is_merged_result_by_result_and_rides_on_its_events,
+                outcome::outcome_data_the_check_refuses_refuses_the_result_whole,
+                outcome::new_outcome_data_on_a_concluded_practice_is_a_late_anomaly,
                 withdraw::withdrawing_a_never_sent_practice_cancels_its_delivery,
                 withdraw::withdrawing_a_maybe_sent_practice_forwards_the_withdrawal,
                 withdraw::withdrawing_a_concluded_practice_conflicts,

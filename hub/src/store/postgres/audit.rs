@@ -9,7 +9,7 @@ use super::tx::{Tx, col};
 use crate::store::audit_record::{ChainWalk, StoredAudit};
 use crate::store::{AuditReport, StoreError};
 use raccordo_domain::audit::state::PracticeRow;
-use raccordo_domain::audit::{EventAudit, REFERENCES_ACTION, ReferenceRecord};
+use raccordo_domain::audit::{EventAudit, REFERENCES_ACTION, ReferenceRecord, outcome_data_digest};
 use std::collections::{HashMap, HashSet};
 use tokio_postgres::Row;
 
@@ -21,20 +21,23 @@ pub(super) const LOG_COLUMNS: &str =
 pub(super) const EVENT_COLUMNS: &str =
     "tenant_id, audit_seq, recorded_at, actor, kind, practice_id,
     sequence, source, from_status, to_status, from_delivery, to_delivery, reason, vendor_code,
-    audit_prev_hash, audit_hash, service_code, applicant_id, audit_format";
+    audit_prev_hash, audit_hash, service_code, applicant_id, audit_format, outcome_data";
 
 /// The audit `detail` of an event row whose columns from `at` are
 /// sequence, source, from_status, to_status, from_delivery, to_delivery,
 /// reason, vendor_code, whose practice id is at `practice_at`, and whose
-/// service_code and applicant_id are from `identity_at`, in `format`: what
-/// the sequencer hashes and the verifier checks.
+/// service_code and applicant_id are from `identity_at`, whose outcome
+/// data is at `outcome_at`, in `format`: what the sequencer hashes and the
+/// verifier checks.
 pub(super) fn event_detail(
     r: &Row,
     at: usize,
     practice_at: usize,
     identity_at: usize,
+    outcome_at: usize,
     format: Option<i64>,
 ) -> Result<String, StoreError> {
+    let outcome_data: Option<&str> = col(r, outcome_at)?;
     Ok(EventAudit {
         sequence: col(r, at)?,
         source: col(r, at + 1)?,
@@ -47,6 +50,7 @@ pub(super) fn event_detail(
         format: None,
         service_code: None,
         applicant: None,
+        outcome_data: outcome_data.map(outcome_data_digest),
     }
     .in_format(
         format,
@@ -84,7 +88,7 @@ pub(super) fn event_record(r: &Row) -> Result<StoredAudit, StoreError> {
         action: col(r, 4)?,
         practice_id: col(r, 5)?,
         // In the format it was linked in (empty: format 1).
-        detail: event_detail(r, 6, 5, 16, col(r, 18)?)?,
+        detail: event_detail(r, 6, 5, 16, 19, col(r, 18)?)?,
         prev_hash: col(r, 14)?,
         hash: col(r, 15)?,
         event_row: true,

@@ -9,8 +9,8 @@ use super::{cluster, early, follow_up, leases};
 use crate::domain::practice::NewPractice;
 use crate::store::sqlite::rows::{CLAIMED_JOB_COLUMNS, DEAD_LETTER_SQL, ms, parse};
 use crate::store::{
-    ClaimedJob, ClaimedWork, DeadLetter, InboundVerdict, InsertOutcome, Lease, RecordedAnomaly,
-    StoreError,
+    ClaimedJob, ClaimedWork, DeadLetter, InboundVerdict, InsertOutcome, Lease, OutcomeCheck,
+    RecordedAnomaly, StoreError,
 };
 use chrono::{DateTime, Utc};
 use raccordo_adapters::adapter::{Correlation, InboundResult};
@@ -365,6 +365,7 @@ pub(super) async fn replay(
 pub(super) async fn apply_inbound(
     tx: &mut Tx,
     result: &InboundResult,
+    check: Option<&OutcomeCheck>,
     now: DateTime<Utc>,
 ) -> Result<InboundVerdict, StoreError> {
     let adapter = result.adapter.as_str();
@@ -399,6 +400,19 @@ pub(super) async fn apply_inbound(
         .collect::<Result<Vec<_>, StoreError>>()?;
     let (practice_id, tenant_id) =
         plan::pick_correlated(found, result.tenant_id.as_deref())?.ok_or(StoreError::NotFound)?;
+    let checked = match check {
+        Some(check) if !result.reply.outcome_data.is_empty() => {
+            let row = tx
+                .query_one(
+                    "SELECT service_code FROM practices WHERE id = $1",
+                    &[&practice_id],
+                )
+                .await?;
+            Some(crate::store::early::checked(result, col(&row, 0)?, check)?)
+        }
+        _ => None,
+    };
+    let result = checked.as_ref().unwrap_or(result);
     if let Some(receipt) = &result.receipt {
         // A concurrent duplicate waits here for the first; once that one
         // commits, this one inserts nothing.

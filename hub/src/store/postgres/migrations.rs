@@ -48,6 +48,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "claim_check",
         include_str!("../../../migrations/postgres/0008_claim_check.sql"),
     ),
+    (
+        9,
+        "outcome_data",
+        include_str!("../../../migrations/postgres/0009_outcome_data.sql"),
+    ),
 ];
 
 /// The advisory lock's first key ("RACC"); the second is the schema's,

@@ -44,8 +44,8 @@ pub use pool::PgOptions;
 
 use super::{
     AttemptResult, AuditEntry, AuditReport, ClaimedJob, ClaimedPoll, ClaimedWork, DeadLetter,
-    EventFilter, ExpiredLeases, InboundVerdict, InsertOutcome, Lease, OpsSnapshot, PracticeFilter,
-    Recorded, Store, StoreError, Withdrawal,
+    EventFilter, ExpiredLeases, InboundVerdict, InsertOutcome, Lease, OpsSnapshot, OutcomeCheck,
+    PracticeFilter, Recorded, Store, StoreError, Withdrawal,
 };
 use crate::bus::EventBus;
 use crate::domain::practice::{Event, NewPractice, Practice};
@@ -590,10 +590,15 @@ impl Store for PgStore {
         })
     }
 
-    async fn apply_inbound(&self, result: &InboundResult) -> Result<InboundVerdict, StoreError> {
+    async fn apply_inbound_checked(
+        &self,
+        result: &InboundResult,
+        check: Option<OutcomeCheck>,
+    ) -> Result<InboundVerdict, StoreError> {
         in_tx!(self, WRITE, |tx| changes::apply_inbound(
             &mut tx,
             result,
+            check.as_ref(),
             Utc::now()
         )
         .await)

@@ -52,6 +52,7 @@ pub(super) fn practice(r: &Row) -> Result<Practice, StoreError> {
         job_state: col(r, 19)?,
         job_last_error: col(r, 20)?,
         job_failure_class: col(r, 21)?,
+        outcome_data: col(r, 22)?,
     })
 }
 
@@ -71,6 +72,7 @@ pub(super) fn event(r: &Row) -> Result<Event, StoreError> {
         col(r, 14)?,
         col(r, 15)?,
         col(r, 16)?,
+        col(r, 17)?,
     );
     event_from_row(row)
 }

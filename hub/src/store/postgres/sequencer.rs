@@ -174,7 +174,7 @@ async fn assign(tx: &Tx) -> Result<(u64, bool), StoreError> {
         .query(
             "SELECT id, tenant_id, recorded_at, actor, kind, practice_id, sequence, source,
                 from_status, to_status, from_delivery, to_delivery, reason, vendor_code,
-                service_code, applicant_id
+                service_code, applicant_id, outcome_data
              FROM events WHERE cursor IS NULL ORDER BY id LIMIT $1",
             &[&BATCH],
         )
@@ -211,7 +211,7 @@ async fn assign(tx: &Tx) -> Result<(u64, bool), StoreError> {
             // The linker decides the format (and records it, below): an
             // instance of an earlier version, running beside this one while
             // a cluster is upgraded, links in the format it knows.
-            detail: event_detail(r, 6, 5, 14, Some(EVENT_FORMAT))?,
+            detail: event_detail(r, 6, 5, 14, 16, Some(EVENT_FORMAT))?,
             event: true,
         });
     }

@@ -4,8 +4,8 @@
 
 use super::tx::{Pending, Tx, col, owned};
 use crate::domain::practice::{Event, EventDraft};
-use crate::store::StoreError;
 use crate::store::sqlite::rows::{from_ms, ms, parse};
+use crate::store::{StoreError, outcome_data};
 use chrono::{DateTime, Utc};
 use raccordo_domain::audit::{REFERENCES_ACTION, ReferenceRecord, references_detail};
 use raccordo_domain::plan::{ErrorChange, JobUpdate, NewJob, OutcomeChange, Plan, PracticeState};
@@ -44,7 +44,7 @@ pub(super) async fn load(tx: &Tx, practice_id: &str) -> Result<Loaded, StoreErro
 /// that sends it in a flight with others; [`loaded`] reads its row.
 pub(super) const LOAD: &str =
     "SELECT id, tenant_id, service_code, applicant_id, status, delivery_status, current_operation_id,
-            last_sequence, legal_term_days
+            last_sequence, legal_term_days, outcome_data
      FROM practices WHERE id = $1 FOR NO KEY UPDATE";
 
 /// The practice in a row of [`LOAD`].
@@ -66,6 +66,7 @@ pub(super) fn loaded(row: &tokio_postgres::Row) -> Result<Loaded, StoreError> {
                 .transpose()?,
             current_operation_id: col(row, 6)?,
             legal_term_days: col::<i64>(row, 8)? as u32,
+            outcome_data: outcome_data::decode(col(row, 9)?, "practices.outcome_data")?,
         },
         new_job_lease: None,
     })
@@ -171,16 +172,22 @@ fn save_practice(
         return;
     }
     let delivery = after.delivery_status.map(|d| d.as_str().to_string());
+    // Written only when a result changed it (NULL keeps the column).
+    let data = (after.outcome_data != loaded.state.outcome_data)
+        .then(|| outcome_data::encode(&after.outcome_data))
+        .flatten();
     match outcome {
         None if after.status == loaded.state.status => {
             tx.execute_later(
-                "UPDATE practices SET delivery_status = $1, current_operation_id = $2, last_sequence = $3
+                "UPDATE practices SET delivery_status = $1, current_operation_id = $2, last_sequence = $3,
+                    outcome_data = COALESCE($5, outcome_data)
                  WHERE id = $4",
                 owned![
                     delivery,
                     after.current_operation_id.clone(),
                     loaded.last_sequence,
                     loaded.id.clone(),
+                    data,
                 ],
             )
         }
@@ -193,7 +200,8 @@ fn save_practice(
                     concluded_at = COALESCE($6, concluded_at),
                     outcome_status = CASE WHEN $7 THEN $1 ELSE outcome_status END,
                     outcome_reason = CASE WHEN $7 THEN $8 ELSE outcome_reason END,
-                    outcome_vendor_code = CASE WHEN $7 THEN $9 ELSE outcome_vendor_code END
+                    outcome_vendor_code = CASE WHEN $7 THEN $9 ELSE outcome_vendor_code END,
+                    outcome_data = COALESCE($11, outcome_data)
                  WHERE id = $10",
                 owned![
                     after.status.as_str().to_string(),
@@ -206,6 +214,7 @@ fn save_practice(
                     outcome.reason,
                     outcome.vendor_code,
                     loaded.id.clone(),
+                    data,
                 ],
             )
         }
@@ -306,6 +315,7 @@ fn append_events(tx: &mut Tx, loaded: &mut Loaded, drafts: Vec<EventDraft>, now:
             reason: d.reason,
             vendor_code: d.vendor_code,
             actor: d.actor,
+            outcome_data: d.outcome_data,
         }));
     }
 }

@@ -394,22 +394,30 @@ impl Tx {
         let text = |f: fn(&Event) -> &str| events.iter().map(f).collect::<Vec<&str>>();
         let opt = |f: fn(&Event) -> Option<&str>| events.iter().map(f).collect::<Vec<_>>();
         let int = |f: fn(&Event) -> i64| events.iter().map(f).collect::<Vec<i64>>();
+        let outcome_data: Vec<Option<String>> = events
+            .iter()
+            .map(|e| {
+                e.outcome_data
+                    .as_ref()
+                    .and_then(crate::store::outcome_data::encode)
+            })
+            .collect();
         // Prepared first: both requests must leave at their first poll, in
         // this order.
         let insert = self
             .statement(
                 "INSERT INTO events (practice_id, tenant_id, service_code, applicant_id, sequence,
                 occurred_at, recorded_at, source, kind, from_status, to_status, from_delivery,
-                to_delivery, reason, vendor_code, actor)
+                to_delivery, reason, vendor_code, actor, outcome_data)
              SELECT practice_id, tenant_id, service_code, applicant_id, sequence, occurred_at,
                 recorded_at, source, kind, from_status, to_status, from_delivery, to_delivery,
-                reason, vendor_code, actor
+                reason, vendor_code, actor, outcome_data
              FROM unnest($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::BIGINT[], $6::BIGINT[],
                 $7::BIGINT[], $8::TEXT[], $9::TEXT[], $10::TEXT[], $11::TEXT[], $12::TEXT[],
-                $13::TEXT[], $14::TEXT[], $15::TEXT[], $16::TEXT[])
+                $13::TEXT[], $14::TEXT[], $15::TEXT[], $16::TEXT[], $17::TEXT[])
                 WITH ORDINALITY AS e(practice_id, tenant_id, service_code, applicant_id, sequence,
                     occurred_at, recorded_at, source, kind, from_status, to_status, from_delivery,
-                    to_delivery, reason, vendor_code, actor, n)
+                    to_delivery, reason, vendor_code, actor, outcome_data, n)
              ORDER BY n",
             )
             .await?;
@@ -430,6 +438,7 @@ impl Tx {
             &opt(|e| e.reason.as_deref()),
             &opt(|e| e.vendor_code.as_deref()),
             &text(|e| e.actor.as_str()),
+            &outcome_data,
         ];
         // One flight: the insert, the checks at the commit, the `COMMIT`.
         let insert = self.client().execute(&insert, params);

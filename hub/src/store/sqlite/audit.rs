@@ -10,6 +10,7 @@ use raccordo_domain::audit::ReferenceRecord;
 use raccordo_domain::audit::state::PracticeRow;
 use rusqlite::{Connection, OptionalExtension, params};
 
+use raccordo_domain::audit::outcome_data_digest;
 use raccordo_domain::audit::record_hash;
 pub use raccordo_domain::audit::{EventAudit, NO_TENANT};
 
@@ -161,7 +162,7 @@ fn record_from(
 /// The event columns a record is rebuilt from, for [`read_event_record`].
 const EVENT_COLUMNS: &str = "tenant_id, audit_seq, recorded_at, actor, kind, practice_id, sequence,
     source, from_status, to_status, from_delivery, to_delivery, reason, vendor_code,
-    audit_prev_hash, audit_hash, service_code, applicant_id, audit_format";
+    audit_prev_hash, audit_hash, service_code, applicant_id, audit_format, outcome_data";
 
 fn read_event_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredAudit> {
     let text = |i: usize| r.get::<_, Option<String>>(i);
@@ -176,6 +177,7 @@ fn read_event_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredAudit> {
     let source: String = r.get(7)?;
     let (practice_id, service_code, applicant_id): (String, String, String) =
         (r.get(5)?, r.get(16)?, r.get(17)?);
+    let outcome_data: Option<String> = r.get(19)?;
     let detail = EventAudit {
         sequence: r.get(6)?,
         source: &source,
@@ -188,6 +190,7 @@ fn read_event_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredAudit> {
         format: None,
         service_code: None,
         applicant: None,
+        outcome_data: outcome_data.as_deref().map(outcome_data_digest),
     }
     .in_format(r.get(18)?, &practice_id, &service_code, &applicant_id)
     .to_json();

@@ -10,8 +10,8 @@ use super::state::{self, Loaded};
 use super::{cluster, early, follow_up, leases};
 use crate::domain::practice::NewPractice;
 use crate::store::{
-    ClaimedJob, ClaimedWork, DeadLetter, InboundVerdict, InsertOutcome, Lease, RecordedAnomaly,
-    StoreError,
+    ClaimedJob, ClaimedWork, DeadLetter, InboundVerdict, InsertOutcome, Lease, OutcomeCheck,
+    RecordedAnomaly, StoreError,
 };
 use chrono::{DateTime, Utc};
 use raccordo_adapters::adapter::{Correlation, InboundResult};
@@ -311,6 +311,7 @@ pub(super) fn replay(
 pub(super) fn apply_inbound(
     conn: &Connection,
     result: &InboundResult,
+    check: Option<&OutcomeCheck>,
     now: DateTime<Utc>,
 ) -> Result<InboundVerdict, StoreError> {
     let adapter = result.adapter.as_str();
@@ -336,6 +337,16 @@ pub(super) fn apply_inbound(
         .collect::<rusqlite::Result<_>>()?;
     let (practice_id, tenant_id) =
         plan::pick_correlated(found, result.tenant_id.as_deref())?.ok_or(StoreError::NotFound)?;
+    let checked = match check {
+        Some(check) if !result.reply.outcome_data.is_empty() => {
+            let service: String = conn
+                .prepare_cached("SELECT service_code FROM practices WHERE id = ?1")?
+                .query_row([&practice_id], |r| r.get(0))?;
+            Some(crate::store::early::checked(result, &service, check)?)
+        }
+        _ => None,
+    };
+    let result = checked.as_ref().unwrap_or(result);
     if let Some(receipt) = &result.receipt {
         let fresh = conn
             .prepare_cached(

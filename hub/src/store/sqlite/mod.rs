@@ -38,7 +38,7 @@ use super::schema;
 use super::{
     AttemptResult, AuditEntry, AuditRecord, AuditReport, ClaimedJob, ClaimedPoll, ClaimedWork,
     DeadLetter, EventFilter, ExpiredLeases, InboundVerdict, InsertOutcome, Lease, OpsSnapshot,
-    PracticeFilter, Recorded, Store, StoreError, Withdrawal,
+    OutcomeCheck, PracticeFilter, Recorded, Store, StoreError, Withdrawal,
 };
 use crate::bus::EventBus;
 use crate::config::Synchronous;
@@ -566,9 +566,13 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn apply_inbound(&self, result: &InboundResult) -> Result<InboundVerdict, StoreError> {
+    async fn apply_inbound_checked(
+        &self,
+        result: &InboundResult,
+        check: Option<OutcomeCheck>,
+    ) -> Result<InboundVerdict, StoreError> {
         let result = result.clone();
-        self.write(move |conn| changes::apply_inbound(conn, &result, Utc::now()))
+        self.write(move |conn| changes::apply_inbound(conn, &result, check.as_ref(), Utc::now()))
             .await
     }
 

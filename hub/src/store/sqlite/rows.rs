@@ -4,7 +4,7 @@
 use crate::domain::practice::{
     DeliveryView, Event, EventKind, EventSource, Outcome, Practice, PracticeContent,
 };
-use crate::store::{ClaimedJob, DeadLetter, JobState, PracticeFilter, StoreError};
+use crate::store::{ClaimedJob, DeadLetter, JobState, PracticeFilter, StoreError, outcome_data};
 use chrono::{DateTime, Utc};
 use raccordo_adapters::model::{Document, DocumentMeta, ExternalRef, Operation, sha256_hex};
 use rusqlite::types::Value as SqlValue;
@@ -83,7 +83,7 @@ pub(crate) const PRACTICE_COLUMNS: &str = "p.id, p.tenant_id, p.service_code, p.
     p.received_at, p.legal_deadline, p.concluded_at,
     j.adapter AS job_adapter, j.operation AS job_operation, j.attempts AS job_attempts,
     j.next_attempt_at AS job_next_attempt_at, j.state AS job_state, j.last_error AS job_last_error,
-    j.failure_class AS job_failure_class";
+    j.failure_class AS job_failure_class, p.outcome_data";
 
 pub(crate) const PRACTICE_FROM: &str =
     "FROM practices p LEFT JOIN jobs j ON j.operation_id = p.current_operation_id";
@@ -112,6 +112,7 @@ pub(crate) struct PracticeRow {
     pub(crate) job_state: Option<String>,
     pub(crate) job_last_error: Option<String>,
     pub(crate) job_failure_class: Option<String>,
+    pub(crate) outcome_data: Option<String>,
 }
 
 /// Reads the columns of [`PRACTICE_COLUMNS`] by position: looking columns up
@@ -141,6 +142,7 @@ pub(super) fn read_practice_row(r: &Row<'_>) -> rusqlite::Result<PracticeRow> {
         job_state: r.get(19)?,
         job_last_error: r.get(20)?,
         job_failure_class: r.get(21)?,
+        outcome_data: r.get(22)?,
     })
 }
 
@@ -203,6 +205,7 @@ pub(crate) fn practice_from_row(row: PracticeRow) -> Result<Practice, StoreError
         received_at: from_ms(row.received_at),
         legal_deadline: row.legal_deadline.map(from_ms),
         concluded_at: row.concluded_at.map(from_ms),
+        outcome_data: outcome_data::decode(row.outcome_data.as_deref(), "practices.outcome_data")?,
     })
 }
 
@@ -222,10 +225,12 @@ pub(crate) type EventRow = (
     Option<String>,
     Option<String>,
     String,
+    Option<String>,
 );
 
 pub(crate) const EVENT_COLUMNS: &str = "cursor, practice_id, tenant_id, service_code, applicant_id, sequence, occurred_at,
-    recorded_at, source, kind, from_status, to_status, from_delivery, to_delivery, reason, vendor_code, actor";
+    recorded_at, source, kind, from_status, to_status, from_delivery, to_delivery, reason, vendor_code, actor,
+    outcome_data";
 
 pub(super) fn read_event_row(r: &Row<'_>) -> rusqlite::Result<EventRow> {
     Ok((
@@ -243,6 +248,7 @@ pub(super) fn read_event_row(r: &Row<'_>) -> rusqlite::Result<EventRow> {
         r.get(14)?,
         r.get(15)?,
         r.get(16)?,
+        r.get(17)?,
     ))
 }
 
@@ -293,6 +299,11 @@ pub(crate) fn event_from_row(row: EventRow) -> Result<Event, StoreError> {
         reason: row.11,
         vendor_code: row.12,
         actor: row.13,
+        outcome_data: row
+            .14
+            .as_deref()
+            .map(|text| outcome_data::decode(Some(text), "events.outcome_data"))
+            .transpose()?,
     })
 }
 

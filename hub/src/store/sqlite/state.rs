@@ -6,9 +6,12 @@ use super::pending;
 use super::rows::{from_ms, ms, parse};
 use crate::domain::practice::{Event, EventDraft};
 use crate::store::StoreError;
+use crate::store::outcome_data;
 use chrono::{DateTime, Utc};
 use raccordo_adapters::model::AdminStatus;
-use raccordo_domain::audit::{EVENT_FORMAT, REFERENCES_ACTION, ReferenceRecord, references_detail};
+use raccordo_domain::audit::{
+    EVENT_FORMAT, REFERENCES_ACTION, ReferenceRecord, outcome_data_digest, references_detail,
+};
 use raccordo_domain::plan::{ErrorChange, JobUpdate, NewJob, OutcomeChange, Plan, PracticeState};
 use raccordo_domain::status::DeliveryStatus;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -33,7 +36,7 @@ pub(super) fn load(conn: &Connection, practice_id: &str) -> Result<Loaded, Store
     let row = conn
         .prepare_cached(
             "SELECT id, tenant_id, service_code, applicant_id, status, delivery_status, current_operation_id,
-                    last_sequence, legal_term_days
+                    last_sequence, legal_term_days, outcome_data
              FROM practices WHERE id = ?1",
         )?
         .query_row([practice_id], |r| {
@@ -47,6 +50,7 @@ pub(super) fn load(conn: &Connection, practice_id: &str) -> Result<Loaded, Store
                 r.get::<_, Option<String>>(6)?,
                 r.get::<_, i64>(7)?,
                 r.get::<_, i64>(8)?,
+                r.get::<_, Option<String>>(9)?,
             ))
         })
         .optional()?
@@ -67,6 +71,7 @@ pub(super) fn load(conn: &Connection, practice_id: &str) -> Result<Loaded, Store
                 .transpose()?,
             current_operation_id: row.6,
             legal_term_days: row.8 as u32,
+            outcome_data: outcome_data::decode(row.9.as_deref(), "practices.outcome_data")?,
         },
     })
 }
@@ -161,11 +166,16 @@ fn save_practice(
         return Ok(());
     }
     let delivery = after.delivery_status.map(DeliveryStatus::as_str);
+    // Written only when a result changed it (NULL keeps the column).
+    let data = (after.outcome_data != loaded.state.outcome_data)
+        .then(|| outcome_data::encode(&after.outcome_data))
+        .flatten();
     match outcome {
         // The status index is left alone when the status stays.
         None if after.status == loaded.state.status => conn
             .prepare_cached(
-                "UPDATE practices SET delivery_status = ?1, current_operation_id = ?2, last_sequence = ?3
+                "UPDATE practices SET delivery_status = ?1, current_operation_id = ?2, last_sequence = ?3,
+                    outcome_data = COALESCE(?5, outcome_data)
                  WHERE id = ?4",
             )?
             .execute(params![
@@ -173,6 +183,7 @@ fn save_practice(
                 after.current_operation_id,
                 loaded.last_sequence,
                 loaded.id,
+                data,
             ])?,
         outcome => {
             let outcome = outcome.unwrap_or_default();
@@ -183,7 +194,8 @@ fn save_practice(
                     concluded_at = COALESCE(?6, concluded_at),
                     outcome_status = CASE WHEN ?7 THEN ?1 ELSE outcome_status END,
                     outcome_reason = CASE WHEN ?7 THEN ?8 ELSE outcome_reason END,
-                    outcome_vendor_code = CASE WHEN ?7 THEN ?9 ELSE outcome_vendor_code END
+                    outcome_vendor_code = CASE WHEN ?7 THEN ?9 ELSE outcome_vendor_code END,
+                    outcome_data = COALESCE(?11, outcome_data)
                  WHERE id = ?10",
             )?
             .execute(params![
@@ -197,6 +209,7 @@ fn save_practice(
                 outcome.reason,
                 outcome.vendor_code,
                 loaded.id,
+                data,
             ])?
         }
     };
@@ -281,8 +294,8 @@ fn append_events(
     let mut insert = conn.prepare_cached(
         "INSERT INTO events (practice_id, tenant_id, service_code, applicant_id, sequence, occurred_at,
             recorded_at, source, kind, from_status, to_status, from_delivery, to_delivery, reason,
-            vendor_code, actor, audit_seq, audit_prev_hash, audit_hash, audit_format)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
+            vendor_code, actor, audit_seq, audit_prev_hash, audit_hash, audit_format, outcome_data)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
     )?;
     // Returned and published as stored (milliseconds): a live watcher and
     // one replaying from the store must see the same event.
@@ -291,6 +304,7 @@ fn append_events(
     for d in drafts {
         loaded.last_sequence += 1;
         let occurred = from_ms(ms(d.occurred_at.unwrap_or(now)));
+        let data = d.outcome_data.as_ref().and_then(outcome_data::encode);
         // The event is its own audit record: linked into the tenant's chain
         // here, stored with the row.
         let link = audit::link_event(
@@ -311,6 +325,7 @@ fn append_events(
                 format: None,
                 service_code: None,
                 applicant: None,
+                outcome_data: data.as_deref().map(outcome_data_digest),
             }
             .in_format(
                 Some(EVENT_FORMAT),
@@ -341,6 +356,7 @@ fn append_events(
             link.prev_hash,
             link.hash,
             EVENT_FORMAT,
+            data,
         ])?;
         out.push(Event {
             cursor: conn.last_insert_rowid(),
@@ -360,6 +376,7 @@ fn append_events(
             reason: d.reason,
             vendor_code: d.vendor_code,
             actor: d.actor,
+            outcome_data: d.outcome_data,
         });
     }
     pending::add_events(&out);

@@ -138,6 +138,7 @@ async fn records_of_events_stored_before_the_chain_moved_to_the_events_still_ver
             format: None,
             service_code: None,
             applicant: None,
+            outcome_data: None,
         };
         conn.execute(
             "INSERT INTO practices (id, tenant_id, service_code, applicant_id, idempotency_key,
@@ -181,10 +182,13 @@ async fn records_of_events_stored_before_the_chain_moved_to_the_events_still_ver
     assert_eq!(records[1].practice_id.as_deref(), Some("p-new"));
     assert_eq!(records[1].prev_hash, records[0].hash);
     assert_eq!(records[1].detail["to_status"], "SUBMITTED");
-    // The old record is format 1, the new ones format 2; the state of both
-    // practices is compared with what their records say.
+    // The old record is format 1, the new ones in the current format; the
+    // state of both practices is compared with what their records say.
     assert_eq!(records[0].detail.get("format"), None);
-    assert_eq!(records[1].detail["format"], 2);
+    assert_eq!(
+        records[1].detail["format"],
+        raccordo_domain::audit::EVENT_FORMAT
+    );
     assert_eq!(
         records[1].detail["applicant"],
         raccordo_domain::audit::applicant_digest("p-new", "RSSMRA45D25F205N")
