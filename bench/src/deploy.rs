@@ -51,11 +51,11 @@ impl Deployment {
             store.push_str(&format!("pool_size = {size}\n"));
         }
         let store = store.as_str();
-        if let Some(db) = seeded {
-            if let Err(e) = import(&schema.url, db).await {
-                schema.drop().await;
-                return Err(e);
-            }
+        if let Some(db) = seeded
+            && let Err(e) = import(&schema.url, db).await
+        {
+            schema.drop().await;
+            return Err(e);
         }
         let mut deployment = Self {
             hubs: Vec::new(),
