@@ -86,6 +86,9 @@ pub struct Footprint {
     pub idle_rss_mib: Vec<f64>,
     /// Peak RSS at the end of the deferred scenario (empty store), MiB.
     pub deferred_peak_mib: Vec<f64>,
+    /// RSS a second after the deferred scenario's backlog drained (empty
+    /// store): what the hub keeps once quiet, MiB.
+    pub drained_rss_mib: Vec<f64>,
     /// Spawn to healthy on a seeded store, ms, by practices in the store.
     pub healthy_seeded_ms: BTreeMap<usize, Vec<f64>>,
 }
@@ -131,6 +134,12 @@ impl Footprint {
         line(
             "RSS peak under `deferred` (empty store)".into(),
             &self.deferred_peak_mib,
+            "MiB",
+            1,
+        );
+        line(
+            "RSS 1 s after the `deferred` backlog drained".into(),
+            &self.drained_rss_mib,
             "MiB",
             1,
         );

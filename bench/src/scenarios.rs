@@ -350,6 +350,17 @@ async fn submit(
     let own_cpu_after = procfs::cpu_seconds(std::process::id());
     let peak = hubs.peak_rss_mib();
     let separate_process = cpu_after.is_some();
+    if service == "DEFERRED"
+        && store.is_none()
+        && let Some(pid) = hubs.first().pid
+    {
+        // What the hub keeps once the backlog is gone and it is quiet
+        // (after the CPU figures: the pause is not the hub's work).
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if let Some((rss, _)) = procfs::rss_mib(pid) {
+            footprint.drained_rss_mib.push(rss);
+        }
+    }
     hubs.stop().await;
     let acked_total = acked.load(Ordering::Relaxed).max(1) as f64;
     if let (Some(a), Some(b)) = (db_cpu_before, db_cpu_after) {
